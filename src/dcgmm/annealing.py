@@ -1,0 +1,180 @@
+"""Annealing of the max-component objective (spec section 2).
+
+Two small pieces, one GMM layer each:
+
+* :func:`smoothing_kernel` -- the Gaussian kernel ``g(sigma)`` on a toroidal ``sqrt(K) x sqrt(K)``
+  grid of components, normalised over its second index. The smoothed scores of a layer are
+  ``l @ g.T``; at ``sigma = sigma_min`` the kernel is the identity.
+* :class:`AnnealingSchedule` -- decides, window by window, when ``sigma`` and the learning rate
+  shrink. It keeps the running window sum on the loss's device and reads it once per window,
+  so stepping it costs no host synchronisation in the training loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dcgmm.errors import ConfigError
+
+
+def grid_side(num_components: int, where: str = "GMM layer") -> int:
+    """Side of the square component grid; raise a one-line error if K is not a perfect square."""
+    side = math.isqrt(int(num_components))
+    if side * side != num_components:
+        lower, upper = side * side, (side + 1) ** 2
+        raise ConfigError(
+            f"{where}: K={num_components} is not a perfect square, which annealing needs "
+            f"(components sit on a sqrt(K) x sqrt(K) grid); use K={lower} or K={upper}, "
+            f"or turn annealing off (anneal=false)"
+        )
+    return side
+
+
+def toroidal_sq_distances(side: int) -> torch.Tensor:
+    """Squared wrap-around distances between the cells of a ``side x side`` grid: ``(K, K)``."""
+    rows = torch.arange(side * side) // side  # (K,) grid row of each component
+    cols = torch.arange(side * side) % side  # (K,) grid column of each component
+    dr = (rows[:, None] - rows[None, :]).abs()
+    dc = (cols[:, None] - cols[None, :]).abs()
+    dr = torch.minimum(dr, side - dr)  # wrap around
+    dc = torch.minimum(dc, side - dc)
+    return (dr * dr + dc * dc).to(torch.float64)
+
+
+def smoothing_kernel(num_components: int, sigma: float) -> torch.Tensor:
+    """Normalised Gaussian kernel ``g_kj = exp(-d(k,j)^2 / 2 sigma^2) / sum_j(...)``: ``(K, K)`` float32.
+
+    Rows sum to one. For small ``sigma`` (e.g. the floor 0.01) it is exactly the identity.
+    """
+    if sigma <= 0:
+        raise ConfigError(f"smoothing kernel: sigma={sigma} must be > 0")
+    d2 = toroidal_sq_distances(grid_side(num_components))
+    g = torch.exp(-d2 / (2.0 * sigma * sigma))
+    return (g / g.sum(dim=1, keepdim=True)).to(torch.float32)
+
+
+class AnnealingSchedule:
+    """Shrinks ``sigma`` and the learning rate when the windowed layer loss stops improving.
+
+    Work in windows of ``window`` steps and average the loss over each. After window 1 the
+    average is remembered as ``l0``, after window 2 as ``last``. At the end of every later
+    window, with ``avg`` its average::
+
+        r = (avg - last) / (last - l0)
+        if -2 * delta < r < delta:   # improvement small relative to the total so far
+            sigma = max(gamma * sigma, sigma_min)
+            lr    = max(gamma * lr,    lr_min)
+        last = avg
+
+    (``r = 0`` when ``last == l0``.) The ratio is sign-invariant, so the rule reads the same for
+    a loss to minimise and an objective to maximise.
+
+    Args:
+        sigma0: start value of sigma (spec: ``0.25 * sqrt(2K)``; see :meth:`default_sigma0`).
+        lr0, lr_min: start and floor of the layer's learning rate.
+        sigma_min: floor of sigma (0.01: the smoothing kernel is then the identity).
+        gamma: shrink factor (0.9). window: steps per window (100). delta: threshold (0.05).
+        enabled: when False, sigma stays at ``sigma_min`` and lr at ``lr0`` (no annealing).
+    """
+
+    def __init__(
+        self,
+        sigma0: float,
+        lr0: float,
+        lr_min: float,
+        sigma_min: float = 0.01,
+        gamma: float = 0.9,
+        window: int = 100,
+        delta: float = 0.05,
+        enabled: bool = True,
+    ) -> None:
+        if not 0 < gamma < 1:
+            raise ConfigError(f"annealing: gamma={gamma} must lie in (0, 1)")
+        if window < 1:
+            raise ConfigError(f"annealing: window={window} must be >= 1 step")
+        if lr0 <= 0 or lr_min <= 0:
+            raise ConfigError(f"learning rate must be > 0 (got lr={lr0}, lr_min={lr_min}); try model.lr=0.01")
+        if sigma_min <= 0:
+            raise ConfigError(f"annealing: sigma_min={sigma_min} must be > 0")
+        self.enabled = bool(enabled)
+        self.sigma_min = float(sigma_min)
+        self.lr_min = min(float(lr_min), float(lr0))
+        self.gamma, self.window, self.delta = float(gamma), int(window), float(delta)
+        self.sigma = float(sigma0) if enabled else self.sigma_min
+        self.lr = float(lr0)
+        self.steps = 0  # steps seen so far
+        self.windows = 0  # windows completed so far
+        self.l0: float | None = None
+        self.last: float | None = None
+        self._window_sum: torch.Tensor | float = 0.0  # device tensor while a window is open
+
+    @staticmethod
+    def default_sigma0(num_components: int) -> float:
+        """Spec start value ``0.25 * sqrt(2K)``."""
+        return 0.25 * math.sqrt(2.0 * num_components)
+
+    def step(self, loss: torch.Tensor | float) -> bool:
+        """Add one step's loss; at a window end apply the rule. Returns True if sigma or lr changed.
+
+        Only at a window end is the (device) window sum read back to the host.
+        """
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()
+        self._window_sum = self._window_sum + loss
+        self.steps += 1
+        if self.steps % self.window:
+            return False
+        total = self._window_sum
+        avg = float(total.item() if isinstance(total, torch.Tensor) else total) / self.window
+        self._window_sum = 0.0
+        return self.end_window(avg)
+
+    def end_window(self, avg: float) -> bool:
+        """Apply the rule to one finished window's average loss. Returns True if anything changed."""
+        self.windows += 1
+        if self.windows == 1:
+            self.l0 = avg
+            return False
+        if self.windows == 2:
+            self.last = avg
+            return False
+        assert self.l0 is not None and self.last is not None
+        total_gain = self.last - self.l0
+        ratio = 0.0 if total_gain == 0 else (avg - self.last) / total_gain
+        changed = False
+        if self.enabled and -2.0 * self.delta < ratio < self.delta:
+            new_sigma = max(self.sigma * self.gamma, self.sigma_min)
+            new_lr = max(self.lr * self.gamma, self.lr_min)
+            changed = new_sigma != self.sigma or new_lr != self.lr
+            self.sigma, self.lr = new_sigma, new_lr
+        self.last = avg
+        return changed
+
+    @property
+    def at_floor(self) -> bool:
+        """True once sigma has reached its floor (the smoothing kernel is the identity)."""
+        return self.sigma <= self.sigma_min
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly (window sum included)."""
+        window_sum = self._window_sum
+        return {
+            "sigma": self.sigma,
+            "lr": self.lr,
+            "steps": self.steps,
+            "windows": self.windows,
+            "l0": self.l0,
+            "last": self.last,
+            "window_sum": float(window_sum.item() if isinstance(window_sum, torch.Tensor) else window_sum),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sigma, self.lr = float(state["sigma"]), float(state["lr"])
+        self.steps, self.windows = int(state["steps"]), int(state["windows"])
+        self.l0, self.last = state["l0"], state["last"]
+        self._window_sum = float(state["window_sum"])
+
+    def __repr__(self) -> str:
+        return f"AnnealingSchedule(sigma={self.sigma:.4g}, lr={self.lr:.4g}, steps={self.steps})"

@@ -1,0 +1,68 @@
+"""Folding layer: a convolution without weights (im2col), spec section 1.1."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dcgmm.errors import ConfigError
+from dcgmm.layers.base import Layer, Shape, pair
+
+
+class Folding(Layer):
+    """Gathers every ``kh x kw`` patch (stride ``sh, sw``, no padding) into the channel axis.
+
+    Bottom-up: ``(N, C, H, W) -> (N, C*kh*kw, H', W')`` with ``H' = (H - kh) // sh + 1`` and
+    ``W' = (W - kw) // sw + 1``. Inside a patch the channel order is ``(c, i, j)`` (channel,
+    patch row, patch column), the order of :func:`torch.nn.functional.unfold`.
+
+    Top-down: every patch is scattered back onto its pixels and each pixel is divided by the
+    number of patches covering it, so overlapping patches are averaged. Pixels covered by no
+    patch (when the stride skips them) are 0.
+
+    A kernel equal to the whole input turns an image into one vector: a flat GMM is a
+    one-layer DCGMM on top of such a folding.
+    """
+
+    kind = "folding"
+
+    def __init__(self, in_shape: Shape, kernel_size=None, stride=1, index: int = 0) -> None:
+        super().__init__(in_shape, index)
+        where = f"layer {index} (folding)"
+        channels, height, width = self.in_shape
+        if kernel_size is None:  # default: the whole input, i.e. one vector per image
+            kernel_size = (height, width)
+        self.kernel_size = pair(kernel_size, "kernel_size", where)
+        self.stride = pair(stride, "stride", where)
+        kh, kw = self.kernel_size
+        if kh > height or kw > width:
+            raise ConfigError(
+                f"{where}: kernel_size={list(self.kernel_size)} is larger than its input "
+                f"{height}x{width}; use a kernel of at most [{height}, {width}]"
+            )
+        sh, sw = self.stride
+        self.out_shape = (channels * kh * kw, (height - kh) // sh + 1, (width - kw) // sw + 1)
+        self._whole_input = (kh, kw) == (height, width)
+        # How many patches cover each input pixel: (1, 1, H, W), used to average in top_down.
+        ones = torch.ones(1, channels * kh * kw, self.out_shape[1] * self.out_shape[2])
+        coverage = F.fold(ones, (height, width), self.kernel_size, stride=self.stride)[:, :1]
+        self.register_buffer("coverage", coverage, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self._whole_input:  # (N, C, H, W) -> (N, C*H*W, 1, 1): a view, no copy
+            return x.reshape(n, -1, 1, 1)
+        patches = F.unfold(x, self.kernel_size, stride=self.stride)  # (N, C*kh*kw, H'*W')
+        return patches.view(n, *self.out_shape)  # (N, C*kh*kw, H', W')
+
+    def top_down(self, signal: torch.Tensor, **options) -> torch.Tensor:
+        """Average overlapping patches: ``(N, C*kh*kw, H', W') -> (N, C, H, W)``."""
+        n = signal.shape[0]
+        channels, height, width = self.in_shape
+        if self._whole_input:
+            return signal.reshape(n, channels, height, width)
+        summed = F.fold(signal.reshape(n, self.out_shape[0], -1), (height, width), self.kernel_size, stride=self.stride)
+        return summed / self.coverage.clamp_min(1.0)  # pixels no patch covers stay 0
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel_size}, stride={self.stride}, " + super().extra_repr()

@@ -1,0 +1,301 @@
+"""GMM layer: a diagonal Gaussian mixture at every position of its input (spec section 1.2).
+
+Notation: ``N`` images, ``D`` input channels (the dimension of one Gaussian), ``H x W``
+positions, ``P = H*W``, ``K`` components. Parameters live in "position groups" ``G``:
+``G = 1`` in shared ("conv") mode, one parameter set for all positions; ``G = P`` in
+independent mode, one set per position.
+
+Parameters (the spec's names in brackets):
+    mixture_logits [xi]  (G, K)     pi = softmax(xi)
+    means          [mu]  (G, K, D)
+    inv_std        [s]   (G, K, D)  s = 1/std = sqrt(diagonal precision), kept in
+                                    [inv_std_min, sqrt(precision_max)] by :meth:`constrain_`.
+
+Log-score of component k at one position x (units: nats)::
+
+    l_k(x) = log pi_k + sum_d log s_kd - 1/2 sum_d s_kd^2 (x_d - mu_kd)^2 - D/2 log(2 pi)
+
+computed with the square expanded, so the batch work is one matrix product::
+
+    l = [x*x, x] @ [-s^2/2, mu*s^2]^T + (log pi + sum log s - 1/2 sum (mu*s)^2 - D/2 log 2pi)
+
+On the positive floor of ``s``: the authors' code clips ``s`` only from above, so ``log s`` can be
+undefined. Here ``s`` is clipped to ``[inv_std_min, sqrt(precision_max)]`` (default floor 1e-3,
+i.e. std at most 1000), which keeps ``log s`` finite. ``1/precision_max`` is the variance floor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcgmm.annealing import AnnealingSchedule, grid_side, smoothing_kernel
+from dcgmm.errors import ConfigError
+from dcgmm.layers.base import Layer, Shape, require_positive_int
+
+LOG_2PI = math.log(2.0 * math.pi)
+MODES = ("shared", "independent")
+LOSSES = ("max_component", "logsumexp")
+
+
+class GMMLayer(Layer):
+    """Mixture of ``K`` diagonal Gaussians over the ``D = C_in`` channels at each position.
+
+    Bottom-up: ``(N, D, H, W) -> (N, K, H, W)`` responsibilities ``softmax_k l_k(x)``.
+    Top-down: a non-negative prior ``(N, K, H, W)`` over components -> a sample ``(N, D, H, W)``.
+
+    Args:
+        in_shape: ``(D, H, W)``.
+        K: number of components (a perfect square when ``anneal`` is on).
+        mode: ``"shared"`` (default) or ``"independent"`` (parameters per position).
+        loss: ``"max_component"`` (the annealed bound, default) or ``"logsumexp"`` (exact).
+        anneal: smooth the max-component objective over the component grid and shrink sigma.
+        mu_init: means start uniform in ``[-mu_init, mu_init]``.
+        precision_max: largest allowed precision ``s^2``; ``1/precision_max`` is the variance floor.
+        inv_std_min: positive floor of ``s`` (see module docstring).
+        lr, lr_min, lambda_mu, lambda_sigma, lambda_pi, sigma0, sigma_min, gamma, window,
+        delta, wait: how the layer learns (spec section 2); read by the training module.
+    """
+
+    kind = "gmm"
+    has_loss = True
+
+    def __init__(
+        self,
+        in_shape: Shape,
+        K: int = 25,
+        mode: str = "shared",
+        loss: str = "max_component",
+        anneal: bool = True,
+        mu_init: float = 0.1,
+        precision_max: float = 20.0,
+        inv_std_min: float = 1e-3,
+        lr: float = 0.011,
+        lr_min: float = 0.01,
+        lambda_mu: float = 1.0,
+        lambda_sigma: float = 0.1,
+        lambda_pi: float = 0.2,
+        sigma0: float | None = None,
+        sigma_min: float = 0.01,
+        gamma: float = 0.9,
+        window: int = 100,
+        delta: float = 0.05,
+        wait: float = 0.0,
+        index: int = 0,
+    ) -> None:
+        super().__init__(in_shape, index)
+        where = f"layer {index} (gmm)"
+        self.K = require_positive_int(K, "K", where)
+        if mode not in MODES:
+            raise ConfigError(f"{where}: mode={mode!r} is unknown; use one of {list(MODES)}")
+        if loss not in LOSSES:
+            raise ConfigError(f"{where}: loss={loss!r} is unknown; use one of {list(LOSSES)}")
+        if not precision_max > 0:
+            raise ConfigError(
+                f"{where}: precision_max={precision_max} gives a variance floor 1/precision_max <= 0; "
+                f"use a positive value such as precision_max=20"
+            )
+        if not 0 < inv_std_min < math.sqrt(precision_max):
+            raise ConfigError(f"{where}: inv_std_min={inv_std_min} must lie in (0, sqrt(precision_max))")
+        if lr <= 0 or lr_min <= 0:
+            raise ConfigError(f"{where}: learning rate must be > 0 (got lr={lr}, lr_min={lr_min}); try lr=0.01")
+        if not 0.0 <= wait <= 1.0:
+            raise ConfigError(f"{where}: wait={wait} must be a fraction of training in [0, 1]")
+        for name, value in (("lambda_mu", lambda_mu), ("lambda_sigma", lambda_sigma), ("lambda_pi", lambda_pi)):
+            if value < 0:
+                raise ConfigError(f"{where}: {name}={value} must be >= 0")
+        self.anneal = bool(anneal) and loss == "max_component"
+        if self.anneal:
+            grid_side(self.K, where)  # one-line error unless K is a perfect square
+
+        dim, height, width = self.in_shape
+        self.D, self.P = dim, height * width
+        self.mode, self.loss_kind = mode, loss
+        self.out_shape = (self.K, height, width)
+        groups = self.P if mode == "independent" else 1
+        self.inv_std_max = math.sqrt(float(precision_max))
+        self.inv_std_min = float(inv_std_min)
+        self.mu_init = float(mu_init)
+
+        self.mixture_logits = nn.Parameter(torch.zeros(groups, self.K))  # (G, K)
+        self.means = nn.Parameter(torch.empty(groups, self.K, dim))  # (G, K, D)
+        self.inv_std = nn.Parameter(torch.empty(groups, self.K, dim))  # (G, K, D)
+        self.reset_parameters()
+
+        # Learning settings (read by the training module; kept with the layer they belong to).
+        self.lr, self.lr_min = float(lr), float(lr_min)
+        self.lambdas = {"mu": float(lambda_mu), "sigma": float(lambda_sigma), "pi": float(lambda_pi)}
+        self.wait = float(wait)
+        self.schedule_options = dict(
+            sigma0=AnnealingSchedule.default_sigma0(self.K) if sigma0 is None else float(sigma0),
+            lr0=self.lr, lr_min=self.lr_min, sigma_min=sigma_min, gamma=gamma, window=window,
+            delta=delta, enabled=self.anneal,
+        )
+        self.sigma = float(sigma_min)
+        self._smoothing_is_identity = True
+        self.register_buffer("smoothing", torch.eye(self.K), persistent=False)  # (K, K)
+        self.set_sigma(self.schedule_options["sigma0"] if self.anneal else sigma_min)
+
+    # ----------------------------------------------------------------------------- parameters
+    def reset_parameters(self) -> None:
+        """Spec initialisation: uniform pi, mu ~ U(-mu_init, mu_init), s = sqrt(precision_max)."""
+        with torch.no_grad():
+            self.mixture_logits.zero_()
+            self.means.uniform_(-self.mu_init, self.mu_init)
+            self.inv_std.fill_(self.inv_std_max)
+
+    def constrain_(self) -> None:
+        """Clip ``s`` into ``[inv_std_min, sqrt(precision_max)]`` (call after every update)."""
+        with torch.no_grad():
+            self.inv_std.clamp_(self.inv_std_min, self.inv_std_max)
+
+    def set_sigma(self, sigma: float) -> None:
+        """Set the annealing width; recomputes the smoothing kernel only when it changes."""
+        sigma = float(sigma)
+        if sigma == self.sigma and self.smoothing.shape[0] == self.K:
+            return
+        self.sigma = sigma
+        kernel = smoothing_kernel(self.K, sigma) if self.anneal else torch.eye(self.K)
+        self.smoothing = kernel.to(self.smoothing.device)
+        self._smoothing_is_identity = bool(torch.equal(kernel, torch.eye(self.K)))
+
+    def get_extra_state(self) -> dict:
+        return {"sigma": self.sigma}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.sigma = float("nan")  # force a rebuild of the kernel
+        self.set_sigma(state["sigma"])
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """Mixture weights pi: ``(G, K)``, rows sum to one."""
+        return torch.softmax(self.mixture_logits, dim=-1)
+
+    @property
+    def variances(self) -> torch.Tensor:
+        """Diagonal variances ``1/s^2``: ``(G, K, D)``."""
+        return self.inv_std.detach().pow(-2)
+
+    def parameter_groups(self) -> list[tuple[str, list[nn.Parameter], float]]:
+        """``(name, params, lr factor)`` for SGD: the lambda factors of the spec, times ``P`` in
+        independent mode so per-position parameters learn as fast as shared ones."""
+        scale = float(self.P) if self.mode == "independent" else 1.0
+        return [
+            ("mu", [self.means], self.lambdas["mu"] * scale),
+            ("sigma", [self.inv_std], self.lambdas["sigma"] * scale),
+            ("pi", [self.mixture_logits], self.lambdas["pi"] * scale),
+        ]
+
+    # ----------------------------------------------------------------------------- bottom-up
+    def log_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-component log-scores ``l_k(x)`` in nats: ``(N, D, H, W) -> (N, P, K)``."""
+        n = x.shape[0]
+        x = x.reshape(n, self.D, self.P).transpose(1, 2)  # (N, P, D)
+        feats = torch.cat([x * x, x], dim=-1)  # (N, P, 2D)
+        s2 = self.inv_std * self.inv_std  # (G, K, D)
+        weight = torch.cat([-0.5 * s2, self.means * s2], dim=-1)  # (G, K, 2D)
+        bias = (
+            torch.log_softmax(self.mixture_logits, dim=-1)
+            + torch.log(self.inv_std).sum(-1)
+            - 0.5 * (self.means * self.inv_std).pow(2).sum(-1)
+            - 0.5 * self.D * LOG_2PI
+        )  # (G, K)
+        if self.mode == "shared":
+            scores = torch.addmm(bias[0], feats.reshape(n * self.P, 2 * self.D), weight[0].t())  # (N*P, K)
+            return scores.view(n, self.P, self.K)
+        scores = torch.baddbmm(bias.unsqueeze(1), feats.transpose(0, 1), weight.transpose(1, 2))  # (P, N, K)
+        return scores.transpose(0, 1)  # (N, P, K)
+
+    def responsibilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """Posteriors as a map: ``(N, P, K) -> (N, K, H, W)``."""
+        n = scores.shape[0]
+        gamma = torch.softmax(scores, dim=-1)  # (N, P, K)
+        return gamma.transpose(1, 2).reshape(n, *self.out_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Responsibilities ``(N, K, H, W)`` of the input ``(N, D, H, W)``."""
+        return self.responsibilities(self.log_scores(x))
+
+    def objective(self, scores: torch.Tensor) -> torch.Tensor:
+        """The objective the layer maximises, per image: ``(N, P, K) -> (N,)`` (mean over positions).
+
+        ``max_component``: ``max_k sum_j g_kj l_j`` (the annealed bound); ``logsumexp``: exact.
+        """
+        if self.loss_kind == "logsumexp":
+            return torch.logsumexp(scores, dim=-1).mean(dim=1)
+        if not self._smoothing_is_identity:
+            scores = scores @ self.smoothing.t()  # (N, P, K): sum_j g_kj l_j
+        return scores.amax(dim=-1).mean(dim=1)
+
+    def loss(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scalar to minimise: minus the objective, averaged over the batch."""
+        return -self.objective(scores).mean()
+
+    @staticmethod
+    def log_likelihood(scores: torch.Tensor) -> torch.Tensor:
+        """Exact log-likelihood per image summed over positions, in nats: ``(N, P, K) -> (N,)``."""
+        return torch.logsumexp(scores, dim=-1).sum(dim=1)
+
+    @staticmethod
+    def max_component_bound(scores: torch.Tensor) -> torch.Tensor:
+        """Unsmoothed bound ``max_k l_k`` per image summed over positions: ``(N, P, K) -> (N,)``."""
+        return scores.amax(dim=-1).sum(dim=1)
+
+    # ----------------------------------------------------------------------------- top-down
+    def top_down(
+        self,
+        signal: torch.Tensor | None = None,
+        n: int | None = None,
+        top_s: int = 1,
+        divisor: float = 1.0,
+        generator: torch.Generator | None = None,
+        **options,
+    ) -> torch.Tensor:
+        """Draw one sample per position from a top-down prior over components.
+
+        Args:
+            signal: non-negative prior ``(N, K, H, W)``; ``None`` means pi at every position.
+            n: number of samples when ``signal`` is None.
+            top_s: keep the ``top_s`` largest prior entries and draw among them in proportion.
+            divisor: the std is divided by this (>1 gives cleaner samples); dims whose std sits
+                at the variance floor are drawn with std 0.
+        Returns:
+            ``(N, D, H, W)`` in this layer's input space.
+        """
+        if not 1 <= int(top_s) <= self.K:
+            raise ConfigError(f"{self.name}: top_s={top_s} must lie in [1, K={self.K}]")
+        if not divisor > 0:
+            raise ConfigError(f"{self.name}: divisor={divisor} must be > 0")
+        if signal is None:
+            if n is None or n < 1:
+                raise ConfigError(f"{self.name}: give a prior or a positive number of samples n")
+            prior = self.weights.detach().unsqueeze(0).expand(n, -1, -1)  # (N, G, K)
+            prior = prior.expand(n, self.P, self.K) if prior.shape[1] == 1 else prior  # (N, P, K)
+        else:
+            n = signal.shape[0]
+            prior = signal.detach().reshape(n, self.K, self.P).transpose(1, 2)  # (N, P, K)
+        values, idx = prior.topk(int(top_s), dim=-1)  # (N, P, S)
+        values = values.clamp_min(0).reshape(-1, int(top_s))
+        values = torch.where(values.sum(-1, keepdim=True) > 0, values, torch.ones_like(values))
+        pick = torch.multinomial(values, 1, generator=generator).view(n, self.P, 1)  # index into top-S
+        component = idx.gather(-1, pick).squeeze(-1)  # (N, P)
+
+        means, inv_std = self.means.detach(), self.inv_std.detach()
+        if self.mode == "shared":
+            mu, s = means[0][component], inv_std[0][component]  # (N, P, D)
+        else:
+            pos = torch.arange(self.P, device=component.device).expand_as(component)
+            mu, s = means[pos, component], inv_std[pos, component]  # (N, P, D)
+        std = torch.where(s >= self.inv_std_max, torch.zeros_like(s), 1.0 / s) / float(divisor)
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        x = mu + std * noise  # (N, P, D)
+        return x.transpose(1, 2).reshape(n, *self.in_shape)
+
+    def flops_per_image(self) -> int:
+        return 4 * self.P * self.K * self.D  # two products of (P, D) x (D, K), spec section 6
+
+    def extra_repr(self) -> str:
+        return f"K={self.K}, mode={self.mode}, loss={self.loss_kind}, " + super().extra_repr()

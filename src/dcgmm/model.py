@@ -1,0 +1,176 @@
+"""The DCGMM stack: layers built from a topology (a list of layer specs), shapes inferred bottom-up.
+
+A topology is a list of dicts, each with a ``kind`` (see :data:`dcgmm.layers.LAYER_KINDS`) and
+that layer's parameters, e.g. the flat GMM::
+
+    [{"kind": "folding", "kernel_size": 28}, {"kind": "gmm", "K": 25}]
+
+GMM layers take unset parameters from ``gmm_defaults`` (the model-wide ``K``, ``lr``, ...), so a
+model-wide override reaches every layer that does not set the value itself.
+
+Training is layer-local (spec section 2): each GMM layer sees a detached input, so one backward
+pass of the summed losses gives every layer exactly the gradient of its own loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from dcgmm.errors import ConfigError
+from dcgmm.layers import LAYER_KINDS, GMMLayer, Layer, Shape
+
+
+def build_layers(specs: Sequence[Mapping], input_shape: Shape, gmm_defaults: Mapping | None = None) -> list[Layer]:
+    """Instantiate layers bottom-up, each from the previous layer's output shape.
+
+    Raises a one-line :class:`ConfigError` for an empty list, an unknown kind, a missing or
+    unknown parameter, or shapes that do not fit.
+    """
+    if specs is None or len(specs) == 0:
+        raise ConfigError("the model has no layers: give model.layers as a list such as [{kind: folding, kernel_size: 28}, {kind: gmm, K: 25}]")
+    shape: Shape = tuple(int(v) for v in input_shape)  # type: ignore[assignment]
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"input_shape={list(input_shape)} must be [channels, height, width] with positive sizes")
+    layers: list[Layer] = []
+    for index, spec in enumerate(specs):
+        if not isinstance(spec, Mapping) or "kind" not in spec:
+            raise ConfigError(f"layer {index}: {spec!r} needs a 'kind' (one of {sorted(LAYER_KINDS)})")
+        params = dict(spec)
+        kind = params.pop("kind")
+        if kind not in LAYER_KINDS:
+            raise ConfigError(f"layer {index}: kind={kind!r} is unknown; known kinds: {', '.join(sorted(LAYER_KINDS))}")
+        cls = LAYER_KINDS[kind]
+        if cls is GMMLayer:
+            declared_dim = params.pop("D", None)
+            if declared_dim is not None and int(declared_dim) != shape[0]:
+                raise ConfigError(
+                    f"layer {index} (gmm): D={declared_dim} does not match the {shape[0]} channels "
+                    f"that layer {index - 1} produces; drop D or make it {shape[0]}"
+                )
+            for key, value in (gmm_defaults or {}).items():
+                if value is not None:
+                    params.setdefault(key, value)
+        try:
+            layer = cls(shape, index=index, **params)
+        except TypeError as err:  # unknown or missing keyword
+            raise ConfigError(f"layer {index} ({kind}): {err}".replace(f"{cls.__name__}.__init__() ", "")) from None
+        layers.append(layer)
+        shape = layer.out_shape
+    return layers
+
+
+class DCGMM(nn.Module):
+    """A stack of DCGMM layers.
+
+    Args:
+        layers: topology, a list of layer specs (see module docstring).
+        input_shape: ``(C, H, W)`` of the images, e.g. ``(1, 28, 28)``.
+        gmm_defaults: values for GMM-layer parameters that a spec leaves unset.
+    """
+
+    def __init__(self, layers: Sequence[Mapping], input_shape: Shape = (1, 28, 28), gmm_defaults: Mapping | None = None):
+        super().__init__()
+        self.input_shape: Shape = tuple(int(v) for v in input_shape)  # type: ignore[assignment]
+        self.layers = nn.ModuleList(build_layers(layers, self.input_shape, gmm_defaults))
+        if not self.gmm_layers:
+            raise ConfigError("the topology has no gmm layer; add at least one {kind: gmm}")
+
+    @property
+    def gmm_layers(self) -> list[GMMLayer]:
+        return [layer for layer in self.layers if isinstance(layer, GMMLayer)]
+
+    @property
+    def top_gmm(self) -> GMMLayer:
+        return self.gmm_layers[-1]
+
+    def bottom_up(self, x: torch.Tensor, until: int | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run the layers bottom-up on images ``(N, C, H, W)``.
+
+        Each GMM layer reads a detached input, so gradients stay inside the layer.
+
+        Returns:
+            the output map of the last layer run, and ``{layer index: log-scores (N, P, K)}``
+            for every GMM layer run.
+        """
+        scores: dict[int, torch.Tensor] = {}
+        for layer in self.layers[: None if until is None else until + 1]:
+            if isinstance(layer, GMMLayer):
+                layer_scores = layer.log_scores(x.detach())  # (N, P, K)
+                scores[layer.index] = layer_scores
+                x = layer.responsibilities(layer_scores.detach())  # (N, K, H, W), no graph kept
+            else:
+                x = layer(x)
+        return x, scores
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Output map of the top layer for images ``(N, C, H, W)``."""
+        return self.bottom_up(x)[0]
+
+    def losses(self, scores: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Scalar loss of every GMM layer from its log-scores."""
+        return {index: self.layers[index].loss(layer_scores) for index, layer_scores in scores.items()}
+
+    @property
+    def is_pixel_density(self) -> bool:
+        """True when the stack is one GMM layer over non-overlapping patches that tile the image,
+        so that its summed log-likelihood is a density over pixels (e.g. the flat GMM)."""
+        if len(self.gmm_layers) != 1 or not isinstance(self.layers[-1], GMMLayer):
+            return False
+        below = list(self.layers[:-1])
+        if len(below) != 1 or below[0].kind != "folding":
+            return False
+        fold = below[0]
+        _, height, width = self.input_shape
+        (kh, kw), (sh, sw) = fold.kernel_size, fold.stride
+        return (kh, kw) == (sh, sw) and height % kh == 0 and width % kw == 0 or (kh, kw) == (height, width)
+
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact log-density of images ``(N, C, H, W)`` in nats per image: ``(N,)``.
+
+        Only defined when :attr:`is_pixel_density`.
+        """
+        if not self.is_pixel_density:
+            raise ConfigError("log_likelihood over pixels needs one gmm layer over a folding that tiles the image (a flat GMM)")
+        _, scores = self.bottom_up(x)
+        return GMMLayer.log_likelihood(scores[self.top_gmm.index])
+
+    def constrain_(self) -> None:
+        for layer in self.layers:
+            layer.constrain_()
+
+    def summary(self) -> list[dict]:
+        """One row per layer: index, kind, output shape, parameter count, multiply-adds per image."""
+        rows = []
+        shape = self.input_shape
+        for layer in self.layers:
+            rows.append(
+                dict(
+                    index=layer.index,
+                    layer=layer.name,
+                    detail=layer.extra_repr().split(", in=")[0],
+                    in_shape=shape,
+                    out_shape=layer.out_shape,
+                    params=sum(p.numel() for p in layer.parameters()),
+                    flops=layer.flops_per_image(),
+                )
+            )
+            shape = layer.out_shape
+        return rows
+
+    def summary_table(self) -> str:
+        """The summary as a fixed-width text table (printed at the start of training)."""
+        header = f"{'#':>2}  {'layer':<14}{'settings':<44}{'output (C,H,W)':<18}{'params':>10}{'MACs/image':>14}"
+        lines = [header, "-" * len(header)]
+        for row in self.summary():
+            out = "x".join(str(v) for v in row["out_shape"])
+            lines.append(
+                f"{row['index']:>2}  {row['layer']:<14}{row['detail'][:43]:<44}{out:<18}{row['params']:>10,}{row['flops']:>14,}"
+            )
+        total_p = sum(r["params"] for r in self.summary())
+        total_f = sum(r["flops"] for r in self.summary())
+        lines.append("-" * len(header))
+        lines.append(f"{'':>2}  {'total':<14}{'':<44}{'':<18}{total_p:>10,}{total_f:>14,}")
+        return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""Helpers of the Hydra task tier: instantiating callbacks/loggers, the task wrapper, printing."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("dcgmm")
+
+
+def instantiate_group(group: DictConfig | None, what: str) -> list:
+    """Instantiate every ``_target_`` entry of a config group (callbacks or loggers)."""
+    objects = []
+    if not group:
+        return objects
+    if not isinstance(group, DictConfig):
+        raise TypeError(f"{what} config must be a mapping of name -> {{_target_: ...}}")
+    for name, conf in group.items():
+        if isinstance(conf, DictConfig) and "_target_" in conf:
+            log.info(f"Instantiating {what} <{conf._target_}> ({name})")
+            objects.append(instantiate(conf))
+    return objects
+
+
+def prepare_environment() -> None:
+    """Settings every task needs before Hydra composes: project root, offline W&B that never waits."""
+    os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[2]))
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+    os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
+    os.environ.setdefault("WANDB__DISABLE_STATS", "true")
+
+
+def apply_extras(cfg: DictConfig) -> None:
+    """Optional conveniences from ``cfg.extras``: silence warnings, print and save the config."""
+    extras = cfg.get("extras") or {}
+    if extras.get("ignore_warnings"):
+        warnings.filterwarnings("ignore")
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    if extras.get("print_config"):
+        text = OmegaConf.to_yaml(cfg, resolve=False)
+        log.info("Config:\n" + text)
+        output_dir = cfg.get("paths", {}).get("output_dir")
+        if output_dir:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "config_tree.yaml").write_text(text)
+
+
+def _is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # Hydra not initialised (called from Python)
+        return False
+
+
+def close_wandb() -> None:
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            log.info("Closing the W&B run")
+            wandb.finish()
+
+
+def task_wrapper(task: Callable) -> Callable:
+    """Wrap a task so that it always prints the output folder and closes the W&B run.
+
+    In a multirun, a failing job is logged and returns ``None`` so that the sweep goes on;
+    in a single run the error propagates. Config errors (bad input) are reported as one line.
+    """
+
+    @functools.wraps(task)
+    def wrapped(cfg: DictConfig):
+        try:
+            return task(cfg)
+        except Exception as err:
+            if _is_multirun():
+                log.exception(f"job failed, the sweep continues: {type(err).__name__}: {err}")
+                return None, None
+            raise
+        finally:
+            output_dir = cfg.get("paths", {}).get("output_dir") if cfg else None
+            if output_dir:
+                log.info(f"Output dir: {output_dir}")
+            close_wandb()
+
+    return wrapped
+
+
+def metric_value(metrics: dict, name: str | None) -> float | None:
+    """Read ``name`` from the metric dict (for sweepers); a clear error if it was never logged."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(
+            f"optimized_metric={name!r} was not logged; logged metrics: {', '.join(sorted(metrics)) or 'none'}"
+        )
+    value = metrics[name]
+    return float(value.item() if hasattr(value, "item") else value)
