@@ -1,0 +1,314 @@
+"""Lightning data modules for MNIST and FashionMNIST held entirely in memory.
+
+Each split is kept as one tensor and every batch is produced by a single
+fancy-indexing operation (``Dataset.__getitems__``), so that loading keeps up
+with models that process tens of thousands of images per second.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from dcgmm.data.errors import DataError
+from dcgmm.data.sources import NUM_CLASSES, Arrays, canonical_name, dataset_info, load_dataset
+
+__all__ = ["FashionMNISTDataModule", "ImageDataModule", "MNISTDataModule", "TensorBatchDataset"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+SPLITS = ("train", "val", "test")
+
+
+class TensorBatchDataset(Dataset[Batch]):
+    """In-memory dataset that returns whole batches with one indexing operation.
+
+    ``DataLoader`` calls ``__getitems__`` with the list of indices of a batch
+    (instead of calling ``__getitem__`` once per sample); the result is already
+    collated, so the loader must use ``collate_fn=keep_batch``.
+
+    Args:
+        x: images, float32 (N, 1, 28, 28), values in [0, 1].
+        y: labels, int64 (N,), class ids 0..9.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+        self.x = x
+        self.y = y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> Batch:
+        """One sample: x (1, 28, 28) float32, y () int64."""
+        return self.x[index], self.y[index]
+
+    def __getitems__(self, indices: Sequence[int] | torch.Tensor) -> Batch:
+        """A batch: x (B, 1, 28, 28) float32, y (B,) int64."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.x[idx], self.y[idx]
+
+
+def keep_batch(batch: Batch) -> Batch:
+    """Collate function for ``TensorBatchDataset``: the batch is already collated."""
+    return batch
+
+
+def _is_int(value: Any) -> bool:
+    """True for Python/numpy integers, False for bools and everything else."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_classes(classes: Any) -> list[int] | None:
+    """Validate ``classes`` (None or a non-empty list of distinct ints in 0..9)."""
+    if classes is None:
+        return None
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+        raise ValueError(f"data.classes must be null or a list of class ids, e.g. [0,1,2]; got {classes!r}")
+    out = []
+    for c in classes:
+        if not _is_int(c):
+            raise ValueError(f"data.classes must hold integers 0..{NUM_CLASSES - 1}; got {c!r}")
+        out.append(int(c))
+    if not out:
+        raise ValueError("data.classes is empty; list at least one class id (0..9) or set it to null for all classes")
+    bad = [c for c in out if not 0 <= c < NUM_CLASSES]
+    if bad:
+        raise ValueError(f"data.classes holds {bad}, outside the allowed class ids 0..{NUM_CLASSES - 1}")
+    dups = sorted({c for c in out if out.count(c) > 1})
+    if dups:
+        raise ValueError(f"data.classes lists {dups} more than once; give each class id once")
+    return out
+
+
+class ImageDataModule(L.LightningDataModule):
+    """MNIST / FashionMNIST with a seeded train/validation split, fully in memory.
+
+    Batches are tuples ``(x, y)``: ``x`` float32 (B, 1, 28, 28) with pixel
+    intensities in [0, 1] (the 8-bit value divided by 255, so ``x * 255`` is
+    integral) and ``y`` int64 (B,) with the original class ids 0..9 (not
+    renumbered when ``classes`` selects a subset).
+
+    Args:
+        name: ``"mnist"`` or ``"fashion"`` (aliases ``"fashion_mnist"``, ``"fashionmnist"``).
+        data_dir: folder for the cache and downloads (see ``load_dataset``).
+        local_dir: folder with the 4 IDX files to use instead of all other sources.
+        download: allow downloads when no offline copy exists.
+        val_size: validation images taken from the training split: an int count
+            or a float fraction in [0, 1). 0 disables validation.
+        classes: keep only these class ids (in train, val and test); None keeps all.
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size; None means ``batch_size``.
+        num_workers: DataLoader worker processes (0 is fastest for in-memory data).
+        seed: seed of the train/val split; the split depends only on ``seed``,
+            ``val_size`` and ``classes``, never on the global RNG.
+        pin_memory: pin batches in page-locked memory (for GPU training).
+        shuffle: reshuffle the training set every epoch. The order is drawn from
+            torch's global RNG, so it is reproducible under
+            ``lightning.seed_everything`` and differs from epoch to epoch.
+    """
+
+    def __init__(
+        self,
+        name: str = "mnist",
+        data_dir: str | os.PathLike[str] = "data",
+        local_dir: str | os.PathLike[str] | None = None,
+        download: bool = True,
+        val_size: int | float = 5000,
+        classes: Sequence[int] | None = None,
+        batch_size: int = 100,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        pin_memory: bool = False,
+        shuffle: bool = True,
+    ) -> None:
+        super().__init__()
+        # Cheap argument checks, before any data is touched.
+        self.name = canonical_name(name)
+        self.classes = _check_classes(classes)
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"data.batch_size must be a positive integer, got {batch_size!r}")
+        if eval_batch_size is not None and (not _is_int(eval_batch_size) or eval_batch_size < 1):
+            raise ValueError(f"data.eval_batch_size must be a positive integer or null, got {eval_batch_size!r}")
+        if not (_is_int(val_size) or isinstance(val_size, float)):
+            raise ValueError(f"data.val_size must be an int count or a float fraction in [0, 1), got {val_size!r}")
+        if isinstance(val_size, float) and not 0.0 <= val_size < 1.0:
+            raise ValueError(f"data.val_size={val_size} as a fraction must lie in [0, 1); use an int for a count")
+        if _is_int(val_size) and val_size < 0:
+            raise ValueError(f"data.val_size must be >= 0, got {val_size}")
+        if not _is_int(num_workers) or num_workers < 0:
+            raise ValueError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
+
+        self.data_dir = str(data_dir)
+        self.local_dir = None if local_dir is None else str(local_dir)
+        self.download = bool(download)
+        self.val_size = val_size
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.pin_memory = bool(pin_memory)
+        self.shuffle = bool(shuffle)
+        self.save_hyperparameters()
+
+        self._arrays: Arrays | None = None  # raw numpy arrays from load_dataset
+        self._uint8: dict[str, torch.Tensor] = {}  # split -> uint8 (N, 1, 28, 28)
+        self._datasets: dict[str, TensorBatchDataset] = {}  # split -> float32 dataset
+
+    # ------------------------------------------------------------------ info
+    @property
+    def num_classes(self) -> int:
+        """Number of class ids (always 10, also when ``classes`` selects a subset)."""
+        return NUM_CLASSES
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Shape of one image: (channels, height, width) = (1, 28, 28)."""
+        return (1, 28, 28)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of class ids 0..9."""
+        return list(dataset_info(self.name).class_names)
+
+    # ------------------------------------------------------------- lifecycle
+    def prepare_data(self) -> None:
+        """Find/download the dataset and build the cache (called on one process only)."""
+        self._load()
+
+    def _load(self) -> Arrays:
+        if self._arrays is None:
+            self._arrays = load_dataset(self.name, self.data_dir, self.local_dir, self.download)
+        return self._arrays
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build all three splits once; later calls return immediately.
+
+        Raises:
+            DataError: the dataset cannot be loaded, the class subset is empty,
+                or ``val_size``/``batch_size`` do not fit the training split.
+        """
+        if self._datasets:
+            return
+        arrays = self._load()
+        train_x, train_y = arrays["train_x"], arrays["train_y"]
+        test_x, test_y = arrays["test_x"], arrays["test_y"]
+        if self.classes is not None:
+            keep = np.isin(train_y, self.classes)
+            train_x, train_y = train_x[keep], train_y[keep]
+            keep = np.isin(test_y, self.classes)
+            test_x, test_y = test_x[keep], test_y[keep]
+            if len(train_y) == 0:
+                raise DataError(
+                    f"data.classes={self.classes} selects no training images; pick classes present in the data"
+                )
+
+        n = len(train_y)
+        n_val = round(self.val_size * n) if isinstance(self.val_size, float) else int(self.val_size)
+        if n_val >= n:
+            raise DataError(
+                f"data.val_size={self.val_size} leaves no training images ({n} available after class selection); "
+                "use a smaller count or a fraction"
+            )
+        # The split depends only on the seed (and on n, i.e. on the class subset).
+        perm = np.random.default_rng(self.seed).permutation(n)
+        val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        if self.batch_size > len(train_idx):
+            raise DataError(
+                f"data.batch_size={self.batch_size} exceeds the {len(train_idx)} training images; "
+                "lower data.batch_size or data.val_size"
+            )
+
+        raw = {
+            "train": (train_x[train_idx], train_y[train_idx]),
+            "val": (train_x[val_idx], train_y[val_idx]),
+            "test": (test_x, test_y),
+        }
+        for split, (x, y) in raw.items():
+            pixels = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1)  # uint8 (N, 1, 28, 28)
+            self._uint8[split] = pixels
+            images = pixels.to(torch.float32).div_(255.0)
+            self._datasets[split] = TensorBatchDataset(images, torch.from_numpy(np.ascontiguousarray(y)))
+
+    # ----------------------------------------------------------------- access
+    def dataset(self, split: str) -> TensorBatchDataset:
+        """The float32 dataset of ``split`` ("train", "val" or "test"); requires ``setup()``."""
+        self._check_split(split)
+        return self._datasets[split]
+
+    def raw_pixels(self, split: str = "test") -> torch.Tensor:
+        """8-bit pixels of ``split``: uint8 (N, 1, 28, 28), values 0..255, same order as its loader
+        (the training loader shuffles, so only val/test line up batch by batch)."""
+        self._check_split(split)
+        return self._uint8[split]
+
+    @property
+    def test_pixels_uint8(self) -> torch.Tensor:
+        """8-bit test pixels, uint8 (N, 1, 28, 28); needed for bits/dim evaluation."""
+        return self.raw_pixels("test")
+
+    def split_sizes(self) -> dict[str, int]:
+        """Number of images per split; requires ``setup()``."""
+        return {split: len(self.dataset(split)) for split in SPLITS}
+
+    def _check_split(self, split: str) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        if not self._datasets:
+            raise RuntimeError("call setup() on the data module before accessing its data")
+
+    # ------------------------------------------------------------ dataloaders
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=batch_size,
+            shuffle=shuffle,  # RandomSampler seeded from torch's global RNG at each epoch
+            drop_last=False,
+            collate_fn=keep_batch,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Training batches: x float32 (B, 1, 28, 28) in [0, 1], y int64 (B,)."""
+        return self._loader("train", self.batch_size, self.shuffle)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches in a fixed order (an empty list when ``val_size`` is 0)."""
+        if len(self.dataset("val")) == 0:
+            return []
+        return self._loader("val", self.eval_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches in a fixed order, aligned with ``raw_pixels("test")``."""
+        return self._loader("test", self.eval_batch_size, False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Same as ``test_dataloader``."""
+        return self.test_dataloader()
+
+
+class MNISTDataModule(ImageDataModule):
+    """``ImageDataModule`` fixed to MNIST (handwritten digits 0..9)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.pop("name", None)
+        super().__init__(name="mnist", **kwargs)
+
+
+class FashionMNISTDataModule(ImageDataModule):
+    """``ImageDataModule`` fixed to FashionMNIST (10 clothing categories)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.pop("name", None)
+        super().__init__(name="fashion", **kwargs)
