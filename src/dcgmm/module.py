@@ -79,7 +79,11 @@ class DCGMMModule(L.LightningModule):
         self._last_losses: dict[int, torch.Tensor] = {}
         # first global step at which each GMM layer's loss was not finite (-1: never); kept on
         # the device so that checking it costs no host sync per step
-        self.register_buffer("nonfinite_step", torch.full((len(self.stack.layers),), -1, dtype=torch.long), persistent=False)
+        num_gmm = len(self.stack.gmm_layers)
+        self.register_buffer("nonfinite_step", torch.full((num_gmm,), -1, dtype=torch.long), persistent=False)
+        # running per-layer sum of the training losses over the epoch (device tensor, no sync)
+        self.register_buffer("train_loss_sum", torch.zeros(num_gmm), persistent=False)
+        self._train_steps_in_epoch = 0
         self.metrics = torch.nn.ModuleDict(
             {
                 f"{stage}_{name}": MeanMetric()
@@ -101,20 +105,29 @@ class DCGMMModule(L.LightningModule):
         x, _ = batch
         _, scores = self._bottom_up(x)
         losses = self.stack.losses(scores)
-        total = torch.stack(list(losses.values())).sum()
-        self._track_nonfinite(losses)
+        loss_vector = torch.stack(list(losses.values()))  # (number of GMM layers,)
         self._last_losses = losses
-        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
-        for index, layer_loss in losses.items():
-            self.log(f"train/{self.stack.layers[index].name}/loss", layer_loss, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        self._track_nonfinite(loss_vector)
+        self.train_loss_sum += loss_vector.detach()
+        self._train_steps_in_epoch += 1
+        total = loss_vector.sum()
         return total
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         optimizer.step(closure=optimizer_closure)
         self.stack.constrain_()  # precision clipping after every update
 
+    def _is_log_step(self) -> bool:
+        """True on the steps whose values the logger records (every ``log_every_n_steps``).
+
+        Logging only there keeps Lightning's per-call logging cost out of the other steps;
+        ``trainer.log_every_n_steps=1`` records sigma, lr and the losses at every step.
+        """
+        every = max(int(self.trainer.log_every_n_steps), 1)
+        return (self.global_step % every == 0) or bool(self.trainer.fast_dev_run)
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        """Step every layer's annealing schedule on its loss; apply new sigma / lr."""
+        """Step every layer's annealing schedule on its loss; apply new sigma / lr; log."""
         optimizer = self.optimizers(use_pl_optimizer=False)
         window_closed = False
         for index, layer_loss in self._last_losses.items():
@@ -125,29 +138,41 @@ class DCGMMModule(L.LightningModule):
                     if group["layer"] == index:
                         group["lr"] = schedule.lr * group["factor"]
             window_closed |= schedule.steps % schedule.window == 0
-            self.log(f"train/{layer.name}/sigma", schedule.sigma, on_step=True, on_epoch=False)
-            self.log(f"train/{layer.name}/lr", schedule.lr, on_step=True, on_epoch=False)
         if window_closed:
             self._raise_if_nonfinite()
-
-    def _track_nonfinite(self, losses: Mapping[int, torch.Tensor]) -> None:
-        step = torch.tensor(self.global_step, device=self.nonfinite_step.device)
-        for index, layer_loss in losses.items():
-            bad = ~torch.isfinite(layer_loss.detach()) & (self.nonfinite_step[index] < 0)
-            self.nonfinite_step[index] = torch.where(bad, step, self.nonfinite_step[index])
-
-    def _raise_if_nonfinite(self) -> None:
-        steps = self.nonfinite_step.tolist()
-        for index, step in enumerate(steps):
-            if step >= 0:
-                raise TrainingDiverged(
-                    f"{self.stack.layers[index].name}: loss became NaN or infinite at step {step}; "
-                    f"lower its learning rate (model.lr) or raise precision floor/ceiling (precision_max); "
-                    f"no checkpoint was written after it"
-                )
+        if self._is_log_step():
+            values = {}
+            for index, layer_loss in self._last_losses.items():
+                name = self.stack.layers[index].name
+                values[f"train/{name}/loss"] = layer_loss.detach()
+                values[f"train/{name}/sigma"] = self.schedules[index].sigma
+                values[f"train/{name}/lr"] = self.schedules[index].lr
+            self.log_dict(values, on_step=True, on_epoch=False, prog_bar=False, batch_size=batch[0].shape[0])
+            self.log("train/loss", outputs["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True)
 
     def on_train_epoch_end(self) -> None:
         self._raise_if_nonfinite()  # before ModelCheckpoint saves the epoch
+        if self._train_steps_in_epoch:
+            means = self.train_loss_sum / self._train_steps_in_epoch  # (number of GMM layers,)
+            self.log("train/loss_epoch", means.sum(), sync_dist=True)
+            for layer, value in zip(self.stack.gmm_layers, means):
+                self.log(f"train/{layer.name}/loss_epoch", value, sync_dist=True)
+            self.train_loss_sum.zero_()
+            self._train_steps_in_epoch = 0
+
+    def _track_nonfinite(self, loss_vector: torch.Tensor) -> None:
+        """Remember, on the device, the first step at which each layer's loss was NaN or inf."""
+        current = self.nonfinite_step
+        bad = ~torch.isfinite(loss_vector.detach()) & (current < 0)
+        self.nonfinite_step = torch.where(bad, torch.full_like(current, self.global_step), current)
+
+    def _raise_if_nonfinite(self) -> None:
+        for layer, step in zip(self.stack.gmm_layers, self.nonfinite_step.tolist()):
+            if step >= 0:
+                raise TrainingDiverged(
+                    f"{layer.name}: loss became NaN or infinite at step {step}; lower the learning rate "
+                    f"(model.lr) or check the input data; no checkpoint was written after that step"
+                )
 
     def on_validation_epoch_start(self) -> None:
         self._raise_if_nonfinite()

@@ -1,0 +1,39 @@
+# Set-up, training and tests. Every target installs what it needs first (idempotent).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup data train test test-full bench clean help
+
+help:
+	@echo "make train      set up, then train the default model (flat GMM on MNIST)"
+	@echo "make test       set up, then run the fast tests"
+	@echo "make test-full  set up, then run all tests, slow ones included"
+	@echo "make bench      set up, then run the benchmarks"
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP) data
+
+data: $(STAMP)
+	PYTHON=$(PY) bash scripts/fetch_data.sh data
+
+train: setup
+	$(PY) train.py $(ARGS)
+
+test: setup
+	$(PY) -m pytest -m "not slow" -q $(ARGS)
+
+test-full: setup
+	$(PY) -m pytest -q $(ARGS)
+
+bench: setup
+	$(PY) -m benchmarks.run $(ARGS)
+
+clean:
+	rm -rf logs .pytest_cache
