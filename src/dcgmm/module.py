@@ -123,8 +123,11 @@ class DCGMMModule(L.LightningModule):
         Logging only there keeps Lightning's per-call logging cost out of the other steps;
         ``trainer.log_every_n_steps=1`` records sigma, lr and the losses at every step.
         """
+        connector = getattr(self.trainer, "_logger_connector", None)
+        if connector is not None and hasattr(connector, "should_update_logs"):
+            return bool(connector.should_update_logs) or bool(self.trainer.fast_dev_run)
         every = max(int(self.trainer.log_every_n_steps), 1)
-        return (self.global_step % every == 0) or bool(self.trainer.fast_dev_run)
+        return self.global_step % every == 0
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         """Step every layer's annealing schedule on its loss; apply new sigma / lr; log."""

@@ -6,10 +6,9 @@ import logging
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dcgmm.utils import instantiate_group, task_wrapper
+from dcgmm.utils import instantiate, instantiate_group, task_wrapper
 
 log = logging.getLogger("dcgmm")
 

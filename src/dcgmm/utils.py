@@ -12,10 +12,28 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("dcgmm")
+
+
+def instantiate(conf, *args, **kwargs):
+    """``hydra.utils.instantiate`` that lets the project's own one-line errors through unwrapped.
+
+    Hydra wraps every exception raised by a constructor in a multi-line InstantiationException;
+    a ValueError raised on purpose for bad input (ConfigError, DataError) is re-raised as is.
+    """
+    try:
+        return hydra_instantiate(conf, *args, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ValueError):
+            raise cause from None
+        raise
 
 
 def instantiate_group(group: DictConfig | None, what: str) -> list:

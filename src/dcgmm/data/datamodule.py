@@ -72,20 +72,20 @@ def _check_classes(classes: Any) -> list[int] | None:
     if classes is None:
         return None
     if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
-        raise ValueError(f"data.classes must be null or a list of class ids, e.g. [0,1,2]; got {classes!r}")
+        raise DataError(f"data.classes must be null or a list of class ids, e.g. [0,1,2]; got {classes!r}")
     out = []
     for c in classes:
         if not _is_int(c):
-            raise ValueError(f"data.classes must hold integers 0..{NUM_CLASSES - 1}; got {c!r}")
+            raise DataError(f"data.classes must hold integers 0..{NUM_CLASSES - 1}; got {c!r}")
         out.append(int(c))
     if not out:
-        raise ValueError("data.classes is empty; list at least one class id (0..9) or set it to null for all classes")
+        raise DataError("data.classes is empty; list at least one class id (0..9) or set it to null for all classes")
     bad = [c for c in out if not 0 <= c < NUM_CLASSES]
     if bad:
-        raise ValueError(f"data.classes holds {bad}, outside the allowed class ids 0..{NUM_CLASSES - 1}")
+        raise DataError(f"data.classes holds {bad}, outside the allowed class ids 0..{NUM_CLASSES - 1}")
     dups = sorted({c for c in out if out.count(c) > 1})
     if dups:
-        raise ValueError(f"data.classes lists {dups} more than once; give each class id once")
+        raise DataError(f"data.classes lists {dups} more than once; give each class id once")
     return out
 
 
@@ -136,17 +136,17 @@ class ImageDataModule(L.LightningDataModule):
         self.name = canonical_name(name)
         self.classes = _check_classes(classes)
         if not _is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"data.batch_size must be a positive integer, got {batch_size!r}")
+            raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
         if eval_batch_size is not None and (not _is_int(eval_batch_size) or eval_batch_size < 1):
-            raise ValueError(f"data.eval_batch_size must be a positive integer or null, got {eval_batch_size!r}")
+            raise DataError(f"data.eval_batch_size must be a positive integer or null, got {eval_batch_size!r}")
         if not (_is_int(val_size) or isinstance(val_size, float)):
-            raise ValueError(f"data.val_size must be an int count or a float fraction in [0, 1), got {val_size!r}")
+            raise DataError(f"data.val_size must be an int count or a float fraction in [0, 1), got {val_size!r}")
         if isinstance(val_size, float) and not 0.0 <= val_size < 1.0:
-            raise ValueError(f"data.val_size={val_size} as a fraction must lie in [0, 1); use an int for a count")
+            raise DataError(f"data.val_size={val_size} as a fraction must lie in [0, 1); use an int for a count")
         if _is_int(val_size) and val_size < 0:
-            raise ValueError(f"data.val_size must be >= 0, got {val_size}")
+            raise DataError(f"data.val_size must be >= 0, got {val_size}")
         if not _is_int(num_workers) or num_workers < 0:
-            raise ValueError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
+            raise DataError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
 
         self.data_dir = str(data_dir)
         self.local_dir = None if local_dir is None else str(local_dir)

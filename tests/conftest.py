@@ -1,0 +1,47 @@
+"""Shared fixtures: Hydra configs composed with the compose API, outputs redirected to tmp_path."""
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from dcgmm.utils import prepare_environment
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "conf"
+DATA_DIR = ROOT / "data"
+
+prepare_environment()
+
+
+def dataset_available(name: str) -> bool:
+    """True when the dataset's cache exists (made by `make setup` / scripts/fetch_data.sh)."""
+    return (DATA_DIR / "cache" / f"{name}.npz").exists()
+
+
+def compose_train(overrides: list[str], tmp_path: Path) -> DictConfig:
+    """Compose conf/train.yaml like `python train.py OVERRIDES`, writing only below tmp_path."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train.yaml", return_hydra_config=True, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(ROOT)
+        cfg.paths.data_dir = str(DATA_DIR)
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.paths.log_dir = str(tmp_path)
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+        cfg.hydra.job.num = 0
+        cfg.extras.print_config = False
+    HydraConfig().set_config(cfg)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture
+def train_cfg(tmp_path):
+    """A function building a composed training config for the given overrides."""
+    return lambda *overrides: compose_train(list(overrides), tmp_path)

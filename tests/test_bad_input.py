@@ -1,0 +1,62 @@
+"""Bad input: a clear one-line error before training, with the problem and the fix."""
+
+import subprocess
+import sys
+
+import pytest
+
+from dcgmm.data import DataError
+from dcgmm.errors import ConfigError
+from dcgmm.tasks import train
+from tests.conftest import ROOT, dataset_available
+
+needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
+
+
+@pytest.mark.parametrize(
+    "override, error, match",
+    [
+        ("model.K=10", ConfigError, r"K=10 is not a perfect square.*use K=9 or K=16"),
+        ("model.K=0", ConfigError, r"model.K=0 must be >= 1"),
+        ("model.lr=0", ConfigError, r"model.lr=0 must be > 0"),
+        ("model.lr=-0.5", ConfigError, r"model.lr=-0.5 must be > 0"),
+        ("model.precision_max=0", ConfigError, r"variance floor"),
+        ("data.name=cifar", DataError, r"cifar"),
+        ("data.classes=[1,12]", DataError, r"12"),
+        ("data.local_dir=/nonexistent/mnist", DataError, r"/nonexistent/mnist"),
+        ("model.layers=[]", ConfigError, r"no layers"),
+    ],
+)
+def test_bad_config_fails_before_training(train_cfg, tmp_path, override, error, match):
+    cfg = train_cfg(override, "logger=csv", "trainer.max_epochs=1")
+    with pytest.raises(error, match=match) as info:
+        train(cfg)
+    assert "\n" not in str(info.value)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@needs_mnist
+def test_batch_larger_than_training_set(train_cfg, tmp_path):
+    cfg = train_cfg("data.classes=[0]", "data.batch_size=100000", "logger=csv", "trainer.max_epochs=1")
+    with pytest.raises(DataError, match="batch_size=100000") as info:
+        train(cfg)
+    assert "\n" not in str(info.value)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_non_square_K_is_fine_without_annealing(train_cfg):
+    from hydra.utils import instantiate
+
+    assert instantiate(train_cfg("model.K=10", "model.anneal=false").model).stack.top_gmm.K == 10
+
+
+@pytest.mark.parametrize("override", ["model.K=10", "data.name=cifar"])
+def test_cli_prints_one_line_error_and_exits_2(tmp_path, override):
+    result = subprocess.run(
+        [sys.executable, "train.py", override, f"paths.log_dir={tmp_path}", "logger=csv"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and override.split("=")[1] in last
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,113 @@
+"""Every config composes and instantiates; fast_dev_run of the training task; Hydra CLI behaviour."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra.utils import instantiate
+
+from dcgmm.tasks import train
+from tests.conftest import CONFIG_DIR, ROOT, dataset_available
+
+MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+DATASETS = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
+TRAINERS = sorted(p.stem for p in (CONFIG_DIR / "trainer").glob("*.yaml") if p.stem != "gpu")
+LOGGERS = sorted(p.stem for p in (CONFIG_DIR / "logger").glob("*.yaml"))
+DEBUGS = sorted(p.stem for p in (CONFIG_DIR / "debug").glob("*.yaml") if p.stem != "default")
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_config_instantiates(train_cfg, model):
+    cfg = train_cfg(f"model={model}")
+    module = instantiate(cfg.model)
+    assert module.stack.top_gmm.K >= 1
+    assert "total" in module.stack.summary_table()
+
+
+@pytest.mark.parametrize("data", DATASETS)
+def test_every_data_config_instantiates(train_cfg, data):
+    datamodule = instantiate(train_cfg(f"data={data}").data)
+    assert isinstance(datamodule, L.LightningDataModule)
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_every_trainer_config_instantiates(train_cfg, trainer):
+    assert isinstance(instantiate(train_cfg(f"trainer={trainer}").trainer), L.Trainer)
+
+
+@pytest.mark.parametrize("logger", LOGGERS)
+def test_every_logger_config_instantiates(train_cfg, logger):
+    cfg = train_cfg(f"logger={logger}")
+    loggers = [instantiate(conf) for conf in cfg.logger.values()]
+    assert loggers and all(hasattr(lg, "log_metrics") for lg in loggers)
+
+
+@pytest.mark.parametrize("debug", DEBUGS)
+def test_every_debug_config_composes(train_cfg, debug):
+    cfg = train_cfg(f"debug={debug}")
+    assert cfg.task_name == "debug" and cfg.logger is None
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_config_instantiates(train_cfg, experiment):
+    cfg = train_cfg(f"experiment={experiment}")
+    instantiate(cfg.model)
+    instantiate(cfg.data)
+
+
+def test_overrides_reach_the_objects(train_cfg):
+    cfg = train_cfg("model.K=49", "model.lr=0.02", "data.batch_size=50", "trainer.max_epochs=7", "seed=3")
+    module = instantiate(cfg.model)
+    assert module.stack.top_gmm.K == 49 and module.stack.top_gmm.lr == 0.02
+    assert instantiate(cfg.data).batch_size == 50
+    assert instantiate(cfg.trainer).max_epochs == 7
+
+
+@needs_mnist
+@pytest.mark.parametrize("data", ["mnist", "fashion"])
+def test_fast_dev_run_trains_and_tests(train_cfg, data, tmp_path):
+    if not dataset_available(data):
+        pytest.skip(f"{data} cache missing: run `make setup`")
+    cfg = train_cfg(f"data={data}", "++trainer.fast_dev_run=true", "logger=csv")
+    metrics, objects = train(cfg)
+    for key in ("test/loglik", "test/bound", "test/bpd", "test/loss"):
+        assert key in metrics, key
+    assert metrics["test/bound"] <= metrics["test/loglik"] + 1e-3  # the bound is a lower bound
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@needs_mnist
+def test_train_cli_writes_checkpoint_csv_wandb_and_metrics(tmp_path):
+    """One short real run: logs/<task>/runs/<date>_<time>/ with .hydra, last.ckpt, csv, wandb, log file."""
+    result = run_cli(
+        f"paths.log_dir={tmp_path}", "trainer.max_epochs=1", "+trainer.limit_train_batches=20",
+        "+trainer.limit_val_batches=5", "+trainer.limit_test_batches=5", "trainer.log_every_n_steps=5", "logger=many_loggers", "model.K=9",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "train" / "runs").iterdir()
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert (run_dir / "train.log").exists()
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+    (metrics_csv,) = (run_dir / "csv").rglob("metrics.csv")
+    header = metrics_csv.read_text().splitlines()[0]
+    for key in ("train/loss", "train/L1_gmm/sigma", "train/L1_gmm/lr", "val/loss", "test/bpd", "test/loglik"):
+        assert key in header, key
+
+
+@needs_mnist
+def test_multirun_sweeps_into_separate_folders(tmp_path):
+    result = run_cli("-m", f"paths.log_dir={tmp_path}", "model.K=4,9", "++trainer.fast_dev_run=true", "logger=csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert jobs == ["0", "1"]
+    k_values = sorted((sweep / j / ".hydra" / "overrides.yaml").read_text().split("model.K=")[1].split()[0] for j in jobs)
+    assert k_values == ["4", "9"]
