@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from dcgmm.errors import ConfigError
-from dcgmm.layers import LAYER_KINDS, GMMLayer, Layer, Shape
+from dcgmm.layers import LAYER_KINDS, GMMLayer, Layer, LinearClassifier, Shape
 
 
 def build_layers(specs: Sequence[Mapping], input_shape: Shape, gmm_defaults: Mapping | None = None) -> list[Layer]:
@@ -35,7 +35,10 @@ def build_layers(specs: Sequence[Mapping], input_shape: Shape, gmm_defaults: Map
     if len(shape) != 3 or min(shape) < 1:
         raise ConfigError(f"input_shape={list(input_shape)} must be [channels, height, width] with positive sizes")
     layers: list[Layer] = []
+    out_shapes: list[Shape] = []  # output shape of every layer built so far
     for index, spec in enumerate(specs):
+        if layers and isinstance(layers[-1], LinearClassifier):
+            raise ConfigError(f"layer {index}: the classifier (layer {index - 1}) must be the last layer of the topology")
         if not isinstance(spec, Mapping) or "kind" not in spec:
             raise ConfigError(f"layer {index}: {spec!r} needs a 'kind' (one of {sorted(LAYER_KINDS)})")
         params = dict(spec)
@@ -53,11 +56,26 @@ def build_layers(specs: Sequence[Mapping], input_shape: Shape, gmm_defaults: Map
             for key, value in (gmm_defaults or {}).items():
                 if value is not None:
                     params.setdefault(key, value)
+        if cls is LinearClassifier:
+            gmm_below = [layer.index for layer in layers if isinstance(layer, GMMLayer)]
+            source = params.get("input_layer")
+            if source is None:
+                if not gmm_below:
+                    raise ConfigError(f"layer {index} (classifier): there is no gmm layer below it to read")
+                source = gmm_below[-1]
+            if isinstance(source, bool) or not isinstance(source, int) or not 0 <= source < index:
+                raise ConfigError(
+                    f"layer {index} (classifier): input_layer={source} does not exist below it; "
+                    f"use a layer index from 0 to {index - 1} (gmm layers: {gmm_below})"
+                )
+            params["input_layer"] = source
+            shape = out_shapes[source]
         try:
             layer = cls(shape, index=index, **params)
         except TypeError as err:  # unknown or missing keyword
             raise ConfigError(f"layer {index} ({kind}): {err}".replace(f"{cls.__name__}.__init__() ", "")) from None
         layers.append(layer)
+        out_shapes.append(layer.out_shape)
         shape = layer.out_shape
     return layers
 
@@ -86,46 +104,63 @@ class DCGMM(nn.Module):
     def top_gmm(self) -> GMMLayer:
         return self.gmm_layers[-1]
 
-    def bottom_up(self, x: torch.Tensor, until: int | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Run the layers bottom-up on images ``(N, C, H, W)``.
+    @property
+    def classifier(self) -> LinearClassifier | None:
+        last = self.layers[-1]
+        return last if isinstance(last, LinearClassifier) else None
 
-        Each GMM layer reads a detached input, so gradients stay inside the layer.
+    @property
+    def learning_layers(self) -> list[Layer]:
+        """Layers with a loss (GMM layers and the classifier), bottom to top."""
+        return [layer for layer in self.layers if layer.has_loss]
+
+    def bottom_up(self, x: torch.Tensor, until: int | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run the layers bottom-up on images ``(N, C, H, W)``, up to layer ``until`` (inclusive).
+
+        Every learning layer reads a detached input, so gradients stay inside the layer.
 
         Returns:
-            the output map of the last layer run, and ``{layer index: log-scores (N, P, K)}``
-            for every GMM layer run.
+            the output map of the last layer run, and ``{layer index: raw output}`` for every
+            learning layer run: log-scores ``(N, P, K)`` of a GMM layer, logits ``(N, classes)``
+            of the classifier.
         """
-        scores: dict[int, torch.Tensor] = {}
+        raw: dict[int, torch.Tensor] = {}
+        outputs: list[torch.Tensor] = []  # output map of every layer run
         for layer in self.layers[: None if until is None else until + 1]:
             if isinstance(layer, GMMLayer):
-                layer_scores = layer.log_scores(x.detach())  # (N, P, K)
-                scores[layer.index] = layer_scores
-                x = layer.responsibilities(layer_scores.detach())  # (N, K, H, W), no graph kept
+                scores = layer.log_scores(x.detach())  # (N, P, K)
+                raw[layer.index] = scores
+                x = layer.responsibilities(scores.detach())  # (N, K, H, W), no graph kept
+            elif isinstance(layer, LinearClassifier):
+                x = layer(outputs[layer.input_layer].detach())  # (N, classes)
+                raw[layer.index] = x
             else:
                 x = layer(x)
-        return x, scores
+            outputs.append(x)
+        return x, raw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Output map of the top layer for images ``(N, C, H, W)``."""
         return self.bottom_up(x)[0]
 
-    def losses(self, scores: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Scalar loss of every GMM layer from its log-scores."""
-        return {index: self.layers[index].loss(layer_scores) for index, layer_scores in scores.items()}
+    def losses(self, raw: Mapping[int, torch.Tensor], labels: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+        """Scalar loss of every learning layer from its raw output (labels: for the classifier)."""
+        return {index: self.layers[index].loss(value, labels) for index, value in raw.items()}
 
     @property
     def is_pixel_density(self) -> bool:
         """True when the stack is one GMM layer over non-overlapping patches that tile the image,
         so that its summed log-likelihood is a density over pixels (e.g. the flat GMM)."""
-        if len(self.gmm_layers) != 1 or not isinstance(self.layers[-1], GMMLayer):
+        density_layers = [layer for layer in self.layers if not isinstance(layer, LinearClassifier)]
+        if len(self.gmm_layers) != 1 or not isinstance(density_layers[-1], GMMLayer):
             return False
-        below = list(self.layers[:-1])
+        below = density_layers[:-1]
         if len(below) != 1 or below[0].kind != "folding":
             return False
         fold = below[0]
         _, height, width = self.input_shape
         (kh, kw), (sh, sw) = fold.kernel_size, fold.stride
-        return (kh, kw) == (sh, sw) and height % kh == 0 and width % kw == 0 or (kh, kw) == (height, width)
+        return ((kh, kw) == (sh, sw) and height % kh == 0 and width % kw == 0) or (kh, kw) == (height, width)
 
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log-density of images ``(N, C, H, W)`` in nats per image: ``(N,)``.
@@ -134,8 +169,8 @@ class DCGMM(nn.Module):
         """
         if not self.is_pixel_density:
             raise ConfigError("log_likelihood over pixels needs one gmm layer over a folding that tiles the image (a flat GMM)")
-        _, scores = self.bottom_up(x)
-        return GMMLayer.log_likelihood(scores[self.top_gmm.index])
+        _, raw = self.bottom_up(x, until=self.top_gmm.index)
+        return GMMLayer.log_likelihood(raw[self.top_gmm.index])
 
     def constrain_(self) -> None:
         for layer in self.layers:
@@ -144,33 +179,31 @@ class DCGMM(nn.Module):
     def summary(self) -> list[dict]:
         """One row per layer: index, kind, output shape, parameter count, multiply-adds per image."""
         rows = []
-        shape = self.input_shape
         for layer in self.layers:
             rows.append(
                 dict(
                     index=layer.index,
                     layer=layer.name,
                     detail=layer.extra_repr().split(", in=")[0],
-                    in_shape=shape,
+                    in_shape=layer.in_shape,
                     out_shape=layer.out_shape,
                     params=sum(p.numel() for p in layer.parameters()),
                     flops=layer.flops_per_image(),
                 )
             )
-            shape = layer.out_shape
         return rows
 
     def summary_table(self) -> str:
         """The summary as a fixed-width text table (printed at the start of training)."""
-        header = f"{'#':>2}  {'layer':<14}{'settings':<44}{'output (C,H,W)':<18}{'params':>10}{'MACs/image':>14}"
+        header = f"{'#':>2}  {'layer':<16}{'settings':<44}{'output (C,H,W)':<18}{'params':>10}{'MACs/image':>14}"
         lines = [header, "-" * len(header)]
         for row in self.summary():
             out = "x".join(str(v) for v in row["out_shape"])
             lines.append(
-                f"{row['index']:>2}  {row['layer']:<14}{row['detail'][:43]:<44}{out:<18}{row['params']:>10,}{row['flops']:>14,}"
+                f"{row['index']:>2}  {row['layer']:<16}{row['detail'][:43]:<44}{out:<18}{row['params']:>10,}{row['flops']:>14,}"
             )
         total_p = sum(r["params"] for r in self.summary())
         total_f = sum(r["flops"] for r in self.summary())
         lines.append("-" * len(header))
-        lines.append(f"{'':>2}  {'total':<14}{'':<44}{'':<18}{total_p:>10,}{total_f:>14,}")
+        lines.append(f"{'':>2}  {'total':<16}{'':<44}{'':<18}{total_p:>10,}{total_f:>14,}")
         return "\n".join(lines)

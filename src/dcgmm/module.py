@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
 
 from dcgmm.annealing import AnnealingSchedule
 from dcgmm.errors import ConfigError, TrainingDiverged
@@ -15,13 +16,16 @@ from dcgmm.layers import GMMLayer
 from dcgmm.model import DCGMM
 
 LN2 = math.log(2.0)
+STAGES = ("val", "test")
 
 
 class DCGMMModule(L.LightningModule):
     """A DCGMM stack, its SGD optimiser and one annealing schedule per GMM layer.
 
-    Every GMM layer maximises its own objective on a detached input; one optimiser step on the
-    sum of the layer losses therefore gives each layer the gradient of its own loss alone.
+    Every learning layer (GMM layers, the optional classifier) reads a detached input, so one
+    optimiser step on the sum of the layer losses gives each layer the gradient of its own loss
+    alone. A GMM layer with ``wait = w`` starts learning after the fraction ``w`` of all training
+    steps (its loss is left out of the sum and its schedule does not step until then).
 
     Args:
         layers: the topology, a list of layer specs (``kind`` + parameters), see :mod:`dcgmm.model`.
@@ -33,11 +37,12 @@ class DCGMMModule(L.LightningModule):
             groups; default plain SGD.
         compile: wrap the stack's bottom-up pass in ``torch.compile``.
 
-    Logged metrics (slash names): ``train/loss`` (sum of layer losses), ``{stage}/{layer}/loss``,
-    ``train/{layer}/sigma`` and ``train/{layer}/lr`` every step, ``{val,test}/loglik`` (exact
-    log-likelihood of the top GMM layer per image, nats), ``{val,test}/bound`` (its max-component
-    bound), and ``test/bpd`` (bits per dimension with uniform dequantisation of the 8-bit pixels,
-    for stacks that are densities over pixels, e.g. the flat GMM).
+    Logged metrics (slash names): ``{stage}/loss`` (sum of the GMM layers' losses),
+    ``{stage}/L<i>_<kind>/loss`` per learning layer, ``train/L<i>_gmm/sigma`` and ``.../lr`` at every
+    logged step, ``{val,test}/loglik`` (exact log-likelihood of the top GMM layer per image, nats),
+    ``{val,test}/bound`` (its max-component bound), ``{val,test}/acc`` (classifier accuracy) and
+    ``test/bpd`` (bits per dimension with uniform dequantisation, for stacks that are densities
+    over pixels, e.g. the flat GMM).
     """
 
     def __init__(
@@ -65,53 +70,63 @@ class DCGMMModule(L.LightningModule):
         if K is not None and (isinstance(K, bool) or int(K) < 1):
             raise ConfigError(f"model.K={K} must be >= 1")
         self.save_hyperparameters(logger=False)
-        layers = [dict(spec) for spec in layers]
+        layers = [dict(spec) for spec in layers] if layers is not None else []
         gmm_defaults = dict(
             K=K, lr=lr, lr_min=min(lr_min, lr), lambda_mu=lambda_mu, lambda_sigma=lambda_sigma,
             lambda_pi=lambda_pi, mode=mode, loss=loss, anneal=anneal, precision_max=precision_max,
         )
         for index, spec in enumerate(layers):
-            if spec.get("kind") == "gmm" and spec.get("K") is None and K is None:
+            if isinstance(spec, Mapping) and spec.get("kind") == "gmm" and spec.get("K") is None and K is None:
                 raise ConfigError(f"layer {index} (gmm): K is not set; set model.K or the layer's K")
         self.stack = DCGMM(layers, tuple(input_shape), gmm_defaults)
         self.schedules = {layer.index: AnnealingSchedule(**layer.schedule_options) for layer in self.stack.gmm_layers}
         self._bottom_up = torch.compile(self.stack.bottom_up) if compile else self.stack.bottom_up
         self._last_losses: dict[int, torch.Tensor] = {}
-        # first global step at which each GMM layer's loss was not finite (-1: never); kept on
-        # the device so that checking it costs no host sync per step
-        num_gmm = len(self.stack.gmm_layers)
-        self.register_buffer("nonfinite_step", torch.full((num_gmm,), -1, dtype=torch.long), persistent=False)
+        self._total_steps = 1  # set at the start of fit, for the wait fractions
+
+        learners = self.stack.learning_layers
+        # first global step at which each learning layer's loss was not finite (-1: never); kept
+        # on the device so that checking it costs no host sync per step
+        self.register_buffer("nonfinite_step", torch.full((len(learners),), -1, dtype=torch.long), persistent=False)
         # running per-layer sum of the training losses over the epoch (device tensor, no sync)
-        self.register_buffer("train_loss_sum", torch.zeros(num_gmm), persistent=False)
+        self.register_buffer("train_loss_sum", torch.zeros(len(learners)), persistent=False)
         self._train_steps_in_epoch = 0
-        self.metrics = torch.nn.ModuleDict(
-            {
-                f"{stage}_{name}": MeanMetric()
-                for stage in ("val", "test")
-                for name in ["loss", "loglik", "bound", "bpd"] + [layer.name for layer in self.stack.gmm_layers]
-            }
+        names = ["loss", "loglik", "bound", "bpd"] + [layer.name for layer in learners]
+        self.metrics = torch.nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in STAGES for name in names})
+        classifier = self.stack.classifier
+        self.accuracy = torch.nn.ModuleDict(
+            {stage: MulticlassAccuracy(classifier.num_classes, average="micro") for stage in STAGES} if classifier else {}
         )
 
     # ------------------------------------------------------------------------------- training
     def configure_optimizers(self):
         groups = []
-        for layer in self.stack.gmm_layers:
+        for layer in self.stack.learning_layers:
             for name, params, factor in layer.parameter_groups():
                 groups.append(dict(params=params, lr=layer.lr * factor, factor=factor, layer=layer.index, name=f"{layer.name}/{name}"))
         make = self.hparams.optimizer or torch.optim.SGD
         return make(groups)
 
+    def on_fit_start(self) -> None:
+        self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+
+    def _is_learning(self, layer) -> bool:
+        """False while a GMM layer is still within its wait fraction of training."""
+        return getattr(layer, "wait", 0.0) <= 0.0 or self.global_step >= layer.wait * self._total_steps
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, _ = batch
-        _, scores = self._bottom_up(x)
-        losses = self.stack.losses(scores)
-        loss_vector = torch.stack(list(losses.values()))  # (number of GMM layers,)
+        x, labels = batch
+        _, raw = self._bottom_up(x)
+        losses = self.stack.losses(raw, labels)
+        loss_vector = torch.stack(list(losses.values()))  # (number of learning layers,)
         self._last_losses = losses
         self._track_nonfinite(loss_vector)
         self.train_loss_sum += loss_vector.detach()
         self._train_steps_in_epoch += 1
-        total = loss_vector.sum()
-        return total
+        learning = [self._is_learning(self.stack.layers[index]) for index in losses]
+        if all(learning):
+            return loss_vector.sum()
+        return loss_vector[torch.tensor(learning, device=loss_vector.device)].sum()
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         optimizer.step(closure=optimizer_closure)
@@ -130,12 +145,14 @@ class DCGMMModule(L.LightningModule):
         return self.global_step % every == 0
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        """Step every layer's annealing schedule on its loss; apply new sigma / lr; log."""
+        """Step every learning GMM layer's annealing schedule; apply new sigma / lr; log."""
         optimizer = self.optimizers(use_pl_optimizer=False)
         window_closed = False
-        for index, layer_loss in self._last_losses.items():
-            schedule, layer = self.schedules[index], self.stack.layers[index]
-            if schedule.step(layer_loss):
+        for index, schedule in self.schedules.items():
+            layer = self.stack.layers[index]
+            if not self._is_learning(layer):
+                continue
+            if schedule.step(self._last_losses[index]):
                 layer.set_sigma(schedule.sigma)
                 for group in optimizer.param_groups:
                     if group["layer"] == index:
@@ -146,19 +163,22 @@ class DCGMMModule(L.LightningModule):
         if self._is_log_step():
             values = {}
             for index, layer_loss in self._last_losses.items():
-                name = self.stack.layers[index].name
-                values[f"train/{name}/loss"] = layer_loss.detach()
-                values[f"train/{name}/sigma"] = self.schedules[index].sigma
-                values[f"train/{name}/lr"] = self.schedules[index].lr
-            self.log_dict(values, on_step=True, on_epoch=False, prog_bar=False, batch_size=batch[0].shape[0])
-            self.log("train/loss", outputs["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True)
+                values[f"train/{self.stack.layers[index].name}/loss"] = layer_loss.detach()
+            for index, schedule in self.schedules.items():
+                values[f"train/{self.stack.layers[index].name}/sigma"] = schedule.sigma
+                values[f"train/{self.stack.layers[index].name}/lr"] = schedule.lr
+            gmm_total = torch.stack([self._last_losses[i] for i in self.schedules]).detach().sum()
+            self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
+            self.log("train/loss", gmm_total, on_step=True, on_epoch=False, prog_bar=True)
 
     def on_train_epoch_end(self) -> None:
         self._raise_if_nonfinite()  # before ModelCheckpoint saves the epoch
         if self._train_steps_in_epoch:
-            means = self.train_loss_sum / self._train_steps_in_epoch  # (number of GMM layers,)
-            self.log("train/loss_epoch", means.sum(), sync_dist=True)
-            for layer, value in zip(self.stack.gmm_layers, means):
+            means = self.train_loss_sum / self._train_steps_in_epoch  # (number of learning layers,)
+            learners = self.stack.learning_layers
+            gmm_mask = torch.tensor([isinstance(layer, GMMLayer) for layer in learners], device=means.device)
+            self.log("train/loss_epoch", means[gmm_mask].sum(), sync_dist=True)
+            for layer, value in zip(learners, means):
                 self.log(f"train/{layer.name}/loss_epoch", value, sync_dist=True)
             self.train_loss_sum.zero_()
             self._train_steps_in_epoch = 0
@@ -170,7 +190,7 @@ class DCGMMModule(L.LightningModule):
         self.nonfinite_step = torch.where(bad, torch.full_like(current, self.global_step), current)
 
     def _raise_if_nonfinite(self) -> None:
-        for layer, step in zip(self.stack.gmm_layers, self.nonfinite_step.tolist()):
+        for layer, step in zip(self.stack.learning_layers, self.nonfinite_step.tolist()):
             if step >= 0:
                 raise TrainingDiverged(
                     f"{layer.name}: loss became NaN or infinite at step {step}; lower the learning rate "
@@ -182,16 +202,19 @@ class DCGMMModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------- evaluation
     def _evaluate(self, batch, stage: str) -> None:
-        x, _ = batch
+        x, labels = batch
         n = x.shape[0]
-        _, scores = self._bottom_up(x)
-        losses = self.stack.losses(scores)
-        top = scores[self.stack.top_gmm.index]
-        self.metrics[f"{stage}_loss"].update(torch.stack(list(losses.values())).sum(), weight=n)
+        _, raw = self._bottom_up(x)
+        losses = self.stack.losses(raw, labels)
+        gmm_losses = [losses[layer.index] for layer in self.stack.gmm_layers]
+        self.metrics[f"{stage}_loss"].update(torch.stack(gmm_losses).sum(), weight=n)
         for index, layer_loss in losses.items():
             self.metrics[f"{stage}_{self.stack.layers[index].name}"].update(layer_loss, weight=n)
+        top = raw[self.stack.top_gmm.index]
         self.metrics[f"{stage}_loglik"].update(GMMLayer.log_likelihood(top))
         self.metrics[f"{stage}_bound"].update(GMMLayer.max_component_bound(top))
+        if self.stack.classifier is not None:
+            self.accuracy[stage].update(raw[self.stack.classifier.index], labels)
         if stage == "test" and self.stack.is_pixel_density:
             self.metrics["test_bpd"].update(self.bits_per_dim(x))
 
@@ -207,12 +230,16 @@ class DCGMMModule(L.LightningModule):
         return 8.0 - self.stack.log_likelihood(dequantised) / (dims * LN2)
 
     def _log_metrics(self, stage: str) -> None:
+        layer_names = {layer.name for layer in self.stack.learning_layers}
         for key, metric in self.metrics.items():
             if key.startswith(stage + "_") and metric.update_called:
                 name = key[len(stage) + 1 :]
-                label = f"{stage}/{name}/loss" if name.startswith("L") and "_" in name else f"{stage}/{name}"
+                label = f"{stage}/{name}/loss" if name in layer_names else f"{stage}/{name}"
                 self.log(label, metric.compute(), prog_bar=name == "loss")
                 metric.reset()
+        if stage in self.accuracy and self.accuracy[stage].update_called:
+            self.log(f"{stage}/acc", self.accuracy[stage].compute(), prog_bar=True)
+            self.accuracy[stage].reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")

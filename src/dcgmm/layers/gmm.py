@@ -230,8 +230,8 @@ class GMMLayer(Layer):
             scores = scores @ self.smoothing.t()  # (N, P, K): sum_j g_kj l_j
         return scores.amax(dim=-1).mean(dim=1)
 
-    def loss(self, scores: torch.Tensor) -> torch.Tensor:
-        """Scalar to minimise: minus the objective, averaged over the batch."""
+    def loss(self, scores: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar to minimise: minus the objective, averaged over the batch (labels unused)."""
         return -self.objective(scores).mean()
 
     @staticmethod
