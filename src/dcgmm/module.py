@@ -82,6 +82,7 @@ class DCGMMModule(L.LightningModule):
         self.schedules = {layer.index: AnnealingSchedule(**layer.schedule_options) for layer in self.stack.gmm_layers}
         self._bottom_up = torch.compile(self.stack.bottom_up) if compile else self.stack.bottom_up
         self._last_losses: dict[int, torch.Tensor] = {}
+        self._learning_now: dict[int, bool] = {}  # which layers learned in the current step
         self._total_steps = 1  # set at the start of fit, for the wait fractions
 
         learners = self.stack.learning_layers
@@ -124,6 +125,7 @@ class DCGMMModule(L.LightningModule):
         self.train_loss_sum += loss_vector.detach()
         self._train_steps_in_epoch += 1
         learning = [self._is_learning(self.stack.layers[index]) for index in losses]
+        self._learning_now = dict(zip(losses, learning))
         if all(learning):
             return loss_vector.sum()
         return loss_vector[torch.tensor(learning, device=loss_vector.device)].sum()
@@ -150,7 +152,7 @@ class DCGMMModule(L.LightningModule):
         window_closed = False
         for index, schedule in self.schedules.items():
             layer = self.stack.layers[index]
-            if not self._is_learning(layer):
+            if not self._learning_now.get(index, True):
                 continue
             if schedule.step(self._last_losses[index]):
                 layer.set_sigma(schedule.sigma)

@@ -52,8 +52,11 @@ class Folding(Layer):
         n = x.shape[0]
         if self._whole_input:  # (N, C, H, W) -> (N, C*H*W, 1, 1): a view, no copy
             return x.reshape(n, -1, 1, 1)
-        patches = F.unfold(x, self.kernel_size, stride=self.stride)  # (N, C*kh*kw, H'*W')
-        return patches.view(n, *self.out_shape)  # (N, C*kh*kw, H', W')
+        # Strided views instead of F.unfold, whose CPU im2col is ~100x slower for some
+        # kernel/stride pairs (8x8 stride 2 on 28x28: 290 ms vs 2 ms for 100 images).
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        windows = x.unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, H', W', kh, kw), a view
+        return windows.permute(0, 1, 4, 5, 2, 3).reshape(n, *self.out_shape)  # (N, C*kh*kw, H', W')
 
     def top_down(self, signal: torch.Tensor, **options) -> torch.Tensor:
         """Average overlapping patches: ``(N, C*kh*kw, H', W') -> (N, C, H, W)``."""

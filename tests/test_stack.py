@@ -1,0 +1,142 @@
+"""The DCGMM stack: shape inference for the published topologies, layer-local gradients, bad input."""
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from dcgmm.data.datamodule import TensorBatchDataset, keep_batch
+from dcgmm.errors import ConfigError
+from dcgmm.model import DCGMM
+from dcgmm.module import DCGMMModule
+from tests.conftest import CONFIG_DIR
+
+# spec section 5: (layer kind, output C x H x W) for every layer, input 1 x 28 x 28
+SPEC_SHAPES = {
+    "flat_gmm": [("folding", (784, 1, 1)), ("gmm", (25, 1, 1)), ("classifier", (10, 1, 1))],
+    "dcgmm2": [("folding", (64, 11, 11)), ("gmm", (49, 11, 11)), ("folding", (49 * 121, 1, 1)), ("gmm", (36, 1, 1)), ("classifier", (10, 1, 1))],
+    "dcgmm2_pool": [("folding", (64, 21, 21)), ("gmm", (25, 21, 21)), ("pooling", (25, 11, 11)), ("folding", (3025, 1, 1)), ("gmm", (36, 1, 1)), ("classifier", (10, 1, 1))],
+    "dcgmm3_pool": [
+        ("folding", (9, 26, 26)), ("gmm", (25, 26, 26)), ("pooling", (25, 13, 13)), ("folding", (400, 10, 10)),
+        ("gmm", (25, 10, 10)), ("pooling", (25, 5, 5)), ("folding", (625, 1, 1)), ("gmm", (25, 1, 1)), ("classifier", (10, 1, 1)),
+    ],
+    "dcgmm3": [
+        ("folding", (9, 26, 26)), ("gmm", (25, 26, 26)), ("folding", (400, 12, 12)), ("gmm", (25, 12, 12)),
+        ("folding", (3600, 1, 1)), ("gmm", (25, 1, 1)), ("classifier", (10, 1, 1)),
+    ],
+    "dcgmm4": [
+        ("folding", (9, 26, 26)), ("gmm", (25, 26, 26)), ("folding", (400, 12, 12)), ("gmm", (25, 12, 12)),
+        ("folding", (400, 5, 5)), ("gmm", (25, 5, 5)), ("folding", (625, 1, 1)), ("gmm", (25, 1, 1)), ("classifier", (10, 1, 1)),
+    ],
+    "dcgmm4_pool": [
+        ("folding", (9, 26, 26)), ("gmm", (25, 26, 26)), ("pooling", (25, 13, 13)), ("folding", (225, 11, 11)),
+        ("gmm", (25, 11, 11)), ("pooling", (25, 6, 6)), ("folding", (225, 4, 4)), ("gmm", (25, 4, 4)),
+        ("pooling", (25, 2, 2)), ("folding", (100, 1, 1)), ("gmm", (25, 1, 1)), ("classifier", (10, 1, 1)),
+    ],
+}
+
+
+def load_model(name: str, **overrides) -> DCGMMModule:
+    cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    return instantiate(cfg)
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_SHAPES))
+def test_topology_shapes_match_spec(name):
+    module = load_model(name)
+    got = [(layer.kind, layer.out_shape) for layer in module.stack.layers]
+    assert got == SPEC_SHAPES[name]
+    x = torch.rand(2, 1, 28, 28)
+    out, raw = module.stack.bottom_up(x)
+    assert out.shape == (2, 10)
+    for layer in module.stack.gmm_layers:
+        assert raw[layer.index].shape == (2, layer.P, layer.K)
+
+
+def test_every_model_config_is_in_the_spec_table():
+    assert sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml")) == sorted(SPEC_SHAPES)
+
+
+def test_training_gradients_are_layer_local():
+    """One backward of the summed losses gives each layer exactly the gradient of its own loss."""
+    module = DCGMMModule(
+        layers=[
+            {"kind": "folding", "kernel_size": 4, "stride": 2}, {"kind": "gmm", "K": 9},
+            {"kind": "pooling", "kernel_size": 2}, {"kind": "folding", "kernel_size": 3},
+            {"kind": "gmm", "K": 4, "mode": "independent"}, {"kind": "classifier", "input_layer": 1},
+        ],
+        input_shape=(1, 12, 12), lambda_pi=0.5,
+    )
+    torch.manual_seed(0)
+    x, labels = torch.rand(16, 1, 12, 12), torch.randint(0, 10, (16,))
+    _, raw = module.stack.bottom_up(x)
+    total = torch.stack(list(module.stack.losses(raw, labels).values())).sum()
+    total.backward()
+    joint = {name: p.grad.clone() for name, p in module.named_parameters()}
+    for layer in module.stack.learning_layers:
+        module.zero_grad()
+        _, raw = module.stack.bottom_up(x)
+        layer.loss(raw[layer.index], labels).backward()
+        for name, p in layer.named_parameters():
+            full = f"stack.layers.{layer.index}.{name}"
+            torch.testing.assert_close(joint[full], p.grad, msg=f"{full} gets gradient from other layers")
+        others = [p for q in module.stack.learning_layers if q is not layer for p in q.parameters()]
+        assert all(p.grad is None or not p.grad.any() for p in others)
+
+
+def test_waiting_layer_does_not_learn_before_its_fraction():
+    module = DCGMMModule(
+        layers=[{"kind": "folding", "kernel_size": 4, "stride": 4}, {"kind": "gmm", "K": 4},
+                {"kind": "folding", "kernel_size": 3}, {"kind": "gmm", "K": 4, "wait": 0.5}],
+        input_shape=(1, 12, 12),
+    )
+    upper = module.stack.layers[3]
+    start = upper.means.detach().clone()
+    data = TensorBatchDataset(torch.rand(400, 1, 12, 12), torch.zeros(400, dtype=torch.long))
+    loader = DataLoader(data, batch_size=100, collate_fn=keep_batch)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_train_batches=2)
+    trainer.fit(module, loader)  # 2 of 4 steps... total steps = 2, so the layer waits for 1 step
+    assert module.schedules[3].steps == 1 and module.schedules[1].steps == 2
+    lower_moved = not torch.equal(module.stack.layers[1].means, start)
+    assert lower_moved
+    module2 = DCGMMModule(
+        layers=[{"kind": "folding", "kernel_size": 4, "stride": 4}, {"kind": "gmm", "K": 4},
+                {"kind": "folding", "kernel_size": 3}, {"kind": "gmm", "K": 4, "wait": 1.0}],
+        input_shape=(1, 12, 12),
+    )
+    start = module2.stack.layers[3].means.detach().clone()
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(module2, loader)
+    assert torch.equal(module2.stack.layers[3].means, start)  # waited for the whole run
+
+
+@pytest.mark.parametrize(
+    "layers, match",
+    [
+        ([], r"no layers"),
+        ([{"kind": "conv", "kernel_size": 3}, {"kind": "gmm", "K": 4}], r"kind='conv' is unknown; known kinds: classifier, folding, gmm, pooling"),
+        ([{"kind": "folding", "kernel_size": 30}, {"kind": "gmm", "K": 4}], r"larger than its input 28x28"),
+        ([{"kind": "folding", "kernel_size": 3, "stride": 0}, {"kind": "gmm", "K": 4}], r"stride=0 must be >= 1"),
+        ([{"kind": "folding", "kernel_size": 4, "stride": 4}, {"kind": "gmm", "K": 4, "D": 9}], r"D=9 does not match the 16 channels"),
+        ([{"kind": "folding", "kernel_size": 28}, {"kind": "gmm", "K": 4}, {"kind": "classifier", "input_layer": 5}], r"input_layer=5 does not exist"),
+        ([{"kind": "folding", "kernel_size": 28}, {"kind": "gmm", "K": 4}, {"kind": "pooling", "kernel_size": 0}], r"kernel_size=0 must be >= 1"),
+        ([{"kind": "folding", "kernel_size": 28}, {"kind": "gmm", "K": 4, "wait": -0.1}], r"wait=-0.1 must be a fraction"),
+        ([{"kind": "folding", "kernel_size": 28}, {"kind": "gmm", "K": 4, "wiat": 0.1}], r"unexpected keyword argument 'wiat'"),
+        ([{"kind": "folding", "kernel_size": 28}], r"no gmm layer"),
+        ([{"kind": "folding", "kernel_size": 28}, {"kind": "gmm", "K": 4}, {"kind": "classifier"}, {"kind": "gmm", "K": 4}], r"must be the last layer"),
+    ],
+)
+def test_bad_topology_is_one_line_error(layers, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        DCGMM(layers, (1, 28, 28))
+    assert "\n" not in str(info.value)
+
+
+def test_layer_override_from_the_command_line(train_cfg):
+    cfg = train_cfg("model=dcgmm2", "model.layers.1.K=64", "+model.layers.3.mode=independent", "model.lr=0.02")
+    module = instantiate(cfg.model)
+    assert module.stack.layers[1].K == 64 and module.stack.layers[3].mode == "independent"
+    assert all(layer.lr == 0.02 for layer in module.stack.gmm_layers)
