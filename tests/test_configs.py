@@ -111,3 +111,14 @@ def test_multirun_sweeps_into_separate_folders(tmp_path):
     assert jobs == ["0", "1"]
     k_values = sorted((sweep / j / ".hydra" / "overrides.yaml").read_text().split("model.K=")[1].split()[0] for j in jobs)
     assert k_values == ["4", "9"]
+
+
+@needs_mnist
+@pytest.mark.parametrize("model", MODELS)
+def test_fast_dev_run_every_topology(train_cfg, model):
+    cfg = train_cfg(f"model={model}", "++trainer.fast_dev_run=true", "logger=csv")
+    metrics, _ = train(cfg)
+    assert "test/acc" in metrics and "test/loss" in metrics
+    gmm_names = [layer.name for layer in _["model"].stack.gmm_layers]
+    for name in gmm_names:
+        assert f"test/{name}/loss" in metrics

@@ -3,13 +3,17 @@
 import lightning as L
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from sklearn.mixture import GaussianMixture
 from torch.utils.data import DataLoader
 
+from dcgmm.data import ImageDataModule
 from dcgmm.data.datamodule import TensorBatchDataset, keep_batch
 from dcgmm.errors import TrainingDiverged
 from dcgmm.layers import GMMLayer
 from dcgmm.module import DCGMMModule
+from tests.conftest import ROOT
 
 
 def grid_gmm_data(n_train: int, n_test: int, side: int = 3, cell: int = 2, std: float = 0.3):
@@ -94,3 +98,29 @@ def test_nan_loss_stops_training_naming_layer_and_step(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"L0_gmm: loss became NaN or infinite at step 7"):
         trainer.fit(module, DataLoader(data, batch_size=100, shuffle=False, collate_fn=keep_batch))
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing saved after the divergence
+
+
+@pytest.mark.skipif(not (ROOT / "data" / "cache" / "mnist.npz").exists(), reason="MNIST cache missing: run `make setup`")
+def test_topology_b_short_training_improves_every_layer_and_classifies():
+    """Topology B on 3,000 MNIST images for 3 epochs (90 steps), classifier reading layer 1.
+
+    Measured on this code: layer losses 79.5 -> 62.9 and -2831 -> -3068, accuracy 0.10 -> 0.67.
+    (The top layer needs thousands of steps to anneal before its responsibilities separate
+    classes, so a short run reads the lower layer.)
+    """
+    cfg = OmegaConf.load(ROOT / "conf" / "model" / "dcgmm2.yaml")
+    cfg.layers[4].input_layer = 1
+    L.seed_everything(0)
+    module = instantiate(cfg)
+    data = ImageDataModule(name="mnist", data_dir=str(ROOT / "data"), val_size=1000)
+    trainer = L.Trainer(
+        max_epochs=3, limit_train_batches=30, limit_val_batches=10, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    before = trainer.validate(module, data, verbose=False)[0]
+    trainer.fit(module, data)
+    after = trainer.validate(module, data, verbose=False)[0]
+    for layer in module.stack.learning_layers:
+        key = f"val/{layer.name}/loss"
+        assert after[key] < before[key], f"{key}: {before[key]:.3f} -> {after[key]:.3f}"
+    assert before["val/acc"] < 0.2 and after["val/acc"] > 0.4

@@ -238,10 +238,17 @@ class DCGMMModule(L.LightningModule):
                 name = key[len(stage) + 1 :]
                 label = f"{stage}/{name}/loss" if name in layer_names else f"{stage}/{name}"
                 self.log(label, metric.compute(), prog_bar=name == "loss")
-                metric.reset()
+                self._reset(metric)
         if stage in self.accuracy and self.accuracy[stage].update_called:
             self.log(f"{stage}/acc", self.accuracy[stage].compute(), prog_bar=True)
-            self.accuracy[stage].reset()
+            self._reset(self.accuracy[stage])
+
+    @staticmethod
+    def _reset(metric) -> None:
+        """Reset a metric with normal (not inference-mode) state tensors, so that a run of
+        ``trainer.validate`` (inference mode) can be followed by ``trainer.fit`` (no_grad)."""
+        with torch.inference_mode(False):
+            metric.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")

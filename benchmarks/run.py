@@ -1,0 +1,615 @@
+"""Command-line benchmarks: ``python -m benchmarks.run SUBCOMMAND [options]`` from the repository root.
+
+Subcommands (``python -m benchmarks.run --help`` lists them):
+
+``flat``
+    The flat GMM of ``conf/model/flat_gmm.yaml`` (a folding layer over the whole image and one
+    GMM layer), trained by SGD through the real training path (``DCGMMModule`` built from that
+    config + ``lightning.Trainer``) on the full MNIST training split, next to scikit-learn's EM
+    ``GaussianMixture`` (diagonal covariances) with the same K on the same pixels. Reports
+    training and inference throughput, peak memory, and the test log-likelihood and bits/dim of
+    both models, and checks them against the project's targets.
+
+Every measurement runs in a freshly spawned process, so that the peak RSS of one (e.g. EM's
+float64 copies of the data) does not show up in another. Heavy libraries are imported inside the
+measurement functions, so ``--help`` answers at once.
+
+A new subcommand is one more :class:`Subcommand` in :data:`SUBCOMMANDS`: a name, a help line, a
+function adding its options to an ``argparse`` parser, one running it (returning a JSON-able
+dict) and one formatting that dict as a text table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FLAT_GMM_CONFIG = REPO_ROOT / "conf" / "model" / "flat_gmm.yaml"
+DEFAULT_DATA_DIR = REPO_ROOT / "data"
+LN2 = math.log(2.0)
+EPOCH_IMAGES = 60_000  # "seconds per epoch" is reported for a 60k-image epoch
+
+# The project's targets for the flat GMM (K = 100) on a 2-core CPU.
+TARGET_IMAGES_PER_S = 20_000.0
+TARGET_BPD_GAP = 0.1  # SGD bits/dim at most this much above EM's
+TARGET_TIME_RATIO = 0.2  # SGD training wall time at most 1/5 of EM's
+
+# Default number of SGD epochs of the flat benchmark (see the module docstring of run_flat).
+FLAT_DEFAULT_EPOCHS = 10
+
+
+# ----------------------------------------------------------------------------- process helpers
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """``(busy CPU seconds of the whole machine, CPU seconds of this process's finished children)``.
+
+    The machine's busy time is read from the first line of ``/proc/stat`` (all states but idle
+    and iowait); ``nan`` where that file does not exist.
+    """
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        busy = float("nan")
+    return busy, children.ru_utime + children.ru_stime
+
+
+def run_isolated(function: Callable[..., dict], **kwargs: Any) -> dict:
+    """Run ``function(**kwargs)`` in a freshly spawned Python process and return its result.
+
+    The child starts from an empty interpreter, so its ``ru_maxrss`` is that measurement's own.
+    Adds ``cpu_load``: over the child's lifetime, the average number of cores it kept busy and
+    the average number that other processes on the machine kept busy (contention, which makes
+    the timings unreliable when it is well above 0).
+    """
+    context = multiprocessing.get_context("spawn")
+    busy_before, own_before = cpu_seconds()
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        result = pool.submit(function, **kwargs).result()
+    wall = time.perf_counter() - start
+    busy_after, own_after = cpu_seconds()
+    own = own_after - own_before
+    result["cpu_load"] = {
+        "wall_seconds": wall,
+        "own_cores": own / wall,
+        "other_cores": max(busy_after - busy_before - own, 0.0) / wall,
+    }
+    return result
+
+
+def quiet_libraries() -> None:
+    """Silence Lightning's start-up banners and advisory warnings inside a measurement process."""
+    import logging
+    import warnings
+
+    import lightning  # noqa: F401  (sets its loggers' levels on import; override them after)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def machine_info() -> dict:
+    """CPU model, core counts, library versions, date and load: the context of the numbers."""
+    cpu_model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("torch", "lightning", "scikit-learn", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+# ----------------------------------------------------------------------------- data and model
+def load_images(dataset: str, data_dir: str, batch_size: int):
+    """An :class:`ImageDataModule` holding the full training split (no validation images)."""
+    from dcgmm.data import ImageDataModule
+
+    datamodule = ImageDataModule(name=dataset, data_dir=data_dir, val_size=0, batch_size=batch_size, download=False)
+    datamodule.setup()
+    return datamodule
+
+
+def dequantised(pixels, seed: int):
+    """``x' = (u8 + u) / 256`` with ``u ~ U[0, 1)`` drawn from ``torch.Generator().manual_seed(seed)``.
+
+    Drawing from a fresh generator with that seed gives the same noise as ``torch.rand_like``
+    right after ``torch.manual_seed(seed)``, which is what ``DCGMMModule.bits_per_dim`` uses.
+    """
+    import torch
+
+    noise = torch.rand(pixels.shape, generator=torch.Generator().manual_seed(seed))
+    return (pixels.to(torch.float32) + noise) / 256.0
+
+
+def flat_gmm_config(K: int) -> dict:
+    """The model config of ``conf/model/flat_gmm.yaml`` with ``K`` overridden, as a plain dict."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(FLAT_GMM_CONFIG)
+    config.K = int(K)
+    return OmegaConf.to_container(config, resolve=True)
+
+
+def build_flat_module(K: int):
+    """``DCGMMModule`` instantiated by Hydra from ``conf/model/flat_gmm.yaml`` with ``K`` overridden."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    return instantiate(OmegaConf.create(flat_gmm_config(K)))
+
+
+def epoch_timer():
+    """A Lightning callback that records the wall time of every training epoch in ``.seconds``."""
+    from lightning.pytorch.callbacks import Callback
+
+    class EpochTimer(Callback):
+        """Wall time from the start to the end of each training epoch (all steps and hooks)."""
+
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self._start = 0.0
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self._start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return EpochTimer()
+
+
+# ----------------------------------------------------------------------------- SGD measurements
+def train_sgd(module, datamodule, epochs: int) -> dict:
+    """Fit ``module`` for ``epochs`` epochs with ``lightning.Trainer`` on the CPU; time every epoch.
+
+    Returns the per-epoch seconds, the wall time of the whole ``trainer.fit`` call (set-up
+    included) and the number of images seen.
+    """
+    import tempfile
+
+    import lightning as L
+
+    timer = epoch_timer()
+    with tempfile.TemporaryDirectory() as root:
+        trainer = L.Trainer(
+            accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+            num_sanity_val_steps=0, log_every_n_steps=50, default_root_dir=root, callbacks=[timer],
+        )
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        fit_seconds = time.perf_counter() - start
+    images_per_epoch = len(datamodule.dataset("train"))
+    return {
+        "epoch_seconds": timer.seconds,
+        "fit_wall_seconds": fit_seconds,
+        "images_per_epoch": images_per_epoch,
+        "steps": int(trainer.global_step),
+    }
+
+
+def throughput_summary(epoch_seconds: list[float], images_per_epoch: int) -> dict:
+    """Images/s per epoch (best, median, overall) and seconds per 60k-image epoch."""
+    rates = [images_per_epoch / s for s in epoch_seconds]
+    loop_seconds = sum(epoch_seconds)
+    median_rate = statistics.median(rates)
+    return {
+        "images_per_s_best": max(rates),
+        "images_per_s_median": median_rate,
+        "images_per_s_overall": images_per_epoch * len(epoch_seconds) / loop_seconds,
+        "epoch_60k_seconds_best": EPOCH_IMAGES / max(rates),
+        "epoch_60k_seconds_median": EPOCH_IMAGES / median_rate,
+        "training_loop_seconds": loop_seconds,
+    }
+
+
+def sgd_test_metrics(module, test_x, test_u8, noise_seed: int) -> dict:
+    """Exact test log-likelihood, max-component bound (nats/image) and bits/dim of the SGD model.
+
+    Bits/dim comes from ``DCGMMModule.bits_per_dim`` with the global RNG seeded by ``noise_seed``;
+    it is cross-checked against the explicit dequantisation :func:`dequantised` that the EM side
+    uses, so that both models are scored on the same noisy pixels.
+    """
+    import torch
+
+    from dcgmm.layers import GMMLayer
+
+    stack = module.stack
+    dims = test_x[0].numel()
+    with torch.no_grad():
+        _, scores = stack.bottom_up(test_x)
+        top = scores[stack.top_gmm.index]  # (N, 1, K)
+        loglik = GMMLayer.log_likelihood(top)
+        bound = GMMLayer.max_component_bound(top)
+        torch.manual_seed(noise_seed)
+        bpd = module.bits_per_dim(test_x)
+        bpd_explicit = 8.0 - stack.log_likelihood(dequantised(test_u8, noise_seed)) / (dims * LN2)
+    mismatch = float((bpd - bpd_explicit).abs().max())
+    if mismatch > 1e-4:
+        raise RuntimeError(f"bits_per_dim and the explicit dequantisation disagree by {mismatch:.2e} bits/dim")
+    return {
+        "loglik_nats": float(loglik.mean()),
+        "bound_nats": float(bound.mean()),
+        "bits_per_dim": float(bpd.mean()),
+    }
+
+
+def sgd_inference_throughput(stack, test_x, batch_size: int, repeats: int = 3) -> dict:
+    """Forward-only (``no_grad``) exact log-likelihood of the test set in batches: images/s."""
+    import torch
+
+    seconds = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for first in range(0, len(test_x), batch_size):
+                stack.log_likelihood(test_x[first : first + batch_size])
+            seconds.append(time.perf_counter() - start)
+    rates = [len(test_x) / s for s in seconds]
+    return {"images_per_s_best": max(rates), "images_per_s_median": statistics.median(rates), "batch_size": batch_size}
+
+
+def sgd_annealing_state(module) -> dict:
+    """Where each layer's annealing schedule ended: sigma, learning rate, steps."""
+    return {
+        module.stack.layers[index].name: {"sigma": schedule.sigma, "lr": schedule.lr, "at_floor": schedule.at_floor}
+        for index, schedule in module.schedules.items()
+    }
+
+
+def measure_sgd(K: int, epochs: int, dataset: str, data_dir: str, batch_size: int, seed: int) -> dict:
+    """Train the flat GMM by SGD, time it, score it on the test set (runs in its own process)."""
+    quiet_libraries()
+    import lightning as L
+    import torch
+
+    datamodule = load_images(dataset, data_dir, batch_size)
+    L.seed_everything(seed, verbose=False)
+    module = build_flat_module(K)
+    rss_setup = peak_rss_mib()
+    training = train_sgd(module, datamodule, epochs)
+    rss_training = peak_rss_mib()
+    module.eval()
+    test_x = datamodule.dataset("test").x
+    metrics = sgd_test_metrics(module, test_x, datamodule.raw_pixels("test"), noise_seed=seed)
+    inference = sgd_inference_throughput(module.stack, test_x, batch_size)
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "model_config": flat_gmm_config(K),
+        "train_images": training["images_per_epoch"],
+        "test_images": len(test_x),
+        "epochs": epochs,
+        "steps": training["steps"],
+        "epoch_seconds": training["epoch_seconds"],
+        "fit_wall_seconds": training["fit_wall_seconds"],
+        **throughput_summary(training["epoch_seconds"], training["images_per_epoch"]),
+        "inference": inference,
+        "test": metrics,
+        "annealing": sgd_annealing_state(module),
+        "rss_after_setup_mib": rss_setup,
+        "peak_rss_training_mib": rss_training,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+# ----------------------------------------------------------------------------- EM measurements
+def fit_em(train_x, K: int, seed: int, max_iter: int) -> tuple[Any, dict]:
+    """Fit scikit-learn's ``GaussianMixture`` (diagonal covariances); time it."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    gmm = GaussianMixture(n_components=K, covariance_type="diag", random_state=seed, max_iter=max_iter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # reported as converged_ instead
+        start = time.perf_counter()
+        gmm.fit(train_x)
+        seconds = time.perf_counter() - start
+    return gmm, {
+        "fit_seconds": seconds,
+        "n_iter": int(gmm.n_iter_),
+        "converged": bool(gmm.converged_),
+        "max_iter": max_iter,
+        "reg_covar": gmm.reg_covar,
+        "init_params": gmm.init_params,
+        "dtype": str(train_x.dtype),
+    }
+
+
+def clip_em_variances(gmm, variance_floor: float) -> dict:
+    """Raise EM's variances to the SGD model's floor ``1/precision_max`` (in place).
+
+    EM puts variances near ``reg_covar`` (1e-6) on pixels that are constant within a component,
+    which gives huge densities on training-like pixels and huge penalties elsewhere; clipping
+    scores both models under the same constraint.
+    """
+    import numpy as np
+
+    clipped = float((gmm.covariances_ < variance_floor).mean())
+    gmm.covariances_ = np.maximum(gmm.covariances_, variance_floor)
+    gmm.precisions_cholesky_ = 1.0 / np.sqrt(gmm.covariances_)
+    gmm.precisions_ = gmm.precisions_cholesky_**2
+    return {"variance_floor": variance_floor, "fraction_clipped": clipped}
+
+
+def em_test_metrics(gmm, test_x, test_x_dequantised) -> dict:
+    """Mean test log-likelihood (nats/image) and bits/dim on the dequantised pixels."""
+    dims = test_x.shape[1]
+    loglik = float(gmm.score_samples(test_x).mean())
+    loglik_dequantised = float(gmm.score_samples(test_x_dequantised).mean())
+    return {"loglik_nats": loglik, "bits_per_dim": 8.0 - loglik_dequantised / (dims * LN2)}
+
+
+def measure_em(K: int, dataset: str, data_dir: str, seed: int, max_iter: int, precision_max: float) -> dict:
+    """Fit scikit-learn's EM on the training pixels and score it on the test set (own process)."""
+    quiet_libraries()
+    import numpy as np
+
+    datamodule = load_images(dataset, data_dir, batch_size=100)
+    flat = lambda pixels: pixels.reshape(len(pixels), -1).numpy()  # noqa: E731  (N, 784)
+    train_x = flat(datamodule.raw_pixels("train")).astype(np.float64) / 255.0
+    test_u8 = datamodule.raw_pixels("test")
+    test_x = flat(test_u8).astype(np.float64) / 255.0
+    test_x_dequantised = flat(dequantised(test_u8, seed)).astype(np.float64)
+    rss_setup = peak_rss_mib()
+    gmm, fit = fit_em(train_x, K, seed, max_iter)
+    rss_fit = peak_rss_mib()
+    unclipped = em_test_metrics(gmm, test_x, test_x_dequantised)
+    clipping = clip_em_variances(gmm, 1.0 / precision_max)
+    return {
+        **fit,
+        **clipping,
+        "test": em_test_metrics(gmm, test_x, test_x_dequantised),
+        "test_unclipped": unclipped,
+        "rss_after_setup_mib": rss_setup,
+        "peak_rss_fit_mib": rss_fit,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+# ----------------------------------------------------------------------------- flat benchmark
+def compare_flat(sgd: dict, em: dict | None) -> dict:
+    """SGD minus EM bits/dim and log-likelihood; SGD training wall time over EM's fit time."""
+    if em is None:
+        return {}
+    return {
+        "bpd_sgd_minus_em": sgd["test"]["bits_per_dim"] - em["test"]["bits_per_dim"],
+        "loglik_sgd_minus_em": sgd["test"]["loglik_nats"] - em["test"]["loglik_nats"],
+        "time_ratio_sgd_over_em": sgd["fit_wall_seconds"] / em["fit_seconds"],
+    }
+
+
+def check_flat_targets(sgd: dict, comparison: dict) -> dict:
+    """The project's targets: each with the measured value, the bound and whether it is met.
+
+    Throughput is judged on the median epoch (the best epoch is reported beside it).
+    """
+    targets = {
+        "training_images_per_s": (sgd["images_per_s_median"], ">=", TARGET_IMAGES_PER_S),
+        "epoch_60k_seconds": (sgd["epoch_60k_seconds_median"], "<=", EPOCH_IMAGES / TARGET_IMAGES_PER_S),
+    }
+    if comparison:
+        targets["bpd_sgd_minus_em"] = (comparison["bpd_sgd_minus_em"], "<=", TARGET_BPD_GAP)
+        targets["time_ratio_sgd_over_em"] = (comparison["time_ratio_sgd_over_em"], "<=", TARGET_TIME_RATIO)
+    return {
+        name: {"value": value, "bound": bound, "relation": relation, "met": value >= bound if relation == ">=" else value <= bound}
+        for name, (value, relation, bound) in targets.items()
+    }
+
+
+def run_flat(args: argparse.Namespace) -> dict:
+    """The ``flat`` benchmark: SGD flat GMM and scikit-learn EM, each in its own process.
+
+    The default of :data:`FLAT_DEFAULT_EPOCHS` epochs is the smallest tried (3, 5, 10, 20) at
+    which the SGD model's test bits/dim is within 0.1 of EM's for K = 100 on MNIST.
+    """
+    load_before = os.getloadavg()
+    sgd = run_isolated(
+        measure_sgd, K=args.K, epochs=args.epochs, dataset=args.dataset, data_dir=args.data_dir,
+        batch_size=args.batch_size, seed=args.seed,
+    )
+    load_between = os.getloadavg()
+    em = None
+    if not args.skip_em:
+        em = run_isolated(
+            measure_em, K=args.K, dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
+            max_iter=args.max_iter, precision_max=float(sgd["model_config"]["precision_max"]),
+        )
+    comparison = compare_flat(sgd, em)
+    return {
+        "benchmark": "flat",
+        "settings": {
+            "K": args.K, "epochs": args.epochs, "dataset": args.dataset, "batch_size": args.batch_size,
+            "seed": args.seed, "em_max_iter": args.max_iter,
+        },
+        "machine": machine_info(),
+        "load_average": {"before": load_before, "between": load_between, "after": os.getloadavg()},
+        "sgd": sgd,
+        "em": em,
+        "comparison": comparison,
+        "targets": check_flat_targets(sgd, comparison),
+    }
+
+
+def add_flat_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``flat`` subcommand."""
+    parser.add_argument("--K", type=int, default=100, help="number of components (a perfect square; default 100)")
+    parser.add_argument("--epochs", type=int, default=FLAT_DEFAULT_EPOCHS, help=f"SGD epochs (default {FLAT_DEFAULT_EPOCHS})")
+    parser.add_argument("--dataset", default="mnist", help="mnist or fashion (default mnist)")
+    parser.add_argument("--batch-size", type=int, default=100, help="SGD and inference batch size (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of SGD, EM and the dequantisation noise (default 0)")
+    parser.add_argument("--max-iter", type=int, default=100, help="EM iterations at most (scikit-learn's default 100)")
+    parser.add_argument("--skip-em", action="store_true", help="measure the SGD model only")
+
+
+def format_flat(result: dict) -> str:
+    """The ``flat`` result as a fixed-width text table."""
+    s, sgd, em, machine = result["settings"], result["sgd"], result["em"], result["machine"]
+    load = result["load_average"]
+    lines = [
+        f"Flat GMM benchmark: K={s['K']}, {s['dataset']} ({sgd['train_images']:,} train / {sgd['test_images']:,} test images), "
+        f"batch {s['batch_size']}, {s['epochs']} SGD epochs, seed {s['seed']}",
+        f"machine: {machine['cpu_model']}, {machine['usable_cores']} cores, torch {machine['versions']['torch']} "
+        f"({sgd['torch_threads']} threads), scikit-learn {machine['versions']['scikit-learn']}, {machine['date']}",
+        "load average (1 min): before {:.2f}, between SGD and EM {:.2f}, after {:.2f}; cores kept busy by "
+        "other processes: {}".format(
+            load["before"][0], load["between"][0], load["after"][0],
+            ", ".join(f"{part['cpu_load']['other_cores']:.2f} during {name}" for name, part in (("SGD", sgd), ("EM", em)) if part),
+        ),
+        "",
+        "SGD training (DCGMMModule from conf/model/flat_gmm.yaml + lightning.Trainer, CPU)",
+        f"  {'images/s per epoch':<34}best {sgd['images_per_s_best']:>9,.0f}   median {sgd['images_per_s_median']:>9,.0f}"
+        f"   overall {sgd['images_per_s_overall']:>9,.0f}",
+        f"  {'seconds per 60k-image epoch':<34}best {sgd['epoch_60k_seconds_best']:>9.2f}   median {sgd['epoch_60k_seconds_median']:>9.2f}",
+        f"  {'epoch seconds':<34}" + " ".join(f"{v:.2f}" for v in sgd["epoch_seconds"]),
+        f"  {'training loop / trainer.fit wall':<34}{sgd['training_loop_seconds']:.1f} s / {sgd['fit_wall_seconds']:.1f} s"
+        f" ({sgd['steps']:,} steps)",
+        "  {:<34}".format("annealing at the end")
+        + ", ".join(f"{name}: sigma {a['sigma']:.3g}, lr {a['lr']:.3g}" for name, a in sgd["annealing"].items()),
+        f"  {'inference (no_grad, test set)':<34}best {sgd['inference']['images_per_s_best']:>9,.0f}"
+        f"   median {sgd['inference']['images_per_s_median']:>9,.0f} images/s",
+        "",
+        f"{'Peak RSS (MiB)':<36}{'after set-up':>14}{'peak':>12}",
+        f"  {'SGD process':<34}{sgd['rss_after_setup_mib']:>14,.0f}{sgd['peak_rss_training_mib']:>12,.0f}"
+        f"   (incl. test scoring: {sgd['peak_rss_mib']:,.0f})",
+    ]
+    if em is not None:
+        lines.append(
+            f"  {'EM process':<34}{em['rss_after_setup_mib']:>14,.0f}{em['peak_rss_fit_mib']:>12,.0f}"
+            f"   (incl. test scoring: {em['peak_rss_mib']:,.0f})"
+        )
+    lines += ["", f"{'Test set':<36}{'SGD':>12}{'EM':>12}{'SGD - EM':>12}"]
+    rows = [("log-likelihood (nats/image)", "loglik_nats", ".1f"), ("bits/dim (dequantised)", "bits_per_dim", ".4f")]
+    for label, key, fmt in rows:
+        ours = sgd["test"][key]
+        if em is None:
+            lines.append(f"  {label:<34}{ours:>12{fmt}}")
+        else:
+            theirs = em["test"][key]
+            lines.append(f"  {label:<34}{ours:>12{fmt}}{theirs:>12{fmt}}{ours - theirs:>+12{fmt}}")
+    lines.append(f"  {'max-component bound (nats/image)':<34}{sgd['test']['bound_nats']:>12.1f}")
+    if em is not None:
+        lines += [
+            f"  {'training wall seconds':<34}{sgd['fit_wall_seconds']:>12.1f}{em['fit_seconds']:>12.1f}"
+            f"{'x ' + format(result['comparison']['time_ratio_sgd_over_em'], '.3f'):>12}",
+            "",
+            f"EM: GaussianMixture(n_components={s['K']}, covariance_type='diag', random_state={s['seed']}, "
+            f"max_iter={em['max_iter']}) on {em['dtype']} pixels u8/255",
+            f"  n_iter {em['n_iter']}, converged {em['converged']}; {100 * em['fraction_clipped']:.1f} % of its variances "
+            f"raised to the floor {em['variance_floor']:.3g} before scoring",
+            f"  unclipped: log-likelihood {em['test_unclipped']['loglik_nats']:.1f} nats/image, "
+            f"bits/dim {em['test_unclipped']['bits_per_dim']:.4f}",
+        ]
+    lines += ["", "Targets"]
+    labels = {
+        "training_images_per_s": ("training images/s (median epoch)", ",.0f"),
+        "epoch_60k_seconds": ("60k-image epoch seconds (median)", ".2f"),
+        "bpd_sgd_minus_em": ("bits/dim SGD - EM", "+.4f"),
+        "time_ratio_sgd_over_em": ("SGD time / EM time", ".3f"),
+    }
+    for name, target in result["targets"].items():
+        label, fmt = labels[name]
+        verdict = "met" if target["met"] else "MISSED"
+        bound = format(target["bound"], fmt.lstrip("+"))
+        lines.append(f"  {label:<34}{format(target['value'], fmt):>12}   {target['relation']} {bound:<10}{verdict}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- command line
+@dataclass(frozen=True)
+class Subcommand:
+    """One benchmark: its options, how to run it and how to print its result."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], dict]
+    format: Callable[[dict], str]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "flat": Subcommand(
+        help="flat GMM (conf/model/flat_gmm.yaml) by SGD vs scikit-learn EM: speed, memory, bits/dim",
+        add_arguments=add_flat_arguments,
+        run=run_flat,
+        format=format_flat,
+    ),
+}
+
+
+DEFAULT_SUBCOMMAND = "flat"  # what a bare ``python -m benchmarks.run`` (``make bench``) runs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``argparse`` parser with one sub-parser per entry of :data:`SUBCOMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="DCGMM benchmarks. Run from the repository root; each measurement runs in a fresh process. "
+        f"Without a subcommand, runs '{DEFAULT_SUBCOMMAND}' with its defaults.",
+    )
+    subparsers = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    for name, subcommand in SUBCOMMANDS.items():
+        sub = subparsers.add_parser(name, help=subcommand.help, description=subcommand.help)
+        subcommand.add_arguments(sub)
+        sub.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="data folder with the dataset cache")
+        sub.add_argument("--json", metavar="PATH", help="also write all numbers to this JSON file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run the chosen benchmark, print its table, optionally save JSON."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv or [DEFAULT_SUBCOMMAND])
+    subcommand = SUBCOMMANDS[args.subcommand]
+    result = {"command": " ".join(["python -m benchmarks.run", *argv]), **subcommand.run(args)}
+    print(subcommand.format(result))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nresults written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
