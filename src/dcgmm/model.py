@@ -114,10 +114,14 @@ class DCGMM(nn.Module):
         """Layers with a loss (GMM layers and the classifier), bottom to top."""
         return [layer for layer in self.layers if layer.has_loss]
 
-    def bottom_up(self, x: torch.Tensor, until: int | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Run the layers bottom-up on images ``(N, C, H, W)``, up to layer ``until`` (inclusive).
+    def bottom_up(
+        self, x: torch.Tensor, until: int | None = None, start: int = 0, detach: bool = True
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run layers ``start..until`` (inclusive) bottom-up on ``x``, the input map of layer ``start``.
 
-        Every learning layer reads a detached input, so gradients stay inside the layer.
+        For training every learning layer reads a detached input, so gradients stay inside the
+        layer. ``detach=False`` keeps the graph through the whole pass (used by sharpening, which
+        needs the gradient of a higher layer's objective with respect to an input map).
 
         Returns:
             the output map of the last layer run, and ``{layer index: raw output}`` for every
@@ -125,18 +129,20 @@ class DCGMM(nn.Module):
             of the classifier.
         """
         raw: dict[int, torch.Tensor] = {}
-        outputs: list[torch.Tensor] = []  # output map of every layer run
-        for layer in self.layers[: None if until is None else until + 1]:
+        outputs: dict[int, torch.Tensor] = {}  # output map of every layer run
+        stop = len(self.layers) if until is None else until + 1
+        for layer in self.layers[start:stop]:
             if isinstance(layer, GMMLayer):
-                scores = layer.log_scores(x.detach())  # (N, P, K)
+                scores = layer.log_scores(x.detach() if detach else x)  # (N, P, K)
                 raw[layer.index] = scores
-                x = layer.responsibilities(scores.detach())  # (N, K, H, W), no graph kept
+                x = layer.responsibilities(scores.detach() if detach else scores)  # (N, K, H, W)
             elif isinstance(layer, LinearClassifier):
-                x = layer(outputs[layer.input_layer].detach())  # (N, classes)
+                source = outputs[layer.input_layer]
+                x = layer(source.detach() if detach else source)  # (N, classes)
                 raw[layer.index] = x
             else:
                 x = layer(x)
-            outputs.append(x)
+            outputs[layer.index] = x
         return x, raw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -279,6 +279,9 @@ class GMMLayer(Layer):
             prior = signal.detach().reshape(n, self.K, self.P).transpose(1, 2)  # (N, P, K)
         values, idx = prior.topk(int(top_s), dim=-1)  # (N, P, S)
         values = values.clamp_min(0).reshape(-1, int(top_s))
+        # positions whose prior has no positive entry (e.g. those a sparse pooling left empty)
+        # draw nothing: their output is 0, as in the reference
+        active = (values.sum(-1, keepdim=True) > 0).view(n, self.P, 1)  # (N, P, 1)
         values = torch.where(values.sum(-1, keepdim=True) > 0, values, torch.ones_like(values))
         pick = torch.multinomial(values, 1, generator=generator).view(n, self.P, 1)  # index into top-S
         component = idx.gather(-1, pick).squeeze(-1)  # (N, P)
@@ -291,7 +294,7 @@ class GMMLayer(Layer):
             mu, s = means[pos, component], inv_std[pos, component]  # (N, P, D)
         std = torch.where(s >= self.inv_std_max, torch.zeros_like(s), 1.0 / s) / float(divisor)
         noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        x = mu + std * noise  # (N, P, D)
+        x = (mu + std * noise) * active  # (N, P, D)
         return x.transpose(1, 2).reshape(n, *self.in_shape)
 
     def flops_per_image(self) -> int:

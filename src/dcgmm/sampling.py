@@ -1,0 +1,256 @@
+"""Top-down sampling from a DCGMM stack, with sharpening (spec section 3).
+
+The sampler runs the layers' ``top_down`` methods from a chosen top layer down to the pixels:
+a GMM layer draws a component per position (top-S of its prior) and a Gaussian sample in its
+input space, a folding layer averages overlapping patches, a pooling layer copies its values
+back into its windows, and the classifier maps a target class distribution to a prior over the
+layer it reads. Everything is batched over images and positions.
+
+Sharpening improves the map ``X0`` that the top-down pass produces below a folding layer by
+gradient ascent on ``L_t(X) - w_rec * mean((X - X0)^2)``, ``L_t`` being the objective of a target
+GMM layer above, computed by running the layers in between forward. The model's parameters are
+never changed (gradients are taken with respect to ``X`` only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from dcgmm.errors import ConfigError
+from dcgmm.layers import Folding, GMMLayer, LinearClassifier
+from dcgmm.model import DCGMM
+
+
+@dataclass
+class SharpeningOptions:
+    """Gradient-ascent sharpening below folding layers (spec section 3).
+
+    Attributes:
+        enabled: run sharpening at all.
+        rate: step size of the ascent (published: 0.1 to 0.2).
+        iterations: number of ascent steps (published: 300).
+        reconstruction: weight ``w_rec`` of the penalty ``mean((X - X0)^2)`` (published: 0 to 0.1).
+        layers: folding layer indices to sharpen below; ``None``: every folding whose patches overlap.
+        target: GMM layer whose objective is ascended; ``None``: the GMM layer right above each folding.
+        progress: show a per-iteration progress bar.
+    """
+
+    enabled: bool = False
+    rate: float = 0.1
+    iterations: int = 300
+    reconstruction: float = 0.0
+    layers: list[int] | None = None
+    target: int | None = None
+    progress: bool = False
+
+
+@dataclass
+class SamplingOptions:
+    """Options of the top-down pass.
+
+    Attributes:
+        top_s: each GMM layer draws among the ``top_s`` largest entries of its prior (>= 1).
+        divisor: GMM standard deviations are divided by this (> 0; published 5 to 20).
+        pooling_mode: ``"dense"`` or ``"sparse"`` top-down of pooling layers.
+        clamp: clip the final images to ``[0, 1]``.
+        sharpening: see :class:`SharpeningOptions`.
+    """
+
+    top_s: int = 1
+    divisor: float = 5.0
+    pooling_mode: str = "dense"
+    clamp: bool = True
+    sharpening: SharpeningOptions = field(default_factory=SharpeningOptions)
+
+
+class Sampler:
+    """Draws images from a :class:`~dcgmm.model.DCGMM` top-down.
+
+    Args:
+        stack: the model.
+        options: :class:`SamplingOptions`; validated against the stack at construction.
+        generator: torch random generator for reproducible draws (on the model's device).
+    """
+
+    def __init__(self, stack: DCGMM, options: SamplingOptions | None = None, generator: torch.Generator | None = None):
+        self.stack = stack
+        self.options = options or SamplingOptions()
+        self.generator = generator
+        self._validate()
+
+    # ------------------------------------------------------------------------------ checks
+    def _validate(self) -> None:
+        opts = self.options
+        if not opts.divisor > 0:
+            raise ConfigError(f"divisor={opts.divisor} must be > 0 (published values: 5 to 20)")
+        for layer in self.stack.gmm_layers:
+            if not 1 <= int(opts.top_s) <= layer.K:
+                raise ConfigError(f"top_s={opts.top_s} must lie in [1, K={layer.K}] of {layer.name}")
+        if opts.pooling_mode not in ("dense", "sparse"):
+            raise ConfigError(f"pooling_mode={opts.pooling_mode!r} is unknown; use dense or sparse")
+        sharp = opts.sharpening
+        if sharp.enabled:
+            if sharp.iterations < 0 or not sharp.rate > 0 or sharp.reconstruction < 0:
+                raise ConfigError(
+                    f"sharpening needs iterations >= 0, rate > 0 and reconstruction >= 0 "
+                    f"(got {sharp.iterations}, {sharp.rate}, {sharp.reconstruction})"
+                )
+            for fold_index in self.sharpened_foldings():
+                self.sharpening_target(fold_index)  # raises on a bad target
+
+    def sharpened_foldings(self) -> list[int]:
+        """Indices of the folding layers below which sharpening runs."""
+        sharp = self.options.sharpening
+        foldings = [layer.index for layer in self.stack.layers if isinstance(layer, Folding)]
+        if sharp.layers is None:
+            overlapping = [i for i in foldings if any(s < k for s, k in zip(self.stack.layers[i].stride, self.stack.layers[i].kernel_size))]
+            return overlapping
+        for index in sharp.layers:
+            if index not in foldings:
+                raise ConfigError(f"sharpening layers={list(sharp.layers)}: layer {index} is not a folding layer; folding layers: {foldings}")
+        return list(sharp.layers)
+
+    def sharpening_target(self, fold_index: int) -> int:
+        """The GMM layer whose objective sharpening ascends below folding ``fold_index``."""
+        target = self.options.sharpening.target
+        above = [layer.index for layer in self.stack.gmm_layers if layer.index > fold_index]
+        if target is None:
+            if not above:
+                raise ConfigError(f"sharpening below layer {fold_index}: there is no gmm layer above it")
+            return above[0]
+        if target not in [layer.index for layer in self.stack.gmm_layers]:
+            raise ConfigError(
+                f"sharpening target={target} is not a gmm layer; gmm layers: {[g.index for g in self.stack.gmm_layers]}"
+            )
+        if target <= fold_index:
+            raise ConfigError(f"sharpening target={target} lies below folding layer {fold_index}; use a gmm layer above it: {above}")
+        return target
+
+    # ------------------------------------------------------------------------------ sampling
+    @property
+    def device(self) -> torch.device:
+        return next(self.stack.parameters()).device
+
+    def top_down(self, start: int, signal: torch.Tensor | None, n: int | None = None) -> torch.Tensor:
+        """Run ``top_down`` from layer ``start`` (given its output-space signal) to the pixels.
+
+        ``signal=None`` at a GMM layer means its mixture weights at every position.
+        Returns images ``(N, C, H, W)``.
+        """
+        opts = self.options
+        sharpen = set(self.sharpened_foldings()) if opts.sharpening.enabled else set()
+        x = signal
+        with torch.no_grad():
+            for layer in reversed(self.stack.layers[: start + 1]):
+                x = layer.top_down(
+                    x, n=n, top_s=opts.top_s, divisor=opts.divisor, mode=opts.pooling_mode, generator=self.generator
+                )
+                if layer.index in sharpen:
+                    x = self.sharpen(x, layer.index)
+        return x.clamp(0.0, 1.0) if opts.clamp else x
+
+    def sharpen(self, x0: torch.Tensor, fold_index: int) -> torch.Tensor:
+        """Gradient ascent on the input map ``x0`` of folding ``fold_index`` (see module docstring)."""
+        sharp = self.options.sharpening
+        target = self.sharpening_target(fold_index)
+        x = x0.detach().clone()
+        steps = range(int(sharp.iterations))
+        if sharp.progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc=f"sharpening below L{fold_index} (target L{target})", leave=False)
+        with torch.enable_grad():
+            for _ in steps:
+                x.requires_grad_(True)
+                gain = self.sharpening_objective(x, x0, fold_index, target)
+                (grad,) = torch.autograd.grad(gain, x)
+                x = (x + sharp.rate * grad).detach()
+        return x
+
+    def sharpening_objective(self, x: torch.Tensor, x0: torch.Tensor, fold_index: int, target: int) -> torch.Tensor:
+        """``L_t(x) - w_rec * mean((x - x0)^2)``, ``L_t`` = target layer's mean objective over the batch."""
+        _, raw = self.stack.bottom_up(x, start=fold_index, until=target, detach=False)
+        objective = self.stack.layers[target].objective(raw[target]).mean()
+        weight = self.options.sharpening.reconstruction
+        return objective - weight * (x - x0.detach()).pow(2).mean() if weight else objective
+
+    def sample(self, n: int, top: int | None = None) -> torch.Tensor:
+        """``n`` unconditional samples from GMM layer ``top`` (default: the top GMM layer) down."""
+        if n is None or int(n) < 1:
+            raise ConfigError(f"n={n} must be a positive number of samples")
+        top = self.stack.top_gmm.index if top is None else top
+        if not isinstance(self.stack.layers[top], GMMLayer):
+            raise ConfigError(f"sampling starts at a gmm layer; layer {top} is a {self.stack.layers[top].kind}")
+        return self.top_down(top, None, n=int(n))
+
+    def conditional(self, classes: torch.Tensor | list[int], confidence: float = 0.95) -> torch.Tensor:
+        """One sample per entry of ``classes``, drawn through the classifier's transposed map."""
+        classifier = self.stack.classifier
+        if classifier is None:
+            raise ConfigError("conditional sampling needs a model with a classifier layer; use mode=unconditional")
+        classes = torch.as_tensor(classes, dtype=torch.long, device=self.device).flatten()
+        if len(classes) == 0:
+            raise ConfigError("conditional sampling needs at least one class")
+        bad = sorted({int(c) for c in classes if not 0 <= int(c) < classifier.num_classes})
+        if bad:
+            raise ConfigError(f"classes {bad} are not among the classifier's classes 0..{classifier.num_classes - 1}")
+        with torch.no_grad():
+            prior = classifier.top_down(classifier.target_distribution(classes, confidence))  # (N, *in_shape)
+        return self.top_down(classifier.input_layer, prior)
+
+    def variants(self, images: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """Variants of real images: their responsibilities at GMM ``layer`` as the top-down prior."""
+        layer = self.stack.top_gmm.index if layer is None else layer
+        if layer not in [g.index for g in self.stack.gmm_layers]:
+            raise ConfigError(f"variants start at a gmm layer; layer {layer} is not one (gmm layers: {[g.index for g in self.stack.gmm_layers]})")
+        with torch.no_grad():
+            responsibilities, _ = self.stack.bottom_up(images.to(self.device), until=layer)
+        return self.top_down(layer, responsibilities)
+
+    def inpaint(self, images: torch.Tensor, known: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """Fill the unknown pixels (``known`` False) of ``images`` by variant generation.
+
+        The masked region is set to 0 before the bottom-up pass; the known pixels of the result
+        are the input's, bit for bit.
+        """
+        images = images.to(self.device)
+        known = known.to(self.device).expand_as(images)
+        masked = torch.where(known, images, torch.zeros_like(images))
+        filled = self.variants(masked, layer)
+        return torch.where(known, images, filled)
+
+    def prototypes(self, layer: int) -> torch.Tensor:
+        """What each component of GMM ``layer`` looks like in pixel space: ``(K, C, H, W)``.
+
+        Top-down from a one-hot prior on component k at every position, with ``top_s=1`` and
+        standard deviations 0 at every layer below (so every layer draws its mean).
+        """
+        gmm = self.stack.layers[layer]
+        if not isinstance(gmm, GMMLayer):
+            raise ConfigError(f"prototypes are defined for gmm layers; layer {layer} is a {gmm.kind}")
+        prior = torch.eye(gmm.K, device=self.device).view(gmm.K, gmm.K, 1, 1).expand(gmm.K, *gmm.out_shape)
+        saved = self.options
+        self.options = SamplingOptions(top_s=1, divisor=float("inf"), pooling_mode="dense", clamp=saved.clamp)
+        try:
+            return self.top_down(layer, prior.contiguous())
+        finally:
+            self.options = saved
+
+    def variance_images(self, layer: int) -> torch.Tensor:
+        """Per-component variances of GMM ``layer`` shown in pixel geometry: ``(K, 1, H, W)``.
+
+        The variances live in the layer's input space; a folding directly below maps them onto
+        its input grid (averaging overlaps). Maps whose channels are not pixels (responsibility
+        channels of a lower layer) are averaged over channels.
+        """
+        gmm = self.stack.layers[layer]
+        if not isinstance(gmm, GMMLayer):
+            raise ConfigError(f"variance images are defined for gmm layers; layer {layer} is a {gmm.kind}")
+        variances = gmm.variances.mean(dim=0) if gmm.mode == "independent" else gmm.variances[0]  # (K, D)
+        maps = variances.view(gmm.K, gmm.D, 1, 1).expand(gmm.K, *gmm.in_shape)  # (K, D, H, W)
+        below = self.stack.layers[layer - 1] if layer > 0 else None
+        if isinstance(below, Folding):
+            maps = below.top_down(maps.contiguous())
+        return maps.mean(dim=1, keepdim=True)

@@ -1,0 +1,156 @@
+"""Top-down sampling, sharpening, conditional sampling, variants and in-painting."""
+
+import math
+
+import pytest
+import torch
+
+from dcgmm.errors import ConfigError
+from dcgmm.model import DCGMM
+from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
+
+
+def hand_set_flat_gmm(weights, means, stds) -> DCGMM:
+    """A flat GMM over 1 x 4 x 4 images with the given parameters (K components, D = 16)."""
+    k = len(weights)
+    stack = DCGMM([{"kind": "folding", "kernel_size": 4}, {"kind": "gmm", "K": k, "anneal": False, "precision_max": 1e4}], (1, 4, 4))
+    gmm = stack.top_gmm
+    with torch.no_grad():
+        gmm.mixture_logits.copy_(torch.log(torch.as_tensor(weights)).view(1, k))
+        gmm.means.copy_(torch.as_tensor(means).view(1, k, 16))
+        gmm.inv_std.copy_(1.0 / torch.as_tensor(stds).view(1, k, 16))
+    return stack
+
+
+def test_flat_samples_match_parameters_and_weights():
+    weights = [0.5, 0.3, 0.2]
+    means = torch.stack([torch.full((16,), v) for v in (0.0, 5.0, 10.0)])  # far apart: nearest mean = component
+    stds = torch.stack([torch.full((16,), v) for v in (0.5, 1.0, 0.25)])
+    stack = hand_set_flat_gmm(weights, means, stds)
+    sampler = Sampler(stack, SamplingOptions(top_s=3, divisor=1.0, clamp=False), torch.Generator().manual_seed(0))
+    n = 20000
+    x = sampler.sample(n).reshape(n, 16)
+    component = torch.cdist(x, means).argmin(1)
+    freq = torch.bincount(component, minlength=3).float() / n
+    for k in range(3):
+        se = math.sqrt(weights[k] * (1 - weights[k]) / n)
+        assert abs(freq[k] - weights[k]) < 5 * se
+        xs = x[component == k]
+        m = len(xs)
+        assert (xs.mean(0) - means[k]).abs().max() < 5 * stds[k, 0] / math.sqrt(m)
+        var_se = stds[k, 0] ** 2 * math.sqrt(2 / (m - 1))
+        assert (xs.var(0) - stds[k] ** 2).abs().max() < 5 * var_se
+
+
+def test_divisor_shrinks_std_and_floor_dims_get_zero_std():
+    stack = hand_set_flat_gmm([1.0], torch.zeros(1, 16), torch.full((1, 16), 1.0))
+    with torch.no_grad():
+        stack.top_gmm.inv_std[0, 0, :4] = stack.top_gmm.inv_std_max  # 4 dims at the variance floor
+    x = Sampler(stack, SamplingOptions(top_s=1, divisor=4.0, clamp=False), torch.Generator().manual_seed(1)).sample(5000).reshape(5000, 16)
+    assert (x[:, :4] == 0).all()
+    assert x[:, 4:].std(0).mean().item() == pytest.approx(0.25, rel=0.05)
+
+
+def test_top_s_one_draws_only_the_argmax_of_the_prior():
+    stack = DCGMM([{"kind": "folding", "kernel_size": 2, "stride": 2}, {"kind": "gmm", "K": 9}], (1, 6, 6))
+    gmm = stack.top_gmm
+    prior = torch.rand(50, 9, 3, 3)
+    sampler = Sampler(stack, SamplingOptions(top_s=1, divisor=float("inf"), clamp=False))
+    drawn = sampler.top_down(gmm.index, prior)  # divisor inf: every draw is its component's mean
+    patches = stack.layers[0](drawn).reshape(50, 4, 9).transpose(1, 2)  # (N, P, D)
+    which = torch.cdist(patches, gmm.means[0].detach().expand(50, 9, 4)).argmin(-1)  # (N, P)
+    assert torch.equal(which, prior.reshape(50, 9, 9).transpose(1, 2).argmax(-1))
+
+
+def b_like_stack() -> DCGMM:
+    torch.manual_seed(0)
+    return DCGMM(
+        [{"kind": "folding", "kernel_size": 4, "stride": 2}, {"kind": "gmm", "K": 9},
+         {"kind": "folding", "kernel_size": 5, "stride": 1}, {"kind": "gmm", "K": 4}, {"kind": "classifier", "input_layer": 3}],
+        (1, 12, 12),
+    )
+
+
+def test_sharpening_increases_target_objective_and_keeps_parameters():
+    stack = b_like_stack()
+    before = {k: v.detach().clone() for k, v in stack.named_parameters()}
+    sampler = Sampler(stack, SamplingOptions(divisor=2.0, clamp=False, sharpening=SharpeningOptions(enabled=True, rate=0.01, iterations=1)), torch.Generator().manual_seed(0))
+    x0 = sampler.sample(16)  # includes one sharpening step per folding; now ascend by hand
+    target = sampler.sharpening_target(0)
+    assert target == 1
+    values = []
+    x = x0
+    for _ in range(20):
+        values.append(sampler.sharpening_objective(x, x0, 0, target).item())
+        x = sampler.sharpen(x, 0)
+    values.append(sampler.sharpening_objective(x, x0, 0, target).item())
+    assert all(b >= a - 1e-4 for a, b in zip(values, values[1:])), values
+    assert values[-1] > values[0]
+    for k, v in stack.named_parameters():
+        assert torch.equal(v, before[k]), k
+
+
+def test_sharpening_target_validation():
+    stack = b_like_stack()
+    with pytest.raises(ConfigError, match="not a gmm layer"):
+        Sampler(stack, SamplingOptions(sharpening=SharpeningOptions(enabled=True, target=2)))
+    with pytest.raises(ConfigError, match="lies below folding layer 2"):
+        Sampler(stack, SamplingOptions(sharpening=SharpeningOptions(enabled=True, target=1, layers=[2])))
+    with pytest.raises(ConfigError, match="not a folding layer"):
+        Sampler(stack, SamplingOptions(sharpening=SharpeningOptions(enabled=True, layers=[1])))
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [(dict(top_s=0), r"top_s=0 must lie in \[1, K"), (dict(top_s=10), r"top_s=10 must lie in \[1, K"), (dict(divisor=0), r"divisor=0 must be > 0")],
+)
+def test_bad_sampling_options(options, match):
+    with pytest.raises(ConfigError, match=match):
+        Sampler(b_like_stack(), SamplingOptions(**options))
+
+
+def test_bad_sample_requests():
+    sampler = Sampler(b_like_stack())
+    with pytest.raises(ConfigError, match="n=0"):
+        sampler.sample(0)
+    with pytest.raises(ConfigError, match=r"classes \[12\] are not among"):
+        sampler.conditional([1, 12])
+    flat = Sampler(DCGMM([{"kind": "folding"}, {"kind": "gmm", "K": 4}], (1, 4, 4)))
+    with pytest.raises(ConfigError, match="needs a model with a classifier"):
+        flat.conditional([1])
+
+
+def test_inpainting_keeps_known_pixels_bit_identical():
+    stack = b_like_stack()
+    images = torch.rand(8, 1, 12, 12)
+    known = torch.ones(1, 1, 12, 12, dtype=torch.bool)
+    known[..., 6:] = False  # right half unknown
+    filled = Sampler(stack, generator=torch.Generator().manual_seed(0)).inpaint(images, known, layer=1)
+    assert torch.equal(filled[..., :6], images[..., :6])
+    assert not torch.equal(filled[..., 6:], images[..., 6:])
+
+
+def test_prototypes_are_component_means_for_a_flat_gmm():
+    means = torch.rand(3, 16)
+    stack = hand_set_flat_gmm([0.2, 0.3, 0.5], means, torch.full((3, 16), 0.5))
+    protos = Sampler(stack).prototypes(stack.top_gmm.index)
+    torch.testing.assert_close(protos.reshape(3, 16), means)
+
+
+def test_conditional_samples_are_classified_as_requested():
+    """A classifier on a hand-set flat GMM whose components are the classes."""
+    means = torch.stack([torch.full((16,), v) for v in (0.1, 0.5, 0.9)])
+    stack = hand_set_flat_gmm([1 / 3] * 3, means, torch.full((3, 16), 0.05))
+    stack = DCGMM(
+        [{"kind": "folding", "kernel_size": 4}, {"kind": "gmm", "K": 3, "anneal": False, "precision_max": 1e4},
+         {"kind": "classifier", "num_classes": 3}], (1, 4, 4),
+    )
+    with torch.no_grad():
+        stack.top_gmm.means.copy_(means.view(1, 3, 16))
+        stack.top_gmm.inv_std.fill_(20.0)
+        stack.classifier.weight.copy_(5 * torch.eye(3))  # component k -> class k
+        stack.classifier.bias.zero_()
+    classes = torch.tensor([0, 1, 2] * 10)
+    x = Sampler(stack, SamplingOptions(top_s=1, divisor=1.0), torch.Generator().manual_seed(0)).conditional(classes)
+    logits = stack(x)
+    assert (logits.argmax(1) == classes).float().mean() == 1.0
