@@ -23,11 +23,11 @@ def dataset_available(name: str) -> bool:
     return (DATA_DIR / "cache" / f"{name}.npz").exists()
 
 
-def compose_train(overrides: list[str], tmp_path: Path) -> DictConfig:
-    """Compose conf/train.yaml like `python train.py OVERRIDES`, writing only below tmp_path."""
+def compose_train(overrides: list[str], tmp_path: Path, config_name: str = "train.yaml") -> DictConfig:
+    """Compose conf/<config_name> like `python train.py OVERRIDES`, writing only below tmp_path."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train.yaml", return_hydra_config=True, overrides=overrides)
+        cfg = compose(config_name=config_name, return_hydra_config=True, overrides=overrides)
     with open_dict(cfg):
         cfg.paths.root_dir = str(ROOT)
         cfg.paths.data_dir = str(DATA_DIR)
@@ -45,3 +45,9 @@ def compose_train(overrides: list[str], tmp_path: Path) -> DictConfig:
 def train_cfg(tmp_path):
     """A function building a composed training config for the given overrides."""
     return lambda *overrides: compose_train(list(overrides), tmp_path)
+
+
+@pytest.fixture
+def sample_cfg(tmp_path):
+    """A function building a composed sampling config (conf/sample.yaml) for the given overrides."""
+    return lambda *overrides: compose_train(list(overrides), tmp_path, "sample.yaml")

@@ -96,6 +96,8 @@ def test_train_cli_writes_checkpoint_csv_wandb_and_metrics(tmp_path):
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (run_dir / "train.log").exists()
     assert list((run_dir / "wandb").glob("offline-run-*"))
+    for name in ("samples", "prototypes_L1_gmm", "variances_L1_gmm"):  # the SampleImages callback
+        assert (run_dir / "images" / f"epoch_001_{name}.png").exists(), name
     (metrics_csv,) = (run_dir / "csv").rglob("metrics.csv")
     header = metrics_csv.read_text().splitlines()[0]
     for key in ("train/loss", "train/L1_gmm/sigma", "train/L1_gmm/lr", "val/loss", "test/bpd", "test/loglik"):

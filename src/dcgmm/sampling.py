@@ -105,12 +105,18 @@ class Sampler:
         sharp = self.options.sharpening
         foldings = [layer.index for layer in self.stack.layers if isinstance(layer, Folding)]
         if sharp.layers is None:
-            overlapping = [i for i in foldings if any(s < k for s, k in zip(self.stack.layers[i].stride, self.stack.layers[i].kernel_size))]
-            return overlapping
+            return [i for i in foldings if self._patches_overlap(self.stack.layers[i])]
         for index in sharp.layers:
             if index not in foldings:
                 raise ConfigError(f"sharpening layers={list(sharp.layers)}: layer {index} is not a folding layer; folding layers: {foldings}")
         return list(sharp.layers)
+
+    @staticmethod
+    def _patches_overlap(fold: Folding) -> bool:
+        """True when neighbouring patches share pixels (stride < kernel along an axis with >1 patch)."""
+        _, out_h, out_w = fold.out_shape
+        (kh, kw), (sh, sw) = fold.kernel_size, fold.stride
+        return (out_h > 1 and sh < kh) or (out_w > 1 and sw < kw)
 
     def sharpening_target(self, fold_index: int) -> int:
         """The GMM layer whose objective sharpening ascends below folding ``fold_index``."""
@@ -224,12 +230,19 @@ class Sampler:
     def prototypes(self, layer: int) -> torch.Tensor:
         """What each component of GMM ``layer`` looks like in pixel space: ``(K, C, H, W)``.
 
-        Top-down from a one-hot prior on component k at every position, with ``top_s=1`` and
-        standard deviations 0 at every layer below (so every layer draws its mean).
+        A patch model right above the pixels shows its means as patches ``(K, C, kh, kw)``.
+        Otherwise: top-down from a one-hot prior on component k at every position, with
+        ``top_s=1`` and standard deviations 0 at every layer below (every layer draws its mean).
         """
         gmm = self.stack.layers[layer]
         if not isinstance(gmm, GMMLayer):
             raise ConfigError(f"prototypes are defined for gmm layers; layer {layer} is a {gmm.kind}")
+        below = self.stack.layers[layer - 1] if layer > 0 else None
+        if gmm.P > 1 and isinstance(below, Folding) and below.index == 0:
+            # a patch model right above the pixels: its means are image patches
+            means = gmm.means.detach().mean(dim=0) if gmm.mode == "independent" else gmm.means.detach()[0]
+            patches = means.view(gmm.K, self.stack.input_shape[0], *below.kernel_size)
+            return patches.clamp(0.0, 1.0) if self.options.clamp else patches
         prior = torch.eye(gmm.K, device=self.device).view(gmm.K, gmm.K, 1, 1).expand(gmm.K, *gmm.out_shape)
         saved = self.options
         self.options = SamplingOptions(top_s=1, divisor=float("inf"), pooling_mode="dense", clamp=saved.clamp)

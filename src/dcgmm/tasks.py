@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dcgmm.checkpoints import load_module
+from dcgmm.errors import ConfigError
+from dcgmm.images import make_grid, save_png
+from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
 from dcgmm.utils import instantiate, instantiate_group, task_wrapper
 
 log = logging.getLogger("dcgmm")
@@ -26,13 +33,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
+    callbacks = instantiate_group(cfg.get("callbacks"), "callback")  # first: they check settings other nodes derive from
     log.info(f"Instantiating datamodule <{cfg.data._target_}>")
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     log.info(f"Instantiating model <{cfg.model._target_}>")
     model: L.LightningModule = instantiate(cfg.model)
     log.info("DCGMM stack:\n" + model.stack.summary_table())
 
-    callbacks = instantiate_group(cfg.get("callbacks"), "callback")
     loggers = instantiate_group(cfg.get("logger"), "logger")
     log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -58,3 +65,95 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     metrics = {**train_metrics, **trainer.callback_metrics}
     return metrics, objects
+
+
+def sampling_options(cfg: DictConfig) -> SamplingOptions:
+    """:class:`SamplingOptions` from the top-down keys of a sample config."""
+    sharp = OmegaConf.to_container(cfg.get("sharpening") or {}, resolve=True)
+    return SamplingOptions(
+        top_s=int(cfg.get("top_s", 1)),
+        divisor=float(cfg.get("divisor", 5.0)),
+        pooling_mode=str(cfg.get("pooling_mode", "dense")),
+        sharpening=SharpeningOptions(**sharp),
+    )
+
+
+def inpainting_mask(cfg: DictConfig, image_shape: tuple[int, int, int]) -> torch.Tensor:
+    """Known-pixel mask ``(1, C, H, W)`` (True = known) from ``cfg.mask`` / ``cfg.box``."""
+    channels, height, width = image_shape
+    known = torch.ones(1, channels, height, width, dtype=torch.bool)
+    if cfg.mask == "right_half":
+        known[..., width // 2 :] = False
+    elif cfg.mask == "box":
+        box = cfg.get("box")
+        if box is None or len(box) != 4:
+            raise ConfigError("mask=box needs box=[top, left, height, width] in pixels, e.g. box=[8,8,12,12]")
+        top, left, h, w = (int(v) for v in box)
+        if h < 1 or w < 1 or not (0 <= top < height and 0 <= left < width):
+            raise ConfigError(f"box={list(box)} does not lie inside the {height}x{width} image")
+        known[..., top : top + h, left : left + w] = False
+    else:
+        raise ConfigError(f"mask={cfg.mask!r} is unknown; use right_half or box")
+    return known
+
+
+@task_wrapper
+def sample(cfg: DictConfig) -> dict[str, Any]:
+    """Draw samples from a checkpoint and write (and log) a PNG grid. Returns paths and tensors."""
+    mode = cfg.get("mode", "unconditional")
+    modes = ("unconditional", "conditional", "variants", "inpaint")
+    if mode not in modes:
+        raise ConfigError(f"mode={mode!r} is unknown; use one of {', '.join(modes)}")
+    n = cfg.get("n")
+    if n is None or int(n) < 1:
+        raise ConfigError(f"n={n} must be a positive number of samples")
+    n = int(n)
+    module = load_module(cfg.get("ckpt_path"))
+    stack = module.stack
+    generator = torch.Generator().manual_seed(int(cfg.get("seed") or 0))
+    torch.manual_seed(int(cfg.get("seed") or 0))
+    sampler = Sampler(stack, sampling_options(cfg), generator)
+    output_dir = Path(cfg.paths.output_dir)
+
+    start = time.perf_counter()
+    rows: list[torch.Tensor]
+    if mode == "unconditional":
+        images = sampler.sample(n)
+        rows = [images]
+    elif mode == "conditional":
+        classifier = stack.classifier
+        if classifier is None:
+            raise ConfigError("mode=conditional needs a model with a classifier layer; use mode=unconditional")
+        wanted = list(cfg.classes) if cfg.get("classes") else list(range(classifier.num_classes))
+        classes = torch.tensor([wanted[i % len(wanted)] for i in range(n)])
+        images = sampler.conditional(classes)
+        rows = [images]
+    else:
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("test")
+        if tuple(datamodule.image_shape) != tuple(stack.input_shape):
+            raise ConfigError(f"the checkpoint models {list(stack.input_shape)} images but data={cfg.data.name} has {list(datamodule.image_shape)}")
+        real = datamodule.dataset("test").x[:n]
+        if mode == "variants":
+            images = sampler.variants(real, cfg.get("layer"))
+            rows = [real, images]
+        else:
+            known = inpainting_mask(cfg, tuple(stack.input_shape))
+            masked = torch.where(known, real, torch.zeros_like(real))
+            images = sampler.inpaint(real, known, cfg.get("layer"))
+            rows = [real, masked, images]
+    seconds = time.perf_counter() - start
+
+    nrow = cfg.get("nrow") or (len(rows[0]) if len(rows) > 1 else None)
+    grid = make_grid(torch.cat(rows), nrow=nrow if len(rows) > 1 else cfg.get("nrow"))
+    path = save_png(grid, output_dir / f"{mode}.png")
+    torch.save(images, output_dir / f"{mode}.pt")
+    log.info(f"{len(images)} {mode} samples in {seconds:.2f} s ({len(images) / seconds:.1f} samples/s) -> {path}")
+
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    for logger in loggers:
+        if hasattr(logger, "log_image"):
+            logger.log_image(key=f"samples/{mode}", images=[grid], caption=[f"{mode}, n={n}"])
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.finalize("success")
+    return {"path": path, "images": images, "seconds": seconds}

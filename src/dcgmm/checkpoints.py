@@ -1,0 +1,41 @@
+"""Loading a trained DCGMM from a Lightning checkpoint, with one-line errors for bad paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dcgmm.errors import ConfigError
+
+
+def load_module(ckpt_path: str | Path | None, map_location: str | torch.device = "cpu"):
+    """Rebuild a :class:`~dcgmm.module.DCGMMModule` from a checkpoint written by ``train.py``.
+
+    The checkpoint alone is enough: the module's hyper-parameters (topology included) are saved
+    in it. Raises :class:`ConfigError` when the path is missing, is not a file Lightning can read,
+    or holds a checkpoint of another model.
+    """
+    from dcgmm.module import DCGMMModule
+
+    if ckpt_path in (None, ""):
+        raise ConfigError("ckpt_path is required: pass ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={path} does not exist; point it at a .ckpt file written by train.py")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ConfigError(f"ckpt_path={path} is not a readable checkpoint ({type(err).__name__}); use a .ckpt written by train.py") from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or "layers" not in hparams or not isinstance(state, dict):
+        raise ConfigError(f"ckpt_path={path} is not a checkpoint of a DCGMM model (no topology or weights in it)")
+    module = DCGMMModule(**{k: v for k, v in hparams.items() if k != "_instantiator"})
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(f"ckpt_path={path}: weights do not fit the saved topology ({first})") from None
+    module.on_load_checkpoint(checkpoint)
+    return module.to(map_location).eval()

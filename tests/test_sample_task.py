@@ -1,0 +1,89 @@
+"""sample.py: every mode writes a grid from a checkpoint; bad requests are one-line errors."""
+
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from dcgmm.checkpoints import load_module
+from dcgmm.errors import ConfigError
+from dcgmm.tasks import sample
+from tests.conftest import CONFIG_DIR, ROOT, dataset_available
+
+needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
+
+
+def write_checkpoint(path, model: str = "dcgmm2", **updates) -> str:
+    """An untrained model of a topology config saved as a Lightning checkpoint."""
+    cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{model}.yaml")
+    for key, value in updates.items():
+        OmegaConf.update(cfg, key, value)
+    module = instantiate(cfg)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+def test_checkpoint_round_trip_rebuilds_the_model(tmp_path):
+    ckpt = write_checkpoint(tmp_path / "m.ckpt")
+    module = load_module(ckpt)
+    assert [layer.kind for layer in module.stack.layers] == ["folding", "gmm", "folding", "gmm", "classifier"]
+    saved = torch.load(ckpt, weights_only=False)["state_dict"]
+    for key, value in module.state_dict().items():
+        if key in saved and isinstance(value, torch.Tensor):
+            assert torch.equal(value, saved[key]), key
+
+
+@needs_mnist
+@pytest.mark.parametrize("mode", ["unconditional", "conditional", "variants", "inpaint"])
+def test_every_mode_writes_a_grid(sample_cfg, tmp_path, mode):
+    ckpt = write_checkpoint(tmp_path / "m.ckpt")
+    result = sample(sample_cfg(f"ckpt_path={ckpt}", "n=6", f"mode={mode}", "logger=csv"))
+    assert result["path"].exists() and result["images"].shape == (6, 1, 28, 28)
+    assert result["images"].min() >= 0 and result["images"].max() <= 1
+
+
+def test_sharpened_sampling_runs(sample_cfg, tmp_path):
+    ckpt = write_checkpoint(tmp_path / "m.ckpt")
+    cfg = sample_cfg(f"ckpt_path={ckpt}", "n=4", "sharpening.enabled=true", "sharpening.iterations=3", "sharpening.progress=false", "logger=none")
+    assert sample(cfg)["images"].shape == (4, 1, 28, 28)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["ckpt_path=/no/such.ckpt"], "does not exist"),
+        (["n=0"], "n=0 must be a positive"),
+        (["top_s=50"], r"top_s=50 must lie in \[1, K="),
+        (["divisor=0"], "divisor=0.0 must be > 0"),
+        (["mode=conditional", "classes=[3,12]"], r"classes \[12\] are not among"),
+        (["mode=dream"], "mode='dream' is unknown"),
+        (["sharpening.enabled=true", "sharpening.target=2"], "target=2 is not a gmm layer"),
+    ],
+)
+def test_bad_sample_requests(sample_cfg, tmp_path, overrides, match):
+    ckpt = write_checkpoint(tmp_path / "m.ckpt")
+    cfg = sample_cfg(f"ckpt_path={ckpt}", "logger=none", *overrides)
+    with pytest.raises(ConfigError, match=match) as info:
+        sample(cfg)
+    assert "\n" not in str(info.value)
+
+
+def test_conditional_without_classifier(sample_cfg, tmp_path):
+    ckpt = write_checkpoint(tmp_path / "m.ckpt", "flat_gmm", layers=[{"kind": "folding", "kernel_size": 28}, {"kind": "gmm"}])
+    with pytest.raises(ConfigError, match="needs a model with a classifier"):
+        sample(sample_cfg(f"ckpt_path={ckpt}", "mode=conditional", "logger=none"))
+
+
+def test_cli_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
+    bogus = tmp_path / "notes.ckpt"
+    bogus.write_text("not a checkpoint")
+    result = subprocess.run([sys.executable, "sample.py", f"ckpt_path={bogus}", f"paths.log_dir={tmp_path}", "logger=none"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: ckpt_path={bogus} is not a readable checkpoint")
