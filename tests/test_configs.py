@@ -14,7 +14,7 @@ from tests.conftest import CONFIG_DIR, ROOT, dataset_available
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
 TRAINERS = sorted(p.stem for p in (CONFIG_DIR / "trainer").glob("*.yaml") if p.stem != "gpu")
-LOGGERS = sorted(p.stem for p in (CONFIG_DIR / "logger").glob("*.yaml"))
+LOGGERS = sorted(p.stem for p in (CONFIG_DIR / "logger").glob("*.yaml") if p.stem != "none")
 DEBUGS = sorted(p.stem for p in (CONFIG_DIR / "debug").glob("*.yaml") if p.stem != "default")
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")

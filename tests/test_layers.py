@@ -11,13 +11,13 @@ from dcgmm.layers import Folding, LinearClassifier, MaxPooling
 
 
 def sliced_patches(x: torch.Tensor, kh: int, kw: int, sh: int, sw: int) -> torch.Tensor:
-    """Patch extraction by explicit slicing: ``(N, C, H, W) -> (N, C*kh*kw, H', W')``, order (c, i, j)."""
+    """Patch extraction by explicit slicing: ``(N, C, H, W) -> (N, kh*kw*C, H', W')``, order (i, j, c)."""
     n, c, h, w = x.shape
     rows, cols = range(0, h - kh + 1, sh), range(0, w - kw + 1, sw)
     out = torch.empty(n, c * kh * kw, len(rows), len(cols))
     for a, i in enumerate(rows):
         for b, j in enumerate(cols):
-            out[:, :, a, b] = x[:, :, i : i + kh, j : j + kw].reshape(n, -1)
+            out[:, :, a, b] = x[:, :, i : i + kh, j : j + kw].permute(0, 2, 3, 1).reshape(n, -1)
     return out
 
 
@@ -45,7 +45,7 @@ def test_folding_top_down_of_forward_returns_input(shape, kernel, stride):
 def test_folding_top_down_averages_overlaps():
     fold = Folding((1, 3, 3), kernel_size=2, stride=1)  # 4 patches; the centre pixel is in all of them
     patches = torch.zeros(1, 4, 2, 2)
-    patches[0, 3, 0, 0] = 4.0  # the bottom-right entry (patch pixel (1,1)) of the top-left patch = image (1,1)
+    patches[0, 3, 0, 0] = 4.0  # entry (i=1, j=1) of the top-left patch = image pixel (1, 1)
     out = fold.top_down(patches)
     assert out[0, 0, 1, 1].item() == pytest.approx(1.0)  # 4 / 4 patches
     assert out.sum().item() == pytest.approx(1.0)

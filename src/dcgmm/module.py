@@ -108,6 +108,12 @@ class DCGMMModule(L.LightningModule):
         make = self.hparams.optimizer or torch.optim.SGD
         return make(groups)
 
+    def setup(self, stage: str) -> None:
+        # Responsibilities far below 1e-38 are subnormal floats, on which CPU arithmetic is many
+        # times slower; flushing them to zero changes no result beyond 1e-38 (measured: topology B
+        # training steps 1.4x faster on CPU).
+        torch.set_flush_denormal(True)
+
     def on_fit_start(self) -> None:
         self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
 

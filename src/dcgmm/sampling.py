@@ -241,7 +241,7 @@ class Sampler:
         if gmm.P > 1 and isinstance(below, Folding) and below.index == 0:
             # a patch model right above the pixels: its means are image patches
             means = gmm.means.detach().mean(dim=0) if gmm.mode == "independent" else gmm.means.detach()[0]
-            patches = means.view(gmm.K, self.stack.input_shape[0], *below.kernel_size)
+            patches = means.view(gmm.K, *below.kernel_size, self.stack.input_shape[0]).permute(0, 3, 1, 2)  # (K, C, kh, kw)
             return patches.clamp(0.0, 1.0) if self.options.clamp else patches
         prior = torch.eye(gmm.K, device=self.device).view(gmm.K, gmm.K, 1, 1).expand(gmm.K, *gmm.out_shape)
         saved = self.options

@@ -15,9 +15,9 @@ Log-score of component k at one position x (units: nats)::
 
     l_k(x) = log pi_k + sum_d log s_kd - 1/2 sum_d s_kd^2 (x_d - mu_kd)^2 - D/2 log(2 pi)
 
-computed with the square expanded, so the batch work is one matrix product::
+computed with the square expanded, so the batch work is two matrix products::
 
-    l = [x*x, x] @ [-s^2/2, mu*s^2]^T + (log pi + sum log s - 1/2 sum (mu*s)^2 - D/2 log 2pi)
+    l = (x*x) @ (-s^2/2)^T + x @ (mu*s^2)^T + (log pi + sum log s - 1/2 sum (mu*s)^2 - D/2 log 2pi)
 
 On the positive floor of ``s``: the authors' code clips ``s`` only from above, so ``log s`` can be
 undefined. Here ``s`` is clipped to ``[inv_std_min, sqrt(precision_max)]`` (default floor 1e-3,
@@ -191,12 +191,15 @@ class GMMLayer(Layer):
 
     # ----------------------------------------------------------------------------- bottom-up
     def log_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-component log-scores ``l_k(x)`` in nats: ``(N, D, H, W) -> (N, P, K)``."""
+        """Per-component log-scores ``l_k(x)`` in nats: ``(N, D, H, W) -> (N, P, K)``.
+
+        Two matrix products, ``(x*x) @ (-s^2/2)^T + x @ (mu*s^2)^T``, plus a per-component bias.
+        """
         n = x.shape[0]
-        x = x.reshape(n, self.D, self.P).transpose(1, 2)  # (N, P, D)
-        feats = torch.cat([x * x, x], dim=-1)  # (N, P, 2D)
+        x = x.reshape(n, self.D, self.P).transpose(1, 2)  # (N, P, D); a view for channels-last input
         s2 = self.inv_std * self.inv_std  # (G, K, D)
-        weight = torch.cat([-0.5 * s2, self.means * s2], dim=-1)  # (G, K, 2D)
+        quad_weight = -0.5 * s2  # (G, K, D)
+        lin_weight = self.means * s2  # (G, K, D)
         bias = (
             torch.log_softmax(self.mixture_logits, dim=-1)
             + torch.log(self.inv_std).sum(-1)
@@ -204,13 +207,17 @@ class GMMLayer(Layer):
             - 0.5 * self.D * LOG_2PI
         )  # (G, K)
         if self.mode == "shared":
-            scores = torch.addmm(bias[0], feats.reshape(n * self.P, 2 * self.D), weight[0].t())  # (N*P, K)
+            flat = x.reshape(n * self.P, self.D)  # (N*P, D)
+            scores = torch.addmm(bias[0], flat * flat, quad_weight[0].t())  # (N*P, K)
+            scores = torch.addmm(scores, flat, lin_weight[0].t())
             return scores.view(n, self.P, self.K)
-        scores = torch.baddbmm(bias.unsqueeze(1), feats.transpose(0, 1), weight.transpose(1, 2))  # (P, N, K)
+        per_position = x.transpose(0, 1)  # (P, N, D)
+        scores = torch.baddbmm(bias.unsqueeze(1), per_position * per_position, quad_weight.transpose(1, 2))  # (P, N, K)
+        scores = torch.baddbmm(scores, per_position, lin_weight.transpose(1, 2))
         return scores.transpose(0, 1)  # (N, P, K)
 
     def responsibilities(self, scores: torch.Tensor) -> torch.Tensor:
-        """Posteriors as a map: ``(N, P, K) -> (N, K, H, W)``."""
+        """Posteriors as a map: ``(N, P, K) -> (N, K, H, W)`` (a channels-last view, no copy)."""
         n = scores.shape[0]
         gamma = torch.softmax(scores, dim=-1)  # (N, P, K)
         return gamma.transpose(1, 2).reshape(n, *self.out_shape)
@@ -228,7 +235,7 @@ class GMMLayer(Layer):
             return torch.logsumexp(scores, dim=-1).mean(dim=1)
         if not self._smoothing_is_identity:
             scores = scores @ self.smoothing.t()  # (N, P, K): sum_j g_kj l_j
-        return scores.amax(dim=-1).mean(dim=1)
+        return scores.max(dim=-1).values.mean(dim=1)  # max (not amax): a cheaper backward
 
     def loss(self, scores: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar to minimise: minus the objective, averaged over the batch (labels unused)."""
