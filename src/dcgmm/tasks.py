@@ -15,7 +15,7 @@ from dcgmm.checkpoints import load_module
 from dcgmm.errors import ConfigError
 from dcgmm.images import make_grid, save_png
 from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
-from dcgmm.utils import instantiate, instantiate_group, task_wrapper
+from dcgmm.utils import apply_extras, instantiate, instantiate_group, task_wrapper
 
 log = logging.getLogger("dcgmm")
 
@@ -30,6 +30,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     Returns:
         the metrics logged by fit and test, and the objects built (for tests and notebooks).
     """
+    apply_extras(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 

@@ -1,0 +1,12 @@
+"""Lightning callbacks of the evaluation protocols (spec section 4).
+
+* :class:`TopLayerMetrics`: clustering scores of the top GMM layer and its loss (``test/cluster/*``,
+  ``test/top/loss``); used by ``evaluate.py``, and in training with ``'callbacks=[default,top_layer]'``.
+* :class:`OutlierDetection`: ROC AUC of held-out classes or another dataset against the test set
+  (``test/auroc``, ROC curve as PNG and in W&B); used by ``experiment=outliers_mnist|outliers_fashion``.
+"""
+
+from dcgmm.callbacks.outliers import OutlierDetection
+from dcgmm.callbacks.top_layer import TopLayerMetrics
+
+__all__ = ["OutlierDetection", "TopLayerMetrics"]

@@ -1,0 +1,246 @@
+"""Outlier detection (spec section 4): score the held-out class(es), or another dataset, against
+the test inliers by the top GMM layer's objective and report the exact ROC AUC.
+
+Protocol (``experiment=outliers_mnist``): train on every class but the held-out ones (the config
+derives ``data.classes`` from ``outlier.held_out``), so the test set seen by ``trainer.test`` holds
+only inliers; this callback scores those test batches as they pass, then scores the held-out
+classes' test images (or, cross-dataset, every test image of ``outlier.dataset``) and logs
+``test/auroc``. The outlier score is minus the typicality (see :mod:`dcgmm.scoring`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics.classification import BinaryROC
+
+from dcgmm.data import DataError, canonical_name, load_dataset
+from dcgmm.data.sources import dataset_info
+from dcgmm.errors import ConfigError
+from dcgmm.metrics import auroc_metric
+from dcgmm.resolvers import held_out_list
+from dcgmm.scoring import top_scores, typicality, typicality_from_scores
+
+log = logging.getLogger("dcgmm")
+
+ROC_PNG = "outliers_roc.png"
+RESULT_JSON = "outliers.json"
+
+
+class OutlierDetection(Callback):
+    """ROC AUC of outliers against the test set, by the top GMM layer's objective.
+
+    Logs ``test/auroc`` (exact, torchmetrics ``BinaryAUROC`` with no thresholds; outliers are the
+    positive class, scored by minus the typicality); writes ``outliers_roc.png`` (the ROC curve)
+    and ``outliers.json`` (AUROC, classes, counts, mean typicality) to ``output_dir``, and logs the
+    curve to W&B when a W&B logger is active.
+
+    Args:
+        held_out: class id(s) of the training dataset left out of training; their test images are
+            the outliers. Ignored in cross-dataset mode.
+        dataset: ``None`` (or the training dataset's name): held-out classes are the outliers. Another
+            dataset's name: cross-dataset mode, all its test images are the outliers and training
+            uses every class.
+        train_dataset: name of the dataset the model trains on (``${data.name}``).
+        data_dir, local_dir, download: where to load the outlier images from (``local_dir`` only
+            for the training dataset itself), see :func:`dcgmm.data.load_dataset`.
+        output_dir: folder of the PNG and JSON files (``None``: write nothing).
+        batch_size: outlier images scored per batch.
+        max_outliers: score at most this many outlier images (``None``: all; under
+            ``fast_dev_run`` as many as there were test inliers).
+    """
+
+    def __init__(
+        self,
+        held_out: int | Sequence[int] | None = 0,
+        dataset: str | None = None,
+        train_dataset: str = "mnist",
+        data_dir: str = "data",
+        local_dir: str | None = None,
+        download: bool = True,
+        output_dir: str | None = None,
+        batch_size: int = 1000,
+        max_outliers: int | None = None,
+    ) -> None:
+        self.train_dataset = canonical_name(train_dataset)
+        self.dataset = canonical_name(dataset) if dataset is not None else self.train_dataset
+        self.cross = self.dataset != self.train_dataset
+        num_classes = len(dataset_info(self.train_dataset).class_names)
+        held = held_out_list(held_out)
+        if self.cross:
+            if held:
+                log.info(f"cross-dataset outliers ({self.dataset}): training uses every class, outlier.held_out={held} is not used")
+            self.held_out: list[int] = []
+            self.outlier_classes = None  # every class of the other dataset
+        else:
+            bad = [c for c in held if not 0 <= c < num_classes]
+            if bad:
+                raise ConfigError(
+                    f"outlier.held_out={held_out}: class {bad[0]} is not a class of {self.train_dataset} "
+                    f"(class ids 0..{num_classes - 1})"
+                )
+            if not held:
+                raise ConfigError(
+                    "the outlier set is empty: hold out a class (outlier.held_out=0) or name another "
+                    "dataset for cross-dataset outliers (outlier.dataset=fashion)"
+                )
+            if len(set(held)) == num_classes:
+                raise ConfigError(f"outlier.held_out={held_out} holds out every class of {self.train_dataset}; nothing is left to train on")
+            self.held_out = sorted(set(held))
+            self.outlier_classes = self.held_out
+        if int(batch_size) < 1 or (max_outliers is not None and int(max_outliers) < 1):
+            raise ConfigError(f"outlier batch_size={batch_size} and max_outliers={max_outliers} must be >= 1")
+        self.data_dir, self.download = str(data_dir), bool(download)
+        self.local_dir = None if self.cross or local_dir is None else str(local_dir)
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.batch_size = int(batch_size)
+        self.max_outliers = None if max_outliers is None else int(max_outliers)
+        self.images: torch.Tensor | None = None  # outlier images, float32 (N, 1, 28, 28) in [0, 1]
+        self.result: dict | None = None  # the last test's result (also written to outliers.json)
+        self._auroc = self._roc = None
+        self._inliers = 0
+        self._inlier_sum = 0.0
+
+    # ------------------------------------------------------------------ set-up (before training)
+    def load_outliers(self) -> torch.Tensor:
+        """The outlier images: the held-out classes' test images, or all test images of the other
+        dataset; float32 ``(N, 1, H, W)`` in [0, 1]. A one-line ``DataError`` when there are none."""
+        arrays = load_dataset(self.dataset, self.data_dir, self.local_dir, self.download)
+        x, y = arrays["test_x"], arrays["test_y"]
+        if self.outlier_classes is not None:
+            x = x[np.isin(y, self.outlier_classes)]
+        if len(x) == 0:
+            what = "" if self.outlier_classes is None else f" of the held-out classes {self.outlier_classes}"
+            raise DataError(f"the outlier set is empty: the {self.dataset} test split has no images{what}")
+        return torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1).to(torch.float32).div_(255.0)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self.cross and trainer.datamodule is not None:
+            classes = getattr(trainer.datamodule, "classes", None)
+            overlap = sorted(set(self.held_out) if classes is None else set(classes) & set(self.held_out))
+            if overlap:
+                shown = "null" if classes is None else list(classes)
+                raise ConfigError(
+                    f"data.classes={shown} includes the held-out class(es) {overlap}; drop the data.classes "
+                    "override (the outlier config derives it from outlier.held_out)"
+                )
+        if self.images is None:
+            self.images = self.load_outliers()
+        expected = tuple(pl_module.stack.input_shape)
+        if tuple(self.images.shape[1:]) != expected:
+            raise DataError(
+                f"outlier images of {self.dataset} have shape {list(self.images.shape[1:])}, the model expects {list(expected)}"
+            )
+
+    # ------------------------------------------------------------------ test
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with torch.inference_mode(False):
+            self._auroc = auroc_metric().to(pl_module.device)
+            self._roc = BinaryROC(thresholds=None, normalization=None).to(pl_module.device)
+        self._inliers, self._inlier_sum = 0, 0.0
+
+    def _update(self, typical: torch.Tensor, outlier: bool) -> None:
+        target = torch.full_like(typical, int(outlier), dtype=torch.long)
+        self._auroc.update(-typical, target)
+        self._roc.update(-typical, target)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        with torch.no_grad():
+            typical = typicality_from_scores(pl_module.stack, top_scores(pl_module.stack, batch[0]))
+        self._update(typical, outlier=False)
+        self._inliers += typical.numel()
+        self._inlier_sum += float(typical.sum())
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.images is None:  # trainer.test without setup through this trainer
+            self.images = self.load_outliers()
+        limit = self.max_outliers
+        if trainer.fast_dev_run:
+            limit = min(limit or self._inliers, self._inliers)
+        images = self.images[:limit] if limit else self.images
+        shard = images[trainer.global_rank :: trainer.world_size]  # every process scores its share
+        typical = typicality(pl_module.stack, shard, self.batch_size).to(pl_module.device)
+        self._update(typical, outlier=True)
+        if self._inliers == 0 or len(images) == 0:
+            raise DataError(f"outlier AUROC needs inliers and outliers, got {self._inliers} test inliers and {len(images)} outliers")
+        auroc = self._auroc.compute()
+        fpr, tpr, _ = self._roc.compute()
+        pl_module.log("test/auroc", auroc.float())
+        self.result = dict(
+            auroc=float(auroc),
+            score="minus the top GMM layer's objective per image (higher = more typical)",
+            train_dataset=self.train_dataset,
+            inlier_classes=None if getattr(trainer.datamodule, "classes", None) is None else list(trainer.datamodule.classes),
+            outlier_dataset=self.dataset,
+            outlier_classes=self.outlier_classes,
+            inliers=self._inliers,
+            outliers=len(images),
+            mean_inlier_typicality=self._inlier_sum / max(self._inliers, 1),
+            mean_outlier_typicality=float(typical.mean()) if typical.numel() else None,
+        )
+        log.info(f"outliers: AUROC {float(auroc):.4f} ({self.describe()})")
+        self._write(trainer, fpr.cpu().numpy(), tpr.cpu().numpy())
+        self._auroc = self._roc = None
+
+    def describe(self) -> str:
+        if self.cross:
+            return f"trained on {self.train_dataset}, outliers: {self.dataset} test images"
+        return f"trained on {self.train_dataset} without classes {self.held_out}, outliers: their test images"
+
+    @rank_zero_only
+    def _write(self, trainer: L.Trainer, fpr: np.ndarray, tpr: np.ndarray) -> None:
+        if self.output_dir is None:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        png = self.output_dir / ROC_PNG
+        save_roc_png(fpr, tpr, self.result["auroc"], png, title=self.describe())
+        self.result["roc_png"] = str(png)
+        (self.output_dir / RESULT_JSON).write_text(json.dumps(self.result, indent=2) + "\n")
+        log_roc_to_wandb(trainer, fpr, tpr, png)
+
+
+def save_roc_png(fpr: np.ndarray, tpr: np.ndarray, auroc: float, path: Path, title: str = "") -> None:
+    """Plot a ROC curve to a PNG (matplotlib's Agg canvas: no display, no global backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(fpr, tpr, lw=1.5, label=f"AUROC = {auroc:.4f}")
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
+    ax.set(xlim=(0, 1), ylim=(0, 1.005), xlabel="false positive rate (inliers flagged)", ylabel="true positive rate (outliers found)")
+    ax.set_title(title, fontsize=8)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def log_roc_to_wandb(trainer: L.Trainer, fpr: np.ndarray, tpr: np.ndarray, png: Path, max_points: int = 1000) -> None:
+    """Log the ROC curve (a W&B line plot and the PNG) to every active W&B logger."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        try:
+            import wandb
+
+            keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), max_points)).round().astype(int))
+            table = wandb.Table(data=[[float(fpr[i]), float(tpr[i])] for i in keep], columns=["fpr", "tpr"])
+            logger.experiment.log(
+                {
+                    "test/roc": wandb.plot.line(table, "fpr", "tpr", title="ROC of outlier detection"),
+                    "test/roc_png": wandb.Image(str(png)),
+                }
+            )
+        except Exception as err:  # a logging side channel must not lose the run's results
+            log.warning(f"could not log the ROC curve to W&B: {type(err).__name__}: {err}")

@@ -1,0 +1,91 @@
+"""Clustering scores and loss of the top GMM layer, accumulated over the test (or validation) set."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torchmetrics import MeanMetric
+
+from dcgmm.errors import ConfigError
+from dcgmm.metrics import ClusteringScores
+from dcgmm.scoring import cluster_ids, top_scores, typicality_from_scores
+
+STAGES = ("val", "test")
+
+
+class TopLayerMetrics(Callback):
+    """Logs, for every stage in ``stages``:
+
+    * ``{stage}/cluster/purity``, ``/nmi``, ``/ari``: the top GMM layer's cluster id per image (its
+      most responsible component, see :mod:`dcgmm.scoring`) against the labels;
+    * ``{stage}/cluster/hungarian_acc``: accuracy under the best one-to-one matching of components
+      to classes, only when K equals the number of classes in the data (with K > classes a
+      one-to-one matching leaves components unmatched; purity is the many-to-one counterpart);
+    * ``{stage}/top/loss``: minus the top layer's mean objective (the same value as
+      ``{stage}/L<i>_gmm/loss`` of that layer, under a name that does not depend on the topology).
+
+    It runs the stack up to the top GMM layer once more on every batch (the module's own step
+    does not hand its outputs out), which adds at most the cost of one evaluation pass.
+
+    Args:
+        stages: any of ``"val"`` and ``"test"``.
+        num_classes: range of the class ids; ``None``: the datamodule's ``num_classes``.
+    """
+
+    def __init__(self, stages: list[str] | tuple[str, ...] = ("test",), num_classes: int | None = None) -> None:
+        stages = [stages] if isinstance(stages, str) else list(stages)
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ConfigError(f"callbacks.top_layer.stages={stages}: {unknown} unknown; use any of {list(STAGES)}")
+        self.stages = stages
+        self.num_classes = num_classes
+        self._clusters: ClusteringScores | None = None
+        self._loss: MeanMetric | None = None
+
+    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage not in self.stages or trainer.sanity_checking:
+            self._clusters = None
+            return
+        num_classes = self.num_classes or getattr(trainer.datamodule, "num_classes", None)
+        if not num_classes:
+            raise ConfigError("TopLayerMetrics needs the number of classes: set callbacks.top_layer.num_classes")
+        with torch.inference_mode(False):  # fresh states, usable by the next fit as well
+            self._clusters = ClusteringScores(pl_module.stack.top_gmm.K, int(num_classes)).to(pl_module.device)
+            self._loss = MeanMetric().to(pl_module.device)
+
+    def _update(self, pl_module: L.LightningModule, batch) -> None:
+        if self._clusters is None:
+            return
+        x, labels = batch[0], batch[1]
+        with torch.no_grad():
+            scores = top_scores(pl_module.stack, x)
+            self._clusters.update(cluster_ids(scores), labels)
+            self._loss.update(-typicality_from_scores(pl_module.stack, scores))
+
+    def _end(self, pl_module: L.LightningModule, stage: str) -> None:
+        if self._clusters is None:
+            return
+        if self._clusters.update_called:
+            for name, value in self._clusters.compute().items():
+                pl_module.log(f"{stage}/cluster/{name}", value.float())
+            pl_module.log(f"{stage}/top/loss", self._loss.compute())
+        self._clusters = self._loss = None
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._start(trainer, pl_module, "val")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update(pl_module, batch)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._end(pl_module, "val")
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._start(trainer, pl_module, "test")
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update(pl_module, batch)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._end(pl_module, "test")

@@ -1,0 +1,56 @@
+"""OmegaConf resolvers of the project's configs, registered by :func:`dcgmm.utils.prepare_environment`.
+
+* ``${dcgmm.inlier_classes:${outlier.held_out},${outlier.dataset},${data.name}}``: the training
+  classes of an outlier run (see :func:`inlier_classes`), so that ``data.classes`` follows
+  ``outlier.held_out`` (``conf/outlier/default.yaml``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+from omegaconf import OmegaConf
+
+from dcgmm.data.sources import canonical_name, dataset_info
+from dcgmm.errors import ConfigError
+
+__all__ = ["held_out_list", "inlier_classes", "register_resolvers"]
+
+
+def held_out_list(held_out) -> list[int]:
+    """``outlier.held_out`` as a list: an int (``outlier.held_out=3``, what a ``-m`` sweep over
+    ``0,1,...`` gives), a list (``[3,5]``) or null/empty (nothing held out)."""
+    if held_out is None:
+        return []
+    if isinstance(held_out, (str, bytes)) or not isinstance(held_out, (Sequence, numbers.Integral)):
+        raise ConfigError(f"outlier.held_out={held_out!r} must be a class id or a list of class ids, e.g. 0 or [3,5]")
+    values = [held_out] if isinstance(held_out, numbers.Integral) else list(held_out)
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ConfigError(f"outlier.held_out={held_out!r} must hold integer class ids, got {value!r}")
+    return [int(v) for v in values]
+
+
+def inlier_classes(held_out, dataset: str | None, data_name: str) -> list[int] | None:
+    """``data.classes`` of an outlier run.
+
+    Cross-dataset (``dataset`` names another dataset than ``data_name``): ``None``, every class
+    is an inlier. Otherwise every class id of the dataset but the held-out ones. Never raises (an
+    error inside a resolver reaches the user as a multi-line OmegaConf error): bad values are
+    reported, one line each, by :class:`dcgmm.callbacks.OutlierDetection` before training.
+    """
+    try:
+        name = canonical_name(data_name)
+        if dataset is not None and canonical_name(dataset) != name:
+            return None
+        held = set(held_out_list(held_out))
+        return [c for c in range(len(dataset_info(name).class_names)) if c not in held]
+    except ValueError:
+        return None
+
+
+def register_resolvers() -> None:
+    """Register the project's resolvers with OmegaConf (idempotent)."""
+    if not OmegaConf.has_resolver("dcgmm.inlier_classes"):
+        OmegaConf.register_new_resolver("dcgmm.inlier_classes", inlier_classes)

@@ -1,0 +1,48 @@
+"""Per-image scores of a trained DCGMM stack, read from its top GMM layer (spec section 4).
+
+* typicality: the top GMM layer's objective per image (mean over its positions; the annealed
+  max-component bound, or the exact log-sum-exp for ``loss: logsumexp``). Higher = more typical;
+  the outlier score is its negative.
+* cluster id: the top GMM layer's most responsible component per image. With one position (the
+  flat GMM and topologies whose top layer sees the whole image) this is ``argmax_k l_k(x)``; with
+  several positions it is the component with the largest mean responsibility over positions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dcgmm.model import DCGMM
+
+__all__ = ["cluster_ids", "top_scores", "typicality", "typicality_from_scores"]
+
+
+def top_scores(stack: DCGMM, x: torch.Tensor) -> torch.Tensor:
+    """Log-scores of the top GMM layer for images ``(N, C, H, W)``: ``(N, P, K)`` (layers above
+    it, such as a classifier, are not run)."""
+    top = stack.top_gmm
+    _, raw = stack.bottom_up(x, until=top.index)
+    return raw[top.index]
+
+
+def typicality_from_scores(stack: DCGMM, scores: torch.Tensor) -> torch.Tensor:
+    """The top layer's objective per image from its log-scores: ``(N, P, K) -> (N,)``."""
+    return stack.top_gmm.objective(scores)
+
+
+def cluster_ids(scores: torch.Tensor) -> torch.Tensor:
+    """Cluster id per image from the top layer's log-scores: ``(N, P, K) -> (N,)`` int64."""
+    if scores.shape[1] == 1:
+        return scores[:, 0].argmax(dim=-1)
+    return torch.softmax(scores, dim=-1).mean(dim=1).argmax(dim=-1)
+
+
+@torch.no_grad()
+def typicality(stack: DCGMM, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Typicality of many images ``(N, C, H, W)`` in batches, on the stack's device: ``(N,)`` on the CPU."""
+    device = next(stack.parameters()).device
+    out = [
+        typicality_from_scores(stack, top_scores(stack, images[i : i + batch_size].to(device))).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out) if out else torch.empty(0)

@@ -1,0 +1,200 @@
+"""evaluate.py end to end, its bad input, and the outlier-detection experiments."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from dcgmm.data import DataError
+from dcgmm.errors import ConfigError
+from dcgmm.evaluation import evaluate
+from dcgmm.module import DCGMMModule
+from dcgmm.tasks import train
+from tests.conftest import ROOT, compose_train, dataset_available
+
+needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
+needs_both = pytest.mark.skipif(
+    not (dataset_available("mnist") and dataset_available("fashion")), reason="dataset caches missing: run `make setup`"
+)
+NINE = "[1,2,3,4,5,6,7,8,9]"
+
+
+def compose_eval(overrides: list[str], tmp_path: Path) -> DictConfig:
+    """Compose conf/evaluate.yaml like `python evaluate.py OVERRIDES`, writing only below tmp_path."""
+    return compose_train(overrides, tmp_path, "evaluate.yaml")
+
+
+def run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), last
+    for fragment in fragments:
+        assert fragment in last, last
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A flat GMM (K=9) trained for 5 batches by train.py."""
+    if not dataset_available("mnist"):
+        pytest.skip("MNIST cache missing: run `make setup`")
+    log_dir = tmp_path_factory.mktemp("train")
+    result = run(
+        "train.py", f"paths.log_dir={log_dir}", "trainer.max_epochs=1", "+trainer.limit_train_batches=5",
+        "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=1", "model.K=9", "logger=csv",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = log_dir.rglob("last.ckpt")
+    return path
+
+
+# ------------------------------------------------------------------------------------ evaluate.py
+@needs_mnist
+def test_evaluate_cli_prints_and_writes_metrics(checkpoint, tmp_path):
+    result = run("evaluate.py", f"ckpt_path={checkpoint}", f"paths.log_dir={tmp_path}", "logger=csv", f"data.classes={NINE}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "eval" / "runs").iterdir()
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    metrics = saved["metrics"]
+    assert saved["top_gmm_layer"] == "L1_gmm" and saved["K"] == 9 and saved["pixel_density"] is True
+    # K = 9 = number of test classes: the one-to-one (Hungarian) accuracy is reported
+    for key in ("test/loss", "test/top/loss", "test/loglik", "test/bpd", "test/acc", "test/cluster/purity",
+                "test/cluster/nmi", "test/cluster/ari", "test/cluster/hungarian_acc"):
+        assert key in metrics, key
+        assert f"\n{key} " in result.stdout, key  # the printed table
+    assert metrics["test/top/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)  # one GMM layer
+    assert 0 <= metrics["test/cluster/purity"] <= 1 and metrics["test/bpd"] > 0
+    (metrics_csv,) = (run_dir / "csv").rglob("metrics.csv")
+    assert "test/cluster/nmi" in metrics_csv.read_text().splitlines()[0]
+    assert (run_dir / "eval.log").exists() and (run_dir / ".hydra" / "config.yaml").exists()
+
+
+@needs_mnist
+def test_evaluate_in_process_omits_hungarian_when_K_differs_from_classes(checkpoint, tmp_path):
+    cfg = compose_eval([f"ckpt_path={checkpoint}", "+trainer.limit_test_batches=5"], tmp_path)
+    metrics, objects = evaluate(cfg)
+    assert "test/cluster/nmi" in metrics and "test/cluster/hungarian_acc" not in metrics  # K=9, 10 classes
+    assert metrics["test/bound"] <= metrics["test/loglik"] + 1e-3
+    assert (tmp_path / "metrics.json").exists()
+
+
+@needs_mnist
+def test_evaluate_with_outliers(checkpoint, tmp_path):
+    cfg = compose_eval([f"ckpt_path={checkpoint}", "+outlier=default", "outlier.held_out=0", "+trainer.limit_test_batches=3"], tmp_path)
+    metrics, _ = evaluate(cfg)
+    assert 0.0 <= metrics["test/auroc"] <= 1.0
+    saved = json.loads((tmp_path / "outliers.json").read_text())
+    assert saved["outlier_classes"] == [0] and saved["inlier_classes"] == list(range(1, 10))
+    assert saved["outliers"] == 980 and saved["inliers"] == 300
+
+
+def test_evaluate_rejects_another_image_size(tmp_path):
+    module = DCGMMModule(layers=[{"kind": "folding", "kernel_size": 14}, {"kind": "gmm", "K": 4}], input_shape=[1, 14, 14])
+    path = tmp_path / "small.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    with pytest.raises(ConfigError, match=r"evaluating a checkpoint trained on another image size.*\[1, 14, 14\]") as info:
+        evaluate(compose_eval([f"ckpt_path={path}"], tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_evaluate_rejects_a_checkpoint_of_another_model(tmp_path):
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"linear.weight": torch.zeros(2, 2)}, "epoch": 3}, path)
+    with pytest.raises(ConfigError, match="not a checkpoint of a DCGMM model"):
+        evaluate(compose_eval([f"ckpt_path={path}"], tmp_path))
+
+
+@pytest.mark.parametrize(
+    "script, args, fragments",
+    [
+        ("evaluate.py", [], ["ckpt_path is required"]),
+        ("evaluate.py", ["ckpt_path=/nonexistent/model.ckpt"], ["/nonexistent/model.ckpt", "does not exist"]),
+        ("evaluate.py", ["ckpt_path={junk}"], ["junk.ckpt", "not a readable checkpoint"]),
+        ("train.py", ["experiment=outliers_mnist", "outlier.held_out=12"], ["held_out=12", "not a class of mnist"]),
+    ],
+)
+def test_bad_input_is_a_one_line_error_with_exit_status_2(tmp_path, script, args, fragments):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"this is not a checkpoint\n" * 10)
+    log_dir = tmp_path / "logs"
+    result = run(script, *[a.format(junk=junk) for a in args], f"paths.log_dir={log_dir}", "logger=csv", timeout=120)
+    assert_one_line_error(result, *fragments)
+    assert not list(log_dir.rglob("*.ckpt")) and not list(log_dir.rglob("metrics.json"))
+
+
+# ------------------------------------------------------------------------------------ outliers
+@pytest.mark.parametrize(
+    "overrides, inliers, outlier_dataset, outlier_classes",
+    [
+        (["experiment=outliers_mnist"], list(range(1, 10)), "mnist", [0]),
+        (["experiment=outliers_fashion", "outlier.held_out=[3,5]"], [0, 1, 2, 4, 6, 7, 8, 9], "fashion", [3, 5]),
+        (["experiment=outliers_mnist", "outlier.dataset=fashion"], None, "fashion", None),
+    ],
+)
+@needs_both
+def test_outlier_experiment_fast_dev_run(train_cfg, tmp_path, overrides, inliers, outlier_dataset, outlier_classes):
+    cfg = train_cfg(*overrides, "++trainer.fast_dev_run=true", "logger=csv", "model.K=9")
+    assert (None if cfg.data.classes is None else list(cfg.data.classes)) == inliers  # derived from outlier.*
+    metrics, objects = train(cfg)
+    assert 0.0 <= float(metrics["test/auroc"]) <= 1.0
+    assert (tmp_path / "outliers_roc.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "outliers.json").read_text())
+    assert saved["outlier_dataset"] == outlier_dataset and saved["outlier_classes"] == outlier_classes
+    assert saved["inlier_classes"] == inliers and saved["auroc"] == pytest.approx(float(metrics["test/auroc"]))
+    assert saved["inliers"] == saved["outliers"] == 100  # fast_dev_run: one test batch, as many outliers
+
+
+@pytest.mark.parametrize(
+    "override, error, match",
+    [
+        ("outlier.held_out=12", ConfigError, r"held_out=12: class 12 is not a class of mnist"),
+        ("outlier.held_out=[0,1,2,3,4,5,6,7,8,9]", ConfigError, r"holds out every class"),
+        ("outlier.held_out=[]", ConfigError, r"outlier set is empty"),
+        ("outlier.held_out=null", ConfigError, r"outlier set is empty"),
+        ("outlier.dataset=cifar", DataError, r"cifar"),
+        ("data.classes=[0,1,2]", ConfigError, r"data.classes=\[0, 1, 2\] includes the held-out class"),
+        ("data.classes=null", ConfigError, r"data.classes=null includes the held-out class"),
+    ],
+)
+@needs_mnist
+def test_bad_outlier_config_fails_before_training(train_cfg, tmp_path, override, error, match):
+    cfg = train_cfg("experiment=outliers_mnist", override, "logger=csv", "trainer.max_epochs=1")
+    with pytest.raises(error, match=match) as info:
+        train(cfg)
+    assert "\n" not in str(info.value)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@needs_mnist
+def test_outlier_multirun_holds_out_each_class_in_turn(tmp_path):
+    result = run(
+        "train.py", "-m", "experiment=outliers_mnist", "outlier.held_out=0,7", f"paths.log_dir={tmp_path}",
+        "++trainer.fast_dev_run=true", "logger=csv", "model.K=4",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    held = sorted(json.loads((job / "outliers.json").read_text())["outlier_classes"][0] for job in sweep.iterdir() if job.is_dir())
+    assert held == [0, 7]
+
+
+@needs_mnist
+def test_outlier_roc_is_logged_to_wandb(tmp_path):
+    result = run(
+        "train.py", "experiment=outliers_mnist", f"paths.log_dir={tmp_path}", "logger=wandb", "model.K=4",
+        "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "train" / "runs").iterdir()
+    assert (run_dir / "outliers_roc.png").exists()
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    media = wandb_run / "files" / "media"
+    assert list(media.glob("images/test/roc_png_*.png")), sorted(media.rglob("*"))  # the PNG
+    assert list(media.glob("table/test/roc_table_*.table.json")), sorted(media.rglob("*"))  # the curve's points

@@ -1,0 +1,149 @@
+"""Evaluation metrics: clustering scores and AUROC against scikit-learn/scipy, the outlier sign
+convention on a toy case, and the scikit-learn EM baseline."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, roc_auc_score
+from sklearn.metrics.cluster import contingency_matrix
+
+from dcgmm.metrics import ClusteringScores, auroc_metric, clustering_scores, outlier_auroc
+from dcgmm.scoring import cluster_ids, typicality
+from dcgmm.tasks import train
+from tests.conftest import DATA_DIR, dataset_available
+
+needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
+
+
+def hungarian_reference(labels, clusters) -> float:
+    table = contingency_matrix(labels, clusters)  # (classes present, clusters present)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return table[rows, cols].sum() / len(labels)
+
+
+def accumulate(metric: ClusteringScores, clusters: np.ndarray, labels: np.ndarray, pieces: int) -> dict:
+    for part_c, part_l in zip(np.array_split(clusters, pieces), np.array_split(labels, pieces)):
+        metric.update(torch.from_numpy(part_c), torch.from_numpy(part_l))
+    return {k: float(v) for k, v in metric.compute().items()}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_clustering_scores_match_sklearn_and_scipy(seed):
+    rng = np.random.default_rng(seed)
+    n, k = 500 + 37 * seed, 10
+    labels = rng.integers(0, 10, n)
+    # partly informative clusters: a noisy permutation of the labels
+    clusters = np.where(rng.random(n) < 0.6, rng.permutation(10)[labels], rng.integers(0, k, n))
+    scores = accumulate(ClusteringScores(num_clusters=k, num_classes=10), clusters, labels, pieces=4)
+    assert scores["nmi"] == pytest.approx(normalized_mutual_info_score(labels, clusters), abs=1e-12)
+    assert scores["ari"] == pytest.approx(adjusted_rand_score(labels, clusters), abs=1e-12)
+    assert scores["hungarian_acc"] == pytest.approx(hungarian_reference(labels, clusters), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_more_clusters_than_classes_reports_no_one_to_one_accuracy(seed):
+    rng = np.random.default_rng(100 + seed)
+    labels = rng.integers(1, 10, 400)  # class 0 absent (held out): 9 classes present
+    clusters = rng.integers(0, 25, 400)
+    scores = accumulate(ClusteringScores(num_clusters=25, num_classes=10), clusters, labels, pieces=3)
+    assert "hungarian_acc" not in scores
+    assert scores["nmi"] == pytest.approx(normalized_mutual_info_score(labels, clusters), abs=1e-12)
+    assert scores["ari"] == pytest.approx(adjusted_rand_score(labels, clusters), abs=1e-12)
+    # K = number of classes present (9, class 0 absent): the one-to-one accuracy is reported
+    nine = accumulate(ClusteringScores(num_clusters=9, num_classes=10), clusters % 9, labels, pieces=2)
+    assert nine["hungarian_acc"] == pytest.approx(hungarian_reference(labels, clusters % 9), abs=1e-12)
+
+
+def test_purity_hand_computed():
+    # cluster 0: classes 0,0,0,1 -> 3 of 4; cluster 1: classes 1,1,2 -> 2 of 3; cluster 2: 2,2,2 -> 3
+    clusters = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    metric = ClusteringScores(num_clusters=3, num_classes=3)
+    metric.update(clusters[:6], labels[:6])
+    metric.update(clusters[6:], labels[6:])
+    scores = metric.compute()
+    assert float(scores["purity"]) == pytest.approx(8 / 10)
+    assert float(scores["hungarian_acc"]) == pytest.approx(8 / 10)  # 0->0, 1->1, 2->2
+
+
+def test_degenerate_labelings_follow_sklearn():
+    one = np.zeros(20, dtype=int)
+    split = np.arange(20) % 4
+    for labels, clusters in [(one, one), (one, split), (split, one), (split, split)]:
+        scores = clustering_scores(contingency_matrix(clusters, labels))
+        assert scores["nmi"] == pytest.approx(normalized_mutual_info_score(labels, clusters))
+        assert scores["ari"] == pytest.approx(adjusted_rand_score(labels, clusters))
+
+
+def test_clustering_scores_reject_ids_out_of_range():
+    metric = ClusteringScores(num_clusters=4, num_classes=10)
+    with pytest.raises(ValueError, match="cluster ids"):
+        metric.update(torch.tensor([0, 4]), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="class ids"):
+        metric.update(torch.tensor([0, 3]), torch.tensor([1, 12]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_auroc_equals_sklearn_on_raw_scores(seed):
+    rng = np.random.default_rng(seed)
+    # log-likelihood-sized scores (a sigmoid would saturate them into ties) with exact ties
+    inliers = np.round(rng.normal(-700, 40, 600))
+    outliers = np.round(rng.normal(-760, 60, 150))
+    expected = roc_auc_score(np.r_[np.zeros(600), np.ones(150)], -np.r_[inliers, outliers])
+    assert outlier_auroc(inliers, outliers) == pytest.approx(expected, abs=1e-6)
+    metric = auroc_metric()  # accumulated over batches, as the callback does
+    for part in np.array_split(np.arange(750), 5):
+        scores = np.r_[inliers, outliers][part]
+        metric.update(torch.from_numpy(-scores), torch.from_numpy((part >= 600).astype(np.int64)))
+    assert float(metric.compute()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_auroc_sign_convention():
+    typical, atypical = np.array([-10.0, -11.0, -12.0]), np.array([-50.0, -60.0])
+    assert outlier_auroc(typical, atypical) == 1.0  # outliers have the lower typicality
+    assert outlier_auroc(atypical, typical) == 0.0
+
+
+def test_cluster_ids_from_top_scores():
+    scores = torch.tensor([[[0.0, 3.0, 1.0]], [[5.0, 1.0, 0.0]]])  # (N=2, P=1, K=3)
+    assert cluster_ids(scores).tolist() == [1, 0]
+    # several positions: the component with the largest mean responsibility
+    multi = torch.tensor([[[9.0, 0.0, 0.0], [0.0, 9.0, 0.0], [0.0, 9.0, 0.0]]])
+    assert cluster_ids(multi).tolist() == [1]
+
+
+# Measured on MNIST: a flat GMM (K=9, also K=25) trained 1 epoch on 3000 training images gives
+# AUROC 1.0 for the 10000 inverted test images (1 - x) against the 10000 test images: every
+# inverted image scores below every test image (K=9: at most -4440 against at least -1255 nats).
+INVERTED_AUROC_BOUND = 0.999
+
+
+@needs_mnist
+def test_inverted_images_are_obvious_outliers(train_cfg):
+    cfg = train_cfg(
+        "model.K=9", "trainer.max_epochs=1", "+trainer.limit_train_batches=30", "data.val_size=0",
+        "test=false", "callbacks=none", "logger=csv", "++trainer.enable_checkpointing=false",
+    )
+    _, objects = train(cfg)
+    stack = objects["model"].stack.eval()
+    datamodule = objects["datamodule"]
+    datamodule.setup("test")
+    images = datamodule.dataset("test").x
+    inliers, outliers = typicality(stack, images), typicality(stack, 1.0 - images)
+    assert inliers.mean() > outliers.mean()  # higher objective = more typical
+    assert outlier_auroc(inliers, outliers) > INVERTED_AUROC_BOUND
+
+
+@needs_mnist
+def test_em_baseline_reports_clustering_density_and_outliers():
+    from dcgmm.baselines import em_baseline
+
+    result = em_baseline("mnist", K=9, data_dir=DATA_DIR, held_out=0, n_train=1000, max_iter=5)
+    assert result["train_images"] == 1000 and result["outliers"] == 980  # MNIST has 980 test zeros
+    assert result["test_images"] == 10000 - 980
+    assert set(result["cluster"]) == {"purity", "nmi", "ari", "hungarian_acc"}  # K = 9 classes present
+    assert 0.0 <= result["auroc"] <= 1.0
+    assert result["auroc"] == pytest.approx(outlier_auroc(result["inlier_scores"], result["outlier_scores"]))
+    assert result["loglik"] == pytest.approx(float(np.mean(result["inlier_scores"])))
+    assert result["bpd"] > 0
