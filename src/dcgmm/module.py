@@ -160,7 +160,7 @@ class DCGMMModule(L.LightningModule):
             layer = self.stack.layers[index]
             if not self._learning_now.get(index, True):
                 continue
-            if schedule.step(self._last_losses[index]):
+            if schedule.step(self._last_losses[index], reduce=self._mean_over_processes):
                 layer.set_sigma(schedule.sigma)
                 for group in optimizer.param_groups:
                     if group["layer"] == index:
@@ -191,6 +191,10 @@ class DCGMMModule(L.LightningModule):
             self.train_loss_sum.zero_()
             self._train_steps_in_epoch = 0
 
+    def _mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
+        """Mean over data-parallel processes (identity on one device)."""
+        return self.trainer.strategy.reduce(value.to(self.device), reduce_op="mean")
+
     def _track_nonfinite(self, loss_vector: torch.Tensor) -> None:
         """Remember, on the device, the first step at which each layer's loss was NaN or inf."""
         current = self.nonfinite_step
@@ -198,7 +202,10 @@ class DCGMMModule(L.LightningModule):
         self.nonfinite_step = torch.where(bad, torch.full_like(current, self.global_step), current)
 
     def _raise_if_nonfinite(self) -> None:
-        for layer, step in zip(self.stack.learning_layers, self.nonfinite_step.tolist()):
+        steps = self.nonfinite_step
+        if self.trainer.world_size > 1:  # every process must see a divergence on any of them
+            steps = self.trainer.strategy.reduce(steps.float(), reduce_op="max").long()
+        for layer, step in zip(self.stack.learning_layers, steps.tolist()):
             if step >= 0:
                 raise TrainingDiverged(
                     f"{layer.name}: loss became NaN or infinite at step {step}; lower the learning rate "
