@@ -523,17 +523,28 @@ def _epoch_ids(loader) -> list[int]:
 
 
 def test_shuffle_reproducible_and_differs_between_epochs(tmp_path, local_dir):
+    """The training order is a function of (seed, epoch): a resumed run sees the same epochs."""
     dm = make_dm(local_dir, tmp_path)
     dm.setup()
     L.seed_everything(7, verbose=False)
     loader = dm.train_dataloader()
-    e1, e2 = _epoch_ids(loader), _epoch_ids(loader)
+    loader.sampler.set_epoch(0)  # Lightning does this before every epoch
+    e1 = _epoch_ids(loader)
+    loader.sampler.set_epoch(1)
+    e2 = _epoch_ids(loader)
     assert sorted(e1) == sorted(e2) and e1 != e2
     assert [len(y) for _, y in loader] == [16] * 6 + [4]  # drop_last=False
 
+    resumed = make_dm(local_dir, tmp_path)  # a fresh process seeded alike, starting at epoch 1
+    resumed.setup()
     L.seed_everything(7, verbose=False)
-    loader = dm.train_dataloader()
-    assert _epoch_ids(loader) == e1 and _epoch_ids(loader) == e2
+    loader = resumed.train_dataloader()
+    loader.sampler.set_epoch(1)
+    assert _epoch_ids(loader) == e2
+    other = make_dm(local_dir, tmp_path)
+    other.setup()
+    L.seed_everything(8, verbose=False)
+    assert _epoch_ids(other.train_dataloader()) != e1
 
     # evaluation loaders are not shuffled; shuffle=False keeps the training order
     assert _epoch_ids(dm.val_dataloader()) == _val_ids(dm)

@@ -20,6 +20,31 @@ from dcgmm.utils import apply_extras, instantiate, instantiate_group, task_wrapp
 log = logging.getLogger("dcgmm")
 
 
+def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
+    """``ckpt_path=last``: the newest ``last.ckpt`` of earlier runs of this task; else the path as given."""
+    if ckpt_path != "last":
+        if ckpt_path and not Path(ckpt_path).is_file():
+            raise ConfigError(f"ckpt_path={ckpt_path} does not exist; give a .ckpt file or ckpt_path=last")
+        return ckpt_path
+    log_dir = Path(cfg.paths.log_dir)
+    here = Path(cfg.paths.output_dir).resolve()
+    task_dir = log_dir / str(cfg.get("task_name", ""))
+    root = task_dir if task_dir.is_dir() else log_dir
+    found = [p for p in root.rglob("last.ckpt") if here not in p.resolve().parents]
+    if not found:
+        raise ConfigError(f"ckpt_path=last: no last.ckpt of an earlier run under {root}; train first or give a checkpoint path")
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    log.info(f"Resuming from the newest checkpoint: {newest}")
+    return str(newest)
+
+
+def check_accelerator(trainer_cfg: DictConfig) -> None:
+    """One-line error for a GPU trainer on a machine without one (before anything is built)."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} but no CUDA GPU is available here; use trainer=cpu (or trainer=ddp_sim for data-parallel on CPU)")
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train (``cfg.train``) and test (``cfg.test``) the configured model on the configured data.
@@ -34,6 +59,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
+    check_accelerator(cfg.trainer)
     callbacks = instantiate_group(cfg.get("callbacks"), "callback")  # first: they check settings other nodes derive from
     log.info(f"Instantiating datamodule <{cfg.data._target_}>")
     datamodule: L.LightningDataModule = instantiate(cfg.data)
@@ -54,7 +81,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     if cfg.get("train"):
         log.info("Starting training")
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)  # our own checkpoints hold the optimizer partial
     train_metrics = dict(trainer.callback_metrics)
 
     if cfg.get("test"):

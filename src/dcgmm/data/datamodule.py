@@ -57,6 +57,27 @@ class TensorBatchDataset(Dataset[Batch]):
         return self.x[idx], self.y[idx]
 
 
+class EpochSeededSampler(torch.utils.data.Sampler[int]):
+    """Random order that depends only on ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` before every epoch (as for a ``DistributedSampler``), so a run
+    resumed from a checkpoint sees the same order in its later epochs as an uninterrupted run.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = int(size), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 def keep_batch(batch: Batch) -> Batch:
     """Collate function for ``TensorBatchDataset``: the batch is already collated."""
     return batch
@@ -163,6 +184,7 @@ class ImageDataModule(L.LightningDataModule):
         self._arrays: Arrays | None = None  # raw numpy arrays from load_dataset
         self._uint8: dict[str, torch.Tensor] = {}  # split -> uint8 (N, 1, 28, 28)
         self._datasets: dict[str, TensorBatchDataset] = {}  # split -> float32 dataset
+        self._shuffle_seed: int | None = None  # seed of the training order (set at the first loader)
 
     # ------------------------------------------------------------------ info
     @property
@@ -268,10 +290,14 @@ class ImageDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------ dataloaders
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
+        # shuffled order: a function of (torch's seed at the first loader, epoch), see EpochSeededSampler
+        if shuffle and self._shuffle_seed is None:
+            self._shuffle_seed = torch.initial_seed() % (2**31)
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,  # RandomSampler seeded from torch's global RNG at each epoch
+            sampler=EpochSeededSampler(len(dataset), self._shuffle_seed) if shuffle else None,
             drop_last=False,
             collate_fn=keep_batch,
             num_workers=self.num_workers,

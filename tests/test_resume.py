@@ -1,0 +1,55 @@
+"""Resuming training from a checkpoint continues exactly; ckpt_path=last; GPU trainer without a GPU."""
+
+import pytest
+import torch
+
+from dcgmm.errors import ConfigError
+from dcgmm.tasks import train
+from tests.conftest import compose_train, dataset_available
+
+pytestmark = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
+
+COMMON = [
+    "trainer.deterministic=true", "+trainer.limit_train_batches=30", "+trainer.limit_val_batches=2",
+    "test=false", "logger=csv", "seed=0", "callbacks=none",
+    "+callbacks.model_checkpoint._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+    "+callbacks.model_checkpoint.dirpath=${paths.output_dir}/checkpoints", "+callbacks.model_checkpoint.save_last=true",
+    # windows of 40 steps: one annealing window straddles the epoch boundary (and the resume)
+    "model=dcgmm2", "+model.layers.1.window=40", "+model.layers.3.window=40", "model.layers.3.wait=0.0",
+]
+
+
+def run(tmp_path, name, *overrides):
+    out = tmp_path / "train" / "runs" / name
+    out.mkdir(parents=True)
+    cfg = compose_train([*COMMON, *overrides], out)
+    cfg.paths.log_dir = str(tmp_path)
+    _, objects = train(cfg)
+    return objects["model"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = run(tmp_path, "a", "trainer.max_epochs=2")
+    run(tmp_path, "b1", "trainer.max_epochs=1")
+    resumed = run(tmp_path, "b2", "trainer.max_epochs=2", "ckpt_path=last")  # finds b1's last.ckpt (newest)
+    for (name, p), (_, q) in zip(straight.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(p, q), name
+    for index, schedule in straight.schedules.items():
+        assert schedule.state_dict() == resumed.schedules[index].state_dict()
+    assert straight.schedules[1].steps == 60
+
+
+def test_ckpt_path_last_without_checkpoint(tmp_path):
+    with pytest.raises(ConfigError, match="no last.ckpt of an earlier run"):
+        run(tmp_path, "x", "ckpt_path=last")
+
+
+def test_missing_ckpt_path(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        run(tmp_path, "x", "ckpt_path=/no/such.ckpt")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_trainer_without_gpu(tmp_path):
+    with pytest.raises(ConfigError, match="no CUDA GPU is available here; use trainer=cpu"):
+        run(tmp_path, "x", "trainer=gpu")
