@@ -277,7 +277,13 @@ class DCGMMModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------- state
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["annealing"] = {index: schedule.state_dict() for index, schedule in self.schedules.items()}
+        states = {index: schedule.state_dict() for index, schedule in self.schedules.items()}
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # the open window's running sum is per process: store its mean over processes, so
+            # that every process resumes with the same share (called on every process)
+            for state in states.values():
+                state["window_sum"] = float(self._mean_over_processes(torch.tensor(state["window_sum"])).item())
+        checkpoint["annealing"] = states
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         for index, state in checkpoint.get("annealing", {}).items():

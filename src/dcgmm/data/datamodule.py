@@ -58,24 +58,42 @@ class TensorBatchDataset(Dataset[Batch]):
 
 
 class EpochSeededSampler(torch.utils.data.Sampler[int]):
-    """Random order that depends only on ``(seed, epoch)``.
+    """Sample order that depends only on ``(seed, epoch)``, split across data-parallel processes.
 
-    Lightning calls ``set_epoch`` before every epoch (as for a ``DistributedSampler``), so a run
-    resumed from a checkpoint sees the same order in its later epochs as an uninterrupted run.
+    Lightning calls ``set_epoch`` before every epoch, so a run resumed from a checkpoint sees the
+    same order in its later epochs as an uninterrupted run. Under ``torch.distributed`` process
+    ``r`` of ``W`` takes every ``W``-th index from ``r`` on (the order padded by wrapping to a
+    multiple of ``W``), so that the union of the processes' ``k``-th batches of size ``B`` is the
+    ``k``-th batch of size ``W*B`` of a single process: data-parallel runs see the same global
+    batches as one process (the configs set ``use_distributed_sampler: false`` for this).
     """
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = int(size), int(seed), 0
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle, self.epoch = int(size), int(seed), bool(shuffle), 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    @staticmethod
+    def _process() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        else:
+            order = torch.arange(self.size)
+        rank, world = self._process()
+        if world > 1:
+            padded = -(-self.size // world) * world
+            order = torch.cat([order, order[: padded - self.size]])[rank::world]
+        return iter(order.tolist())
 
     def __len__(self) -> int:
-        return self.size
+        rank, world = self._process()
+        return -(-self.size // world)
 
 
 def keep_batch(batch: Batch) -> Batch:
@@ -297,7 +315,7 @@ class ImageDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochSeededSampler(len(dataset), self._shuffle_seed) if shuffle else None,
+            sampler=EpochSeededSampler(len(dataset), self._shuffle_seed or 0, shuffle=shuffle),
             drop_last=False,
             collate_fn=keep_batch,
             num_workers=self.num_workers,
