@@ -53,3 +53,23 @@ def test_missing_ckpt_path(tmp_path):
 def test_gpu_trainer_without_gpu(tmp_path):
     with pytest.raises(ConfigError, match="no CUDA GPU is available here; use trainer=cpu"):
         run(tmp_path, "x", "trainer=gpu")
+
+
+def test_wandb_resume_by_id(tmp_path):
+    import re
+
+    first = tmp_path / "train" / "runs" / "w1"
+    first.mkdir(parents=True)
+    cfg = compose_train([*COMMON, "trainer.max_epochs=1", "logger=wandb"], first)
+    cfg.paths.log_dir = str(tmp_path)
+    train(cfg)
+    (run_folder,) = (first / "wandb").glob("offline-run-*")
+    run_id = re.search(r"offline-run-\d+_\d+-(\w+)$", run_folder.name).group(1)
+    second = tmp_path / "train" / "runs" / "w2"
+    second.mkdir(parents=True)
+    cfg = compose_train([*COMMON, "trainer.max_epochs=1", "logger=wandb", f"logger.wandb.id={run_id}"], second)
+    cfg.paths.log_dir = str(tmp_path)
+    train(cfg)
+    assert list((second / "wandb").glob(f"offline-run-*-{run_id}"))  # the same run continues
+    with pytest.raises(ConfigError, match="no offline W&B run with this id"):
+        run(tmp_path, "w3", "logger=wandb", "logger.wandb.id=doesnotexist")

@@ -38,6 +38,21 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     return str(newest)
 
 
+def check_wandb_resume(cfg: DictConfig) -> None:
+    """``logger.wandb.id=<id>`` in offline mode resumes a run that exists under ``paths.log_dir``."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    run_id = wandb_cfg.get("id") if wandb_cfg else None
+    if not run_id or not wandb_cfg.get("offline", False):
+        return
+    log_dir = Path(cfg.paths.log_dir)
+    if not any(log_dir.rglob(f"offline-run-*-{run_id}")):
+        raise ConfigError(
+            f"logger.wandb.id={run_id}: no offline W&B run with this id under {log_dir}; "
+            f"drop the id to start a new run, or use the id of a folder wandb/offline-run-<date>-<id>"
+        )
+    log.info(f"Resuming W&B run {run_id} (offline)")
+
+
 def check_accelerator(trainer_cfg: DictConfig) -> None:
     """One-line error for a GPU trainer on a machine without one (before anything is built)."""
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
@@ -61,6 +76,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
     check_accelerator(cfg.trainer)
+    check_wandb_resume(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"), "callback")  # first: they check settings other nodes derive from
     log.info(f"Instantiating datamodule <{cfg.data._target_}>")
     datamodule: L.LightningDataModule = instantiate(cfg.data)
