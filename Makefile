@@ -4,13 +4,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup data train test test-full bench clean help
+.PHONY: setup data train test test-full bench results clean help
 
 help:
 	@echo "make train      set up, then train the default model (flat GMM on MNIST)"
 	@echo "make test       set up, then run the fast tests"
 	@echo "make test-full  set up, then run all tests, slow ones included"
 	@echo "make bench      set up, then run the benchmarks"
+	@echo "make results    set up, then train and write the comparison table (results/RESULTS.md)"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,3 +38,9 @@ bench: setup
 
 clean:
 	rm -rf logs .pytest_cache
+
+# the comparison table of the paper: `make results` (preset small, < 1 h on a 2-core CPU),
+# `make results PRESET=tiny ARGS="--out /tmp/table"`; see scripts/results_table.py
+PRESET ?= small
+results: setup
+	$(PY) scripts/results_table.py --preset $(PRESET) $(ARGS)

@@ -1,0 +1,82 @@
+"""Sampling speed and sample quality (NDB) of trained checkpoints, with and without sharpening.
+
+    python -m benchmarks.sampling CKPT [CKPT ...] [--n 64] [--iterations 300] [--ndb-samples 1000]
+
+For every checkpoint: samples/s for ``n`` samples without sharpening and with ``iterations``
+sharpening steps (rate 0.1), and NDB/B and JS divergence (B = 100 k-means bins of the training set)
+of ``ndb-samples`` samples drawn each way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from dcgmm.checkpoints import load_module
+from dcgmm.data import load_dataset
+from dcgmm.ndb import NDB
+from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
+
+
+def draw(stack, n: int, sharpen_iterations: int, seed: int, batch: int = 500) -> tuple[torch.Tensor, float]:
+    """``n`` samples (in batches) and the wall seconds it took."""
+    options = SamplingOptions(
+        top_s=1, divisor=5.0,
+        sharpening=SharpeningOptions(enabled=sharpen_iterations > 0, rate=0.1, iterations=sharpen_iterations),
+    )
+    sampler = Sampler(stack, options, torch.Generator().manual_seed(seed))
+    start = time.perf_counter()
+    images = torch.cat([sampler.sample(min(batch, n - i)) for i in range(0, n, batch)])
+    return images, time.perf_counter() - start
+
+
+def measure(ckpt: str, n: int, iterations: int, ndb_samples: int, ndb: NDB, seed: int) -> dict:
+    """Speed and NDB for one checkpoint."""
+    module = load_module(ckpt)
+    torch.set_flush_denormal(True)
+    stack = module.stack
+    result = {"checkpoint": ckpt, "layers": [layer.name for layer in stack.layers]}
+    for label, steps in (("plain", 0), ("sharpened", iterations)):
+        draw(stack, 4, min(steps, 2), seed)  # warm-up
+        _, seconds = draw(stack, n, steps, seed)
+        samples, _ = draw(stack, ndb_samples, steps, seed + 1)
+        quality = ndb.evaluate(samples).as_dict()
+        result[label] = {"samples_per_s": n / seconds, "seconds": seconds, "sharpening_iterations": steps, **quality}
+    return result
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--ndb-samples", type=int, default=1000)
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    data = load_dataset(args.dataset, args.data_dir)
+    train = torch.from_numpy(data["train_x"]).float().div(255).reshape(len(data["train_x"]), 1, 28, 28)
+    ndb = NDB(train, bins=100, cache=Path(args.data_dir) / "cache" / f"ndb_{args.dataset}_100.npz")
+    results = [measure(c, args.n, args.iterations, args.ndb_samples, ndb, args.seed) for c in args.checkpoints]
+    print(f"{'checkpoint':<60} {'mode':<10} {'samples/s':>10} {'NDB/B':>7} {'JS':>8}")
+    for r in results:
+        for label in ("plain", "sharpened"):
+            m = r[label]
+            print(f"{r['checkpoint'][-60:]:<60} {label:<10} {m['samples_per_s']:>10.1f} {m['ndb_ratio']:>7.2f} {m['js']:>8.4f}")
+    if args.json:
+        meta = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

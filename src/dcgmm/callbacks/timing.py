@@ -1,0 +1,63 @@
+"""Training speed of a run: wall time of ``trainer.fit`` and training images per second."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class TrainingSpeed(Callback):
+    """Measures the cost of training, for tables and benchmarks (nothing is logged; read the
+    attributes after ``trainer.fit``, e.g. from the ``callbacks`` that ``dcgmm.tasks.train`` returns).
+
+    Attributes (after fit):
+        fit_seconds: wall time from the start to the end of ``trainer.fit`` (training, validation,
+            checkpointing).
+        step_seconds: time spent inside the training steps (from ``on_train_batch_start`` to
+            ``on_train_batch_end``: forward, backward, SGD step, annealing); validation excluded.
+        train_images: training images processed (summed over epochs).
+        train_steps: training steps run.
+        images_per_second: ``train_images / step_seconds``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fit_seconds = 0.0
+        self.step_seconds = 0.0
+        self.train_images = 0
+        self.train_steps = 0
+        self._fit_start: float | None = None
+        self._batch_start: float | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.train_images / self.step_seconds if self.step_seconds > 0 else float("nan")
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(
+            fit_seconds=self.fit_seconds, step_seconds=self.step_seconds, train_images=self.train_images,
+            train_steps=self.train_steps, images_per_second=self.images_per_second,
+        )
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit_seconds = self.step_seconds = 0.0
+        self.train_images = self.train_steps = 0
+        self._fit_start = time.perf_counter()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._fit_start is not None:
+            self.fit_seconds = time.perf_counter() - self._fit_start
+            self._fit_start = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._batch_start is None:
+            return
+        self.step_seconds += time.perf_counter() - self._batch_start
+        self._batch_start = None
+        self.train_images += int(batch[0].shape[0])
+        self.train_steps += 1
