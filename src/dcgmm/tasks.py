@@ -71,6 +71,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         the metrics logged by fit and test, and the objects built (for tests and notebooks).
     """
     apply_extras(cfg)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
