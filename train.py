@@ -26,7 +26,9 @@ def main(cfg: DictConfig) -> float | None:
         log.error(f"{type(err).__name__}: {err}")
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    return metric_value(metrics or {}, cfg.get("optimized_metric"))
+    if metrics is None:  # the job failed inside a multirun (logged by task_wrapper): a failed trial, the sweep goes on
+        return None
+    return metric_value(metrics, cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

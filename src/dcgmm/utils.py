@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sys
 import warnings
@@ -11,12 +12,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dcgmm.errors import ConfigError
+
 log = logging.getLogger("dcgmm")
+
+# conf/hydra/launcher/joblib.yaml has the name of the joblib plugin's own config on purpose (so that
+# hydra/launcher=joblib picks it) and sets every key of it; Hydra warns that it matches the two by name.
+# Set on import, so that it also holds in the launcher's worker processes (they import this module).
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/joblib' is validated against ConfigStore schema")
 
 
 def instantiate(conf, *args, **kwargs):
@@ -121,7 +130,11 @@ def task_wrapper(task: Callable) -> Callable:
 
 
 def metric_value(metrics: dict, name: str | None) -> float | None:
-    """Read ``name`` from the metric dict (for sweepers); a clear error if it was never logged."""
+    """Read ``name`` from the metric dict (for sweepers); a clear error if it was never logged.
+
+    A NaN value is returned as ``None``, like a failed job: the Optuna sweeper records ``None`` as
+    a failed trial and goes on, whereas NaN would stop the whole search (optuna 2.10 raises on it).
+    """
     if not name:
         return None
     if name not in metrics:
@@ -129,4 +142,57 @@ def metric_value(metrics: dict, name: str | None) -> float | None:
             f"optimized_metric={name!r} was not logged; logged metrics: {', '.join(sorted(metrics)) or 'none'}"
         )
     value = metrics[name]
-    return float(value.item() if hasattr(value, "item") else value)
+    value = float(value.item() if hasattr(value, "item") else value)
+    if math.isnan(value):
+        log.warning(f"optimized_metric={name!r} is NaN; returning None (a failed trial for a sweeper)")
+        return None
+    return value
+
+
+def optuna_search_space(config: DictConfig) -> list[str] | None:
+    """Names of the parameters an Optuna sweep of ``config`` would search, as the sweeper sees them.
+
+    ``hydra.sweeper.params`` plus the command-line overrides (which win); a parameter counts when it
+    can take more than one value (``choice(a,b)``, ``a,b``, ``range(..)``, ``interval(..)``).
+    ``None`` when the sweeper is not Optuna's.
+    """
+    sweeper = config.hydra.sweeper
+    if "optuna" not in str(sweeper.get("_target_", "")).lower():
+        return None
+    from hydra_plugins.hydra_optuna_sweeper._impl import (
+        create_optuna_distribution_from_config,
+        create_params_from_overrides,
+    )
+
+    # the deprecated hydra.sweeper.search_space still feeds the sweeper
+    distributions = {
+        str(k): create_optuna_distribution_from_config(v) for k, v in (sweeper.get("search_space") or {}).items()
+    }
+    params = sweeper.get("params") or {}
+    overrides = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    searched, fixed = create_params_from_overrides(overrides)
+    distributions.update(searched)
+    return [name for name, dist in distributions.items() if name not in fixed and not dist.single()]
+
+
+def check_optuna_search_space(config: DictConfig) -> None:
+    """Raise a one-line :class:`ConfigError` when an Optuna sweep would search no parameter."""
+    names = optuna_search_space(config)
+    if names is not None and not names:
+        raise ConfigError(
+            "the Optuna search space is empty (no parameter in hydra.sweeper.params or on the command line takes "
+            "more than one value), so every trial would train the same model; search one, e.g. "
+            "'model.lr=interval(0.001,0.05)' or 'model.K=choice(25,49,100)'"
+        )
+
+
+class OptunaSearchSpaceCheck(Callback):
+    """Hydra callback (``hydra.callbacks``) that stops an Optuna sweep with an empty search space
+    before the sweeper starts: one line on stderr, exit status 2 (as train.py for bad input)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            check_optuna_search_space(config)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
