@@ -103,8 +103,10 @@ class DCGMMModule(L.LightningModule):
     def configure_optimizers(self):
         groups = []
         for layer in self.stack.learning_layers:
+            schedule = self.schedules.get(layer.index)
+            base_lr = schedule.lr if schedule is not None else layer.lr  # the annealed rate, when fit goes on
             for name, params, factor in layer.parameter_groups():
-                groups.append(dict(params=params, lr=layer.lr * factor, factor=factor, layer=layer.index, name=f"{layer.name}/{name}"))
+                groups.append(dict(params=params, lr=base_lr * factor, factor=factor, layer=layer.index, name=f"{layer.name}/{name}"))
         make = self.hparams.optimizer or torch.optim.SGD
         return make(groups)
 
