@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dcgmm.checkpoints import load_module
 from dcgmm.errors import ConfigError
-from dcgmm.utils import apply_extras, instantiate, instantiate_group, task_wrapper
+from dcgmm.utils import apply_extras, build_trainer, instantiate, instantiate_group, task_wrapper
 
 log = logging.getLogger("dcgmm")
 
@@ -76,16 +76,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     check_input_shape(model.stack.input_shape, datamodule.image_shape, cfg.data.get("name", cfg.data._target_))
 
-    loggers = instantiate_group(cfg.get("logger"), "logger")
-    log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    topology = {k: v for k, v in model.hparams.items() if k != "optimizer"}  # the checkpoint's model
+    trainer, loggers = build_trainer(cfg, model, callbacks, {"model": topology})
     objects = dict(cfg=cfg, datamodule=datamodule, model=model, callbacks=callbacks, logger=loggers, trainer=trainer)
-    if loggers:
-        hparams = OmegaConf.to_container(cfg, resolve=True)
-        hparams["model"] = {k: v for k, v in model.hparams.items() if k != "optimizer"}  # the checkpoint's topology
-        hparams["model/params/total"] = sum(p.numel() for p in model.parameters())
-        for logger in trainer.loggers:
-            logger.log_hyperparams(hparams)
 
     log.info("Starting testing")
     trainer.test(model=model, datamodule=datamodule, verbose=False)

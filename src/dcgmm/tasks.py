@@ -15,7 +15,7 @@ from dcgmm.checkpoints import load_module
 from dcgmm.errors import ConfigError
 from dcgmm.images import make_grid, save_png
 from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
-from dcgmm.utils import apply_extras, instantiate, instantiate_group, task_wrapper
+from dcgmm.utils import apply_extras, build_trainer, instantiate, instantiate_group, task_wrapper
 
 log = logging.getLogger("dcgmm")
 
@@ -86,16 +86,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     model: L.LightningModule = instantiate(cfg.model)
     log.info("DCGMM stack:\n" + model.stack.summary_table())
 
-    loggers = instantiate_group(cfg.get("logger"), "logger")
-    log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer, loggers = build_trainer(cfg, model, callbacks)
     objects = dict(cfg=cfg, datamodule=datamodule, model=model, callbacks=callbacks, logger=loggers, trainer=trainer)
-
-    if loggers:
-        hparams = OmegaConf.to_container(cfg, resolve=True)
-        hparams["model/params/total"] = sum(p.numel() for p in model.parameters())
-        for logger in trainer.loggers:
-            logger.log_hyperparams(hparams)
 
     if cfg.get("train"):
         log.info("Starting training")

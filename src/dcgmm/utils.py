@@ -196,3 +196,35 @@ class OptunaSearchSpaceCheck(Callback):
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+
+
+def run_entry_point(task: Callable, cfg: DictConfig):
+    """Run a task from a command-line entry point (train.py, evaluate.py, sample.py).
+
+    Bad input (ConfigError, DataError) and a diverged training (TrainingDiverged) end the program
+    with one line ``error: ...`` on stderr and exit status 2, without a traceback.
+    """
+    from dcgmm.data import DataError
+    from dcgmm.errors import TrainingDiverged
+
+    try:
+        return task(cfg)
+    except (ConfigError, DataError, TrainingDiverged) as err:
+        log.error(f"{type(err).__name__}: {err}")
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_trainer(cfg: DictConfig, model, callbacks: list, extra_hparams: dict | None = None):
+    """Loggers from ``cfg.logger`` and the trainer from ``cfg.trainer``; logs the resolved config
+    (plus ``extra_hparams`` and the parameter count) to every logger. Returns ``(trainer, loggers)``."""
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if loggers:
+        hparams = OmegaConf.to_container(cfg, resolve=True)
+        hparams.update(extra_hparams or {})
+        hparams["model/params/total"] = sum(p.numel() for p in model.parameters())
+        for logger in trainer.loggers:
+            logger.log_hyperparams(hparams)
+    return trainer, loggers
