@@ -1,0 +1,169 @@
+"""Deep topologies: training and inference images/s, peak memory and where the time goes.
+
+    python -m benchmarks.run topology [--models dcgmm2 dcgmm3 ...] [--steps 200] [--epochs 3]
+
+Every model is measured in its own fresh process: ``epochs`` timed epochs of ``steps`` training
+steps (batch 100) through ``DCGMMModule`` + ``lightning.Trainer``, forward-only inference on the
+test set, the peak RSS, and a ``torch.profiler`` table of the operations that take the most CPU
+time over 10 training steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from benchmarks.run import (
+    epoch_timer,
+    load_images,
+    machine_info,
+    peak_rss_mib,
+    quiet_libraries,
+    run_isolated,
+)
+
+TOPOLOGIES = ("flat_gmm", "dcgmm2", "dcgmm2_pool", "dcgmm3", "dcgmm3_pool", "dcgmm4", "dcgmm4_pool")
+TARGETS = {"dcgmm2": {"images_per_s": 6000.0, "peak_rss_mib": 2048.0}}
+
+
+def build_module(name: str):
+    """``DCGMMModule`` from ``conf/model/<name>.yaml`` (Hydra instantiate, the config as shipped)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from benchmarks.run import REPO_ROOT
+
+    return instantiate(OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{name}.yaml"))
+
+
+def profile_steps(module, batch, steps: int = 10, top: int = 8) -> list[dict]:
+    """The ``top`` operations by self CPU time over ``steps`` training steps (forward, backward, SGD)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    optimizer = module.configure_optimizers()
+    x, y = batch
+
+    def step():
+        _, raw = module.stack.bottom_up(x)
+        loss = torch.stack(list(module.stack.losses(raw, y).values())).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        module.stack.constrain_()
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [
+        {"op": e.key, "share": e.self_cpu_time_total / total, "ms_per_step": e.self_cpu_time_total / 1000 / steps}
+        for e in events[:top]
+    ]
+
+
+def measure_topology(name: str, steps: int, epochs: int, dataset: str, data_dir: str, batch_size: int, seed: int, threads: int | None) -> dict:
+    """Train / infer / profile one topology (runs in its own process)."""
+    import lightning as L
+    import torch
+
+    quiet_libraries()
+    if threads:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    L.seed_everything(seed, verbose=False)
+    datamodule = load_images(dataset, data_dir, batch_size)
+    module = build_module(name)
+    rss_setup = peak_rss_mib()
+
+    timer = epoch_timer()
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_epochs=epochs, limit_train_batches=steps, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    rates = [steps * batch_size / s for s in timer.seconds]
+    rss_train = peak_rss_mib()
+
+    test_x = datamodule.dataset("test").x
+    module.eval()
+    inference = []
+    with torch.no_grad():
+        for _ in range(2):
+            start = time.perf_counter()
+            for i in range(0, len(test_x), 1000):
+                module.stack.bottom_up(test_x[i : i + 1000])
+            inference.append(len(test_x) / (time.perf_counter() - start))
+    module.train()
+    train_x, train_y = datamodule.dataset("train").x[:batch_size], datamodule.dataset("train").y[:batch_size]
+    return {
+        "model": name,
+        "parameters": sum(p.numel() for p in module.parameters()),
+        "macs_per_image": sum(row["flops"] for row in module.stack.summary()),
+        "torch_threads": torch.get_num_threads(),
+        "epoch_seconds": timer.seconds,
+        "train_images_per_s_median": statistics.median(rates),
+        "train_images_per_s_best": max(rates),
+        "epoch_60k_seconds_median": 60000 / statistics.median(rates),
+        "inference_images_per_s": max(inference),
+        "rss_after_setup_mib": rss_setup,
+        "peak_rss_training_mib": rss_train,
+        "peak_rss_mib": peak_rss_mib(),
+        "profile": profile_steps(module, (train_x, train_y)),
+    }
+
+
+def add_topology_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", default=["dcgmm2", "dcgmm3", "dcgmm4_pool"], choices=TOPOLOGIES)
+    parser.add_argument("--steps", type=int, default=200, help="training steps per timed epoch")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs (the median is reported)")
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+
+
+def run_topology(args: argparse.Namespace) -> dict:
+    results = []
+    for name in args.models:
+        results.append(
+            run_isolated(
+                measure_topology, name=name, steps=args.steps, epochs=args.epochs, dataset=args.dataset,
+                data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed, threads=args.threads,
+            )
+        )
+    targets = {}
+    for r in results:
+        for key, bound in TARGETS.get(r["model"], {}).items():
+            value = r["train_images_per_s_median"] if key == "images_per_s" else r["peak_rss_mib"]
+            met = value >= bound if key == "images_per_s" else value <= bound
+            targets[f"{r['model']}/{key}"] = {"value": value, "bound": bound, "met": met}
+    return {"benchmark": "topology", "machine": machine_info(), "results": results, "targets": targets}
+
+
+def format_topology(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"Topology benchmark on {m['cpu_model']}, {m['usable_cores']} cores, torch {m['versions']['torch']}, {m.get('date', '')}",
+        "",
+        f"{'model':<13}{'params':>10}{'MACs/img':>12}{'train img/s':>13}{'60k epoch s':>13}{'infer img/s':>13}{'peak RSS MiB':>14}{'other cores':>13}",
+    ]
+    for r in result["results"]:
+        lines.append(
+            f"{r['model']:<13}{r['parameters']:>10,}{r['macs_per_image']:>12,}{r['train_images_per_s_median']:>13,.0f}"
+            f"{r['epoch_60k_seconds_median']:>13.1f}{r['inference_images_per_s']:>13,.0f}{r['peak_rss_mib']:>14,.0f}"
+            f"{r['cpu_load']['other_cores']:>13.2f}"
+        )
+    for r in result["results"]:
+        lines += ["", f"where the time goes, {r['model']} (self CPU time over 10 training steps):"]
+        for p in r["profile"]:
+            lines.append(f"  {p['op']:<40}{100 * p['share']:>6.1f} %{p['ms_per_step']:>9.2f} ms/step")
+    if result["targets"]:
+        lines += ["", "Targets"]
+        for name, t in result["targets"].items():
+            lines.append(f"  {name:<30}{t['value']:>12,.0f}  bound {t['bound']:,.0f}  {'met' if t['met'] else 'MISSED'}")
+    return "\n".join(lines)
