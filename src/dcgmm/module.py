@@ -136,7 +136,10 @@ class DCGMMModule(L.LightningModule):
         self._learning_now = dict(zip(losses, learning))
         if all(learning):
             return loss_vector.sum()
-        return loss_vector[torch.tensor(learning, device=loss_vector.device)].sum()
+        # a waiting layer's loss counts with weight 0: no update, yet every parameter stays in the
+        # graph, which data-parallel training needs
+        weights = torch.tensor(learning, dtype=loss_vector.dtype, device=loss_vector.device)
+        return (loss_vector * weights).sum()
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         optimizer.step(closure=optimizer_closure)
