@@ -125,3 +125,12 @@ def test_fast_dev_run_every_topology(train_cfg, model):
     gmm_names = [layer.name for layer in _["model"].stack.gmm_layers]
     for name in gmm_names:
         assert f"test/{name}/loss" in metrics
+
+
+@needs_mnist
+def test_testing_after_training_uses_the_final_epoch(train_cfg):
+    """The default checkpointing keeps the newest epoch: a deep stack's summed loss is no selection criterion."""
+    cfg = train_cfg("model=dcgmm2", "trainer.max_epochs=2", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2",
+                    "+trainer.limit_test_batches=2", "logger=csv", "callbacks.sample_images.every_n_epochs=10")
+    _, objects = train(cfg)
+    assert objects["trainer"].checkpoint_callback.best_model_path.endswith("epoch_001.ckpt")
