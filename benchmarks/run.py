@@ -189,13 +189,16 @@ def epoch_timer():
         """Wall time from the start to the end of each training epoch (all steps and hooks)."""
 
         def __init__(self) -> None:
+            """No epochs timed yet."""
             self.seconds: list[float] = []
             self._start = 0.0
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
+            """Start the clock."""
             self._start = time.perf_counter()
 
         def on_train_epoch_end(self, trainer, pl_module) -> None:
+            """Record the epoch's wall seconds."""
             self.seconds.append(time.perf_counter() - self._start)
 
     return EpochTimer()
@@ -304,7 +307,9 @@ def sgd_annealing_state(module) -> dict:
     }
 
 
-def measure_sgd(K: int, epochs: int, dataset: str, data_dir: str, batch_size: int, seed: int, threads: int | None) -> dict:
+def measure_sgd(
+    K: int, epochs: int, dataset: str, data_dir: str, batch_size: int, seed: int, threads: int | None
+) -> dict:
     """Train the flat GMM by SGD, time it, score it on the test set (runs in its own process).
 
     ``threads``: torch's intra-op thread count (``None``: torch's default, one per core).
@@ -459,7 +464,10 @@ def check_flat_targets(sgd: dict, comparison: dict) -> dict:
         targets["bpd_sgd_minus_em"] = (comparison["bpd_sgd_minus_em"], "<=", TARGET_BPD_GAP)
         targets["time_ratio_sgd_over_em"] = (comparison["time_ratio_sgd_over_em"], "<=", TARGET_TIME_RATIO)
     return {
-        name: {"value": value, "bound": bound, "relation": relation, "met": value >= bound if relation == ">=" else value <= bound}
+        name: {
+            "value": value, "bound": bound, "relation": relation,
+            "met": value >= bound if relation == ">=" else value <= bound,
+        }
         for name, (value, relation, bound) in targets.items()
     }
 
@@ -471,7 +479,8 @@ def run_flat(args: argparse.Namespace) -> dict:
     SGD model's test bits/dim after 3 / 5 / 8 / 9 / 10 / 12 / 15 / 20 / 40 epochs measured 7.943
     / 7.729 / 7.687 / 7.683 / 7.679 / 7.674 / 7.668 / 7.660 / 7.637 (EM, seed 0: 7.587); 10
     epochs (within 0.1 of EM for seeds 0, 1 and 2, annealing then close to its floor) is the
-    default.
+    default. A larger learning rate held constant reaches EM sooner: after 10 epochs, 7.661 at
+    ``lr=lr_min=0.02``, 7.648 at 0.03, 7.629 at 0.05 and 7.602 at 0.1 (7.666 after 5 epochs at 0.05).
     """
     load_before = os.getloadavg()
     sgd = run_isolated(
@@ -633,7 +642,6 @@ def _register_more() -> None:
         run=run_topology,
         format=format_topology,
     )
-
 
 
 DEFAULT_SUBCOMMAND = "flat"  # what a bare ``python -m benchmarks.run`` (``make bench``) runs
