@@ -4,7 +4,8 @@
 
 For every checkpoint: samples/s for ``n`` samples (top-S 1, divisor 5) without sharpening and with
 ``iterations`` sharpening steps (rate 0.1), and NDB/B and JS divergence (B = 100 k-means bins of
-the training set) of ``ndb-samples`` samples drawn each way with divisor 1 (the learned spread).
+the training set) of ``ndb-samples`` samples drawn each way from the whole prior (top-S = K) with
+divisor 1 (the learned spread).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from dcgmm.ndb import NDB
 from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
 
 
-def draw(stack, n: int, sharpen_iterations: int, seed: int, divisor: float = 5.0, batch: int = 500) -> tuple[torch.Tensor, float]:
+def draw(stack, n: int, sharpen_iterations: int, seed: int, divisor: float = 5.0, top_s: int = 1, batch: int = 500) -> tuple[torch.Tensor, float]:
     """``n`` samples (in batches) and the wall seconds it took."""
     options = SamplingOptions(
-        top_s=1, divisor=divisor,
+        top_s=top_s, divisor=divisor,
         sharpening=SharpeningOptions(enabled=sharpen_iterations > 0, rate=0.1, iterations=sharpen_iterations),
     )
     sampler = Sampler(stack, options, torch.Generator().manual_seed(seed))
@@ -44,8 +45,10 @@ def measure(ckpt: str, n: int, iterations: int, ndb_samples: int, ndb: NDB, seed
     for label, steps in (("plain", 0), ("sharpened", iterations)):
         draw(stack, 4, min(steps, 2), seed)  # warm-up
         _, seconds = draw(stack, n, steps, seed)
-        # NDB with the learned spread (divisor 1): divisor 5 puts every sample near a component mean
-        samples, _ = draw(stack, ndb_samples, steps, seed + 1, divisor=1.0)
+        # NDB draws from the whole prior with the learned spread: with top-S 1 every unconditional
+        # sample comes from the most probable top component, with divisor 5 near its mean
+        whole_prior = min(layer.K for layer in stack.gmm_layers)
+        samples, _ = draw(stack, ndb_samples, steps, seed + 1, divisor=1.0, top_s=whole_prior)
         quality = ndb.evaluate(samples).as_dict()
         result[label] = {"samples_per_s": n / seconds, "seconds": seconds, "sharpening_iterations": steps, **quality}
     return result
