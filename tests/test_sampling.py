@@ -1,6 +1,7 @@
 """Top-down sampling, sharpening, conditional sampling, variants and in-painting."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +155,27 @@ def test_conditional_samples_are_classified_as_requested():
     x = Sampler(stack, SamplingOptions(top_s=1, divisor=1.0), torch.Generator().manual_seed(0)).conditional(classes)
     logits = stack(x)
     assert (logits.argmax(1) == classes).float().mean() == 1.0
+
+
+@pytest.mark.skipif(not (Path(__file__).parents[1] / "data" / "cache" / "mnist.npz").exists(), reason="MNIST cache missing: run `make setup`")
+def test_conditional_samples_after_a_short_run_are_classified_as_requested():
+    """Flat K=25 with its classifier, 2 epochs on 5,000 MNIST images; then 10 samples per class.
+
+    Measured on this code: 40 % of the samples are classified as requested (chance: 10 %).
+    """
+    import lightning as L
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from dcgmm.data import ImageDataModule
+
+    root = Path(__file__).parents[1]
+    L.seed_everything(0)
+    module = instantiate(OmegaConf.load(root / "conf" / "model" / "flat_gmm.yaml"))
+    data = ImageDataModule(name="mnist", data_dir=str(root / "data"), val_size=1000)
+    L.Trainer(max_epochs=2, limit_train_batches=50, limit_val_batches=0, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(module, data)
+    classes = torch.arange(10).repeat(10)
+    x = Sampler(module.stack, SamplingOptions(top_s=1, divisor=5.0), torch.Generator().manual_seed(0)).conditional(classes)
+    agreement = (module.stack(x).argmax(1) == classes).float().mean().item()
+    assert agreement >= 0.3, agreement  # chance: 0.1
