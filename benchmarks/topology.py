@@ -39,24 +39,16 @@ def build_module(name: str):
 
 def profile_steps(module, batch, steps: int = 10, top: int = 8) -> list[dict]:
     """The ``top`` operations by self CPU time over ``steps`` training steps (forward, backward, SGD)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
+
+    from dcgmm.module import plain_sgd_step
 
     optimizer = module.configure_optimizers()
     x, y = batch
-
-    def step():
-        _, raw = module.stack.bottom_up(x)
-        loss = torch.stack(list(module.stack.losses(raw, y).values())).sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        module.stack.constrain_()
-
-    step()
+    plain_sgd_step(module, optimizer, x, y)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            step()
+            plain_sgd_step(module, optimizer, x, y)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
     return [

@@ -508,20 +508,13 @@ def time_sgd_steps(module, batch_size: int, steps: int = 5) -> float:
     torch.set_flush_denormal(True)
     x = torch.rand(batch_size, *module.stack.input_shape, generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, 10, (batch_size,))
+    from dcgmm.module import plain_sgd_step
+
     optimizer = module.configure_optimizers()
-
-    def step():
-        _, raw = module.stack.bottom_up(x)
-        loss = torch.stack(list(module.stack.losses(raw, y).values())).sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        module.stack.constrain_()
-
-    step()
+    plain_sgd_step(module, optimizer, x, y)
     start = time.perf_counter()
     for _ in range(steps):
-        step()
+        plain_sgd_step(module, optimizer, x, y)
     return (time.perf_counter() - start) / steps
 
 

@@ -293,3 +293,15 @@ class DCGMMModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         for index, state in checkpoint.get("annealing", {}).items():
             self.schedules[int(index)].load_state_dict(state)
+
+
+def plain_sgd_step(module: DCGMMModule, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One training step without Lightning (for timing and profiling): the summed layer-local
+    losses, one optimiser step and the precision clipping. No annealing, waiting or logging."""
+    _, raw = module.stack.bottom_up(x)
+    loss = torch.stack(list(module.stack.losses(raw, labels).values())).sum()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    module.stack.constrain_()
+    return loss.detach()
