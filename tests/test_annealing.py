@@ -49,13 +49,74 @@ def test_schedule_shrinks_exactly_at_stalled_window_ends():
     trace = run_schedule(s, [90, 80, 70, 60, 50, 50, 50, 50])
     sigma_at = {step: sigma for step, sigma, _ in trace}
     lr_at = {step: lr for step, _, lr in trace}
-    # windows 3, 4, 5: r = 1, 0.5, 0.33 -> no change; windows 6, 7, 8: r = 0 -> shrink
-    assert sigma_at[59] == 2.0 and sigma_at[50] == 2.0
-    assert sigma_at[60] == pytest.approx(1.8) and sigma_at[69] == pytest.approx(1.8)
-    assert sigma_at[70] == pytest.approx(1.62) and sigma_at[80] == pytest.approx(1.458)
-    assert lr_at[59] == 0.011 and lr_at[60] == pytest.approx(0.0099) and lr_at[80] == pytest.approx(0.011 * 0.9**3)
+    # decisions after the 9th step of each window: windows 3, 4, 5: r = 1, 0.5, 0.33 -> no change;
+    # windows 6, 7, 8: r = 0 -> shrink
+    assert sigma_at[58] == 2.0 and sigma_at[49] == 2.0
+    assert sigma_at[59] == pytest.approx(1.8) and sigma_at[68] == pytest.approx(1.8)
+    assert sigma_at[69] == pytest.approx(1.62) and sigma_at[79] == pytest.approx(1.458)
+    assert lr_at[58] == 0.011 and lr_at[59] == pytest.approx(0.0099) and lr_at[79] == pytest.approx(0.011 * 0.9**3)
     changes = [step for (step, sg, _), (_, prev, _) in zip(trace[1:], trace[:-1]) if sg != prev]
-    assert changes == [60, 70, 80]
+    assert changes == [59, 69, 79]
+
+
+def test_schedule_follows_a_hand_worked_sequence():
+    """W = 3: a decision after steps 2, 5, 8, 11, 14 on the mean of the window's first two
+    losses; the third loss of each window (steps 3, 6, 9, ...) counts for nothing.
+
+    step   1  2 | 3    4  5 | 6    7    8 | 9   10   11 | 12  13   14 | 15
+    loss   1  2 | 99   4  5 | 99   6.1  6.1 | 99 6.2  6.2 | 99 6.2  6.2 | 99
+    window 1: l0 = 1.5; window 2: last = 4.5; window 3: r = (6.1-4.5)/(4.5-1.5) = 0.533 -> keep;
+    window 4: r = (6.2-6.1)/(6.1-1.5) = 0.0217 -> shrink; window 5: r = 0 -> shrink.
+    """
+    s = AnnealingSchedule(sigma0=1.0, lr0=0.011, lr_min=0.01, gamma=0.9, window=3, delta=0.05)
+    losses = [1, 2, 99, 4, 5, 99, 6.1, 6.1, 99, 6.2, 6.2, 99, 6.2, 6.2, 99]
+    changed = [s.step(torch.tensor(v)) for v in losses]
+    assert [i + 1 for i, c in enumerate(changed) if c] == [11, 14]
+    assert s.l0 == pytest.approx(1.5) and s.last == pytest.approx(6.2)
+    assert s.sigma == pytest.approx(0.81) and s.lr == pytest.approx(0.01)  # 0.011 * 0.9 < floor 0.01
+    assert [s.decides_at(t) for t in range(1, 7)] == [False, True, False, False, True, False]
+
+
+@pytest.mark.parametrize("wait, total, first", [(0.0, 20, 0), (0.5, 20, 11), (0.1, 9, 1), (0.1, 5500, 551), (1.0, 20, 21)])
+def test_first_learning_step_counts_the_fraction_of_total_plus_one(wait, total, first):
+    # step t counts as t / (T + 1) of training: the layer learns once that reaches wait
+    from dcgmm.annealing import first_learning_step
+
+    assert first_learning_step(wait, total) == first
+
+
+def test_waiting_layer_schedule_starts_counting_when_its_wait_ends(tmp_path):
+    """20 steps, top layer waits 0.5: it learns from step 11 (11/21 >= 0.5), so its schedule sees
+    9 steps (decisions after its steps 2, 5, 8 with W = 3) and its parameters stay fixed before."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dcgmm.module import DCGMMModule
+
+    torch.manual_seed(0)
+    layers = [
+        {"kind": "folding", "kernel_size": 4, "stride": 2},
+        {"kind": "gmm", "K": 4, "window": 3},
+        {"kind": "folding", "kernel_size": 3, "stride": 1},
+        {"kind": "gmm", "K": 4, "window": 3, "wait": 0.5},
+    ]
+    module = DCGMMModule(layers, input_shape=(1, 8, 8), lr=0.05, lr_min=0.01)
+    top = module.stack.layers[3]
+    snapshots = []
+
+    class Watch(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            snapshots.append(top.means.detach().clone())
+
+    data = DataLoader(TensorDataset(torch.rand(200, 1, 8, 8), torch.zeros(200, dtype=torch.long)), batch_size=10)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[Watch()], default_root_dir=tmp_path)
+    trainer.fit(module, data)
+    snapshots.append(top.means.detach().clone())
+    assert module.schedules[1].steps == 20 and module.schedules[3].steps == 9
+    assert module.schedules[3].windows == 3 and module.schedules[1].windows == 7
+    unchanged = [torch.equal(a, b) for a, b in zip(snapshots[:-1], snapshots[1:])]  # step t: before -> after
+    assert unchanged == [True] * 11 + [False] * 9
 
 
 def test_schedule_respects_floors():

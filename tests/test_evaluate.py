@@ -152,6 +152,38 @@ def test_outlier_experiment_fast_dev_run(train_cfg, tmp_path, overrides, inliers
     assert saved["inliers"] == saved["outliers"] == 100  # fast_dev_run: one test batch, as many outliers
 
 
+@needs_both
+def test_every_outlier_score_and_extra_set_matches_sklearn(train_cfg, tmp_path):
+    """outlier.score=sum makes test/auroc the AUROC of the summed layer objectives; every score of
+    every outlier set (held-out digit, FashionMNIST, uniform noise) equals scikit-learn's AUROC of
+    minus that score, recomputed here from the trained stack on the same images."""
+    from sklearn.metrics import roc_auc_score
+
+    cfg = train_cfg("experiment=outliers_mnist", "model=dcgmm2", "outlier.score=sum", "++trainer.fast_dev_run=true", "logger=csv")
+    metrics, objects = train(cfg)
+    callback = next(cb for cb in objects["callbacks"] if type(cb).__name__ == "OutlierDetection")
+    stack = objects["model"].stack.eval()
+    assert callback.extra == ["fashion", "noise"]
+    assert float(metrics["test/auroc"]) == pytest.approx(float(metrics["test/auroc/sum"]))
+    inliers = next(iter(objects["datamodule"].test_dataloader()))[0]  # fast_dev_run: one test batch
+    sets = {"held_out": callback.images, "fashion": callback.extra_images["fashion"], "noise": callback.extra_images["noise"]}
+
+    def objective(layer, x):
+        _, raw = stack.bottom_up(x)
+        return stack.layers[layer].objective(raw[layer])
+
+    with torch.no_grad():
+        for name, images in sets.items():
+            x = torch.cat([inliers, images[: len(inliers)]])
+            target = [0] * len(inliers) + [1] * len(inliers)
+            per_layer = {f"L{i}": objective(i, x) for i in (1, 3)}
+            expected = {**per_layer, "top": per_layer["L3"], "sum": per_layer["L1"] + per_layer["L3"]}
+            prefix = "test/auroc" if name == "held_out" else f"test/auroc_{name}"
+            for key, typical in expected.items():
+                assert float(metrics[f"{prefix}/{key}"]) == pytest.approx(roc_auc_score(target, (-typical).numpy()), abs=1e-4), (name, key)
+    assert float(metrics["test/auroc_noise/top"]) > 0.9  # noise is far from any digit
+
+
 @pytest.mark.parametrize(
     "override, error, match",
     [
@@ -162,6 +194,8 @@ def test_outlier_experiment_fast_dev_run(train_cfg, tmp_path, overrides, inliers
         ("outlier.dataset=cifar", DataError, r"cifar"),
         ("data.classes=[0,1,2]", ConfigError, r"data.classes=\[0, 1, 2\] includes the held-out class"),
         ("data.classes=null", ConfigError, r"data.classes=null includes the held-out class"),
+        ("outlier.score=bogus", ConfigError, r"outlier.score='bogus' is unknown; use one of top, sum, layer:<i>"),
+        ("outlier.score=layer:0", ConfigError, r"outlier.score='layer:0' is unknown; use one of top, sum, layer:1 "),
     ],
 )
 @needs_mnist

@@ -43,6 +43,21 @@ def test_flat_samples_match_parameters_and_weights():
         assert (xs.var(0) - stds[k] ** 2).abs().max() < 5 * var_se
 
 
+def test_top_layer_draws_from_its_whole_prior_whatever_top_s():
+    """Unconditional samples start at the top layer's pi: top-S (here 1) must not apply to it, so
+    the component frequencies of 10,000 draws follow pi (chi-square goodness of fit)."""
+    from scipy.stats import chisquare
+
+    weights = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    means = torch.stack([torch.full((16,), 10.0 * v) for v in range(4)])  # far apart
+    stack = hand_set_flat_gmm(weights, means, torch.full((4, 16), 0.5))
+    n = 10_000
+    x = Sampler(stack, SamplingOptions(top_s=1, divisor=1.0, clamp=False), torch.Generator().manual_seed(3)).sample(n)
+    counts = torch.bincount(torch.cdist(x.reshape(n, 16), means).argmin(1), minlength=4)
+    assert (counts > 0).all()  # top_s=1 applied to pi would give only component 0
+    assert chisquare(counts.numpy(), (weights * n).numpy()).pvalue > 1e-3
+
+
 def test_divisor_shrinks_std_and_floor_dims_get_zero_std():
     stack = hand_set_flat_gmm([1.0], torch.zeros(1, 16), torch.full((1, 16), 1.0))
     with torch.no_grad():

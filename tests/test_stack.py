@@ -98,9 +98,9 @@ def test_waiting_layer_does_not_learn_before_its_fraction():
     start = upper.means.detach().clone()
     data = TensorBatchDataset(torch.rand(400, 1, 12, 12), torch.zeros(400, dtype=torch.long))
     loader = DataLoader(data, batch_size=100, collate_fn=keep_batch)
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_train_batches=2)
-    trainer.fit(module, loader)  # 2 of 4 steps... total steps = 2, so the layer waits for 1 step
-    assert module.schedules[3].steps == 1 and module.schedules[1].steps == 2
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_train_batches=3)
+    trainer.fit(module, loader)  # 3 steps: step t is t/(3+1) of training, so the layer learns at step 2 only
+    assert module.schedules[3].steps == 1 and module.schedules[1].steps == 3
     lower_moved = not torch.equal(module.stack.layers[1].means, start)
     assert lower_moved
     module2 = DCGMMModule(

@@ -56,12 +56,27 @@ def smoothing_kernel(num_components: int, sigma: float) -> torch.Tensor:
     return (g / g.sum(dim=1, keepdim=True)).to(torch.float32)
 
 
+def first_learning_step(wait: float, total_steps: int) -> int:
+    """First (0-based) training step at which a layer that waits the fraction ``wait`` learns.
+
+    As in the authors' code, step ``t`` of ``T`` counts as the fraction ``t / (T + 1)`` of training
+    done, and the layer learns once that fraction reaches ``wait``: ``ceil(wait * (T + 1))``
+    (``wait = 0``: from step 0; ``wait = 1``: never within the ``T`` steps).
+    """
+    if wait <= 0.0:
+        return 0
+    return math.ceil(float(wait) * (int(total_steps) + 1) - 1e-9)
+
+
 class AnnealingSchedule:
     """Shrinks ``sigma`` and the learning rate when the windowed layer loss stops improving.
 
-    Work in windows of ``window`` steps and average the loss over each. After window 1 the
-    average is remembered as ``l0``, after window 2 as ``last``. At the end of every later
-    window, with ``avg`` its average::
+    Work in windows of ``window`` steps (``W``). As in the authors' code, the decision of a
+    window is taken after its first ``W - 1`` steps, on their mean loss; its last step counts for
+    nothing (the first decisions fall on steps ``W-1, 2W-1, 3W-1``, so the first possible change
+    is at step ``3W - 1``; ``W = 1``: every step is a window of its own). After window 1 the
+    average is remembered as ``l0``, after window 2 as ``last``. At every later decision, with
+    ``avg`` that window's average::
 
         r = (avg - last) / (last - l0)
         if -2 * delta < r < delta:   # improvement small relative to the total so far
@@ -125,16 +140,29 @@ class AnnealingSchedule:
         """
         if isinstance(loss, torch.Tensor):
             loss = loss.detach()
-        self._window_sum = self._window_sum + loss
         self.steps += 1
-        if self.steps % self.window:
+        in_window = (self.steps - 1) % self.window + 1  # 1..W
+        counted = self.counted_steps
+        if in_window > counted:  # the window's last step: not counted (authors' rule)
+            return False
+        self._window_sum = self._window_sum + loss
+        if in_window < counted:
             return False
         total = self._window_sum
         if reduce is not None:
             total = reduce(torch.as_tensor(total, dtype=torch.float32))
-        avg = float(total.item() if isinstance(total, torch.Tensor) else total) / self.window
+        avg = float(total.item() if isinstance(total, torch.Tensor) else total) / counted
         self._window_sum = 0.0
         return self.end_window(avg)
+
+    @property
+    def counted_steps(self) -> int:
+        """Steps of a window whose losses enter its average: ``W - 1`` (``1`` when ``W = 1``)."""
+        return max(self.window - 1, 1)
+
+    def decides_at(self, steps: int) -> bool:
+        """True if the schedule takes a window decision at its ``steps``-th step (1-based)."""
+        return (steps - 1) % self.window + 1 == self.counted_steps
 
     def end_window(self, avg: float) -> bool:
         """Apply the rule to one finished window's average loss. Returns True if anything changed."""

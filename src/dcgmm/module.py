@@ -10,7 +10,7 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from dcgmm.annealing import AnnealingSchedule
+from dcgmm.annealing import AnnealingSchedule, first_learning_step
 from dcgmm.errors import ConfigError, TrainingDiverged
 from dcgmm.layers import GMMLayer
 from dcgmm.model import DCGMM
@@ -121,7 +121,7 @@ class DCGMMModule(L.LightningModule):
 
     def _is_learning(self, layer) -> bool:
         """False while a GMM layer is still within its wait fraction of training."""
-        return getattr(layer, "wait", 0.0) <= 0.0 or self.global_step >= layer.wait * self._total_steps
+        return self.global_step >= first_learning_step(getattr(layer, "wait", 0.0), self._total_steps)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, labels = batch
@@ -170,7 +170,7 @@ class DCGMMModule(L.LightningModule):
                 for group in optimizer.param_groups:
                     if group["layer"] == index:
                         group["lr"] = schedule.lr * group["factor"]
-            window_closed |= schedule.steps % schedule.window == 0
+            window_closed |= schedule.decides_at(schedule.steps)
         if window_closed:
             self._raise_if_nonfinite()
         if self._is_log_step():

@@ -3,6 +3,8 @@
 * ``${dcgmm.inlier_classes:${outlier.held_out},${outlier.dataset},${data.name}}``: the training
   classes of an outlier run (see :func:`inlier_classes`), so that ``data.classes`` follows
   ``outlier.held_out`` (``conf/outlier/default.yaml``).
+* ``${dcgmm.cross_outliers:${data.name}}``: the extra outlier sets of an outlier run: every other
+  registered dataset (all share the 1 x 28 x 28 shape) and uniform noise (see :func:`cross_outliers`).
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from collections.abc import Sequence
 
 from omegaconf import OmegaConf
 
-from dcgmm.data.sources import canonical_name, dataset_info
+from dcgmm.data.sources import DATASETS, canonical_name, dataset_info
 from dcgmm.errors import ConfigError
 
-__all__ = ["held_out_list", "inlier_classes", "register_resolvers"]
+__all__ = ["cross_outliers", "held_out_list", "inlier_classes", "register_resolvers"]
 
 
 def held_out_list(held_out) -> list[int]:
@@ -50,7 +52,19 @@ def inlier_classes(held_out, dataset: str | None, data_name: str) -> list[int] |
         return None
 
 
+def cross_outliers(data_name: str) -> list[str]:
+    """Extra outlier sets for a model trained on ``data_name``: the other registered datasets, then
+    ``"noise"`` (uniform-noise images). Never raises (see :func:`inlier_classes`)."""
+    try:
+        name = canonical_name(data_name)
+    except ValueError:
+        return ["noise"]
+    return [other for other in DATASETS if other != name] + ["noise"]
+
+
 def register_resolvers() -> None:
     """Register the project's resolvers with OmegaConf (idempotent)."""
     if not OmegaConf.has_resolver("dcgmm.inlier_classes"):
         OmegaConf.register_new_resolver("dcgmm.inlier_classes", inlier_classes)
+    if not OmegaConf.has_resolver("dcgmm.cross_outliers"):
+        OmegaConf.register_new_resolver("dcgmm.cross_outliers", cross_outliers)

@@ -3,6 +3,9 @@
 * typicality: the top GMM layer's objective per image (mean over its positions; the annealed
   max-component bound, or the exact log-sum-exp for ``loss: logsumexp``). Higher = more typical;
   the outlier score is its negative.
+* per-layer typicality (:func:`layer_typicalities`): every GMM layer's objective per image (mean
+  over its positions), their sum, and the top layer's, from one bottom-up pass; the outlier score
+  ``outlier.score=top|sum|layer:<i>`` picks one of them (:func:`parse_outlier_score`).
 * cluster id: the top GMM layer's most responsible component per image. With one position (the
   flat GMM and topologies whose top layer sees the whole image) this is ``argmax_k l_k(x)``; with
   several positions it is the component with the largest mean responsibility over positions.
@@ -14,7 +17,10 @@ import torch
 
 from dcgmm.model import DCGMM
 
-__all__ = ["cluster_ids", "top_scores", "typicality", "typicality_from_scores"]
+__all__ = ["OUTLIER_SCORES", "cluster_ids", "layer_typicalities", "parse_outlier_score", "top_scores", "typicality", "typicality_from_scores"]
+
+#: outlier scores: the top GMM layer's objective (published), the sum of every GMM layer's, one layer's
+OUTLIER_SCORES = ("top", "sum", "layer:<i>")
 
 
 def top_scores(stack: DCGMM, x: torch.Tensor) -> torch.Tensor:
@@ -46,3 +52,31 @@ def typicality(stack: DCGMM, images: torch.Tensor, batch_size: int = 1000) -> to
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(out) if out else torch.empty(0)
+
+
+def parse_outlier_score(score: str, stack: DCGMM | None = None) -> str:
+    """Validate ``outlier.score`` (against the stack's GMM layers when given); return the key of
+    :func:`layer_typicalities` (``"top"``, ``"sum"`` or ``"L<i>"``). A one-line
+    :class:`ConfigError` lists the choices."""
+    from dcgmm.errors import ConfigError
+
+    gmm = None if stack is None else [layer.index for layer in stack.gmm_layers]
+    text = str(score).strip()
+    if text in ("top", "sum"):
+        return text
+    index = text[6:].strip()
+    if text.startswith("layer:") and index.isdigit() and (gmm is None or int(index) in gmm):
+        return f"L{int(index)}"
+    choices = ", ".join(["top", "sum"] + ([f"layer:{i}" for i in gmm] if gmm is not None else ["layer:<i>"]))
+    raise ConfigError(f"outlier.score={score!r} is unknown; use one of {choices} (layer:<i> names a gmm layer)")
+
+
+def layer_typicalities(stack: DCGMM, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every GMM layer's objective per image (mean over its positions) from one bottom-up pass:
+    ``{"L<i>": (N,), ..., "top": (N,), "sum": (N,)}`` (higher = more typical)."""
+    top = stack.top_gmm
+    _, raw = stack.bottom_up(x, until=top.index)
+    out = {f"L{layer.index}": layer.objective(raw[layer.index]) for layer in stack.gmm_layers}
+    out["top"] = out[f"L{top.index}"]
+    out["sum"] = torch.stack([out[f"L{layer.index}"] for layer in stack.gmm_layers]).sum(dim=0)
+    return out

@@ -27,21 +27,26 @@ from dcgmm.data.sources import dataset_info
 from dcgmm.errors import ConfigError
 from dcgmm.metrics import auroc_metric
 from dcgmm.resolvers import held_out_list
-from dcgmm.scoring import top_scores, typicality, typicality_from_scores
+from dcgmm.scoring import layer_typicalities, parse_outlier_score
 
 log = logging.getLogger("dcgmm")
 
 ROC_PNG = "outliers_roc.png"
 RESULT_JSON = "outliers.json"
+NOISE = "noise"  # an extra outlier set: uniform-noise images of the training images' shape
+NOISE_IMAGES = 10_000
 
 
 class OutlierDetection(Callback):
     """ROC AUC of outliers against the test set, by the top GMM layer's objective.
 
     Logs ``test/auroc`` (exact, torchmetrics ``BinaryAUROC`` with no thresholds; outliers are the
-    positive class, scored by minus the typicality); writes ``outliers_roc.png`` (the ROC curve)
-    and ``outliers.json`` (AUROC, classes, counts, mean typicality) to ``output_dir``, and logs the
-    curve to W&B when a W&B logger is active.
+    positive class, scored by minus the typicality chosen by ``score``), and side by side the AUROC
+    of every typicality of :func:`dcgmm.scoring.layer_typicalities`: ``test/auroc/top``,
+    ``test/auroc/sum``, ``test/auroc/L<i>`` per GMM layer; for every ``extra`` outlier set
+    ``test/auroc_<set>/<score>`` (the same test inliers against that set). Writes
+    ``outliers_roc.png`` (the ROC curve of ``score``) and ``outliers.json`` (every AUROC, classes,
+    counts, mean typicality) to ``output_dir``, and logs the curve to W&B when a W&B logger is active.
 
     Args:
         held_out: class id(s) of the training dataset left out of training; their test images are
@@ -56,6 +61,10 @@ class OutlierDetection(Callback):
         batch_size: outlier images scored per batch.
         max_outliers: score at most this many outlier images (``None``: all; under
             ``fast_dev_run`` as many as there were test inliers).
+        score: the typicality of ``test/auroc``: ``"top"`` (the top GMM layer's objective, as
+            published), ``"sum"`` (the sum of every GMM layer's), or ``"layer:<i>"``.
+        extra: further outlier sets scored against the same inliers: names of datasets of the
+            same image shape (all their test images) and/or ``"noise"`` (10,000 uniform-noise images).
     """
 
     def __init__(
@@ -69,7 +78,11 @@ class OutlierDetection(Callback):
         output_dir: str | None = None,
         batch_size: int = 1000,
         max_outliers: int | None = None,
+        score: str = "top",
+        extra: Sequence[str] | None = None,
     ) -> None:
+        parse_outlier_score(score)  # one-line error for an unknown score, before anything loads
+        self.score = str(score)
         self.train_dataset = canonical_name(train_dataset)
         self.dataset = canonical_name(dataset) if dataset is not None else self.train_dataset
         self.cross = self.dataset != self.train_dataset
@@ -103,9 +116,15 @@ class OutlierDetection(Callback):
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.batch_size = int(batch_size)
         self.max_outliers = None if max_outliers is None else int(max_outliers)
+        extra = [NOISE if str(e) == NOISE else canonical_name(e) for e in (extra or [])]
+        # the main outlier set and the training dataset itself are no extra sets
+        self.extra = [e for e in dict.fromkeys(extra) if e != self.train_dataset and not (self.cross and e == self.dataset)]
         self.images: torch.Tensor | None = None  # outlier images, float32 (N, 1, 28, 28) in [0, 1]
+        self.extra_images: dict[str, torch.Tensor] = {}
         self.result: dict | None = None  # the last test's result (also written to outliers.json)
-        self._auroc = self._roc = None
+        self._key: str | None = None  # the layer_typicalities key of ``score``
+        self._aurocs: dict[tuple[str, str], object] = {}  # (outlier set, score key) -> BinaryAUROC
+        self._roc = None
         self._inliers = 0
         self._inlier_sum = 0.0
 
@@ -122,7 +141,15 @@ class OutlierDetection(Callback):
             raise DataError(f"the outlier set is empty: the {self.dataset} test split has no images{what}")
         return torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1).to(torch.float32).div_(255.0)
 
+    def load_extra(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """An extra outlier set: uniform noise of ``shape`` (seeded), or another dataset's test images."""
+        if name == NOISE:
+            return torch.rand(NOISE_IMAGES, *shape, generator=torch.Generator().manual_seed(0))
+        x = load_dataset(name, self.data_dir, None, self.download)["test_x"]
+        return torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1).to(torch.float32).div_(255.0)
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._key = parse_outlier_score(self.score, pl_module.stack)  # one-line error before training
         if not self.cross and trainer.datamodule is not None:
             classes = getattr(trainer.datamodule, "classes", None)
             overlap = sorted(set(self.held_out) if classes is None else set(classes) & set(self.held_out))
@@ -135,29 +162,46 @@ class OutlierDetection(Callback):
         if self.images is None:
             self.images = self.load_outliers()
         expected = tuple(pl_module.stack.input_shape)
-        if tuple(self.images.shape[1:]) != expected:
-            raise DataError(
-                f"outlier images of {self.dataset} have shape {list(self.images.shape[1:])}, the model expects {list(expected)}"
-            )
+        for name in self.extra:
+            if name not in self.extra_images:
+                self.extra_images[name] = self.load_extra(name, expected)
+        for name, images in [(self.dataset, self.images), *self.extra_images.items()]:
+            if tuple(images.shape[1:]) != expected:
+                raise DataError(f"outlier images of {name} have shape {list(images.shape[1:])}, the model expects {list(expected)}")
 
     # ------------------------------------------------------------------ test
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._key = parse_outlier_score(self.score, pl_module.stack)
+        keys = [f"L{layer.index}" for layer in pl_module.stack.gmm_layers] + ["top", "sum"]
         with torch.inference_mode(False):
-            self._auroc = auroc_metric().to(pl_module.device)
+            self._aurocs = {(name, key): auroc_metric().to(pl_module.device) for name in self.sets for key in keys}
             self._roc = BinaryROC(thresholds=None, normalization=None).to(pl_module.device)
         self._inliers, self._inlier_sum = 0, 0.0
 
-    def _update(self, typical: torch.Tensor, outlier: bool) -> None:
-        target = torch.full_like(typical, int(outlier), dtype=torch.long)
-        self._auroc.update(-typical, target)
-        self._roc.update(-typical, target)
+    @property
+    def sets(self) -> list[str]:
+        """Names of the outlier sets: the main one first, then the extra ones."""
+        return [self.dataset if self.cross else "held_out", *self.extra]
+
+    def _update(self, typical: dict[str, torch.Tensor], outlier_set: str | None) -> None:
+        """Add inliers (``outlier_set=None``: to every set's metrics) or one set's outliers."""
+        for (name, key), metric in self._aurocs.items():
+            if outlier_set is None or name == outlier_set:
+                metric.update(-typical[key], torch.full_like(typical[key], int(outlier_set is not None), dtype=torch.long))
+        if outlier_set in (None, self.sets[0]):
+            self._roc.update(-typical[self._key], torch.full_like(typical[self._key], int(outlier_set is not None), dtype=torch.long))
+
+    @torch.no_grad()
+    def _score(self, stack, images: torch.Tensor, device) -> dict[str, torch.Tensor]:
+        parts = [layer_typicalities(stack, images[i : i + self.batch_size].to(device)) for i in range(0, len(images), self.batch_size)]
+        return {key: torch.cat([p[key] for p in parts]) for key in parts[0]} if parts else {}
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         with torch.no_grad():
-            typical = typicality_from_scores(pl_module.stack, top_scores(pl_module.stack, batch[0]))
-        self._update(typical, outlier=False)
-        self._inliers += typical.numel()
-        self._inlier_sum += float(typical.sum())
+            typical = layer_typicalities(pl_module.stack, batch[0])
+        self._update(typical, None)
+        self._inliers += typical["top"].numel()
+        self._inlier_sum += float(typical[self._key].sum())
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.images is None:  # trainer.test without setup through this trainer
@@ -165,30 +209,46 @@ class OutlierDetection(Callback):
         limit = self.max_outliers
         if trainer.fast_dev_run:
             limit = min(limit or self._inliers, self._inliers)
-        images = self.images[:limit] if limit else self.images
-        shard = images[trainer.global_rank :: trainer.world_size]  # every process scores its share
-        typical = typicality(pl_module.stack, shard, self.batch_size).to(pl_module.device)
-        self._update(typical, outlier=True)
-        if self._inliers == 0 or len(images) == 0:
-            raise DataError(f"outlier AUROC needs inliers and outliers, got {self._inliers} test inliers and {len(images)} outliers")
-        auroc = self._auroc.compute()
+        outlier_sets = {self.sets[0]: self.images, **{n: self.extra_images[n] for n in self.extra}}
+        counts, mean_typical = {}, {}
+        for name, images in outlier_sets.items():
+            images = images[:limit] if limit else images
+            shard = images[trainer.global_rank :: trainer.world_size]  # every process scores its share
+            typical = self._score(pl_module.stack, shard, pl_module.device)
+            if typical:
+                self._update(typical, name)
+                mean_typical[name] = float(typical[self._key].mean())
+            counts[name] = len(images)
+        if self._inliers == 0 or counts[self.sets[0]] == 0:
+            raise DataError(f"outlier AUROC needs inliers and outliers, got {self._inliers} test inliers and {counts[self.sets[0]]} outliers")
+        aurocs = {name: {key: float(metric.compute()) for (n, key), metric in self._aurocs.items() if n == name} for name in self.sets}
+        main = aurocs[self.sets[0]]
         fpr, tpr, _ = self._roc.compute()
-        pl_module.log("test/auroc", auroc.float())
+        pl_module.log("test/auroc", torch.tensor(main[self._key]))
+        for name in self.sets:
+            prefix = "test/auroc" if name == self.sets[0] else f"test/auroc_{name}"
+            for key, value in aurocs[name].items():
+                pl_module.log(f"{prefix}/{key}", torch.tensor(value))
         self.result = dict(
-            auroc=float(auroc),
-            score="minus the top GMM layer's objective per image (higher = more typical)",
+            auroc=main[self._key],
+            score=self.score,
+            score_meaning="minus the typicality (the chosen GMM layer objective per image, mean over positions; higher = more typical)",
+            aurocs=aurocs,
             train_dataset=self.train_dataset,
             inlier_classes=None if getattr(trainer.datamodule, "classes", None) is None else list(trainer.datamodule.classes),
             outlier_dataset=self.dataset,
             outlier_classes=self.outlier_classes,
+            extra=self.extra,
             inliers=self._inliers,
-            outliers=len(images),
+            outliers=counts[self.sets[0]],
+            extra_outliers={n: counts[n] for n in self.extra},
             mean_inlier_typicality=self._inlier_sum / max(self._inliers, 1),
-            mean_outlier_typicality=float(typical.mean()) if typical.numel() else None,
+            mean_outlier_typicality=mean_typical.get(self.sets[0]),
         )
-        log.info(f"outliers: AUROC {float(auroc):.4f} ({self.describe()})")
+        extra = "".join(f", {n}: {aurocs[n][self._key]:.4f}" for n in self.extra)
+        log.info(f"outliers: AUROC {main[self._key]:.4f} by score {self.score} (sum {main['sum']:.4f}{extra}) ({self.describe()})")
         self._write(trainer, fpr.cpu().numpy(), tpr.cpu().numpy())
-        self._auroc = self._roc = None
+        self._aurocs, self._roc = {}, None
 
     def describe(self) -> str:
         if self.cross:

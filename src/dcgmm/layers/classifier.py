@@ -42,7 +42,9 @@ class LinearClassifier(Layer):
         self.lr = float(lr)
         self.out_shape = (self.num_classes, 1, 1)
         fan_in = math.prod(self.in_shape)
-        self.weight = nn.Parameter(torch.randn(self.num_classes, fan_in) / math.sqrt(fan_in))  # (classes, C*H*W)
+        # truncated normal, std 1/sqrt(fan_in), redrawn beyond 2 std (as the authors' code)
+        std = 1.0 / math.sqrt(fan_in)
+        self.weight = nn.Parameter(nn.init.trunc_normal_(torch.empty(self.num_classes, fan_in), std=std, a=-2 * std, b=2 * std))  # (classes, C*H*W)
         self.bias = nn.Parameter(torch.zeros(self.num_classes))  # (classes,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

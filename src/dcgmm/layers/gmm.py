@@ -264,9 +264,13 @@ class GMMLayer(Layer):
         """Draw one sample per position from a top-down prior over components.
 
         Args:
-            signal: non-negative prior ``(N, K, H, W)``; ``None`` means pi at every position.
+            signal: non-negative prior ``(N, K, H, W)`` from a layer above; ``None`` means this is
+                the top of the pass: draw from pi at every position.
             n: number of samples when ``signal`` is None.
-            top_s: keep the ``top_s`` largest prior entries and draw among them in proportion.
+            top_s: keep the ``top_s`` largest entries of a prior from above and draw among them in
+                proportion. It does not apply to the layer's own pi (``signal=None``): top-S of pi
+                would always pick its heaviest components, so the top layer draws from its whole
+                prior (docs/design.md, "Sampling").
             divisor: the std is divided by this (>1 gives cleaner samples); dims whose std sits
                 at the variance floor are drawn with std 0.
         Returns:
@@ -281,6 +285,7 @@ class GMMLayer(Layer):
                 raise ConfigError(f"{self.name}: give a prior or a positive number of samples n")
             prior = self.weights.detach().unsqueeze(0).expand(n, -1, -1)  # (N, G, K)
             prior = prior.expand(n, self.P, self.K) if prior.shape[1] == 1 else prior  # (N, P, K)
+            top_s = self.K  # the whole prior: top-S is for priors that come from a layer above
         else:
             n = signal.shape[0]
             prior = signal.detach().reshape(n, self.K, self.P).transpose(1, 2)  # (N, P, K)
