@@ -48,14 +48,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without an install too
+from dcgmm.verdict import verdict_markdown  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "conf"
 PRESET_DIR = CONFIG_DIR / "results"
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
 
-# flat GMM experiments used when no conf/experiment/table_flat_k<K>[_outliers].yaml exists for a K
-FLAT_MAIN_BASE = "table_flat_k25"
-FLAT_OUTLIER_BASE = "table_flat_k49_outliers"
+# flat GMM experiments (the planner sets model.K)
+FLAT_MAIN_BASE = "table_flat"
+FLAT_OUTLIER_BASE = "table_flat_outliers"
+# version of the run records (results/runs/<preset>/...): bump it whenever a change to training,
+# evaluation or the record's fields makes records written before it incomparable; --resume then
+# refuses the old records instead of mixing them into a table
+RECORD_VERSION = 2
+DEFAULT_SEEDS = [12345]
+PENDING = "…"
 COMPARISONS = ("flat_same_k", "flat_same_params", "em_same_k")
 PAPER_NAMES = {"flat_gmm": "A", "dcgmm2": "B", "dcgmm2_pool": "C", "dcgmm3_pool": "D", "dcgmm3": "E", "dcgmm4": "F", "dcgmm4_pool": "G"}
 DATASET_TITLES = {"mnist": "MNIST", "fashion": "FashionMNIST"}
@@ -89,7 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="folder of RESULTS.md, <preset>.json and runs/ (default: results/ and logs/results/<preset>/; tiny: logs/results/tiny/)")
     parser.add_argument("--datasets", default=None, help="comma-separated datasets instead of the preset's, e.g. mnist")
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default 1)")
-    parser.add_argument("--resume", action="store_true", help="reuse finished runs (run.json with the same settings) of an earlier call")
+    parser.add_argument("--resume", action="store_true", help="continue from the finished run records (results/runs/<preset>/) of earlier calls")
+    parser.add_argument("--report-only", action="store_true", help="write the table from the run records that exist; train nothing")
+    parser.add_argument("--max-hours", type=float, default=None, help="start no new run after this many hours (finished runs are kept; --resume continues)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs, parameter counts and a time estimate (times a few SGD steps per model); train nothing")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every training run, e.g. trainer=gpu")
     return parser.parse_args(argv)
@@ -115,6 +126,12 @@ def load_preset(name: str) -> dict:
             if not (EXPERIMENT_DIR / f"table_{name_}{suffix}.yaml").exists():
                 raise PresetError(f"{path.relative_to(ROOT)}: dcgmm {name_!r} needs conf/experiment/table_{name_}{suffix}.yaml")
     preset["held_out"] = [int(c) for c in preset["held_out"]]
+    seeds = preset.get("seeds") or DEFAULT_SEEDS
+    if isinstance(seeds, list):
+        seeds = {dataset: seeds for dataset in preset["datasets"]}
+    if not isinstance(seeds, dict) or not all(isinstance(v, list) and v and all(isinstance(x, int) for x in v) for v in seeds.values()):
+        raise PresetError(f"{path.relative_to(ROOT)}: seeds must be a list of ints or a mapping dataset -> list of ints")
+    preset["seeds"] = seeds
     preset["overrides"] = {k: list(preset["overrides"].get(k) or []) for k in ("all", "main", "outliers")}
     return preset
 
@@ -171,6 +188,7 @@ class RunSpec:
     K: int | None = None
     params: int | None = None
     held_out: int | None = None
+    seed: int | None = None  # SGD runs: the run's seed (rows average over their seeds)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -183,9 +201,13 @@ class RowSpec:
     row_id: str
     label: str
     method: str
-    main: tuple[str, str]  # run keys
-    outliers: dict[int, tuple[str, str]]
+    main: list[tuple[str, str]]  # run keys, one per seed
+    outliers: dict[int, list[tuple[str, str]]]  # held-out class -> run keys, one per seed
     note: str = ""
+
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        return [*self.main, *(k for keys in self.outliers.values() for k in keys)]
 
 
 class Planner:
@@ -200,13 +222,17 @@ class Planner:
         self._model_info: dict[tuple, tuple[int, int]] = {}
         self._flat_line: tuple[float, float] | None = None
 
-    def sgd_overrides(self, experiment: str, dataset: str, kind: str, row: list[str]) -> list[str]:
+    def sgd_overrides(self, experiment: str, dataset: str, kind: str, row: list[str], seed: int | None = None) -> list[str]:
         ov = self.preset["overrides"]
-        return [f"experiment={experiment}", f"data={dataset}", CALLBACKS[kind], *RUN_OVERRIDES, *ov["all"], *ov[kind], *row, *self.extra]
+        seeded = [] if seed is None else [f"seed={seed}"]
+        return [f"experiment={experiment}", f"data={dataset}", CALLBACKS[kind], *RUN_OVERRIDES, *ov["all"], *ov[kind], *row, *seeded, *self.extra]
+
+    def seeds(self, dataset: str) -> list[int]:
+        return list(self.preset["seeds"].get(dataset, DEFAULT_SEEDS))
 
     def model_info(self, overrides: list[str]) -> tuple[int, int]:
-        """(top-layer K, parameter count) of the model the overrides compose."""
-        key = tuple(overrides)
+        """(top-layer K, parameter count) of the model the overrides compose (the seed aside)."""
+        key = tuple(o for o in overrides if not o.startswith("seed="))
         if key not in self._model_info:
             module = build_model(self.compose(overrides))
             self._model_info[key] = (int(module.stack.top_gmm.K), count_params(module))
@@ -236,20 +262,18 @@ class Planner:
             self.runs[spec.key] = spec
         return spec.key
 
-    def sgd_run(self, dataset: str, experiment: str, kind: str, row: list[str], name: str, held_out: int | None = None) -> tuple[str, str]:
-        overrides = self.sgd_overrides(experiment, dataset, kind, row)
-        K, params = self.model_info(overrides)
-        return self.add_run(RunSpec(dataset, name, kind, "sgd", experiment, overrides, K, params, held_out))
+    def sgd_runs(self, dataset: str, experiment: str, kind: str, row: list[str], name: str, held_out: int | None = None) -> list[tuple[str, str]]:
+        """One run per seed of the dataset: ``<name>_s<seed>``."""
+        keys = []
+        for seed in self.seeds(dataset):
+            overrides = self.sgd_overrides(experiment, dataset, kind, row, seed)
+            K, params = self.model_info(overrides)
+            keys.append(self.add_run(RunSpec(dataset, f"{name}_s{seed}", kind, "sgd", experiment, overrides, K, params, held_out, seed)))
+        return keys
 
-    def flat_experiment(self, K: int, kind: str) -> str:
-        name = f"table_flat_k{K}" + ("_outliers" if kind == "outliers" else "")
-        if (EXPERIMENT_DIR / f"{name}.yaml").exists():
-            return name
-        base = FLAT_OUTLIER_BASE if kind == "outliers" else FLAT_MAIN_BASE
-        note = f"no conf/experiment/{name}.yaml: the flat GMM with K={K} runs {base} with model.K={K}"
-        if note not in self.notes:
-            self.notes.append(note)
-        return base
+    @staticmethod
+    def flat_experiment(K: int, kind: str) -> str:
+        return FLAT_OUTLIER_BASE if kind == "outliers" else FLAT_MAIN_BASE
 
     def plan(self, datasets: list[str]) -> None:
         held_out = self.preset["held_out"]
@@ -257,10 +281,10 @@ class Planner:
             for topology in self.preset["dcgmm"]:
                 letter = PAPER_NAMES.get(topology, topology)
                 main_exp, out_exp = f"table_{topology}", f"table_{topology}_outliers"
-                main = self.sgd_run(dataset, main_exp, "main", [], main_exp)
-                outliers = {c: self.sgd_run(dataset, out_exp, "outliers", [f"outlier.held_out={c}"], f"{out_exp}_held{c}", c) for c in held_out}
-                k_main, p_main = self.runs[main].K, self.runs[main].params
-                first_out = self.runs[outliers[held_out[0]]] if held_out else None
+                main = self.sgd_runs(dataset, main_exp, "main", [], main_exp)
+                outliers = {c: self.sgd_runs(dataset, out_exp, "outliers", [f"outlier.held_out={c}"], f"{out_exp}_held{c}", c) for c in held_out}
+                k_main, p_main = self.runs[main[0]].K, self.runs[main[0]].params
+                first_out = self.runs[outliers[held_out[0]][0]] if held_out else None
                 k_out = first_out.K if first_out else None
                 p_out = first_out.params if first_out else None
                 self.rows.append(RowSpec(dataset, topology, f"{letter} ({topology})", "sgd", main, outliers, f"experiments {main_exp}, {out_exp}"))
@@ -273,17 +297,24 @@ class Planner:
                             ko = self.flat_k_for_params(dataset, p_out) if p_out else None
                             label = f"A flat, params ≈ {letter}"
                         exp_m = self.flat_experiment(km, "main")
-                        m = self.sgd_run(dataset, exp_m, "main", [f"model.K={km}"], f"flat_k{km}")
+                        m = self.sgd_runs(dataset, exp_m, "main", [f"model.K={km}"], f"flat_k{km}")
                         outs = {}
                         exp_o = None
                         if ko is not None:
                             exp_o = self.flat_experiment(ko, "outliers")
-                            outs = {c: self.sgd_run(dataset, exp_o, "outliers", [f"model.K={ko}", f"outlier.held_out={c}"], f"flat_k{ko}_outliers_held{c}", c) for c in held_out}
+                            outs = {c: self.sgd_runs(dataset, exp_o, "outliers", [f"model.K={ko}", f"outlier.held_out={c}"], f"flat_k{ko}_outliers_held{c}", c) for c in held_out}
                         self.rows.append(RowSpec(dataset, f"{comparison}:{topology}", label, "sgd", m, outs, f"experiments {exp_m}, {exp_o} with model.K={km}, {ko}"))
                     else:
-                        m = self.add_run(RunSpec(dataset, f"em_k{k_main}", "main", "em", K=k_main))
-                        outs = {c: self.add_run(RunSpec(dataset, f"em_k{k_out}_held{c}", "outliers", "em", K=k_out, held_out=c)) for c in held_out}
+                        m = [self.add_run(RunSpec(dataset, f"em_k{k_main}", "main", "em", K=k_main))]
+                        outs = {c: [self.add_run(RunSpec(dataset, f"em_k{k_out}_held{c}", "outliers", "em", K=k_out, held_out=c))] for c in held_out}
                         self.rows.append(RowSpec(dataset, f"em_same_k:{topology}", f"EM (sklearn), K as {letter}", "em", m, outs, f"dcgmm.baselines.em_baseline K={k_main}, {k_out}"))
+
+    def ordered_runs(self) -> list[RunSpec]:
+        """The runs in the order they are trained: every row's first seed before any second seed,
+        so that an interrupted table has each row once before it has its noise."""
+        specs = list(self.runs.values())
+        rank = {dataset: seeds for dataset, seeds in self.preset["seeds"].items()}
+        return sorted(specs, key=lambda spec: 0 if spec.seed is None else rank.get(spec.dataset, DEFAULT_SEEDS).index(spec.seed))
 
 
 # ---------------------------------------------------------------------------------- measurements
@@ -293,6 +324,20 @@ def sampling_options(stack, ndb_cfg: dict):
     smallest = min(layer.K for layer in stack.gmm_layers)
     top_s = smallest if ndb_cfg.get("top_s") is None else min(int(ndb_cfg["top_s"]), smallest)
     return SamplingOptions(top_s=top_s, divisor=float(ndb_cfg.get("divisor", 1.0)))
+
+
+def sharpened_options(stack, options, sharpening: dict | None):
+    """``options`` with sharpening (``{rate, iterations, reconstruction}``) switched on, or None when
+    the preset asks for none or the stack has no folding whose patches overlap (nothing to sharpen)."""
+    import dataclasses
+
+    from dcgmm.sampling import Sampler, SharpeningOptions
+
+    if not sharpening:
+        return None
+    sharp = SharpeningOptions(enabled=True, **{k: v for k, v in sharpening.items() if k in ("rate", "iterations", "reconstruction")})
+    candidate = dataclasses.replace(options, sharpening=sharp)
+    return candidate if Sampler(stack, candidate).sharpened_foldings() else None
 
 
 class NDBCache:
@@ -388,7 +433,17 @@ def run_sgd(spec: RunSpec, run_dir: Path, compose: Composer, ndb: NDBCache, ndb_
         samples = Sampler(module.stack, options, generator).sample(int(ndb_cfg.get("samples", 1000)))
         result = binning.evaluate(samples)
         save_grid(samples, run_dir / "samples.png")
-        record["ndb"] = dict(result.as_dict(), samples=len(samples), top_s=options.top_s, divisor=options.divisor, seconds=time.perf_counter() - sample_start)
+        record["ndb"] = dict(result.as_dict(), samples=len(samples), top_s=options.top_s, divisor=options.divisor,
+                             seconds=time.perf_counter() - sample_start, reference=ndb.reference.get(spec.dataset))
+        sharpening = ndb_cfg.get("sharpening")
+        sharpened = sharpened_options(module.stack, options, sharpening)
+        if sharpened is not None:  # the same draws (same seed), then sharpened below overlapping foldings
+            sample_start = time.perf_counter()
+            generator = torch.Generator().manual_seed(0)
+            samples = Sampler(module.stack, sharpened, generator).sample(int(ndb_cfg.get("samples", 1000)))
+            save_grid(samples, run_dir / "samples_sharpened.png")
+            record["ndb_sharpened"] = dict(binning.evaluate(samples).as_dict(), samples=len(samples), **sharpening,
+                                           seconds=time.perf_counter() - sample_start)
     record["seconds"] = time.perf_counter() - start
     del objects, module, datamodule
     return record
@@ -494,7 +549,7 @@ def dry_run(planner: Planner, compose: Composer) -> None:
     counted: set = set()
     per_row: dict[str, float] = {}
     for row in planner.rows:
-        for key in [row.main, *row.outliers.values()]:
+        for key in row.keys:
             if key not in counted:
                 counted.add(key)
                 per_row[row.label] = per_row.get(row.label, 0.0) + estimates.get(key, 0.0)
@@ -527,51 +582,97 @@ def fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def row_values(row: RowSpec, records: dict, held_out: list[int]) -> dict:
-    """The numbers of one table row from its runs' records (None where a run failed or a value
-    does not exist)."""
-    main = records.get(row.main) or {}
-    outs = {c: records.get(key) or {} for c, key in row.outliers.items()}
-    first_out = next(iter(outs.values()), {})
-    values: dict[str, Any] = dict(label=row.label, row_id=row.row_id, note=row.note, method=row.method)
-    values.update(K=main.get("K"), params=main.get("params"), K_outliers=first_out.get("K"), params_outliers=first_out.get("params"))
-    values.update(top_sigma=main.get("top_sigma"), top_sigma_outliers=first_out.get("top_sigma"))
-    if row.method == "em":
-        cluster = main.get("cluster") or {}
-        values.update(acc=None, train_seconds=main.get("seconds"), images_per_second=main.get("images_per_second"))
-        auroc = {c: outs[c].get("auroc") for c in held_out if c in outs}
+MAIN_METRICS = ("K", "params", "top_sigma", "purity", "nmi", "ari", "hungarian_acc", "acc", "ndb_ratio", "js",
+                "ndb_sharpened", "js_sharpened", "train_seconds", "images_per_second")
+OUTLIER_METRICS = ("auroc", "auroc_sum", "auroc_cross", "auroc_noise")
+
+
+def run_values(record: dict, method: str) -> dict:
+    """The numbers of one run record (None where a value does not exist)."""
+    ndb, sharp = record.get("ndb") or {}, record.get("ndb_sharpened") or {}
+    values: dict[str, Any] = dict(K=record.get("K"), params=record.get("params"), top_sigma=record.get("top_sigma"),
+                                  ndb_ratio=ndb.get("ndb_ratio"), js=ndb.get("js"), ndb_sharpened=sharp.get("ndb_ratio"), js_sharpened=sharp.get("js"))
+    if method == "em":
+        cluster = record.get("cluster") or {}
+        values.update(acc=None, train_seconds=record.get("seconds"), images_per_second=record.get("images_per_second"), auroc=record.get("auroc"))
     else:
-        m = main.get("metrics") or {}
+        m = record.get("metrics") or {}
         cluster = {k.split("/")[-1]: v for k, v in m.items() if k.startswith("test/cluster/")}
-        speed = main.get("speed") or {}
-        values.update(acc=m.get("test/acc"), train_seconds=speed.get("fit_seconds"), images_per_second=speed.get("images_per_second"))
-        auroc = {c: (outs[c].get("metrics") or {}).get("test/auroc") for c in held_out if c in outs}
+        speed = record.get("speed") or {}
+        cross = [v for k, v in m.items() if k.startswith("test/auroc_") and k.endswith("/top") and not k.startswith("test/auroc_noise/")]
+        values.update(
+            acc=m.get("test/acc"), train_seconds=speed.get("fit_seconds"), images_per_second=speed.get("images_per_second"),
+            auroc=m.get("test/auroc"), auroc_sum=m.get("test/auroc/sum"), auroc_cross=cross[0] if cross else None,
+            auroc_noise=m.get("test/auroc_noise/top"),
+        )
     values.update(purity=cluster.get("purity"), nmi=cluster.get("nmi"), ari=cluster.get("ari"), hungarian_acc=cluster.get("hungarian_acc"))
-    ndb = main.get("ndb") or {}
-    values.update(ndb_ratio=ndb.get("ndb_ratio"), js=ndb.get("js"))
-    values["auroc"] = {c: auroc.get(c) for c in held_out}
-    found = [v for v in values["auroc"].values() if v is not None]
-    values["auroc_mean"] = sum(found) / len(found) if found and len(found) == len(held_out) else None
-    values["seconds_all_runs"] = sum((records.get(k) or {}).get("seconds", 0.0) for k in [row.main, *row.outliers.values()])
-    values["failed"] = [f"{k[1]}" for k in [row.main, *row.outliers.values()] if (records.get(k) or {}).get("error") or k not in records]
+    return values
+
+
+def mean_sd(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None with fewer than two values) of the known values."""
+    known = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not known:
+        return None, None
+    mean = sum(known) / len(known)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in known) / (len(known) - 1)) if len(known) > 1 else None
+    return mean, sd
+
+
+def row_values(row: RowSpec, records: dict, held_out: list[int]) -> dict:
+    """The numbers of one table row: per metric the mean over the row's seeds and its standard
+    deviation (``<metric>_sd``, None with one seed); None where no finished run has the value."""
+    main = [run_values(records[k], row.method) for k in row.main if k in records]
+    outs = {c: [run_values(records[k], row.method) if k in records else {} for k in keys] for c, keys in row.outliers.items()}
+    values: dict[str, Any] = dict(label=row.label, row_id=row.row_id, note=row.note, method=row.method, seeds=len(main), planned_seeds=len(row.main))
+    for metric in MAIN_METRICS:
+        values[metric], values[f"{metric}_sd"] = mean_sd([v.get(metric) for v in main])
+    first = [v for v in outs.get(held_out[0], []) if v] if held_out else []
+    for metric in ("K", "params", "top_sigma"):
+        values[f"{metric}_outliers"] = mean_sd([v.get(metric) for v in first])[0]
+    values["auroc"] = {c: mean_sd([v.get("auroc") for v in outs.get(c, [])])[0] for c in held_out}
+    values["auroc_sd"] = {c: mean_sd([v.get("auroc") for v in outs.get(c, [])])[1] for c in held_out}
+    seeds = max((len(v) for v in outs.values()), default=0)
+    for metric in OUTLIER_METRICS:
+        # per seed: the mean over the held-out classes (only when every class has its run)
+        per_seed = []
+        for j in range(seeds):
+            found = [outs[c][j].get(metric) for c in held_out if j < len(outs.get(c, [])) and outs[c][j]]
+            per_seed.append(sum(found) / len(found) if found and len(found) == len(held_out) and None not in found else None)
+        values[f"{metric}_mean"], values[f"{metric}_mean_sd"] = mean_sd(per_seed)
+    values["seconds_all_runs"] = sum((records.get(k) or {}).get("seconds", 0.0) for k in row.keys)
+    values["runs_done"], values["runs_planned"] = sum(1 for k in row.keys if k in records), len(row.keys)
+    values["failed"] = [k[1] for k in row.keys if (records.get(k) or {}).get("error")]
     return values
 
 
 def table_columns(held_out: list[int]) -> list[str]:
     return [
-        "model", "K", "params", "σ end", "K (outl.)", "params (outl.)", "σ end (outl.)", "purity", "NMI", "ARI", "Hung. acc", "clf acc",
-        "NDB/B", "JS", *[f"AUROC {c}" for c in held_out], "AUROC mean", "train s", "img/s",
+        "model", "seeds", "K", "params", "σ end", "K (outl.)", "params (outl.)", "σ end (outl.)", "purity", "NMI", "ARI", "Hung. acc", "clf acc",
+        "NDB/B", "NDB/B sharp.", "JS", *[f"AUROC {c}" for c in held_out], "AUROC mean", "AUROC sum", "AUROC cross", "AUROC noise",
+        "train s", "img/s", "runs",
     ]
+
+
+def fmt_sd(value, sd, digits: int = 3) -> str:
+    """``mean ± sd`` (the spread over seeds), or the value alone."""
+    text = fmt(value, digits)
+    return text if sd is None or text == MISSING else f"{text} ± {sd:.{digits}f}"
 
 
 def table_line(values: dict, held_out: list[int]) -> list[str]:
     seconds, rate = values["train_seconds"], values["images_per_second"]
+    v = values
     return [
-        values["label"], fmt(values["K"]), fmt(values["params"]), fmt(values["top_sigma"], 2),
-        fmt(values["K_outliers"]), fmt(values["params_outliers"]), fmt(values["top_sigma_outliers"], 2),
-        fmt(values["purity"]), fmt(values["nmi"]), fmt(values["ari"]), fmt(values["hungarian_acc"]), fmt(values["acc"]),
-        fmt(values["ndb_ratio"], 2), fmt(values["js"]), *[fmt(values["auroc"][c]) for c in held_out], fmt(values["auroc_mean"]),
-        MISSING if seconds is None else f"{seconds:.1f}" if seconds < 100 else f"{seconds:.0f}", MISSING if rate is None or not math.isfinite(rate) else f"{rate:.0f}",
+        v["label"], f"{v['seeds']}/{v['planned_seeds']}", fmt(v["K"] if v["K"] is None else int(v["K"])), fmt(v["params"] if v["params"] is None else int(v["params"])),
+        fmt(v["top_sigma"], 2), fmt(v["K_outliers"] if v["K_outliers"] is None else int(v["K_outliers"])),
+        fmt(v["params_outliers"] if v["params_outliers"] is None else int(v["params_outliers"])), fmt(v["top_sigma_outliers"], 2),
+        fmt_sd(v["purity"], v["purity_sd"]), fmt_sd(v["nmi"], v["nmi_sd"]), fmt_sd(v["ari"], v["ari_sd"]), fmt(v["hungarian_acc"]),
+        fmt_sd(v["acc"], v["acc_sd"]), fmt_sd(v["ndb_ratio"], v["ndb_ratio_sd"], 2), fmt_sd(v["ndb_sharpened"], v["ndb_sharpened_sd"], 2),
+        fmt(v["js"]), *[fmt_sd(v["auroc"][c], v["auroc_sd"][c]) for c in held_out], fmt_sd(v["auroc_mean"], v["auroc_mean_sd"]),
+        fmt_sd(v["auroc_sum_mean"], v["auroc_sum_mean_sd"]), fmt(v["auroc_cross_mean"]), fmt(v["auroc_noise_mean"]),
+        MISSING if seconds is None else f"{seconds:.1f}" if seconds < 100 else f"{seconds:.0f}",
+        MISSING if rate is None or not math.isfinite(rate) else f"{rate:.0f}", f"{v['runs_done']}/{v['runs_planned']}",
     ]
 
 
@@ -606,7 +707,7 @@ def describe_epochs(rows: list[RowSpec], records: dict, kind: str) -> str:
     for row in rows:
         if row.method == "em":
             continue
-        keys = [row.main] if kind == "main" else list(row.outliers.values())
+        keys = list(row.main) if kind == "main" else [k for keys in row.outliers.values() for k in keys]
         for key in keys:
             rec = records.get(key) or {}
             if "max_epochs" in rec:
@@ -623,12 +724,13 @@ def describe_epochs(rows: list[RowSpec], records: dict, kind: str) -> str:
 
 
 def data_description(dataset: str, rows: list[RowSpec], records: dict, preset: dict) -> str:
-    main = next((records.get(r.main) for r in rows if r.method == "sgd" and records.get(r.main, {}).get("split_sizes")), None)
+    main = next((records[k] for r in rows if r.method == "sgd" for k in r.main if (records.get(k) or {}).get("split_sizes")), None)
     parts = []
     if main:
         sizes = main["split_sizes"]
         per_epoch = main["speed"]["train_images"] / max(main["epochs"], 1) if main.get("epochs") else None
-        text = f"{sizes['train']:,} training images ({sizes['val']:,} more for validation), {sizes['test']:,} test images"
+        held_back = f" ({sizes['val']:,} more for validation)" if sizes["val"] else " (no validation split, as published)"
+        text = f"{sizes['train']:,} training images{held_back}, {sizes['test']:,} test images"
         if per_epoch is not None and per_epoch < sizes["train"]:
             text += f"; {per_epoch:,.0f} training images per epoch"
         parts.append(text)
@@ -649,6 +751,19 @@ def data_description(dataset: str, rows: list[RowSpec], records: dict, preset: d
     return "; ".join(parts)
 
 
+def verdict_rule(preset: dict) -> str:
+    from dcgmm.verdict import CLAIMS
+
+    floors = ", ".join(f"{c.label} {c.floor}" for c in CLAIMS)
+    return (
+        "Each DCGMM row against each flat GMM row of its dataset (same K; as many parameters), per claim: clustering by NMI, "
+        "sampling by NDB/B (lower is better), outlier detection by the mean AUROC. **better** / **worse**: the difference exceeds "
+        "the margin, twice the noise (standard deviations over the rows' seeds, added in quadrature) and at least a floor that "
+        f"stands in for the noise of single-seed rows ({floors}); **equal** otherwise. Nothing here was tuned on the test set: "
+        "every run uses the published settings of its experiment file."
+    )
+
+
 def write_report(report_dir: Path, preset_name: str, preset: dict, planner: Planner, records: dict, datasets: list[str], meta: dict) -> tuple[Path, Path]:
     held_out = preset["held_out"]
     columns = table_columns(held_out)
@@ -666,17 +781,29 @@ def write_report(report_dir: Path, preset_name: str, preset: dict, planner: Plan
         lines.append(f"- **data, {DATASET_TITLES.get(dataset, dataset)}**: {data_description(dataset, rows, records, preset)}")
     top_s = "the whole prior" if ndb_cfg.get("top_s") is None else f"top_s={ndb_cfg['top_s']}"
     divisor = float(ndb_cfg.get("divisor", 1.0))
-    reference = "; ".join(
-        f"{DATASET_TITLES.get(d, d)} {r['ndb_ratio']:.2f} (JS {r['js']:.3f})" for d, r in meta.get("ndb_reference", {}).items()
-    )
+    references: dict[str, dict] = {}  # NDB of real test images, as recorded with the runs
+    for spec in planner.runs.values():
+        ref = ((records.get(spec.key) or {}).get("ndb") or {}).get("reference")
+        if ref:
+            references.setdefault(spec.dataset, ref)
+    reference = "; ".join(f"{DATASET_TITLES.get(d, d)} {r['ndb_ratio']:.2f} (JS {r['js']:.3f})" for d, r in references.items())
+    seeds = "; ".join(f"{DATASET_TITLES.get(d, d)}: {', '.join(map(str, planner.seeds(d)))}" for d in datasets)
+    machines = sorted({r.get("machine") for r in records.values() if r.get("machine")})
+    sharpening = ndb_cfg.get("sharpening")
     lines += [
         f"- **NDB**: {int(ndb_cfg.get('samples', 1000)):,} samples per row (components drawn from {top_s}, standard deviations "
         + ("as learned" if divisor == 1 else f"divided by {divisor:g}")
         + f"), B = {int(ndb_cfg.get('bins', 100))} k-means bins of the training split (cached in data/cache)"
-        + (f"; for reference, {int(ndb_cfg.get('samples', 1000)):,} real test images: NDB/B {reference} (what a perfect model would score)" if reference else ""),
-        f"- **machine**: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['torch_threads']} torch thread(s); "
+        + (f"; for reference, {int(ndb_cfg.get('samples', 1000)):,} real test images: NDB/B {reference} (what a perfect model would score)" if reference else "")
+        + (f"; **NDB/B sharp.**: the same draws sharpened below every folding whose patches overlap (rate {sharpening.get('rate')}, "
+           f"{sharpening.get('iterations')} iterations, reconstruction weight {sharpening.get('reconstruction', 0.0)}; rows without such a folding: –)" if sharpening else ""),
+        f"- **seeds** of the SGD rows (the table shows mean ± standard deviation over them): {seeds}; EM: one fit (seed 0)",
+        f"- **machine**: the runs ran on {', '.join(machines) if machines else meta['machine']['cpu']}; this report: {meta['machine']['cpu']}, "
+        f"{meta['machine']['cores']} cores, {meta['machine']['torch_threads']} torch thread(s); "
         f"torch {meta['machine']['torch']}, lightning {meta['machine']['lightning']}, scikit-learn {meta['machine']['sklearn']}, Python {meta['machine']['python']}",
-        f"- **date**: {meta['date']}; **total wall time**: {meta['wall_seconds'] / 60:.1f} min ({meta['wall_seconds']:.0f} s)",
+        f"- **progress**: {meta['finished']} of {meta['planned']} runs finished (records in `{Path(meta['records_dir']).relative_to(ROOT) if Path(meta['records_dir']).is_relative_to(ROOT) else meta['records_dir']}`; "
+        f"`--resume` continues); training and evaluation time in the records: {sum(r.get('seconds', 0.0) for r in records.values()) / 3600:.2f} h",
+        f"- **date**: {meta['date']}; wall time of this call: {meta['wall_seconds'] / 60:.1f} min",
         "",
     ]
     json_rows: dict[str, list[dict]] = {}
@@ -685,6 +812,9 @@ def write_report(report_dir: Path, preset_name: str, preset: dict, planner: Plan
         values = [row_values(r, records, held_out) for r in rows]
         json_rows[dataset] = values
         lines += [f"## {DATASET_TITLES.get(dataset, dataset)}", "", markdown_table(columns, [table_line(v, held_out) for v in values]), ""]
+    lines += ["## Verdict", "", verdict_rule(preset), ""]
+    for dataset in datasets:
+        lines += verdict_markdown(DATASET_TITLES.get(dataset, dataset), json_rows[dataset])
     lines += [
         "## Columns",
         "",
@@ -699,7 +829,11 @@ def write_report(report_dir: Path, preset_name: str, preset: dict, planner: Plan
         "- **NDB/B**, **JS**: share of statistically different bins (two-proportion z-test, alpha 0.05) and Jensen-Shannon "
         "divergence (nats) between the bin histograms of the samples and of the training split (lower is better).",
         "- **AUROC c**: outlier detection, trained without class c, its test images against the test inliers, scored by the "
-        "top GMM layer's objective (EM: log-likelihood); exact ROC AUC; **AUROC mean** over the held-out classes shown.",
+        "top GMM layer's objective (outlier.score=top, as published; EM: log-likelihood); exact ROC AUC; **AUROC mean** over the "
+        "held-out classes shown; **AUROC sum**: the same runs scored by the sum of every GMM layer's objective (outlier.score=sum); "
+        "**AUROC cross**: the same models, the other dataset's 10,000 test images (MNIST <-> FashionMNIST) against the same inliers; "
+        "**AUROC noise**: 10,000 uniform-noise images against the same inliers (both by the top layer's objective).",
+        "- **seeds**: finished seeds / planned seeds of the row's runs on all classes; **runs**: finished / planned runs of the row.",
         "- **train s**: wall time of `trainer.fit` of the run on all classes (training, validation, checkpointing); **img/s**: "
         "training images per second of SGD step time. EM: fit and scoring time; img/s = EM iterations x images / s.",
         "",
@@ -725,8 +859,9 @@ def write_report(report_dir: Path, preset_name: str, preset: dict, planner: Plan
     js = report_dir / f"{preset_name}.json"
     payload = dict(
         preset=preset_name, settings=preset, meta=meta, columns=columns, rows=json_rows, notes=planner.notes,
-        runs=[dict(dataset=s.dataset, name=s.name, kind=s.kind, method=s.method, experiment=s.experiment, overrides=s.overrides,
-                   held_out=s.held_out, planned_K=s.K, planned_params=s.params, **(records.get(k) or {})) for k, s in planner.runs.items()],
+        runs=[{**(records.get(k) or {}), **dict(dataset=s.dataset, name=s.name, kind=s.kind, method=s.method, experiment=s.experiment,
+                                                 overrides=s.overrides, held_out=s.held_out, seed=s.seed, planned_K=s.K, planned_params=s.params,
+                                                 finished=k in records)} for k, s in planner.runs.items()],
     )
     js.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
     return md, js
@@ -779,9 +914,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         report_dir = Path(args.out).resolve()
         runs_dir = report_dir / "runs"
+        records_dir = report_dir / "records"
     else:
         report_dir = ROOT / ("logs/results/tiny" if args.preset == "tiny" else "results")
         runs_dir = ROOT / "logs" / "results" / args.preset if args.preset != "tiny" else report_dir / "runs"
+        records_dir = (ROOT / "results" / "runs" / args.preset) if args.preset != "tiny" else report_dir / "records"
     if args.preset == "tiny" and report_dir == (ROOT / "results").resolve():
         print("error: the tiny preset never writes to results/; pass another --out folder", file=sys.stderr)
         return 2
@@ -798,12 +935,61 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         with threadpool_limits(limits=args.threads):
-            return run(args, preset, datasets, report_dir, runs_dir, wall_start)
+            return run(args, preset, datasets, report_dir, runs_dir, wall_start, records_dir)
     finally:
         torch.set_num_threads(threads_before)  # main() may run inside another program (tests)
 
 
-def run(args, preset: dict, datasets: list[str], report_dir: Path, runs_dir: Path, wall_start: float) -> int:
+class RecordError(ValueError):
+    """A run record that cannot be mixed into this table (one-line message naming the file)."""
+
+
+def record_path(records_dir: Path, spec: RunSpec) -> Path:
+    return records_dir / spec.dataset / f"{spec.name}.json"
+
+
+def load_records(planner: Planner, records_dir: Path, preset_name: str, preset: dict, resume: bool) -> dict[tuple[str, str], dict]:
+    """The finished records of the planned runs, checked before anything trains.
+
+    Every record file below ``records_dir`` must come from this preset and this record version;
+    a planned run's record must have been made with the run's settings (its key). Without
+    ``resume`` no record may exist yet (nothing on disk is overwritten). Records of failed runs
+    are not returned: those runs are trained again.
+    """
+    planned = {record_path(records_dir, spec): spec for spec in planner.runs.values()}
+    records: dict[tuple[str, str], dict] = {}
+    found = sorted(records_dir.rglob("*.json")) if records_dir.exists() else []
+    if found and not resume:
+        raise RecordError(
+            f"{records_dir} already holds {len(found)} run record(s) (e.g. {found[0]}); pass --resume to continue from them, "
+            "or move the folder away to start over"
+        )
+    for path in found:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise RecordError(f"{path}: not a readable run record ({type(err).__name__}); move it away and rerun") from None
+        version, origin = record.get("record_version"), record.get("preset")
+        if version != RECORD_VERSION:
+            raise RecordError(
+                f"{path}: written by another code version (record version {version}, this code writes {RECORD_VERSION}); "
+                "move it away so that the run is trained again"
+            )
+        if origin != preset_name:
+            raise RecordError(f"{path}: a record of preset {origin!r}, not {preset_name!r}; move it to results/runs/{origin}/ or away")
+        spec = planned.get(path)
+        if spec is None:
+            continue  # a run this plan does not need (e.g. --datasets mnist): kept, not used
+        if record.get("key") != run_key(spec, preset):
+            raise RecordError(f"{path}: made with other settings than the run planned now (overrides, K or preset values changed); move it away to train it again")
+        if not record.get("error"):
+            records[spec.key] = record
+    return records
+
+
+def run(args, preset: dict, datasets: list[str], report_dir: Path, runs_dir: Path, wall_start: float, records_dir: Path) -> int:
+    from dcgmm.data.sources import atomic_file
+
     compose = Composer(runs_dir)
     planner = Planner(preset, compose, list(args.overrides))
     log.info(f"preset {args.preset}: planning {', '.join(datasets)} (building the models to count parameters)")
@@ -813,29 +999,42 @@ def run(args, preset: dict, datasets: list[str], report_dir: Path, runs_dir: Pat
     if args.dry_run:
         dry_run(planner, compose)
         return 0
+    try:
+        records = load_records(planner, records_dir, args.preset, preset, args.resume or args.report_only)
+    except RecordError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
+    specs = planner.ordered_runs()
+    todo = [spec for spec in specs if spec.key not in records]
+    log.info(f"{len(specs)} runs, {len(specs) - len(todo)} finished ({records_dir}), outputs in {runs_dir}")
     data_dir = Path(compose(planner.sgd_overrides(FLAT_MAIN_BASE, datasets[0], "main", [])).paths.data_dir)
     ndb = NDBCache(preset["ndb"], data_dir)
-    records: dict[tuple[str, str], dict] = {}
-    specs = list(planner.runs.values())
-    log.info(f"{len(specs)} runs, outputs in {runs_dir}")
 
-    for i, spec in enumerate(specs, 1):
+    def report() -> tuple[Path, Path]:
+        meta = dict(
+            command=args.command.strip(),
+            date=dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            wall_seconds=time.perf_counter() - wall_start,
+            machine=machine_info(args.threads),
+            datasets=datasets,
+            runs_dir=str(runs_dir),
+            records_dir=str(records_dir),
+            finished=sum(1 for spec in specs if spec.key in records),
+            planned=len(specs),
+        )
+        return write_report(report_dir, args.preset, preset, planner, records, datasets, meta)
+
+    deadline = None if args.max_hours is None else wall_start + 3600.0 * args.max_hours
+    failed = 0
+    for i, spec in enumerate([] if args.report_only else todo, 1):
+        if deadline is not None and time.perf_counter() > deadline:
+            log.info(f"--max-hours={args.max_hours} reached: {len(todo) - i + 1} run(s) left for the next --resume")
+            break
         run_dir = runs_dir / spec.dataset / spec.name
-        key = run_key(spec, preset)
-        saved = run_dir / "run.json"
-        if args.resume and saved.exists():
-            try:
-                previous = json.loads(saved.read_text())
-            except (OSError, ValueError):
-                previous = {}
-            if previous.get("key") == key and not previous.get("error"):
-                records[spec.key] = previous
-                log.info(f"[{i}/{len(specs)}] {spec.dataset} {spec.name}: reused {saved}")
-                continue
         if run_dir.exists():
             shutil.rmtree(run_dir)
-        log.info(f"[{i}/{len(specs)}] {spec.dataset} {spec.name} ({spec.method}, {spec.kind}, K={spec.K}" + (f", held out {spec.held_out}" if spec.held_out is not None else "") + ")")
+        log.info(f"[{i}/{len(todo)}] {spec.dataset} {spec.name} ({spec.method}, {spec.kind}, K={spec.K}" + (f", held out {spec.held_out}" if spec.held_out is not None else "") + ")")
         try:
             if spec.method == "sgd":
                 record = run_sgd(spec, run_dir, compose, ndb, preset["ndb"])
@@ -848,26 +1047,23 @@ def run(args, preset: dict, datasets: list[str], report_dir: Path, runs_dir: Pat
             message = str(err).strip().splitlines()[0] if str(err).strip() else ""
             record = dict(error=f"{type(err).__name__}: {message}")
             log.error(f"    failed: {record['error']}")
-        record["key"] = key
-        records[spec.key] = record
-        run_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+            failed += 1
+        record.update(
+            record_version=RECORD_VERSION, preset=args.preset, key=run_key(spec, preset), dataset=spec.dataset, name=spec.name,
+            seed=spec.seed, finished=dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), machine=machine_info(args.threads)["cpu"],
+        )
+        path = record_path(records_dir, spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as out:  # a stop mid-write leaves no half record
+            out.write((json.dumps(record, indent=2, default=_json_default) + "\n").encode())
         if not record.get("error"):
+            records[spec.key] = record
             log.info("    " + summary_line(record))
+        md, js = report()  # after every run: the table so far
         gc.collect()
-
-    meta = dict(
-        command=args.command.strip(),
-        date=dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        wall_seconds=time.perf_counter() - wall_start,
-        machine=machine_info(args.threads),
-        datasets=datasets,
-        runs_dir=str(runs_dir),
-        ndb_reference=ndb.reference,
-    )
-    md, js = write_report(report_dir, args.preset, preset, planner, records, datasets, meta)
-    failed = sum(1 for r in records.values() if r.get("error"))
-    log.info(f"wrote {md} and {js} ({meta['wall_seconds'] / 60:.1f} min" + (f"; {failed} failed run(s)" if failed else "") + ")")
+    md, js = report()
+    left = sum(1 for spec in specs if spec.key not in records)
+    log.info(f"wrote {md} and {js}: {len(specs) - left} of {len(specs)} runs finished" + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
 
 

@@ -1,0 +1,134 @@
+"""Plain-words verdicts on the paper's claims from the rows of a results table.
+
+The paper claims that DCGMMs beat flat GMMs at clustering, sampling and outlier detection. For
+every DCGMM row of a dataset and every flat-GMM row compared with it (the same top-layer K, and
+about as many parameters), each claim gets one word:
+
+* **better** / **worse**: the DCGMM's value differs from the flat GMM's by more than the margin,
+  in the claim's good / bad direction;
+* **equal**: the difference lies within the margin;
+* **not measured**: a value is missing (a run has not finished or does not exist).
+
+The margin is twice the noise of the difference, ``2 * sqrt(sd_dcgmm^2 + sd_flat^2)`` with the
+standard deviations over each row's seeds, but never less than the claim's floor (:data:`CLAIMS`),
+which stands in for the noise where a row has a single seed. The metrics:
+
+* clustering: NMI of the top GMM layer's clusters against the labels (higher is better);
+* sampling: NDB/B of samples from the whole prior (lower is better);
+* outlier detection: AUROC of the held-out class(es) by the top layer's objective (higher is better).
+
+A row is a mapping as written by ``scripts/results_table.py`` (``row_values``): ``row_id``
+(``"dcgmm2"`` for a DCGMM row, ``"flat_same_k:dcgmm2"`` / ``"flat_same_params:dcgmm2"`` for its
+flat GMMs), ``label``, and per metric its mean and ``<metric>_sd``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = ["CLAIMS", "Claim", "Comparison", "compare", "verdicts", "verdict_markdown"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    name: str  # "clustering", ...
+    metric: str  # key in a row
+    label: str  # how the metric is named in the text
+    sign: int  # +1: higher is better, -1: lower is better
+    floor: float  # smallest margin (stands in for the noise of single-seed rows)
+
+
+CLAIMS = (
+    Claim("clustering", "nmi", "NMI", +1, 0.01),
+    Claim("sampling", "ndb_ratio", "NDB/B", -1, 0.05),
+    Claim("outlier detection", "auroc_mean", "AUROC", +1, 0.005),
+)
+COMPARED = (("flat_same_k", "the flat GMM with the same K"), ("flat_same_params", "the flat GMM with as many parameters"))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    claim: Claim
+    verdict: str  # better | equal | worse | not measured
+    dcgmm: float | None = None
+    flat: float | None = None
+    margin: float | None = None
+    seeds: tuple[int, int] = (0, 0)
+
+    @property
+    def difference(self) -> float | None:
+        return None if self.dcgmm is None or self.flat is None else self.dcgmm - self.flat
+
+    def text(self) -> str:
+        if self.verdict == "not measured":
+            return f"{self.claim.name}: not measured yet"
+        seeds = f"seeds {self.seeds[0]} and {self.seeds[1]}"
+        return (
+            f"{self.claim.name} **{self.verdict}** ({self.claim.label} {self.dcgmm:.3f} vs {self.flat:.3f}, "
+            f"difference {self.difference:+.3f}, margin {self.margin:.3f}; {seeds})"
+        )
+
+
+def _known(value) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+def compare(dcgmm: Mapping, flat: Mapping, claim: Claim) -> Comparison:
+    """One claim for one pair of rows (see the module docstring for the rule)."""
+    a, b = dcgmm.get(claim.metric), flat.get(claim.metric)
+    if not (_known(a) and _known(b)):
+        return Comparison(claim, "not measured")
+    sd_a, sd_b = dcgmm.get(f"{claim.metric}_sd"), flat.get(f"{claim.metric}_sd")
+    noise = math.sqrt((sd_a or 0.0) ** 2 + (sd_b or 0.0) ** 2)
+    margin = max(2.0 * noise, claim.floor)
+    gain = claim.sign * (float(a) - float(b))
+    verdict = "better" if gain > margin else "worse" if gain < -margin else "equal"
+    return Comparison(claim, verdict, float(a), float(b), margin, (int(dcgmm.get("seeds") or 0), int(flat.get("seeds") or 0)))
+
+
+def verdicts(rows: Sequence[Mapping]) -> list[tuple[Mapping, Mapping, str, list[Comparison]]]:
+    """``(DCGMM row, flat row, what the flat row is, comparisons per claim)`` for one dataset."""
+    by_id = {row["row_id"]: row for row in rows}
+    out = []
+    for row in rows:
+        if ":" in row["row_id"] or row.get("method") != "sgd":
+            continue  # flat GMM and EM rows are what DCGMM rows are compared with
+        for prefix, what in COMPARED:
+            flat = by_id.get(f"{prefix}:{row['row_id']}")
+            if flat is not None:
+                out.append((row, flat, what, [compare(row, flat, claim) for claim in CLAIMS]))
+    return out
+
+
+def verdict_markdown(dataset_title: str, rows: Sequence[Mapping]) -> list[str]:
+    """Markdown lines: a summary per claim, then every comparison with its numbers."""
+    found = verdicts(rows)
+    if not found:
+        return [f"### {dataset_title}", "", "No DCGMM row with a flat GMM to compare.", ""]
+    lines = [f"### {dataset_title}", ""]
+    for index, claim in enumerate(CLAIMS):
+        words = [comparisons[index].verdict for _, _, _, comparisons in found]
+        measured = [w for w in words if w != "not measured"]
+        if not measured:
+            summary = "not measured yet"
+        else:
+            counts = {w: measured.count(w) for w in ("better", "equal", "worse")}
+            if counts["better"] == len(measured):
+                head = "DCGMM better than the flat GMM in every comparison"
+            elif counts["worse"] == len(measured):
+                head = "DCGMM worse than the flat GMM in every comparison: the claim does not hold here"
+            elif counts["better"] == 0 and counts["worse"] == 0:
+                head = "DCGMM and the flat GMM equal within the noise"
+            else:
+                head = "mixed"
+            summary = f"{head} ({counts['better']} better, {counts['equal']} equal, {counts['worse']} worse of {len(measured)} measured" + (
+                f"; {len(words) - len(measured)} not measured yet)" if len(measured) < len(words) else ")"
+            )
+        lines.append(f"- **{claim.name.capitalize()}** ({claim.label}): {summary}.")
+    lines.append("")
+    for row, flat, what, comparisons in found:
+        lines.append(f"- {row['label']} against {what} ({flat['label']}): " + "; ".join(c.text() for c in comparisons) + ".")
+    lines.append("")
+    return lines
