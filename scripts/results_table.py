@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Regenerate the paper's comparison (DCGMM against flat GMMs and scikit-learn's EM) as tables.
 
-    python scripts/results_table.py --preset small            # -> results/RESULTS.md, results/small.json
+    python scripts/results_table.py --preset full --resume    # the published protocol -> results/RESULTS.md, results/full.json
+    python scripts/results_table.py --preset small            # -> results/small/RESULTS.md, results/small/small.json
     python scripts/results_table.py --preset small --dry-run  # the plan and a time estimate, no training
     python scripts/results_table.py --preset tiny --out /tmp/table
     python scripts/results_table.py --preset full trainer=gpu # extra Hydra overrides for every run
@@ -19,11 +20,18 @@ on top of each run's experiment config. For every dataset and every DCGMM topolo
   built models, K the nearest perfect square, as the annealing grid needs);
 * ``em_same_k``: ``dcgmm.baselines.em_baseline`` (scikit-learn EM, diagonal) with the same K.
 
-Every training run composes ``conf/train.yaml`` with Hydra's compose API and calls
-``dcgmm.tasks.train``; its outputs (checkpoint, CSV log, ROC curve, sample grid, ``run.json``)
-go to ``<runs>/<dataset>/<run>/`` (``logs/results/<preset>/`` or ``<out>/runs/``). The report is
-``RESULTS.md`` and ``<preset>.json`` in ``results/`` (``--out`` folder instead when given; the
-``tiny`` preset never writes to ``results/``).
+Every SGD row runs once per seed of its dataset (``seeds`` in the preset; the table shows mean ±
+standard deviation). Every training run composes ``conf/train.yaml`` with Hydra's compose API and
+calls ``dcgmm.tasks.train``; its outputs (checkpoint, CSV log, ROC curve, sample grids) go to
+``<runs>/<dataset>/<run>/`` (``logs/results/<preset>/`` or ``<out>/runs/``). Its numbers go to a
+run record, ``results/runs/<preset>/<dataset>/<run>.json`` (``<out>/records/`` with ``--out``),
+written when the run finishes and meant to be committed: ``--resume`` skips the runs whose records
+exist, so a long protocol continues across sessions and machines, and refuses, with a one-line
+error naming the file, a record of another record version (:data:`RECORD_VERSION`), another
+preset or other settings. The report (``RESULTS.md`` with its verdict section, and
+``<preset>.json``) is rewritten after every run: ``results/`` for the published protocol
+(``full``), ``results/<preset>/`` for the others, the ``--out`` folder when given (the ``tiny``
+preset never writes to ``results/``). ``--report-only`` rewrites it from the records alone.
 
 By default torch uses one thread (``--threads``): on a shared CPU, two threads that wait for each
 other at every small matrix product are many times slower than one.
@@ -311,10 +319,16 @@ class Planner:
 
     def ordered_runs(self) -> list[RunSpec]:
         """The runs in the order they are trained: every row's first seed before any second seed,
+        and within a seed the runs on all classes (clustering, samples) before the outlier runs,
         so that an interrupted table has each row once before it has its noise."""
         specs = list(self.runs.values())
         rank = {dataset: seeds for dataset, seeds in self.preset["seeds"].items()}
-        return sorted(specs, key=lambda spec: 0 if spec.seed is None else rank.get(spec.dataset, DEFAULT_SEEDS).index(spec.seed))
+
+        def order(spec: RunSpec) -> tuple[int, int]:
+            seed_rank = 0 if spec.seed is None else rank.get(spec.dataset, DEFAULT_SEEDS).index(spec.seed)
+            return seed_rank, 0 if spec.kind == "main" else 1
+
+        return sorted(specs, key=order)
 
 
 # ---------------------------------------------------------------------------------- measurements
@@ -916,7 +930,8 @@ def main(argv: list[str] | None = None) -> int:
         runs_dir = report_dir / "runs"
         records_dir = report_dir / "records"
     else:
-        report_dir = ROOT / ("logs/results/tiny" if args.preset == "tiny" else "results")
+        # the published protocol is the table of record (results/RESULTS.md); other presets beside it
+        report_dir = ROOT / ("logs/results/tiny" if args.preset == "tiny" else "results" if args.preset == "full" else f"results/{args.preset}")
         runs_dir = ROOT / "logs" / "results" / args.preset if args.preset != "tiny" else report_dir / "runs"
         records_dir = (ROOT / "results" / "runs" / args.preset) if args.preset != "tiny" else report_dir / "records"
     if args.preset == "tiny" and report_dir == (ROOT / "results").resolve():

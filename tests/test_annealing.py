@@ -1,4 +1,4 @@
-"""Smoothing kernel and annealing schedule (spec section 2)."""
+"""Smoothing kernel and annealing schedule (docs/design.md section 2)."""
 
 import math
 

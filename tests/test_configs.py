@@ -134,3 +134,31 @@ def test_testing_after_training_uses_the_final_epoch(train_cfg):
                     "+trainer.limit_test_batches=2", "logger=csv", "callbacks.sample_images.every_n_epochs=10")
     _, objects = train(cfg)
     assert objects["trainer"].checkpoint_callback.best_model_path.endswith("epoch_001.ckpt")
+
+
+PUBLISHED = {  # letter: (model config, epochs, classifier input layer, classifier lr), bash/DCGMM-<letter>.bash
+    "A": ("flat_gmm", 40, None, 0.01), "B": ("dcgmm2", 25, None, 0.01), "C": ("dcgmm2_pool", 50, 2, 0.05),
+    "D": ("dcgmm3_pool", 25, 2, 0.05), "E": ("dcgmm3", 45, 3, 0.05), "F": ("dcgmm4", 30, None, 0.01), "G": ("dcgmm4_pool", 30, 4, 0.05),
+}
+
+
+@pytest.mark.parametrize("letter", sorted(PUBLISHED))
+def test_parity_presets_are_the_published_runs(train_cfg, letter):
+    model, epochs, reads, lr = PUBLISHED[letter]
+    cfg = train_cfg(f"experiment=parity_{letter}")
+    assert cfg.data.val_size == 0 and cfg.data.batch_size == 100 and cfg.trainer.max_epochs == epochs
+    assert cfg.hydra.runtime.choices.model == model
+    layers = cfg.model.layers
+    assert all(layer.get("wait", 0.0) == 0.0 for layer in layers)  # the published files never wait
+    classifier = layers[-1]
+    assert classifier.kind == "classifier" and classifier.input_layer == reads and classifier.lr == lr
+    stack = instantiate(cfg.model).stack
+    assert stack.classifier.input_layer == (stack.top_gmm.index if reads is None else reads)
+
+
+@needs_mnist
+def test_parity_preset_fast_dev_run_uses_every_training_image(train_cfg):
+    cfg = train_cfg("experiment=parity_B", "++trainer.fast_dev_run=true", "logger=csv")
+    metrics, objects = train(cfg)
+    assert objects["datamodule"].split_sizes()["train"] == 60_000 and objects["datamodule"].split_sizes()["val"] == 0
+    assert "test/cluster/nmi" in metrics and "test/acc" in metrics

@@ -75,7 +75,7 @@ def test_patchwise_shared_matches_sklearn_on_sliced_patches():
 
 
 def test_log_score_hand_computed():
-    """One component, two dims: the spec formula by hand."""
+    """One component, two dims: the log-score formula (docs/design.md section 1.2) by hand."""
     layer = GMMLayer((2, 1, 1), K=1, anneal=False)
     with torch.no_grad():
         layer.means.copy_(torch.tensor([[[0.5, -1.0]]]))

@@ -13,7 +13,7 @@ from dcgmm.model import DCGMM
 from dcgmm.module import DCGMMModule
 from tests.conftest import CONFIG_DIR
 
-# spec section 5: (layer kind, output C x H x W) for every layer, input 1 x 28 x 28
+# docs/design.md section 5: (layer kind, output C x H x W) for every layer, input 1 x 28 x 28
 SPEC_SHAPES = {
     "flat_gmm": [("folding", (784, 1, 1)), ("gmm", (25, 1, 1)), ("classifier", (10, 1, 1))],
     "dcgmm2": [("folding", (64, 11, 11)), ("gmm", (49, 11, 11)), ("folding", (49 * 121, 1, 1)), ("gmm", (36, 1, 1)), ("classifier", (10, 1, 1))],

@@ -1,4 +1,4 @@
-"""Annealing of the max-component objective (spec section 2).
+"""Annealing of the max-component objective (docs/design.md section 2).
 
 Two small pieces, one GMM layer each:
 
@@ -88,7 +88,7 @@ class AnnealingSchedule:
     a loss to minimise and an objective to maximise.
 
     Args:
-        sigma0: start value of sigma (spec: ``0.25 * sqrt(2K)``; see :meth:`default_sigma0`).
+        sigma0: start value of sigma (``0.25 * sqrt(2K)``; see :meth:`default_sigma0`).
         lr0, lr_min: start and floor of the layer's learning rate.
         sigma_min: floor of sigma (0.01: the smoothing kernel is then the identity).
         gamma: shrink factor (0.9). window: steps per window (100). delta: threshold (0.05).
@@ -128,7 +128,7 @@ class AnnealingSchedule:
 
     @staticmethod
     def default_sigma0(num_components: int) -> float:
-        """Spec start value ``0.25 * sqrt(2K)``."""
+        """Start value (docs/design.md section 2) ``0.25 * sqrt(2K)``."""
         return 0.25 * math.sqrt(2.0 * num_components)
 
     def step(self, loss: torch.Tensor | float, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> bool:

@@ -757,7 +757,7 @@ class DCGMMEstimator:
         return tensor
 
     def inpaint(self, X, mask="right_half", *, layer: int | None = None, seed: int | None = None, **options: Any) -> torch.Tensor:
-        """Fill the missing pixels of images by variant generation (spec section 3).
+        """Fill the missing pixels of images by variant generation (docs/design.md section 3).
 
         Args:
             X: images.

@@ -1,4 +1,4 @@
-"""scikit-learn EM baseline for the flat GMM (spec section 4): ``GaussianMixture(K, "diag")``.
+"""scikit-learn EM baseline for the flat GMM (docs/design.md section 4): ``GaussianMixture(K, "diag")``.
 
 Fits on the training pixels (``u8 / 255``, flattened to 784 values) of the classes a DCGMM run
 would train on, then reports the same protocols as the DCGMM evaluation:

@@ -1,6 +1,6 @@
 """The evaluation task: test metrics of a trained checkpoint (``python evaluate.py ckpt_path=...``).
 
-Metrics (spec section 4), all on the test split of ``data`` (``data.classes`` applies):
+Metrics (docs/design.md section 4), all on the test split of ``data`` (``data.classes`` applies):
 
 * from the module: ``test/loss`` (sum over GMM layers of minus each layer's mean objective; for a
   stack with one GMM layer, e.g. the flat GMM, the top layer's loss), ``test/L<i>_gmm/loss`` per

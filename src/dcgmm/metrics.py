@@ -1,6 +1,6 @@
 """Evaluation metrics as torchmetrics objects (accumulate over batches, synchronise under DDP).
 
-* :class:`ClusteringScores`: label-based scores of a clustering (spec section 4): cluster purity,
+* :class:`ClusteringScores`: label-based scores of a clustering (docs/design.md section 4): cluster purity,
   normalised mutual information (NMI), adjusted Rand index (ARI) and the accuracy under the best
   one-to-one matching of clusters to classes (Hungarian matching).
 * :func:`auroc_metric`: torchmetrics' ``BinaryAUROC``, exact and on raw scores (no sigmoid);

@@ -8,7 +8,7 @@ that layer's parameters, e.g. the flat GMM::
 GMM layers take unset parameters from ``gmm_defaults`` (the model-wide ``K``, ``lr``, ...), so a
 model-wide override reaches every layer that does not set the value itself.
 
-Training is layer-local (spec section 2): each GMM layer sees a detached input, so one backward
+Training is layer-local (docs/design.md section 2): each GMM layer sees a detached input, so one backward
 pass of the summed losses gives every layer exactly the gradient of its own loss.
 """
 

@@ -1,4 +1,4 @@
-"""NDB: number of statistically different bins (Richardson & Weiss, NeurIPS 2018), spec section 4.
+"""NDB: number of statistically different bins (Richardson & Weiss, NeurIPS 2018), docs/design.md section 4.
 
 The training images are binned by k-means into ``B`` cells (Voronoi cells of the centroids).
 A batch of samples is assigned to the same cells; a bin is "different" when a two-proportion

@@ -1,4 +1,4 @@
-"""Top-down sampling from a DCGMM stack, with sharpening (spec section 3).
+"""Top-down sampling from a DCGMM stack, with sharpening (docs/design.md section 3).
 
 The sampler runs the layers' ``top_down`` methods from a chosen top layer down to the pixels:
 a GMM layer draws a component per position (top-S of its prior) and a Gaussian sample in its
@@ -25,7 +25,7 @@ from dcgmm.model import DCGMM
 
 @dataclass
 class SharpeningOptions:
-    """Gradient-ascent sharpening below folding layers (spec section 3).
+    """Gradient-ascent sharpening below folding layers (docs/design.md section 3).
 
     Attributes:
         enabled: run sharpening at all.

@@ -1,4 +1,4 @@
-"""Per-image scores of a trained DCGMM stack, read from its top GMM layer (spec section 4).
+"""Per-image scores of a trained DCGMM stack, read from its top GMM layer (docs/design.md section 4).
 
 * typicality: the top GMM layer's objective per image (mean over its positions; the annealed
   max-component bound, or the exact log-sum-exp for ``loss: logsumexp``). Higher = more typical;

@@ -1,4 +1,4 @@
-"""Lightning callbacks of the evaluation protocols (spec section 4).
+"""Lightning callbacks of the evaluation protocols (docs/design.md section 4).
 
 * :class:`TopLayerMetrics`: clustering scores of the top GMM layer and its loss (``test/cluster/*``,
   ``test/top/loss``); used by ``evaluate.py``, and in training with ``'callbacks=[default,top_layer]'``.

@@ -1,4 +1,4 @@
-"""Outlier detection (spec section 4): score the held-out class(es), or another dataset, against
+"""Outlier detection (docs/design.md section 4): score the held-out class(es), or another dataset, against
 the test inliers by the top GMM layer's objective and report the exact ROC AUC.
 
 Protocol (``experiment=outliers_mnist``): train on every class but the held-out ones (the config

@@ -1,4 +1,4 @@
-"""Linear classifier layer (spec section 1.4): an optional top that reads any lower layer."""
+"""Linear classifier layer (docs/design.md section 1.4): an optional top that reads any lower layer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Folding layer: a convolution without weights (im2col), spec section 1.1."""
+"""Folding layer: a convolution without weights (im2col), docs/design.md section 1.1."""
 
 from __future__ import annotations
 

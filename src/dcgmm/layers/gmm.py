@@ -1,11 +1,11 @@
-"""GMM layer: a diagonal Gaussian mixture at every position of its input (spec section 1.2).
+"""GMM layer: a diagonal Gaussian mixture at every position of its input (docs/design.md section 1.2).
 
 Notation: ``N`` images, ``D`` input channels (the dimension of one Gaussian), ``H x W``
 positions, ``P = H*W``, ``K`` components. Parameters live in "position groups" ``G``:
 ``G = 1`` in shared ("conv") mode, one parameter set for all positions; ``G = P`` in
 independent mode, one set per position.
 
-Parameters (the spec's names in brackets):
+Parameters (docs/design.md's names in brackets):
     mixture_logits [xi]  (G, K)     pi = softmax(xi)
     means          [mu]  (G, K, D)
     inv_std        [s]   (G, K, D)  s = 1/std = sqrt(diagonal precision), kept in
@@ -57,7 +57,7 @@ class GMMLayer(Layer):
         precision_max: largest allowed precision ``s^2``; ``1/precision_max`` is the variance floor.
         inv_std_min: positive floor of ``s`` (see module docstring).
         lr, lr_min, lambda_mu, lambda_sigma, lambda_pi, sigma0, sigma_min, gamma, window,
-        delta, wait: how the layer learns (spec section 2); read by the training module.
+        delta, wait: how the layer learns (docs/design.md section 2); read by the training module.
     """
 
     kind = "gmm"
@@ -141,7 +141,7 @@ class GMMLayer(Layer):
 
     # ----------------------------------------------------------------------------- parameters
     def reset_parameters(self) -> None:
-        """Spec initialisation: uniform pi, mu ~ U(-mu_init, mu_init), s = sqrt(precision_max)."""
+        """Initialisation (docs/design.md section 1.2): uniform pi, mu ~ U(-mu_init, mu_init), s = sqrt(precision_max)."""
         with torch.no_grad():
             self.mixture_logits.zero_()
             self.means.uniform_(-self.mu_init, self.mu_init)
@@ -180,7 +180,7 @@ class GMMLayer(Layer):
         return self.inv_std.detach().pow(-2)
 
     def parameter_groups(self) -> list[tuple[str, list[nn.Parameter], float]]:
-        """``(name, params, lr factor)`` for SGD: the lambda factors of the spec, times ``P`` in
+        """``(name, params, lr factor)`` for SGD: the lambda factors (docs/design.md section 2), times ``P`` in
         independent mode so per-position parameters learn as fast as shared ones."""
         scale = float(self.P) if self.mode == "independent" else 1.0
         return [
@@ -310,7 +310,7 @@ class GMMLayer(Layer):
         return x.transpose(1, 2).reshape(n, *self.in_shape)
 
     def flops_per_image(self) -> int:
-        return 4 * self.P * self.K * self.D  # two products of (P, D) x (D, K), spec section 6
+        return 4 * self.P * self.K * self.D  # two products of (P, D) x (D, K), docs/design.md section 6
 
     def extra_repr(self) -> str:
         return f"K={self.K}, mode={self.mode}, loss={self.loss_kind}, " + super().extra_repr()

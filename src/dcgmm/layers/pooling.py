@@ -1,4 +1,4 @@
-"""Max-pooling layer over the responsibility channels (spec section 1.3)."""
+"""Max-pooling layer over the responsibility channels (docs/design.md section 1.3)."""
 
 from __future__ import annotations
 
