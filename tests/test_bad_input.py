@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from dcgmm.data import DataError
 from dcgmm.errors import ConfigError
@@ -25,6 +26,8 @@ needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST c
         ("data.classes=[1,12]", DataError, r"12"),
         ("data.local_dir=/nonexistent/mnist", DataError, r"/nonexistent/mnist"),
         ("model.layers=[]", ConfigError, r"no layers"),
+        ("+trainer.precision=bf16-true", ConfigError, r"trainer.precision=bf16-true is not supported.*32-true, 32, 64-true, 64, 16-mixed, bf16-mixed"),
+        ("+trainer.precision=16-true", ConfigError, r"trainer.precision=16-true is not supported"),
     ],
 )
 def test_bad_config_fails_before_training(train_cfg, tmp_path, override, error, match):
@@ -60,3 +63,20 @@ def test_cli_prints_one_line_error_and_exits_2(tmp_path, override):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and override.split("=")[1] in last
     assert "Traceback" not in result.stderr
+
+
+@needs_mnist
+@pytest.mark.parametrize("precision", ["64-true", "bf16-mixed"])
+def test_training_in_64_bit_and_mixed_precision_runs_through_sigma_changes(train_cfg, precision):
+    """64-true: the smoothing kernel rebuilt at a sigma change stays float64; bf16-mixed: the GMM
+    log-scores stay float32 (docs/design.md section 2). Windows of 3 steps force sigma changes."""
+    cfg = train_cfg(
+        "model=dcgmm2", f"+trainer.precision={precision}", "logger=csv", "test=false", "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=30", "+trainer.limit_val_batches=1", "+model.layers.1.window=3", "+model.layers.3.window=3",
+    )
+    metrics, objects = train(cfg)
+    module = objects["model"]
+    assert module.schedules[1].sigma < module.schedules[1].default_sigma0(49)  # sigma did change
+    dtype = torch.float64 if precision == "64-true" else torch.float32
+    assert all(layer.smoothing.dtype == dtype and layer.means.dtype == dtype for layer in module.stack.gmm_layers)
+    assert torch.isfinite(torch.as_tensor(metrics["train/loss_epoch"]))

@@ -172,3 +172,29 @@ def test_bad_config_is_one_line_error(kwargs, match):
 def test_non_square_K_allowed_without_annealing():
     assert GMMLayer((4, 1, 1), K=10, anneal=False).K == 10
     assert GMMLayer((4, 1, 1), K=10, loss="logsumexp").K == 10
+
+
+def test_log_scores_and_objective_stay_float32_under_bf16_autocast():
+    """A bf16 autocast region (trainer.precision=bf16-mixed) must not round the log-scores: they
+    are computed in the parameters' float32, bit for bit as outside the region."""
+    torch.manual_seed(0)
+    layer = GMMLayer((784, 1, 1), K=25)
+    x = torch.rand(64, 784, 1, 1)
+    plain = layer.log_scores(x)
+    objective = layer.objective(plain)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = layer.log_scores(x)
+        mixed_objective = layer.objective(mixed)
+        bf16 = torch.addmm(torch.zeros(25), x.view(64, 784), layer.means[0].t())  # what autocast does to a plain product
+    assert bf16.dtype == torch.bfloat16  # the region is active
+    assert mixed.dtype == torch.float32 and mixed_objective.dtype == torch.float32
+    assert torch.equal(mixed, plain) and torch.equal(mixed_objective, objective)
+
+
+def test_sigma_change_keeps_the_kernel_dtype_and_address_in_float64():
+    layer = GMMLayer((4, 2, 2), K=9).double()  # what trainer.precision=64-true does
+    before = layer.smoothing.data_ptr()
+    layer.set_sigma(0.7)
+    assert layer.smoothing.dtype == torch.float64 and layer.smoothing.data_ptr() == before
+    scores = layer.log_scores(torch.rand(3, 4, 2, 2, dtype=torch.float64))
+    assert scores.dtype == torch.float64 and layer.objective(scores).dtype == torch.float64

@@ -64,6 +64,9 @@ def test_sharpened_sampling_runs(sample_cfg, tmp_path):
         (["mode=conditional", "classes=[3,12]"], r"classes \[12\] are not among"),
         (["mode=dream"], "mode='dream' is unknown"),
         (["sharpening.enabled=true", "sharpening.target=2"], "target=2 is not a gmm layer"),
+        (["device=tpu"], "device='tpu' is"),
+        pytest.param(["device=cuda"], r"device=cuda but 0 CUDA GPU\(s\) are visible here; use device=cpu",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
     ],
 )
 def test_bad_sample_requests(sample_cfg, tmp_path, overrides, match):
@@ -87,3 +90,10 @@ def test_cli_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: ckpt_path={bogus} is not a readable checkpoint")
+
+
+def test_auto_device_samples_where_the_model_is(sample_cfg, tmp_path):
+    """device=auto picks a GPU when there is one; the images come back on the CPU either way."""
+    ckpt = write_checkpoint(tmp_path / "m.ckpt")
+    out = sample(sample_cfg(f"ckpt_path={ckpt}", "logger=none", "device=auto", "n=8"))
+    assert out["images"].device.type == "cpu" and out["images"].shape[0] == 8

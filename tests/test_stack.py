@@ -140,3 +140,42 @@ def test_layer_override_from_the_command_line(train_cfg):
     module = instantiate(cfg.model)
     assert module.stack.layers[1].K == 64 and module.stack.layers[3].mode == "independent"
     assert all(layer.lr == 0.02 for layer in module.stack.gmm_layers)
+
+
+def small_module(**kwargs) -> DCGMMModule:
+    return DCGMMModule(
+        layers=[{"kind": "folding", "kernel_size": 4, "stride": 4}, {"kind": "gmm", "K": 4},
+                {"kind": "folding", "kernel_size": 3}, {"kind": "gmm", "K": 4}],
+        input_shape=(1, 12, 12), **kwargs,
+    )
+
+
+def test_checkpoint_hook_runs_no_collective():
+    """A checkpoint written on some processes only (rank-0 saves, on-exception checkpoints) must not
+    wait for the others: on_save_checkpoint may not call the strategy's reduce."""
+    import types
+
+    class NoCollectives:
+        def reduce(self, *args, **kwargs):
+            raise AssertionError("a collective in a checkpoint hook")
+
+    module = small_module()
+    module._trainer = types.SimpleNamespace(world_size=2, strategy=NoCollectives())
+    for _ in range(5):
+        module.schedules[1].step(torch.tensor(1.0))
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["annealing"][1]["steps"] == 5 and set(checkpoint["annealing"]) == {1, 3}
+
+
+def test_compiled_module_pickles_and_compiles_in_configure_model():
+    """model.compile=true with a spawned strategy: the module is pickled into the processes before
+    it compiles, so __init__ must not hold a compiled function."""
+    import pickle
+
+    module = small_module(compile=True)
+    clone = pickle.loads(pickle.dumps(module))
+    assert clone._bottom_up == clone.stack.bottom_up
+    clone.configure_model()
+    assert clone._bottom_up != clone.stack.bottom_up  # the compiled wrapper
+    clone.configure_model()  # idempotent

@@ -80,17 +80,23 @@ class DCGMMModule(L.LightningModule):
                 raise ConfigError(f"layer {index} (gmm): K is not set; set model.K or the layer's K")
         self.stack = DCGMM(layers, tuple(input_shape), gmm_defaults)
         self.schedules = {layer.index: AnnealingSchedule(**layer.schedule_options) for layer in self.stack.gmm_layers}
-        self._bottom_up = torch.compile(self.stack.bottom_up) if compile else self.stack.bottom_up
-        self._last_losses: dict[int, torch.Tensor] = {}
+        self._bottom_up = self.stack.bottom_up  # compiled in configure_model (a spawned process cannot pickle it)
+        self._last_losses: dict[int, torch.Tensor] = {}  # this step's losses, mean over processes (detached)
+        self._weights: dict[tuple[bool, ...], torch.Tensor] = {}  # loss weights per waiting pattern, on the device
         self._learning_now: dict[int, bool] = {}  # which layers learned in the current step
         self._total_steps = 1  # set at the start of fit, for the wait fractions
 
         learners = self.stack.learning_layers
-        # first global step at which each learning layer's loss was not finite (-1: never); kept
-        # on the device so that checking it costs no host sync per step
-        self.register_buffer("nonfinite_step", torch.full((len(learners),), -1, dtype=torch.long), persistent=False)
-        # running per-layer sum of the training losses over the epoch (device tensor, no sync)
-        self.register_buffer("train_loss_sum", torch.zeros(len(learners)), persistent=False)
+        # Per-step state of the training loop, on the device so that updating it costs no host
+        # sync; built from the losses averaged over data-parallel processes, so it is the same on
+        # every process (and plain attributes, not buffers: DDP would overwrite buffers with rank
+        # 0's at every forward). _device_state() moves it to the module's device.
+        # first global step at which each learning layer's loss was not finite (-1: never)
+        self.nonfinite_step = torch.full((len(learners),), -1, dtype=torch.long)
+        # running per-layer sum of the training losses over the epoch
+        self.train_loss_sum = torch.zeros(len(learners))
+        # sigma and learning rate of every annealing schedule, for logging without a host copy
+        self.schedule_values = torch.tensor([[s.sigma, s.lr] for s in self.schedules.values()], dtype=torch.float32).reshape(-1, 2)
         self._train_steps_in_epoch = 0
         names = ["loss", "loglik", "bound", "bpd"] + [layer.name for layer in learners]
         self.metrics = torch.nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in STAGES for name in names})
@@ -116,8 +122,27 @@ class DCGMMModule(L.LightningModule):
         # training steps 1.4x faster on CPU).
         torch.set_flush_denormal(True)
 
+    def configure_model(self) -> None:
+        """Compile the bottom-up pass lazily (``model.compile=true``), in the process that trains."""
+        if self.hparams.compile and self._bottom_up == self.stack.bottom_up:
+            self._bottom_up = torch.compile(self.stack.bottom_up)
+
+    def _device_state(self) -> None:
+        """Move the training-loop state to the module's device (once per fit)."""
+        for name in ("nonfinite_step", "train_loss_sum", "schedule_values"):
+            setattr(self, name, getattr(self, name).to(self.device))
+        self._weights = {}
+
     def on_fit_start(self) -> None:
         self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        self._device_state()
+        self._refresh_schedule_values()
+
+    def _refresh_schedule_values(self) -> None:
+        """Copy the schedules' sigma and lr to the device tensor that is logged (when they change)."""
+        values = [[s.sigma, s.lr] for s in self.schedules.values()]
+        if values:
+            self.schedule_values.copy_(torch.tensor(values, dtype=self.schedule_values.dtype))
 
     def _is_learning(self, layer) -> bool:
         """False while a GMM layer is still within its wait fraction of training."""
@@ -128,18 +153,22 @@ class DCGMMModule(L.LightningModule):
         _, raw = self._bottom_up(x)
         losses = self.stack.losses(raw, labels)
         loss_vector = torch.stack(list(losses.values()))  # (number of learning layers,)
-        self._last_losses = losses
-        self._track_nonfinite(loss_vector)
-        self.train_loss_sum += loss_vector.detach()
+        # the same numbers on every process: annealing, divergence checks and epoch losses agree
+        # without any collective outside the step (a tiny all-reduce beside DDP's gradient one)
+        shared = self._mean_over_processes(loss_vector.detach())  # (number of learning layers,)
+        self._last_losses = dict(zip(losses, shared))
+        self._track_nonfinite(shared)
+        self.train_loss_sum += shared
         self._train_steps_in_epoch += 1
-        learning = [self._is_learning(self.stack.layers[index]) for index in losses]
+        learning = tuple(self._is_learning(self.stack.layers[index]) for index in losses)
         self._learning_now = dict(zip(losses, learning))
         if all(learning):
             return loss_vector.sum()
         # a waiting layer's loss counts with weight 0: no update, yet every parameter stays in the
-        # graph, which data-parallel training needs
-        weights = torch.tensor(learning, dtype=loss_vector.dtype, device=loss_vector.device)
-        return (loss_vector * weights).sum()
+        # graph, which data-parallel training needs; one host-to-device copy per waiting pattern
+        if learning not in self._weights:
+            self._weights[learning] = torch.tensor(learning, dtype=loss_vector.dtype, device=loss_vector.device)
+        return (loss_vector * self._weights[learning]).sum()
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         optimizer.step(closure=optimizer_closure)
@@ -165,11 +194,12 @@ class DCGMMModule(L.LightningModule):
             layer = self.stack.layers[index]
             if not self._learning_now.get(index, True):
                 continue
-            if schedule.step(self._last_losses[index], reduce=self._mean_over_processes):
+            if schedule.step(self._last_losses[index]):  # losses already averaged over processes
                 layer.set_sigma(schedule.sigma)
                 for group in optimizer.param_groups:
                     if group["layer"] == index:
                         group["lr"] = schedule.lr * group["factor"]
+                self._refresh_schedule_values()
             window_closed |= schedule.decides_at(schedule.steps)
         if window_closed:
             self._raise_if_nonfinite()
@@ -177,9 +207,9 @@ class DCGMMModule(L.LightningModule):
             values = {}
             for index, layer_loss in self._last_losses.items():
                 values[f"train/{self.stack.layers[index].name}/loss"] = layer_loss.detach()
-            for index, schedule in self.schedules.items():
-                values[f"train/{self.stack.layers[index].name}/sigma"] = schedule.sigma
-                values[f"train/{self.stack.layers[index].name}/lr"] = schedule.lr
+            for row, index in enumerate(self.schedules):  # device values: no host-to-device copy
+                values[f"train/{self.stack.layers[index].name}/sigma"] = self.schedule_values[row, 0]
+                values[f"train/{self.stack.layers[index].name}/lr"] = self.schedule_values[row, 1]
             gmm_total = torch.stack([self._last_losses[i] for i in self.schedules]).detach().sum()
             self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
             self.log("train/loss", gmm_total, on_step=True, on_epoch=False, prog_bar=True)
@@ -197,8 +227,10 @@ class DCGMMModule(L.LightningModule):
             self._train_steps_in_epoch = 0
 
     def _mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
-        """Mean over data-parallel processes (identity on one device)."""
-        return self.trainer.strategy.reduce(value.to(self.device), reduce_op="mean")
+        """Mean over data-parallel processes (identity on one process)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return value
+        return self.trainer.strategy.reduce(value, reduce_op="mean")
 
     def _track_nonfinite(self, loss_vector: torch.Tensor) -> None:
         """Remember, on the device, the first step at which each layer's loss was NaN or inf."""
@@ -207,10 +239,8 @@ class DCGMMModule(L.LightningModule):
         self.nonfinite_step = torch.where(bad, torch.full_like(current, self.global_step), current)
 
     def _raise_if_nonfinite(self) -> None:
-        steps = self.nonfinite_step
-        if self.trainer.world_size > 1:  # every process must see a divergence on any of them
-            steps = self.trainer.strategy.reduce(steps.float(), reduce_op="max").long()
-        for layer, step in zip(self.stack.learning_layers, steps.tolist()):
+        # built from the losses averaged over processes: a divergence on any process shows on all
+        for layer, step in zip(self.stack.learning_layers, self.nonfinite_step.tolist()):
             if step >= 0:
                 raise TrainingDiverged(
                     f"{layer.name}: loss became NaN or infinite at step {step}; lower the learning rate "
@@ -282,13 +312,9 @@ class DCGMMModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------- state
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        states = {index: schedule.state_dict() for index, schedule in self.schedules.items()}
-        if self._trainer is not None and self.trainer.world_size > 1:
-            # the open window's running sum is per process: store its mean over processes, so
-            # that every process resumes with the same share (called on every process)
-            for state in states.values():
-                state["window_sum"] = float(self._mean_over_processes(torch.tensor(state["window_sum"])).item())
-        checkpoint["annealing"] = states
+        # no collective here: a checkpoint may be written on some processes only; the schedules
+        # are the same on every process (they step on losses averaged over processes)
+        checkpoint["annealing"] = {index: schedule.state_dict() for index, schedule in self.schedules.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         for index, state in checkpoint.get("annealing", {}).items():

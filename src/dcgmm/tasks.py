@@ -53,11 +53,29 @@ def check_wandb_resume(cfg: DictConfig) -> None:
     log.info(f"Resuming W&B run {run_id} (offline)")
 
 
+# trainer precisions that keep GMM parameters in float32 or float64 (log-scores and objectives are
+# always computed in the parameters' precision, docs/design.md section 2)
+PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed")
+
+
 def check_accelerator(trainer_cfg: DictConfig) -> None:
-    """One-line error for a GPU trainer on a machine without one (before anything is built)."""
+    """One-line errors, before anything is built, for a GPU trainer on a machine without one, more
+    devices than the machine has, and a precision that would store the GMMs in 16 bits."""
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.accelerator={accelerator} but no CUDA GPU is available here; use trainer=cpu (or trainer=ddp_sim for data-parallel on CPU)")
+    devices = trainer_cfg.get("devices")
+    if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
+        raise ConfigError(
+            f"trainer.devices={devices} but {torch.cuda.device_count()} CUDA GPU(s) are visible here; "
+            f"use trainer.devices={torch.cuda.device_count()} or -1 (all visible)"
+        )
+    precision = trainer_cfg.get("precision")
+    if precision is not None and str(precision) not in PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={precision} is not supported: GMM parameters need float32 or float64; "
+            f"use one of {', '.join(PRECISIONS)} (the mixed ones compute log-likelihoods in float32)"
+        )
 
 
 @task_wrapper
@@ -135,6 +153,22 @@ def inpainting_mask(cfg: DictConfig, image_shape: tuple[int, int, int]) -> torch
     return known
 
 
+def sampling_device(name) -> torch.device:
+    """``device=cpu|cuda|cuda:<i>|auto`` of sample.py; a one-line error for a GPU that is not there."""
+    text = str(name or "cpu").strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is unknown; use cpu, cuda, cuda:<index> or auto") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"device={name} but {torch.cuda.device_count()} CUDA GPU(s) are visible here; use device=cpu or device=auto")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name!r} is not supported; use cpu, cuda, cuda:<index> or auto")
+    return device
+
+
 @task_wrapper
 def sample(cfg: DictConfig) -> dict[str, Any]:
     """Draw samples from a checkpoint and write (and log) a PNG grid. Returns paths and tensors."""
@@ -146,9 +180,10 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     if n is None or int(n) < 1:
         raise ConfigError(f"n={n} must be a positive number of samples")
     n = int(n)
+    device = sampling_device(cfg.get("device", "cpu"))
     module = load_module(cfg.get("ckpt_path"))
-    stack = module.stack
-    generator = torch.Generator().manual_seed(int(cfg.get("seed") or 0))
+    stack = module.stack.to(device)
+    generator = torch.Generator(device=device).manual_seed(int(cfg.get("seed") or 0))  # draws happen on the device
     torch.manual_seed(int(cfg.get("seed") or 0))
     sampler = Sampler(stack, sampling_options(cfg), generator)
     output_dir = Path(cfg.paths.output_dir)
@@ -180,7 +215,11 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
             masked = torch.where(known, real, torch.zeros_like(real))
             images = sampler.inpaint(real, known, cfg.get("layer"))
             rows = [real, masked, images]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    rows = [row.cpu() for row in rows]
+    images = images.cpu()
 
     nrow = cfg.get("nrow") or (len(rows[0]) if len(rows) > 1 else None)
     grid = make_grid(torch.cat(rows), nrow=nrow if len(rows) > 1 else cfg.get("nrow"))

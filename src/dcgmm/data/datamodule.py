@@ -96,6 +96,20 @@ class EpochSeededSampler(torch.utils.data.Sampler[int]):
         return -(-self.size // world)
 
 
+def shared_seed(seed: int) -> int:
+    """``seed`` on one process; under ``torch.distributed``, process 0's ``seed`` on every process.
+
+    Each data-parallel process seeds torch on its own (differently with ``seed=null``); the
+    training order must be one permutation that the processes split (:class:`EpochSeededSampler`),
+    or their shards overlap and some images are never seen. Every process must call it.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        box = [int(seed)]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return int(box[0])
+    return int(seed)
+
+
 def keep_batch(batch: Batch) -> Batch:
     """Collate function for ``TensorBatchDataset``: the batch is already collated."""
     return batch
@@ -311,7 +325,7 @@ class ImageDataModule(L.LightningDataModule):
         dataset = self.dataset(split)
         # shuffled order: a function of (torch's seed at the first loader, epoch), see EpochSeededSampler
         if shuffle and self._shuffle_seed is None:
-            self._shuffle_seed = torch.initial_seed() % (2**31)
+            self._shuffle_seed = shared_seed(torch.initial_seed() % (2**31))
         return DataLoader(
             dataset,
             batch_size=batch_size,
