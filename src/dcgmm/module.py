@@ -321,12 +321,16 @@ class DCGMMModule(L.LightningModule):
             self.schedules[int(index)].load_state_dict(state)
 
 
-def plain_sgd_step(module: DCGMMModule, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def plain_sgd_step(
+    module: DCGMMModule, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor, set_to_none: bool = True
+) -> torch.Tensor:
     """One training step without Lightning (for timing and profiling): the summed layer-local
-    losses, one optimiser step and the precision clipping. No annealing, waiting or logging."""
-    _, raw = module.stack.bottom_up(x)
+    losses, one optimiser step and the precision clipping. No annealing, waiting or logging.
+    The bottom-up pass is the module's (compiled after ``configure_model`` with ``compile=true``);
+    ``set_to_none=False`` keeps the gradient tensors in place (for CUDA-graph capture)."""
+    _, raw = module._bottom_up(x)
     loss = torch.stack(list(module.stack.losses(raw, labels).values())).sum()
-    optimizer.zero_grad()
+    optimizer.zero_grad(set_to_none=set_to_none)
     loss.backward()
     optimizer.step()
     module.stack.constrain_()
