@@ -106,6 +106,30 @@ def test_sharpening_increases_target_objective_and_keeps_parameters():
         assert torch.equal(v, before[k]), k
 
 
+def c_like_stack() -> DCGMM:
+    """Two foldings with overlapping patches (layers 0 and 3), like topology C."""
+    torch.manual_seed(0)
+    return DCGMM(
+        [{"kind": "folding", "kernel_size": 3, "stride": 1}, {"kind": "gmm", "K": 4}, {"kind": "pooling", "kernel_size": 2},
+         {"kind": "folding", "kernel_size": 2, "stride": 1}, {"kind": "gmm", "K": 4}],
+        (1, 7, 7),
+    )
+
+
+def test_sharpening_rate_per_folding_layer():
+    """rate={0: a, 3: b} sharpens below each folding at its own rate: the same as one rate when
+    a = b, and only the map below the layer whose rate changed moves."""
+    def draw(rate):
+        sharp = SharpeningOptions(enabled=True, rate=rate, iterations=3)
+        return Sampler(c_like_stack(), SamplingOptions(divisor=2.0, clamp=False, sharpening=sharp), torch.Generator().manual_seed(0)).sample(8)
+
+    assert Sampler(c_like_stack(), SamplingOptions(sharpening=SharpeningOptions(enabled=True))).sharpened_foldings() == [0, 3]
+    assert torch.equal(draw({0: 0.2, 3: 0.2}), draw(0.2))
+    assert not torch.equal(draw({0: 0.2, 3: 0.1}), draw(0.2))
+    with pytest.raises(ConfigError, match=r"rate=\{0: 0.2\} sets no value for the sharpened folding layer\(s\) \[3\]"):
+        Sampler(c_like_stack(), SamplingOptions(sharpening=SharpeningOptions(enabled=True, rate={0: 0.2})))
+
+
 def test_sharpening_target_validation():
     stack = b_like_stack()
     with pytest.raises(ConfigError, match="not a gmm layer"):

@@ -29,18 +29,28 @@ class SharpeningOptions:
 
     Attributes:
         enabled: run sharpening at all.
-        rate: step size of the ascent (published: 0.1 to 0.2).
+        rate: step size of the ascent (published: 0.1 to 0.2); one number, or a mapping from
+            folding layer index to its rate (the published topology C sharpens below layer 0 at
+            0.2 and below layer 3 at 0.1).
         iterations: number of ascent steps (published: 300).
-        reconstruction: weight ``w_rec`` of the penalty ``mean((X - X0)^2)`` (published: 0 to 0.1).
+        reconstruction: weight ``w_rec`` of the penalty ``mean((X - X0)^2)`` (published: 0 to 0.1);
+            one number or a mapping from folding layer index to its weight, like ``rate``.
         layers: folding layer indices to sharpen below; ``None``: every folding whose patches overlap.
         target: GMM layer whose objective is ascended; ``None``: the GMM layer right above each folding.
         progress: show a per-iteration progress bar.
     """
 
     enabled: bool = False
-    rate: float = 0.1
+    rate: float | dict[int, float] = 0.1
     iterations: int = 300
-    reconstruction: float = 0.0
+    reconstruction: float | dict[int, float] = 0.0
+
+    def value(self, name: str, fold_index: int) -> float:
+        """``rate`` or ``reconstruction`` below folding ``fold_index`` (a number, or its mapping entry)."""
+        setting = getattr(self, name)
+        if isinstance(setting, dict):
+            return float(setting[int(fold_index)])
+        return float(setting)
     layers: list[int] | None = None
     target: int | None = None
     progress: bool = False
@@ -92,12 +102,22 @@ class Sampler:
             raise ConfigError(f"pooling_mode={opts.pooling_mode!r} is unknown; use dense or sparse")
         sharp = opts.sharpening
         if sharp.enabled:
-            if sharp.iterations < 0 or not sharp.rate > 0 or sharp.reconstruction < 0:
-                raise ConfigError(
-                    f"sharpening needs iterations >= 0, rate > 0 and reconstruction >= 0 "
-                    f"(got {sharp.iterations}, {sharp.rate}, {sharp.reconstruction})"
-                )
-            for fold_index in self.sharpened_foldings():
+            foldings = self.sharpened_foldings()
+            for name in ("rate", "reconstruction"):
+                setting = getattr(sharp, name)
+                if isinstance(setting, dict):
+                    setting = {int(k): float(v) for k, v in setting.items()}
+                    setattr(sharp, name, setting)
+                    missing = sorted(set(foldings) - set(setting))
+                    if missing:
+                        raise ConfigError(f"sharpening {name}={setting} sets no value for the sharpened folding layer(s) {missing}; give one per layer in {foldings}")
+            for fold_index in foldings:
+                rate, weight = sharp.value("rate", fold_index), sharp.value("reconstruction", fold_index)
+                if sharp.iterations < 0 or not rate > 0 or weight < 0:
+                    raise ConfigError(
+                        f"sharpening needs iterations >= 0, rate > 0 and reconstruction >= 0 "
+                        f"(got {sharp.iterations}, {rate}, {weight} below layer {fold_index})"
+                    )
                 self.sharpening_target(fold_index)  # raises on a bad target
 
     def sharpened_foldings(self) -> list[int]:
@@ -163,6 +183,7 @@ class Sampler:
         target = self.sharpening_target(fold_index)
         x = x0.detach().clone()
         steps = range(int(sharp.iterations))
+        rate = sharp.value("rate", fold_index)
         if sharp.progress:
             from tqdm.auto import tqdm
 
@@ -172,14 +193,14 @@ class Sampler:
                 x.requires_grad_(True)
                 gain = self.sharpening_objective(x, x0, fold_index, target)
                 (grad,) = torch.autograd.grad(gain, x)
-                x = (x + sharp.rate * grad).detach()
+                x = (x + rate * grad).detach()
         return x
 
     def sharpening_objective(self, x: torch.Tensor, x0: torch.Tensor, fold_index: int, target: int) -> torch.Tensor:
         """``L_t(x) - w_rec * mean((x - x0)^2)``, ``L_t`` = target layer's mean objective over the batch."""
         _, raw = self.stack.bottom_up(x, start=fold_index, until=target, detach=False)
         objective = self.stack.layers[target].objective(raw[target]).mean()
-        weight = self.options.sharpening.reconstruction
+        weight = self.options.sharpening.value("reconstruction", fold_index)
         return objective - weight * (x - x0.detach()).pow(2).mean() if weight else objective
 
     def sample(self, n: int, top: int | None = None) -> torch.Tensor:
