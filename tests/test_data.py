@@ -608,3 +608,33 @@ def test_real_datasets(name, monkeypatch):
         assert data["train_y"][:5].tolist() == [5, 0, 4, 1, 9]  # the well-known first MNIST labels
     for key in ("train_x", "test_x"):
         assert data[key].dtype == np.uint8 and data[key].min() == 0 and data[key].max() == 255
+
+
+def test_on_device_path_gives_the_batches_of_the_cpu_path(tmp_path):
+    """data.on_device: the loader yields step markers, the data module cuts the batches from the
+    images it keeps on the device; epoch by epoch the same batches as the default path."""
+    import math
+
+    from dcgmm.data.datamodule import ImageDataModule, StepIndex
+
+    folder = write_idx_folder(tmp_path / "idx", make_arrays(n_train=530))
+    modules = []
+    for on_device in (False, True):
+        torch.manual_seed(5)  # the shuffling seed comes from torch's seed at the first loader
+        dm = ImageDataModule("mnist", data_dir=str(tmp_path / "data"), local_dir=str(folder), val_size=30, batch_size=64, on_device=on_device)
+        dm.setup("fit")
+        modules.append((dm, dm.train_dataloader()))
+    (plain, plain_loader), (fast, fast_loader) = modules
+    assert len(plain_loader) == len(fast_loader) == math.ceil(500 / 64)
+    first = []
+    for epoch in (0, 1):
+        plain_loader.sampler.set_epoch(epoch)
+        fast_loader.sampler.set_epoch(epoch)
+        pairs = list(zip(plain_loader, fast_loader))
+        assert len(pairs) == 8
+        for reference, marker in pairs:
+            assert isinstance(marker, StepIndex) and marker.epoch == epoch
+            x, y = fast.transfer_batch_to_device(marker, torch.device("cpu"), 0)
+            assert x.dtype == torch.float32 and torch.equal(x, reference[0]) and torch.equal(y, reference[1])
+        first.append(pairs[0][0][0])
+    assert not torch.equal(first[0], first[1])  # reshuffled between epochs

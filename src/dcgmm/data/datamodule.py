@@ -96,6 +96,40 @@ class EpochSeededSampler(torch.utils.data.Sampler[int]):
         return -(-self.size // world)
 
 
+class StepIndex(tuple):
+    """``(epoch, step)``: the training "batch" of the on-device data path; the data module turns it
+    into images on the device (:meth:`ImageDataModule.transfer_batch_to_device`)."""
+
+    @property
+    def epoch(self) -> int:
+        return self[0]
+
+    @property
+    def step(self) -> int:
+        return self[1]
+
+
+class EpochSteps(torch.utils.data.Sampler):
+    """Yields ``StepIndex(epoch, k)`` for the ``k``-th batch of an epoch of ``sampler``'s order."""
+
+    def __init__(self, sampler: EpochSeededSampler, batch_size: int) -> None:
+        self.sampler, self.batch_size = sampler, int(batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self):
+        return (StepIndex((self.sampler.epoch, k)) for k in range(len(self)))
+
+
+class _Identity(Dataset):
+    def __getitem__(self, index):
+        return index
+
+
 def shared_seed(seed: int) -> int:
     """``seed`` on one process; under ``torch.distributed``, process 0's ``seed`` on every process.
 
@@ -167,6 +201,10 @@ class ImageDataModule(L.LightningDataModule):
         shuffle: reshuffle the training set every epoch. The order is drawn from
             torch's global RNG, so it is reproducible under
             ``lightning.seed_everything`` and differs from epoch to epoch.
+        on_device: keep the training images on the training device as uint8 (moved once) and
+            cut every batch there, in the order of the CPU path (:class:`EpochSeededSampler`):
+            one host-to-device copy per epoch (the epoch's order) instead of one per step. Meant
+            for GPUs; on the CPU it gives the same batches as the default path.
     """
 
     def __init__(
@@ -183,6 +221,7 @@ class ImageDataModule(L.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         shuffle: bool = True,
+        on_device: bool = False,
     ) -> None:
         super().__init__()
         # Cheap argument checks, before any data is touched.
@@ -211,12 +250,16 @@ class ImageDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.pin_memory = bool(pin_memory)
         self.shuffle = bool(shuffle)
+        self.on_device = bool(on_device)
         self.save_hyperparameters()
 
         self._arrays: Arrays | None = None  # raw numpy arrays from load_dataset
         self._uint8: dict[str, torch.Tensor] = {}  # split -> uint8 (N, 1, 28, 28)
         self._datasets: dict[str, TensorBatchDataset] = {}  # split -> float32 dataset
         self._shuffle_seed: int | None = None  # seed of the training order (set at the first loader)
+        self._train_sampler: EpochSeededSampler | None = None
+        self._device_train: tuple[torch.Tensor, torch.Tensor] | None = None  # uint8 images, labels on the device
+        self._device_order: tuple[int, torch.Tensor] | None = None  # (epoch, its order on the device)
 
     # ------------------------------------------------------------------ info
     @property
@@ -338,8 +381,30 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Training batches: x float32 (B, 1, 28, 28) in [0, 1], y int64 (B,)."""
-        return self._loader("train", self.batch_size, self.shuffle)
+        """Training batches: x float32 (B, 1, 28, 28) in [0, 1], y int64 (B,); with ``on_device``
+        the loader yields :class:`StepIndex` markers that become those batches on the device."""
+        if not self.on_device:
+            return self._loader("train", self.batch_size, self.shuffle)
+        if self.shuffle and self._shuffle_seed is None:
+            self._shuffle_seed = shared_seed(torch.initial_seed() % (2**31))
+        self._train_sampler = EpochSeededSampler(len(self.dataset("train")), self._shuffle_seed or 0, shuffle=self.shuffle)
+        self._device_train = self._device_order = None
+        return DataLoader(_Identity(), batch_size=None, sampler=EpochSteps(self._train_sampler, self.batch_size), collate_fn=keep_batch)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Lightning hook: a :class:`StepIndex` becomes its batch, cut from the images on ``device``."""
+        if not isinstance(batch, StepIndex):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if self._device_train is None or self._device_train[0].device != device:
+            self._device_train = (self._uint8["train"].to(device), self.dataset("train").y.to(device))  # once
+            self._device_order = None
+        if self._device_order is None or self._device_order[0] != batch.epoch:
+            self._train_sampler.set_epoch(batch.epoch)
+            order = torch.tensor(list(iter(self._train_sampler)), dtype=torch.long)
+            self._device_order = (batch.epoch, order.to(device))  # one copy per epoch
+        index = self._device_order[1][batch.step * self.batch_size : (batch.step + 1) * self.batch_size]
+        pixels, labels = self._device_train
+        return pixels[index].to(torch.float32).div_(255.0), labels[index]
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches in a fixed order (an empty list when ``val_size`` is 0)."""
