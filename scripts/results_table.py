@@ -596,7 +596,7 @@ def fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-MAIN_METRICS = ("K", "params", "top_sigma", "purity", "nmi", "ari", "hungarian_acc", "acc", "ndb_ratio", "js",
+MAIN_METRICS = ("K", "params", "top_sigma", "purity", "nmi", "ari", "hungarian_acc", "dunn", "davies_bouldin", "acc", "ndb_ratio", "js",
                 "ndb_sharpened", "js_sharpened", "train_seconds", "images_per_second")
 OUTLIER_METRICS = ("auroc", "auroc_sum", "auroc_cross", "auroc_noise")
 
@@ -619,7 +619,8 @@ def run_values(record: dict, method: str) -> dict:
             auroc=m.get("test/auroc"), auroc_sum=m.get("test/auroc/sum"), auroc_cross=cross[0] if cross else None,
             auroc_noise=m.get("test/auroc_noise/top"),
         )
-    values.update(purity=cluster.get("purity"), nmi=cluster.get("nmi"), ari=cluster.get("ari"), hungarian_acc=cluster.get("hungarian_acc"))
+    values.update(purity=cluster.get("purity"), nmi=cluster.get("nmi"), ari=cluster.get("ari"), hungarian_acc=cluster.get("hungarian_acc"),
+                  dunn=cluster.get("dunn"), davies_bouldin=cluster.get("davies_bouldin"))
     return values
 
 
@@ -662,8 +663,8 @@ def row_values(row: RowSpec, records: dict, held_out: list[int]) -> dict:
 
 def table_columns(held_out: list[int]) -> list[str]:
     return [
-        "model", "seeds", "K", "params", "σ end", "K (outl.)", "params (outl.)", "σ end (outl.)", "purity", "NMI", "ARI", "Hung. acc", "clf acc",
-        "NDB/B", "NDB/B sharp.", "JS", *[f"AUROC {c}" for c in held_out], "AUROC mean", "AUROC sum", "AUROC cross", "AUROC noise",
+        "model", "seeds", "K", "params", "σ end", "K (outl.)", "params (outl.)", "σ end (outl.)", "purity", "NMI", "ARI", "Hung. acc", "Dunn", "DB",
+        "clf acc", "NDB/B", "NDB/B sharp.", "JS", *[f"AUROC {c}" for c in held_out], "AUROC mean", "AUROC sum", "AUROC cross", "AUROC noise",
         "train s", "img/s", "runs",
     ]
 
@@ -682,7 +683,7 @@ def table_line(values: dict, held_out: list[int]) -> list[str]:
         fmt(v["top_sigma"], 2), fmt(v["K_outliers"] if v["K_outliers"] is None else int(v["K_outliers"])),
         fmt(v["params_outliers"] if v["params_outliers"] is None else int(v["params_outliers"])), fmt(v["top_sigma_outliers"], 2),
         fmt_sd(v["purity"], v["purity_sd"]), fmt_sd(v["nmi"], v["nmi_sd"]), fmt_sd(v["ari"], v["ari_sd"]), fmt(v["hungarian_acc"]),
-        fmt_sd(v["acc"], v["acc_sd"]), fmt_sd(v["ndb_ratio"], v["ndb_ratio_sd"], 2), fmt_sd(v["ndb_sharpened"], v["ndb_sharpened_sd"], 2),
+        fmt_sd(v["dunn"], v["dunn_sd"]), fmt_sd(v["davies_bouldin"], v["davies_bouldin_sd"], 2), fmt_sd(v["acc"], v["acc_sd"]), fmt_sd(v["ndb_ratio"], v["ndb_ratio_sd"], 2), fmt_sd(v["ndb_sharpened"], v["ndb_sharpened_sd"], 2),
         fmt(v["js"]), *[fmt_sd(v["auroc"][c], v["auroc_sd"][c]) for c in held_out], fmt_sd(v["auroc_mean"], v["auroc_mean_sd"]),
         fmt_sd(v["auroc_sum_mean"], v["auroc_sum_mean_sd"]), fmt(v["auroc_cross_mean"]), fmt(v["auroc_noise_mean"]),
         MISSING if seconds is None else f"{seconds:.1f}" if seconds < 100 else f"{seconds:.0f}",
@@ -838,7 +839,9 @@ def write_report(report_dir: Path, preset_name: str, preset: dict, planner: Plan
         "- **σ end**: the top GMM layer's annealing width at the end of training (start 0.25 sqrt(2K), floor 0.01; "
         "above ~0.3 the components are still smoothed over their grid neighbours, i.e. training stopped early).",
         "- **purity**, **NMI**, **ARI**: the top GMM layer's most responsible component per test image against the labels; "
-        f"**Hung. acc**: accuracy under the best one-to-one matching, only when K = 10 classes ({MISSING} otherwise).",
+        f"**Hung. acc**: accuracy under the best one-to-one matching, only when K = 10 classes ({MISSING} otherwise); **Dunn**, "
+        "**DB**: label-free indices of the same clustering of the test images in pixel space (Dunn index: nearest pair across clusters "
+        "over the widest pair within one, higher is better; Davies-Bouldin index, lower is better), the indices the authors' code carries.",
         "- **clf acc**: test accuracy of the linear classifier on the top GMM layer's responsibilities (EM: none).",
         "- **NDB/B**, **JS**: share of statistically different bins (two-proportion z-test, alpha 0.05) and Jensen-Shannon "
         "divergence (nats) between the bin histograms of the samples and of the training split (lower is better).",

@@ -142,8 +142,30 @@ def test_em_baseline_reports_clustering_density_and_outliers():
     result = em_baseline("mnist", K=9, data_dir=DATA_DIR, held_out=0, n_train=1000, max_iter=5)
     assert result["train_images"] == 1000 and result["outliers"] == 980  # MNIST has 980 test zeros
     assert result["test_images"] == 10000 - 980
-    assert set(result["cluster"]) == {"purity", "nmi", "ari", "hungarian_acc"}  # K = 9 classes present
+    assert set(result["cluster"]) == {"purity", "nmi", "ari", "hungarian_acc", "dunn", "davies_bouldin"}  # K = 9 classes present
     assert 0.0 <= result["auroc"] <= 1.0
     assert result["auroc"] == pytest.approx(outlier_auroc(result["inlier_scores"], result["outlier_scores"]))
     assert result["loglik"] == pytest.approx(float(np.mean(result["inlier_scores"])))
     assert result["bpd"] > 0
+
+
+def test_internal_indices_by_hand_and_against_sklearn():
+    """Two clusters on a line: {0, 1} and {4, 6}. Dunn = nearest pair across (1, 4) = 3 over the
+    widest pair within (4, 6) = 2: 1.5. Davies-Bouldin: centroids 0.5 and 5, spreads 0.5 and 1:
+    (0.5 + 1) / 4.5 = 1/3 for both clusters."""
+    from sklearn.metrics import davies_bouldin_score
+
+    from dcgmm.metrics import internal_indices
+
+    points = torch.tensor([[0.0], [1.0], [4.0], [6.0]])
+    result = internal_indices(points, torch.tensor([7, 7, 2, 2]))
+    assert result["dunn"] == pytest.approx(1.5) and result["davies_bouldin"] == pytest.approx(1 / 3)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 5)) + np.repeat(np.eye(5)[:3] * 4, 100, axis=0)
+    labels = rng.integers(0, 4, 300)
+    got = internal_indices(torch.from_numpy(x), torch.from_numpy(labels), chunk=64)  # chunked distances
+    assert got["davies_bouldin"] == pytest.approx(davies_bouldin_score(x, labels), rel=1e-9)
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    same = labels[:, None] == labels[None]
+    assert got["dunn"] == pytest.approx(d[~same].min() / d[same].max(), rel=1e-9)
+    assert internal_indices(points, torch.zeros(4)) == {"dunn": None, "davies_bouldin": None}

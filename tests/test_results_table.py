@@ -44,7 +44,7 @@ def number(cell: str) -> float | None:
 
 RANGES = {
     "purity": (0, 1), "NMI": (0, 1), "ARI": (-1, 1), "Hung. acc": (0, 1), "clf acc": (0, 1), "NDB/B": (0, 1),
-    "JS": (0, math.log(2) + 1e-6), "AUROC 0": (0, 1), "AUROC mean": (0, 1), "σ end": (0, 100), "σ end (outl.)": (0, 100),
+    "JS": (0, math.log(2) + 1e-6), "AUROC 0": (0, 1), "Dunn": (0, 10), "DB": (0, 100), "AUROC mean": (0, 1), "σ end": (0, 100), "σ end (outl.)": (0, 100),
 }
 
 
@@ -74,7 +74,7 @@ def test_tiny_preset_writes_a_well_formed_table(results_table, tmp_path):
         for column, (low, high) in RANGES.items():
             value = number(cells[column])
             assert value is None or low <= value <= high, (row[0], column, value)
-        for column in ("purity", "NMI", "ARI", "NDB/B", "JS", "AUROC 0"):
+        for column in ("purity", "NMI", "ARI", "Dunn", "DB", "NDB/B", "JS", "AUROC 0"):
             assert number(cells[column]) is not None, (row[0], column)  # measured for every row
         assert cells["runs"] == "2/2" and cells["seeds"] == "1/1"
     b, flat, em = (dict(zip(header, row)) for row in rows)

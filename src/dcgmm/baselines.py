@@ -28,7 +28,7 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from dcgmm.data import DataError, canonical_name, load_dataset
-from dcgmm.metrics import ClusteringScores, outlier_auroc
+from dcgmm.metrics import ClusteringScores, internal_indices, outlier_auroc
 from dcgmm.resolvers import held_out_list
 
 __all__ = ["em_baseline", "fit_em_gmm"]
@@ -104,7 +104,8 @@ def em_baseline(
     inlier_scores = gmm.score_samples(x_test)  # (N,) nats
 
     clusters = ClusteringScores(num_clusters=K, num_classes=int(arrays["test_y"].max()) + 1)
-    clusters.update(torch.from_numpy(gmm.predict(x_test)), torch.from_numpy(y_test))
+    predicted = torch.from_numpy(gmm.predict(x_test))
+    clusters.update(predicted, torch.from_numpy(y_test))
     dims = x_test.shape[1]
     rng = np.random.default_rng(seed)
     dequantised = (np.round(x_test * 255.0) + rng.random(x_test.shape)) / 256.0
@@ -112,7 +113,9 @@ def em_baseline(
     result = dict(
         model=gmm, K=int(K), train_images=len(x_train), test_images=len(x_test),
         loglik=float(inlier_scores.mean()), bpd=float(bpd),
-        cluster={k: float(v) for k, v in clusters.compute().items()},
+        cluster={k: float(v) for k, v in clusters.compute().items()} | {
+            k: v for k, v in internal_indices(torch.from_numpy(x_test), predicted).items() if v is not None
+        },
     )
 
     outliers = []

@@ -3,6 +3,8 @@
 * :class:`ClusteringScores`: label-based scores of a clustering (docs/design.md section 4): cluster purity,
   normalised mutual information (NMI), adjusted Rand index (ARI) and the accuracy under the best
   one-to-one matching of clusters to classes (Hungarian matching).
+* :func:`internal_indices`: label-free indices of a clustering of points, the Dunn index and the
+  Davies-Bouldin index (what the authors' code carries; computed on the images in pixel space).
 * :func:`auroc_metric`: torchmetrics' ``BinaryAUROC``, exact and on raw scores (no sigmoid);
   :func:`outlier_auroc`: the AUROC of outlier detection from per-image typicality scores.
 
@@ -22,7 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC
 
-__all__ = ["ClusteringScores", "auroc_metric", "clustering_scores", "outlier_auroc"]
+__all__ = ["ClusteringScores", "auroc_metric", "clustering_scores", "internal_indices", "outlier_auroc"]
 
 
 def clustering_scores(contingency: np.ndarray | torch.Tensor, hungarian: bool | None = None) -> dict[str, float]:
@@ -184,3 +186,38 @@ def _as_float64(values) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().to(torch.float64).reshape(-1)
     return torch.as_tensor(np.asarray(values, dtype=np.float64)).reshape(-1)
+
+
+@torch.no_grad()
+def internal_indices(points: torch.Tensor, labels: torch.Tensor, chunk: int = 1024) -> dict[str, float | None]:
+    """Label-free indices of a clustering, Euclidean distances, ``points (N, D)``, ``labels (N,)``:
+
+    * ``dunn``: the smallest distance between two points of different clusters divided by the
+      largest distance between two points of one cluster (higher is better);
+    * ``davies_bouldin``: the mean over clusters i of ``max_{j != i} (s_i + s_j) / |c_i - c_j|``,
+      with ``c`` the centroids and ``s`` the mean distance of a cluster's points to its centroid
+      (lower is better; as ``sklearn.metrics.davies_bouldin_score``).
+
+    Both are ``None`` with fewer than two clusters. The pairwise distances are computed in chunks
+    of ``chunk`` rows (memory ``chunk x N``), in float64.
+    """
+    x = points.detach().reshape(len(points), -1).to(torch.float64)
+    y = labels.detach().reshape(-1).to(torch.long).to(x.device)
+    clusters, y = torch.unique(y, return_inverse=True)  # relabel 0..C-1
+    if len(clusters) < 2:
+        return dict(dunn=None, davies_bouldin=None)
+    count = torch.bincount(y).to(x.dtype)  # (C,)
+    centroids = torch.zeros(len(clusters), x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, y, x) / count[:, None]
+    spread = torch.zeros(len(clusters), dtype=x.dtype, device=x.device).index_add_(0, y, (x - centroids[y]).norm(dim=1)) / count
+    gaps = torch.cdist(centroids, centroids)  # (C, C)
+    ratio = (spread[:, None] + spread[None, :]) / gaps
+    ratio.fill_diagonal_(-math.inf)
+    davies_bouldin = float(ratio.max(dim=1).values.mean())
+    nearest, widest = math.inf, 0.0
+    for start in range(0, len(x), chunk):
+        d = torch.cdist(x[start : start + chunk], x)  # (chunk, N)
+        same = y[start : start + chunk, None] == y[None, :]
+        widest = max(widest, float(d.masked_fill(~same, 0.0).max()))
+        nearest = min(nearest, float(d.masked_fill(same, math.inf).min()))
+    dunn = nearest / widest if widest > 0 else math.inf
+    return dict(dunn=dunn, davies_bouldin=davies_bouldin)
