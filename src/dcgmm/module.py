@@ -17,6 +17,7 @@ from dcgmm.model import DCGMM
 
 LN2 = math.log(2.0)
 STAGES = ("val", "test")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class DCGMMModule(L.LightningModule):
@@ -35,7 +36,9 @@ class DCGMMModule(L.LightningModule):
             layer's own default).
         optimizer: a partial optimiser (Hydra ``_partial_: true``) called with the parameter
             groups; default plain SGD.
-        compile: wrap the stack's bottom-up pass in ``torch.compile``.
+        compile: wrap the stack's bottom-up pass in ``torch.compile``: ``false``, ``true`` (the default
+            mode) or a mode name, e.g. ``"reduce-overhead"`` (CUDA graphs of the compiled pass) or
+            ``"max-autotune"``.
 
     Logged metrics (slash names): ``{stage}/loss`` (sum of the GMM layers' losses),
     ``{stage}/L<i>_<kind>/loss`` per learning layer, ``train/L<i>_gmm/sigma`` and ``.../lr`` at every
@@ -60,13 +63,15 @@ class DCGMMModule(L.LightningModule):
         anneal: bool | None = None,
         precision_max: float | None = None,
         optimizer: Callable | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if lr is None or lr <= 0:
             raise ConfigError(f"model.lr={lr} must be > 0; try model.lr=0.01")
         if lr_min is None or lr_min <= 0:
             raise ConfigError(f"model.lr_min={lr_min} must be > 0; try model.lr_min=0.01")
+        if compile not in (False, True, None) and compile not in COMPILE_MODES:
+            raise ConfigError(f"model.compile={compile!r} is unknown; use false, true or one of {', '.join(COMPILE_MODES)}")
         if K is not None and (isinstance(K, bool) or int(K) < 1):
             raise ConfigError(f"model.K={K} must be >= 1")
         self.save_hyperparameters(logger=False)
@@ -124,8 +129,9 @@ class DCGMMModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """Compile the bottom-up pass lazily (``model.compile=true``), in the process that trains."""
-        if self.hparams.compile and self._bottom_up == self.stack.bottom_up:
-            self._bottom_up = torch.compile(self.stack.bottom_up)
+        mode = self.hparams.compile
+        if mode and self._bottom_up == self.stack.bottom_up:
+            self._bottom_up = torch.compile(self.stack.bottom_up, **({} if mode is True else {"mode": str(mode)}))
 
     def _device_state(self) -> None:
         """Move the training-loop state to the module's device (once per fit)."""
