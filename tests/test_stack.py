@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from dcgmm.data.datamodule import TensorBatchDataset, keep_batch
 from dcgmm.errors import ConfigError
+from dcgmm.layers import GMMLayer
 from dcgmm.model import DCGMM
 from dcgmm.module import DCGMMModule
 from tests.conftest import CONFIG_DIR
@@ -179,3 +180,45 @@ def test_compiled_module_pickles_and_compiles_in_configure_model():
     clone.configure_model()
     assert clone._bottom_up != clone.stack.bottom_up  # the compiled wrapper
     clone.configure_model()  # idempotent
+
+
+@pytest.mark.parametrize("model", ["dcgmm2", "dcgmm2_pool", "dcgmm3", "dcgmm3_pool", "dcgmm4_pool"])
+def test_gmm_scores_as_convolutions_match_patches_and_products(model, monkeypatch):
+    """A shared GMM layer above a folding computes its log-scores as two convolutions of the
+    folding's input. Layer by layer, on the same input map: the scores, the parameter gradients and
+    the gradient with respect to the input (what sharpening ascends) are those of cutting the
+    patches and multiplying, to float32 rounding (1e-5 of their scale); and the stack uses it."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONFIG_DIR
+
+    torch.manual_seed(0)
+    stack = instantiate(OmegaConf.load(CONFIG_DIR / "model" / f"{model}.yaml")).stack
+    pairs = [(stack.layers[g.index - 1], g) for g in stack.gmm_layers if g.convolves(stack.layers[g.index - 1])]
+    assert pairs
+    for fold, gmm in pairs:
+        with torch.no_grad():  # away from the initial values, so every parameter matters
+            gmm.means.add_(0.3 * torch.rand_like(gmm.means))
+            gmm.inv_std.mul_(0.5 + torch.rand_like(gmm.inv_std))
+            gmm.mixture_logits.normal_()
+        channels, height, width = fold.in_shape
+        base = torch.rand(4, height, width, channels).permute(0, 3, 1, 2)  # channels last, as the stack's maps
+        weights = torch.rand(4, gmm.P, gmm.K)
+
+        def run(fused: bool):
+            gmm.zero_grad()
+            x = base.clone().requires_grad_(True)
+            scores = gmm.log_scores_of_patches(x, fold) if fused else gmm.log_scores(fold(x))
+            (scores * weights).sum().backward()  # linear: no argmax or softmax to amplify rounding
+            return scores.detach(), {n: p.grad.clone() for n, p in gmm.named_parameters()}, x.grad
+
+        (a, ga, xa), (b, gb, xb) = run(True), run(False)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+        for name in gb:
+            torch.testing.assert_close(ga[name], gb[name], rtol=1e-5, atol=1e-5 * gb[name].abs().max().item() + 1e-9, msg=f"{fold.name}->{gmm.name} {name}")
+        torch.testing.assert_close(xa, xb, rtol=1e-5, atol=1e-5 * xb.abs().max().item())
+    calls = []
+    monkeypatch.setattr(GMMLayer, "log_scores_of_patches", lambda self, x, fold: calls.append(self.index) or GMMLayer.log_scores(self, fold(x)))
+    stack.bottom_up(torch.rand(2, 1, 28, 28))
+    assert calls == [gmm.index for _, gmm in pairs]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from dcgmm.errors import ConfigError
-from dcgmm.layers import LAYER_KINDS, GMMLayer, Layer, LinearClassifier, Shape
+from dcgmm.layers import LAYER_KINDS, Folding, GMMLayer, Layer, LinearClassifier, Shape
 
 
 def build_layers(specs: Sequence[Mapping], input_shape: Shape, gmm_defaults: Mapping | None = None) -> list[Layer]:
@@ -131,9 +131,20 @@ class DCGMM(nn.Module):
         raw: dict[int, torch.Tensor] = {}
         outputs: dict[int, torch.Tensor] = {}  # output map of every layer run
         stop = len(self.layers) if until is None else until + 1
+        read = {layer.input_layer for layer in self.layers if isinstance(layer, LinearClassifier)}
+        patches_of: torch.Tensor | None = None  # input of a folding whose GMM layer convolves it
         for layer in self.layers[start:stop]:
+            following = self.layers[layer.index + 1] if layer.index + 1 < stop else None
+            if isinstance(layer, Folding) and isinstance(following, GMMLayer) and following.convolves(layer) and layer.index not in read:
+                patches_of = x  # the GMM layer above computes its scores from this map (no patch copy)
+                continue
             if isinstance(layer, GMMLayer):
-                scores = layer.log_scores(x.detach() if detach else x)  # (N, P, K)
+                if patches_of is not None:
+                    source = patches_of.detach() if detach else patches_of
+                    scores = layer.log_scores_of_patches(source, self.layers[layer.index - 1])  # (N, P, K)
+                    patches_of = None
+                else:
+                    scores = layer.log_scores(x.detach() if detach else x)  # (N, P, K)
                 raw[layer.index] = scores
                 x = layer.responsibilities(scores.detach() if detach else scores)  # (N, K, H, W)
             elif isinstance(layer, LinearClassifier):

