@@ -92,7 +92,10 @@ def measure_topology(name: str, steps: int, epochs: int, dataset: str, data_dir:
             inference.append(len(test_x) / (time.perf_counter() - start))
     module.train()
     train_x, train_y = datamodule.dataset("train").x[:batch_size], datamodule.dataset("train").y[:batch_size]
+    gemm = gemm_gflops()  # the machine's own yardstick, in the same process and conditions
     return {
+        "gemm_gflops": gemm,
+        "train_images_per_s_per_gemm_gflops": statistics.median(rates) / gemm,
         "model": name,
         "parameters": sum(p.numel() for p in module.parameters()),
         "macs_per_image": sum(row["flops"] for row in module.stack.summary()),
@@ -107,6 +110,26 @@ def measure_topology(name: str, steps: int, epochs: int, dataset: str, data_dir:
         "peak_rss_mib": peak_rss_mib(),
         "profile": profile_steps(module, (train_x, train_y)),
     }
+
+
+def gemm_gflops(size: int = 1024, repeats: int = 20) -> float:
+    """fp32 GEMM speed of this process's torch threads, GFLOP/s (best of three timings).
+
+    Training speeds are also reported as images/s per GEMM-GFLOP/s measured in the same run, so
+    that figures from different machines, or from one machine under different load, compare.
+    """
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, repeats * 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def add_topology_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,12 +165,12 @@ def format_topology(result: dict) -> str:
     lines = [
         f"Topology benchmark on {m['cpu_model']}, {m['usable_cores']} cores, torch {m['versions']['torch']}, {m.get('date', '')}",
         "",
-        f"{'model':<13}{'params':>10}{'MACs/img':>12}{'train img/s':>13}{'60k epoch s':>13}{'infer img/s':>13}{'peak RSS MiB':>14}{'other cores':>13}",
+        f"{'model':<13}{'params':>10}{'MACs/img':>12}{'train img/s':>13}{'per GEMM GF/s':>15}{'60k epoch s':>13}{'infer img/s':>13}{'peak RSS MiB':>14}{'other cores':>13}",
     ]
     for r in result["results"]:
         lines.append(
             f"{r['model']:<13}{r['parameters']:>10,}{r['macs_per_image']:>12,}{r['train_images_per_s_median']:>13,.0f}"
-            f"{r['epoch_60k_seconds_median']:>13.1f}{r['inference_images_per_s']:>13,.0f}{r['peak_rss_mib']:>14,.0f}"
+            f"{r['train_images_per_s_per_gemm_gflops']:>15.1f}{r['epoch_60k_seconds_median']:>13.1f}{r['inference_images_per_s']:>13,.0f}{r['peak_rss_mib']:>14,.0f}"
             f"{r['cpu_load']['other_cores']:>13.2f}"
         )
     for r in result["results"]:
