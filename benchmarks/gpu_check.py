@@ -178,8 +178,9 @@ def lightning_epoch(device: torch.device, model: str, overrides: dict, images: i
     dataset = TensorBatchDataset(pixels.float().div_(255.0), torch.randint(0, 10, (images,), generator=g))
     loader = DataLoader(dataset, batch_size=100, sampler=EpochSeededSampler(images, 0), collate_fn=keep_batch)
     strategy = "auto"
-    if trainer_name != "default":  # the strategy of conf/trainer/<name>.yaml (e.g. ddp)
-        strategy = instantiate(OmegaConf.load(REPO_ROOT / "conf" / "trainer" / f"{trainer_name}.yaml").strategy)
+    if trainer_name != "default":  # the strategy of conf/trainer/<name>.yaml (e.g. ddp), spawned:
+        # a re-launched script (DDP's default) would run the whole check again in every process
+        strategy = instantiate(OmegaConf.load(REPO_ROOT / "conf" / "trainer" / f"{trainer_name}.yaml").strategy, start_method="spawn")
     speed = TrainingSpeed()
     trainer = L.Trainer(
         max_epochs=1, accelerator="gpu" if device.type == "cuda" else "cpu", devices=devices, strategy=strategy, logger=False,
@@ -189,7 +190,10 @@ def lightning_epoch(device: torch.device, model: str, overrides: dict, images: i
     module = build(model, overrides, torch.device("cpu"))
     start = time.perf_counter()
     trainer.fit(module, loader)
-    return dict(model=model, images=images, devices=devices, wall_s=time.perf_counter() - start, **speed.as_dict())
+    wall = time.perf_counter() - start
+    if devices > 1:  # the step timings stay in the spawned processes: the wall time of fit only
+        return dict(model=model, images=images, devices=devices, wall_s=wall, fit_seconds=wall)
+    return dict(model=model, images=images, devices=devices, wall_s=wall, **speed.as_dict())
 
 
 def ddp_epoch() -> dict | None:
@@ -249,8 +253,8 @@ def format_result(result: dict) -> str:
         if "error" in epoch:
             lines.append(f"epoch {epoch['model']}: failed: {epoch['error']}")
         else:
-            lines.append(f"epoch {epoch['model']} ({epoch['images']:,} images, {epoch['devices']} device(s)): fit {epoch['fit_seconds']:.2f} s, "
-                         f"of it steps {epoch['step_seconds']:.2f} s ({epoch['images_per_second']:,.0f} images/s)")
+            steps = f", of it steps {epoch['step_seconds']:.2f} s ({epoch['images_per_second']:,.0f} images/s)" if "step_seconds" in epoch else ""
+            lines.append(f"epoch {epoch['model']} ({epoch['images']:,} images, {epoch['devices']} device(s)): fit {epoch['fit_seconds']:.2f} s{steps}")
     return "\n".join(lines)
 
 

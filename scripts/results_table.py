@@ -280,7 +280,7 @@ class Planner:
         return keys
 
     @staticmethod
-    def flat_experiment(K: int, kind: str) -> str:
+    def flat_experiment(kind: str) -> str:
         return FLAT_OUTLIER_BASE if kind == "outliers" else FLAT_MAIN_BASE
 
     def plan(self, datasets: list[str]) -> None:
@@ -304,12 +304,12 @@ class Planner:
                             km = self.flat_k_for_params(dataset, p_main)
                             ko = self.flat_k_for_params(dataset, p_out) if p_out else None
                             label = f"A flat, params ≈ {letter}"
-                        exp_m = self.flat_experiment(km, "main")
+                        exp_m = self.flat_experiment("main")
                         m = self.sgd_runs(dataset, exp_m, "main", [f"model.K={km}"], f"flat_k{km}")
                         outs = {}
                         exp_o = None
                         if ko is not None:
-                            exp_o = self.flat_experiment(ko, "outliers")
+                            exp_o = self.flat_experiment("outliers")
                             outs = {c: self.sgd_runs(dataset, exp_o, "outliers", [f"model.K={ko}", f"outlier.held_out={c}"], f"flat_k{ko}_outliers_held{c}", c) for c in held_out}
                         self.rows.append(RowSpec(dataset, f"{comparison}:{topology}", label, "sgd", m, outs, f"experiments {exp_m}, {exp_o} with model.K={km}, {ko}"))
                     else:
@@ -511,9 +511,16 @@ def run_em(spec: RunSpec, run_dir: Path, data_dir: Path, em_cfg: dict, ndb: NDBC
     return record
 
 
+# overrides that say where a run trains, not what it computes: left out of the records' key, so
+# that records made on a CPU can be continued on a GPU machine (e.g. trainer=gpu data.on_device=true)
+PLACEMENT = ("trainer=", "trainer.accelerator=", "trainer.devices=", "trainer.num_nodes=", "data.on_device=",
+             "data.num_workers=", "data.pin_memory=", "torch_threads=")
+
+
 def run_key(spec: RunSpec, preset: dict) -> str:
-    """Hash of everything a run's record depends on (for --resume)."""
-    payload = dict(method=spec.method, overrides=spec.overrides, K=spec.K, held_out=spec.held_out, dataset=spec.dataset)
+    """Hash of everything a run's record depends on (for --resume); placement overrides aside."""
+    overrides = [o for o in spec.overrides if not o.lstrip("+~").startswith(PLACEMENT)]
+    payload = dict(method=spec.method, overrides=overrides, K=spec.K, held_out=spec.held_out, dataset=spec.dataset)
     if spec.kind == "main":
         payload["ndb"] = preset["ndb"]
     if spec.method == "em":
@@ -634,14 +641,16 @@ def mean_sd(values: list) -> tuple[float | None, float | None]:
     return mean, sd
 
 
-def row_values(row: RowSpec, records: dict, held_out: list[int]) -> dict:
+def row_values(row: RowSpec, records: dict, held_out: list[int], failures: dict | None = None) -> dict:
     """The numbers of one table row: per metric the mean over the row's seeds and its standard
     deviation (``<metric>_sd``, None with one seed); None where no finished run has the value."""
     main = [run_values(records[k], row.method) for k in row.main if k in records]
     outs = {c: [run_values(records[k], row.method) if k in records else {} for k in keys] for c, keys in row.outliers.items()}
     values: dict[str, Any] = dict(label=row.label, row_id=row.row_id, note=row.note, method=row.method, seeds=len(main), planned_seeds=len(row.main))
     for metric in MAIN_METRICS:
-        values[metric], values[f"{metric}_sd"] = mean_sd([v.get(metric) for v in main])
+        found = [v.get(metric) for v in main]
+        values[metric], values[f"{metric}_sd"] = mean_sd(found)
+        values[f"{metric}_n"] = sum(1 for x in found if x is not None)  # records of an older code may lack a metric
     first = [v for v in outs.get(held_out[0], []) if v] if held_out else []
     for metric in ("K", "params", "top_sigma"):
         values[f"{metric}_outliers"] = mean_sd([v.get(metric) for v in first])[0]
@@ -657,7 +666,7 @@ def row_values(row: RowSpec, records: dict, held_out: list[int]) -> dict:
         values[f"{metric}_mean"], values[f"{metric}_mean_sd"] = mean_sd(per_seed)
     values["seconds_all_runs"] = sum((records.get(k) or {}).get("seconds", 0.0) for k in row.keys)
     values["runs_done"], values["runs_planned"] = sum(1 for k in row.keys if k in records), len(row.keys)
-    values["failed"] = [k[1] for k in row.keys if (records.get(k) or {}).get("error")]
+    values["failed"] = [k[1] for k in row.keys if k in (failures or {})]
     return values
 
 
@@ -669,10 +678,15 @@ def table_columns(held_out: list[int]) -> list[str]:
     ]
 
 
-def fmt_sd(value, sd, digits: int = 3) -> str:
-    """``mean ± sd`` (the spread over seeds), or the value alone."""
+def fmt_sd(value, sd, digits: int = 3, n: int | None = None, seeds: int | None = None) -> str:
+    """``mean ± sd`` (the spread over seeds), or the value alone; ``(n of seeds)`` when fewer of the
+    row's finished seeds have the value."""
     text = fmt(value, digits)
-    return text if sd is None or text == MISSING else f"{text} ± {sd:.{digits}f}"
+    if text != MISSING and sd is not None:
+        text = f"{text} ± {sd:.{digits}f}"
+    if text != MISSING and n is not None and seeds is not None and n < seeds:
+        text += f" ({n} of {seeds})"
+    return text
 
 
 def table_line(values: dict, held_out: list[int]) -> list[str]:
@@ -683,7 +697,7 @@ def table_line(values: dict, held_out: list[int]) -> list[str]:
         fmt(v["top_sigma"], 2), fmt(v["K_outliers"] if v["K_outliers"] is None else int(v["K_outliers"])),
         fmt(v["params_outliers"] if v["params_outliers"] is None else int(v["params_outliers"])), fmt(v["top_sigma_outliers"], 2),
         fmt_sd(v["purity"], v["purity_sd"]), fmt_sd(v["nmi"], v["nmi_sd"]), fmt_sd(v["ari"], v["ari_sd"]), fmt(v["hungarian_acc"]),
-        fmt_sd(v["dunn"], v["dunn_sd"]), fmt_sd(v["davies_bouldin"], v["davies_bouldin_sd"], 2), fmt_sd(v["acc"], v["acc_sd"]), fmt_sd(v["ndb_ratio"], v["ndb_ratio_sd"], 2), fmt_sd(v["ndb_sharpened"], v["ndb_sharpened_sd"], 2),
+        fmt_sd(v["dunn"], v["dunn_sd"], 3, v["dunn_n"], v["seeds"]), fmt_sd(v["davies_bouldin"], v["davies_bouldin_sd"], 2, v["davies_bouldin_n"], v["seeds"]), fmt_sd(v["acc"], v["acc_sd"]), fmt_sd(v["ndb_ratio"], v["ndb_ratio_sd"], 2), fmt_sd(v["ndb_sharpened"], v["ndb_sharpened_sd"], 2),
         fmt(v["js"]), *[fmt_sd(v["auroc"][c], v["auroc_sd"][c]) for c in held_out], fmt_sd(v["auroc_mean"], v["auroc_mean_sd"]),
         fmt_sd(v["auroc_sum_mean"], v["auroc_sum_mean_sd"]), fmt(v["auroc_cross_mean"]), fmt(v["auroc_noise_mean"]),
         MISSING if seconds is None else f"{seconds:.1f}" if seconds < 100 else f"{seconds:.0f}",
@@ -779,7 +793,10 @@ def verdict_rule(preset: dict) -> str:
     )
 
 
-def write_report(report_dir: Path, preset_name: str, preset: dict, planner: Planner, records: dict, datasets: list[str], meta: dict) -> tuple[Path, Path]:
+def write_report(
+    report_dir: Path, preset_name: str, preset: dict, planner: Planner, records: dict, datasets: list[str], meta: dict, failures: dict | None = None
+) -> tuple[Path, Path]:
+    failures = failures or {}
     held_out = preset["held_out"]
     columns = table_columns(held_out)
     ndb_cfg = preset["ndb"]
@@ -824,7 +841,7 @@ def write_report(report_dir: Path, preset_name: str, preset: dict, planner: Plan
     json_rows: dict[str, list[dict]] = {}
     for dataset in datasets:
         rows = [r for r in planner.rows if r.dataset == dataset]
-        values = [row_values(r, records, held_out) for r in rows]
+        values = [row_values(r, records, held_out, failures) for r in rows]
         json_rows[dataset] = values
         lines += [f"## {DATASET_TITLES.get(dataset, dataset)}", "", markdown_table(columns, [table_line(v, held_out) for v in values]), ""]
     lines += ["## Verdict", "", verdict_rule(preset), ""]
@@ -867,9 +884,8 @@ def write_report(report_dir: Path, preset_name: str, preset: dict, planner: Plan
               f"(`runs[].overrides`); the preset's overrides: {json.dumps(preset['overrides'])}."]
     if planner.notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in planner.notes]
-    failures = [(k, r["error"]) for k, r in records.items() if r.get("error")]
     if failures:
-        lines += ["", "## Failed runs", ""] + [f"- {k[0]}/{k[1]}: {err}" for k, err in failures]
+        lines += ["", "## Failed runs (trained again by the next --resume)", ""] + [f"- {k[0]}/{k[1]}: {err}" for k, err in failures.items()]
     report_dir.mkdir(parents=True, exist_ok=True)
     md = report_dir / "RESULTS.md"
     md.write_text("\n".join(lines) + "\n")
@@ -878,7 +894,8 @@ def write_report(report_dir: Path, preset_name: str, preset: dict, planner: Plan
         preset=preset_name, settings=preset, meta=meta, columns=columns, rows=json_rows, notes=planner.notes,
         runs=[{**(records.get(k) or {}), **dict(dataset=s.dataset, name=s.name, kind=s.kind, method=s.method, experiment=s.experiment,
                                                  overrides=s.overrides, held_out=s.held_out, seed=s.seed, planned_K=s.K, planned_params=s.params,
-                                                 finished=k in records)} for k, s in planner.runs.items()],
+                                                 finished=k in records, **({"error": failures[k]} if k in failures else {}))}
+              for k, s in planner.runs.items()],
     )
     js.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
     return md, js
@@ -966,16 +983,18 @@ def record_path(records_dir: Path, spec: RunSpec) -> Path:
     return records_dir / spec.dataset / f"{spec.name}.json"
 
 
-def load_records(planner: Planner, records_dir: Path, preset_name: str, preset: dict, resume: bool) -> dict[tuple[str, str], dict]:
-    """The finished records of the planned runs, checked before anything trains.
+def load_records(planner: Planner, records_dir: Path, preset_name: str, preset: dict, resume: bool) -> tuple[dict, dict]:
+    """The finished records of the planned runs, checked before anything trains, and the errors of
+    the planned runs whose record says they failed: ``({key: record}, {key: error})``.
 
     Every record file below ``records_dir`` must come from this preset and this record version;
     a planned run's record must have been made with the run's settings (its key). Without
-    ``resume`` no record may exist yet (nothing on disk is overwritten). Records of failed runs
-    are not returned: those runs are trained again.
+    ``resume`` no record may exist yet (nothing on disk is overwritten). Failed runs are trained
+    again (their settings may have changed: their key is not checked).
     """
     planned = {record_path(records_dir, spec): spec for spec in planner.runs.values()}
     records: dict[tuple[str, str], dict] = {}
+    failures: dict[tuple[str, str], str] = {}
     found = sorted(records_dir.rglob("*.json")) if records_dir.exists() else []
     if found and not resume:
         raise RecordError(
@@ -998,11 +1017,13 @@ def load_records(planner: Planner, records_dir: Path, preset_name: str, preset: 
         spec = planned.get(path)
         if spec is None:
             continue  # a run this plan does not need (e.g. --datasets mnist): kept, not used
+        if record.get("error"):
+            failures[spec.key] = str(record["error"])
+            continue
         if record.get("key") != run_key(spec, preset):
             raise RecordError(f"{path}: made with other settings than the run planned now (overrides, K or preset values changed); move it away to train it again")
-        if not record.get("error"):
-            records[spec.key] = record
-    return records
+        records[spec.key] = record
+    return records, failures
 
 
 def run(args, preset: dict, datasets: list[str], report_dir: Path, runs_dir: Path, wall_start: float, records_dir: Path) -> int:
@@ -1018,7 +1039,7 @@ def run(args, preset: dict, datasets: list[str], report_dir: Path, runs_dir: Pat
         dry_run(planner, compose)
         return 0
     try:
-        records = load_records(planner, records_dir, args.preset, preset, args.resume or args.report_only)
+        records, failures = load_records(planner, records_dir, args.preset, preset, args.resume or args.report_only)
     except RecordError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -1041,7 +1062,7 @@ def run(args, preset: dict, datasets: list[str], report_dir: Path, runs_dir: Pat
             finished=sum(1 for spec in specs if spec.key in records),
             planned=len(specs),
         )
-        return write_report(report_dir, args.preset, preset, planner, records, datasets, meta)
+        return write_report(report_dir, args.preset, preset, planner, records, datasets, meta, failures)
 
     deadline = None if args.max_hours is None else wall_start + 3600.0 * args.max_hours
     failed = 0
@@ -1076,7 +1097,10 @@ def run(args, preset: dict, datasets: list[str], report_dir: Path, runs_dir: Pat
             out.write((json.dumps(record, indent=2, default=_json_default) + "\n").encode())
         if not record.get("error"):
             records[spec.key] = record
+            failures.pop(spec.key, None)
             log.info("    " + summary_line(record))
+        else:
+            failures[spec.key] = record["error"]
         md, js = report()  # after every run: the table so far
         gc.collect()
     md, js = report()

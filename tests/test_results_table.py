@@ -87,7 +87,7 @@ def test_tiny_preset_writes_a_well_formed_table(results_table, tmp_path):
 
     payload = json.loads((tmp_path / "tiny.json").read_text())
     assert payload["preset"] == "tiny" and payload["meta"]["machine"]["torch"]
-    assert len(payload["rows"]["mnist"]) == 3 and not any(run.get("error") for run in payload["runs"])
+    assert len(payload["rows"]["mnist"]) == 3 and not any("error" in run for run in payload["runs"])
     assert all(run["finished"] for run in payload["runs"])
     assert (tmp_path / "runs" / "mnist" / "table_dcgmm2_s12345" / "samples.png").exists()
     records = sorted(p.name for p in (tmp_path / "records" / "mnist").glob("*.json"))
@@ -228,3 +228,28 @@ def test_existing_records_need_resume(results_table, tiny_plan, tmp_path, capsys
     assert results_table.main(["--preset", "tiny", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already holds 6 run record(s)" in err[0] and "--resume" in err[0]
+
+
+def test_failed_records_are_reported_and_placement_overrides_keep_the_keys(results_table, tiny_plan, tmp_path):
+    """A failed run's record is listed under "Failed runs" (its key is not checked: it is trained
+    again), and overrides that only say where a run trains (trainer=gpu, data.on_device=true) keep
+    the records' keys, so a CPU-made table continues on a GPU machine."""
+    preset, planner = tiny_plan
+    numbers = {row: dict(nmi=0.5, ndb=0.5, auroc=0.9) for row in ("dcgmm", "flat", "em")}
+    write_records(results_table, preset, planner, tmp_path / "records", numbers)
+    target = tmp_path / "records" / "mnist" / "flat_k36_s12345.json"
+    target.write_text(json.dumps(dict(error="RuntimeError: out of memory", key="stale", record_version=results_table.RECORD_VERSION, preset="tiny")))
+    assert results_table.main(["--preset", "tiny", "--out", str(tmp_path), "--report-only"]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## Failed runs" in text and "mnist/flat_k36_s12345: RuntimeError: out of memory" in text
+    payload = json.loads((tmp_path / "tiny.json").read_text())
+    assert [r["error"] for r in payload["runs"] if r["name"] == "flat_k36_s12345"] == ["RuntimeError: out of memory"]
+
+    on_gpu = results_table.Planner(preset, results_table.Composer(tmp_path / "runs"), ["trainer=gpu", "data.on_device=true", "trainer.devices=2"])
+    on_gpu.plan(["mnist"])
+    for key, spec in planner.runs.items():
+        assert results_table.run_key(on_gpu.runs[key], preset) == results_table.run_key(spec, preset)
+    other = results_table.Planner(preset, results_table.Composer(tmp_path / "runs"), ["trainer.max_epochs=3"])
+    other.plan(["mnist"])
+    spec = next(s for s in planner.runs.values() if s.method == "sgd")
+    assert results_table.run_key(other.runs[spec.key], preset) != results_table.run_key(spec, preset)  # what it computes

@@ -118,7 +118,7 @@ def c_like_stack() -> DCGMM:
 
 def test_sharpening_rate_per_folding_layer():
     """rate={0: a, 3: b} sharpens below each folding at its own rate: the same as one rate when
-    a = b, and only the map below the layer whose rate changed moves."""
+    a = b, different images when b changes; a mapping that misses a sharpened folding is refused."""
     def draw(rate):
         sharp = SharpeningOptions(enabled=True, rate=rate, iterations=3)
         return Sampler(c_like_stack(), SamplingOptions(divisor=2.0, clamp=False, sharpening=sharp), torch.Generator().manual_seed(0)).sample(8)

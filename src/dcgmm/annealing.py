@@ -13,8 +13,6 @@ Two small pieces, one GMM layer each:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-
 import torch
 
 from dcgmm.errors import ConfigError
@@ -131,13 +129,11 @@ class AnnealingSchedule:
         """Start value (docs/design.md section 2) ``0.25 * sqrt(2K)``."""
         return 0.25 * math.sqrt(2.0 * num_components)
 
-    def step(self, loss: torch.Tensor | float, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> bool:
-        """Add one step's loss; at a window end apply the rule. Returns True if sigma or lr changed.
-
-        Only at a window end is the (device) window sum read back to the host. ``reduce`` maps the
-        window sum to its mean over data-parallel processes (e.g. the Lightning strategy's
-        ``reduce``), so that every process takes the same decision at the same step.
-        """
+    def step(self, loss: torch.Tensor | float) -> bool:
+        """Add one step's loss; at a window's decision step apply the rule. Returns True if sigma or
+        lr changed. Only then is the (device) window sum read back to the host. Under data
+        parallelism the module passes losses already averaged over processes, so every process
+        takes the same decision at the same step."""
         if isinstance(loss, torch.Tensor):
             loss = loss.detach()
         self.steps += 1
@@ -149,8 +145,6 @@ class AnnealingSchedule:
         if in_window < counted:
             return False
         total = self._window_sum
-        if reduce is not None:
-            total = reduce(torch.as_tensor(total, dtype=torch.float32))
         avg = float(total.item() if isinstance(total, torch.Tensor) else total) / counted
         self._window_sum = 0.0
         return self.end_window(avg)

@@ -226,6 +226,8 @@ class DCGMMModule(L.LightningModule):
             means = self.train_loss_sum / self._train_steps_in_epoch  # (number of learning layers,)
             learners = self.stack.learning_layers
             gmm_mask = torch.tensor([isinstance(layer, GMMLayer) for layer in learners], device=means.device)
+            # the same on every process (built from losses averaged over processes); sync_dist keeps
+            # Lightning's epoch-end logging under spawned DDP (without it rank 0 logged 0.0)
             self.log("train/loss_epoch", means[gmm_mask].sum(), sync_dist=True)
             for layer, value in zip(learners, means):
                 self.log(f"train/{layer.name}/loss_epoch", value, sync_dist=True)
@@ -233,10 +235,16 @@ class DCGMMModule(L.LightningModule):
             self._train_steps_in_epoch = 0
 
     def _mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
-        """Mean over data-parallel processes (identity on one process)."""
+        """Mean over data-parallel processes (identity on one process), on a copy of ``value``.
+
+        A plain all-reduce (sum, then divided by the number of processes: gloo has no average):
+        unlike the strategy's ``reduce`` it runs no barrier, so it does not block the host.
+        """
         if self._trainer is None or self.trainer.world_size == 1:
             return value
-        return self.trainer.strategy.reduce(value, reduce_op="mean")
+        shared = value.detach().clone()
+        torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.SUM)
+        return shared.div_(self.trainer.world_size)
 
     def _track_nonfinite(self, loss_vector: torch.Tensor) -> None:
         """Remember, on the device, the first step at which each layer's loss was NaN or inf."""
