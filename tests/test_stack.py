@@ -222,3 +222,20 @@ def test_gmm_scores_as_convolutions_match_patches_and_products(model, monkeypatc
     monkeypatch.setattr(GMMLayer, "log_scores_of_patches", lambda self, x, fold: calls.append(self.index) or GMMLayer.log_scores(self, fold(x)))
     stack.bottom_up(torch.rand(2, 1, 28, 28))
     assert calls == [gmm.index for _, gmm in pairs]
+
+
+def test_convolution_path_respects_cuts_and_readers(monkeypatch):
+    """bottom_up that stops at a folding returns its patches; one that starts at the GMM layer reads
+    the patches given; a classifier reading the folding gets the folding's real output."""
+    torch.manual_seed(0)
+    layers = [{"kind": "folding", "kernel_size": 4, "stride": 2}, {"kind": "gmm", "K": 4}, {"kind": "classifier", "input_layer": 0}]
+    stack = DCGMM(layers, (1, 10, 10))
+    fold, gmm = stack.layers[0], stack.layers[1]
+    x = torch.rand(3, 1, 10, 10)
+    out, raw = stack.bottom_up(x, until=0)
+    assert torch.equal(out, fold(x)) and raw == {}
+    _, from_patches = stack.bottom_up(fold(x), start=1, until=1)
+    _, whole = stack.bottom_up(x)
+    torch.testing.assert_close(whole[1], from_patches[1], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(whole[2], stack.layers[2](fold(x)))  # the classifier saw the folding's output
+    assert gmm.convolves(fold)  # the fused path was possible, yet the reader keeps the folding output
