@@ -19,6 +19,9 @@ computed with the square expanded, so the batch work is two matrix products::
 
     l = (x*x) @ (-s^2/2)^T + x @ (mu*s^2)^T + (log pi + sum log s - 1/2 sum (mu*s)^2 - D/2 log 2pi)
 
+Above a folding, in shared mode, the same two products are two convolutions of the folding's
+input (:meth:`GMMLayer.log_scores_of_patches`, docs/design.md section 6): no patch copy.
+
 On the positive floor of ``s``: the authors' code clips ``s`` only from above, so ``log s`` can be
 undefined. Here ``s`` is clipped to ``[inv_std_min, sqrt(precision_max)]`` (default floor 1e-3,
 i.e. std at most 1000), which keeps ``log s`` finite. ``1/precision_max`` is the variance floor.
