@@ -664,6 +664,7 @@ def row_values(row: RowSpec, records: dict, held_out: list[int], failures: dict 
             found = [outs[c][j].get(metric) for c in held_out if j < len(outs.get(c, [])) and outs[c][j]]
             per_seed.append(sum(found) / len(found) if found and len(found) == len(held_out) and None not in found else None)
         values[f"{metric}_mean"], values[f"{metric}_mean_sd"] = mean_sd(per_seed)
+        values[f"{metric}_mean_n"] = sum(1 for x in per_seed if x is not None)
     values["seconds_all_runs"] = sum((records.get(k) or {}).get("seconds", 0.0) for k in row.keys)
     values["runs_done"], values["runs_planned"] = sum(1 for k in row.keys if k in records), len(row.keys)
     values["failed"] = [k[1] for k in row.keys if k in (failures or {})]

@@ -85,7 +85,10 @@ def compare(dcgmm: Mapping, flat: Mapping, claim: Claim) -> Comparison:
     margin = max(2.0 * noise, claim.floor)
     gain = claim.sign * (float(a) - float(b))
     verdict = "better" if gain > margin else "worse" if gain < -margin else "equal"
-    return Comparison(claim, verdict, float(a), float(b), margin, (int(dcgmm.get("seeds") or 0), int(flat.get("seeds") or 0)))
+    def seeds(row: Mapping) -> int:  # seeds behind this metric (e.g. the outlier runs'), else the row's
+        return int(row.get(f"{claim.metric}_n", row.get("seeds")) or 0)
+
+    return Comparison(claim, verdict, float(a), float(b), margin, (seeds(dcgmm), seeds(flat)))
 
 
 def verdicts(rows: Sequence[Mapping]) -> list[tuple[Mapping, Mapping, str, list[Comparison]]]:
