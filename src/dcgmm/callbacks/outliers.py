@@ -139,14 +139,14 @@ class OutlierDetection(Callback):
         if len(x) == 0:
             what = "" if self.outlier_classes is None else f" of the held-out classes {self.outlier_classes}"
             raise DataError(f"the outlier set is empty: the {self.dataset} test split has no images{what}")
-        return torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1).to(torch.float32).div_(255.0)
+        return as_images(x)
 
     def load_extra(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """An extra outlier set: uniform noise of ``shape`` (seeded), or another dataset's test images."""
         if name == NOISE:
             return torch.rand(NOISE_IMAGES, *shape, generator=torch.Generator().manual_seed(0))
         x = load_dataset(name, self.data_dir, None, self.download)["test_x"]
-        return torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1).to(torch.float32).div_(255.0)
+        return as_images(x)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._key = parse_outlier_score(self.score, pl_module.stack)  # one-line error before training
@@ -265,6 +265,11 @@ class OutlierDetection(Callback):
         self.result["roc_png"] = str(png)
         (self.output_dir / RESULT_JSON).write_text(json.dumps(self.result, indent=2) + "\n")
         log_roc_to_wandb(trainer, fpr, tpr, png)
+
+
+def as_images(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 images ``(N, H, W)`` -> float32 ``(N, 1, H, W)`` in [0, 1], as the data module makes them."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(1).to(torch.float32).div_(255.0)
 
 
 def save_roc_png(fpr: np.ndarray, tpr: np.ndarray, auroc: float, path: Path, title: str = "") -> None:
