@@ -95,6 +95,13 @@ class DCGMM(nn.Module):
         self.layers = nn.ModuleList(build_layers(layers, self.input_shape, gmm_defaults))
         if not self.gmm_layers:
             raise ConfigError("the topology has no gmm layer; add at least one {kind: gmm}")
+        # foldings whose GMM layer above computes its scores from the folding's input (no patch
+        # copy, docs/design.md section 6); not one that a classifier reads
+        read = {layer.input_layer for layer in self.layers if isinstance(layer, LinearClassifier)}
+        self.convolved_foldings = frozenset(
+            fold.index for fold, above in zip(self.layers[:-1], self.layers[1:])
+            if isinstance(fold, Folding) and isinstance(above, GMMLayer) and above.convolves(fold) and fold.index not in read
+        )
 
     @property
     def gmm_layers(self) -> list[GMMLayer]:
@@ -131,11 +138,9 @@ class DCGMM(nn.Module):
         raw: dict[int, torch.Tensor] = {}
         outputs: dict[int, torch.Tensor] = {}  # output map of every layer run
         stop = len(self.layers) if until is None else until + 1
-        read = {layer.input_layer for layer in self.layers if isinstance(layer, LinearClassifier)}
         patches_of: torch.Tensor | None = None  # input of a folding whose GMM layer convolves it
         for layer in self.layers[start:stop]:
-            following = self.layers[layer.index + 1] if layer.index + 1 < stop else None
-            if isinstance(layer, Folding) and isinstance(following, GMMLayer) and following.convolves(layer) and layer.index not in read:
+            if layer.index in self.convolved_foldings and layer.index + 1 < stop:
                 patches_of = x  # the GMM layer above computes its scores from this map (no patch copy)
                 continue
             if isinstance(layer, GMMLayer):

@@ -17,10 +17,7 @@ import torch
 
 from dcgmm.model import DCGMM
 
-__all__ = ["OUTLIER_SCORES", "cluster_ids", "layer_typicalities", "parse_outlier_score", "top_scores", "typicality", "typicality_from_scores"]
-
-#: outlier scores: the top GMM layer's objective (published), the sum of every GMM layer's, one layer's
-OUTLIER_SCORES = ("top", "sum", "layer:<i>")
+__all__ = ["batched_typicalities", "cluster_ids", "layer_typicalities", "parse_outlier_score", "top_scores", "typicality", "typicality_from_scores"]
 
 
 def top_scores(stack: DCGMM, x: torch.Tensor) -> torch.Tensor:
@@ -44,14 +41,18 @@ def cluster_ids(scores: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def typicality(stack: DCGMM, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Typicality of many images ``(N, C, H, W)`` in batches, on the stack's device: ``(N,)`` on the CPU."""
+def batched_typicalities(stack: DCGMM, images: torch.Tensor, batch_size: int = 1000) -> dict[str, torch.Tensor]:
+    """:func:`layer_typicalities` of many images ``(N, C, H, W)``, in batches on the stack's device:
+    ``{key: (N,)}`` on that device (empty for no images)."""
     device = next(stack.parameters()).device
-    out = [
-        typicality_from_scores(stack, top_scores(stack, images[i : i + batch_size].to(device))).cpu()
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(out) if out else torch.empty(0)
+    parts = [layer_typicalities(stack, images[i : i + batch_size].to(device)) for i in range(0, len(images), batch_size)]
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]} if parts else {}
+
+
+def typicality(stack: DCGMM, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The top layer's typicality of many images ``(N, C, H, W)`` in batches: ``(N,)`` on the CPU."""
+    scores = batched_typicalities(stack, images, batch_size)
+    return scores["top"].cpu() if scores else torch.empty(0)
 
 
 def parse_outlier_score(score: str, stack: DCGMM | None = None) -> str:

@@ -27,7 +27,7 @@ from dcgmm.data.sources import dataset_info
 from dcgmm.errors import ConfigError
 from dcgmm.metrics import auroc_metric
 from dcgmm.resolvers import held_out_list
-from dcgmm.scoring import layer_typicalities, parse_outlier_score
+from dcgmm.scoring import batched_typicalities, layer_typicalities, parse_outlier_score
 
 log = logging.getLogger("dcgmm")
 
@@ -191,11 +191,6 @@ class OutlierDetection(Callback):
         if outlier_set in (None, self.sets[0]):
             self._roc.update(-typical[self._key], torch.full_like(typical[self._key], int(outlier_set is not None), dtype=torch.long))
 
-    @torch.no_grad()
-    def _score(self, stack, images: torch.Tensor, device) -> dict[str, torch.Tensor]:
-        parts = [layer_typicalities(stack, images[i : i + self.batch_size].to(device)) for i in range(0, len(images), self.batch_size)]
-        return {key: torch.cat([p[key] for p in parts]) for key in parts[0]} if parts else {}
-
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         with torch.no_grad():
             typical = layer_typicalities(pl_module.stack, batch[0])
@@ -214,7 +209,7 @@ class OutlierDetection(Callback):
         for name, images in outlier_sets.items():
             images = images[:limit] if limit else images
             shard = images[trainer.global_rank :: trainer.world_size]  # every process scores its share
-            typical = self._score(pl_module.stack, shard, pl_module.device)
+            typical = batched_typicalities(pl_module.stack, shard, self.batch_size)
             if typical:
                 self._update(typical, name)
                 mean_typical[name] = float(typical[self._key].mean())

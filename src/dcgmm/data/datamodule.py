@@ -364,11 +364,17 @@ class ImageDataModule(L.LightningDataModule):
             raise RuntimeError("call setup() on the data module before accessing its data")
 
     # ------------------------------------------------------------ dataloaders
+    def _set_shuffle_seed(self) -> None:
+        """Fix the seed of the training order at the first loader: torch's seed then (process 0's
+        under data parallelism), see :class:`EpochSeededSampler`."""
+        if self._shuffle_seed is None:
+            self._shuffle_seed = shared_seed(torch.initial_seed() % (2**31))
+
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
         # shuffled order: a function of (torch's seed at the first loader, epoch), see EpochSeededSampler
-        if shuffle and self._shuffle_seed is None:
-            self._shuffle_seed = shared_seed(torch.initial_seed() % (2**31))
+        if shuffle:
+            self._set_shuffle_seed()
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -385,8 +391,8 @@ class ImageDataModule(L.LightningDataModule):
         the loader yields :class:`StepIndex` markers that become those batches on the device."""
         if not self.on_device:
             return self._loader("train", self.batch_size, self.shuffle)
-        if self.shuffle and self._shuffle_seed is None:
-            self._shuffle_seed = shared_seed(torch.initial_seed() % (2**31))
+        if self.shuffle:
+            self._set_shuffle_seed()
         self._train_sampler = EpochSeededSampler(len(self.dataset("train")), self._shuffle_seed or 0, shuffle=self.shuffle)
         self._device_train = self._device_order = None
         return DataLoader(_Identity(), batch_size=None, sampler=EpochSteps(self._train_sampler, self.batch_size), collate_fn=keep_batch)
