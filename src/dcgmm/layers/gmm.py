@@ -229,9 +229,8 @@ class GMMLayer(Layer):
 
         In shared mode the two products over patches are two convolutions of the folding's input
         with the parameters as kernels, ``conv(x*x, -s^2/2) + conv(x, mu*s^2) + bias``: the same
-        sums (patch channels in ``(i, j, c)`` order), without the patch copy. Measured on a 2-core
-        AMD EPYC, one thread, topology E's middle layer (forward and weight gradients, 100 images):
-        18.6 ms against 34.7 ms for patches and matrix products.
+        sums (patch channels in ``(i, j, c)`` order), without the patch copy
+        (``python -m benchmarks.convolutions`` measures what it gives, README "Performance").
         """
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(self.means.dtype)
