@@ -134,9 +134,17 @@ class DCGMMModule(L.LightningModule):
             self._bottom_up = torch.compile(self.stack.bottom_up, **({} if mode is True else {"mode": str(mode)}))
 
     def _device_state(self) -> None:
-        """Move the training-loop state to the module's device (once per fit)."""
-        for name in ("nonfinite_step", "train_loss_sum", "schedule_values"):
-            setattr(self, name, getattr(self, name).to(self.device))
+        """Fresh training-loop state on the module's device (once per fit, in every process).
+
+        New tensors, not ``.to(device)`` of the ones made in ``__init__``: a spawned strategy
+        pickles the module into its processes with CPU tensors in shared memory, so on the CPU
+        every process would add its losses into one and the same buffer.
+        """
+        learners = len(self.stack.learning_layers)
+        self.nonfinite_step = torch.full((learners,), -1, dtype=torch.long, device=self.device)
+        self.train_loss_sum = torch.zeros(learners, device=self.device)
+        self.schedule_values = torch.zeros(len(self.schedules), 2, device=self.device)
+        self._train_steps_in_epoch = 0
         self._weights = {}
 
     def on_fit_start(self) -> None:
@@ -223,14 +231,13 @@ class DCGMMModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._raise_if_nonfinite()  # before ModelCheckpoint saves the epoch
         if self._train_steps_in_epoch:
-            means = self.train_loss_sum / self._train_steps_in_epoch  # (number of learning layers,)
+            # one host read per epoch; the same numbers on every process (built from the losses
+            # averaged over processes), so nothing is synchronised for logging
+            means = (self.train_loss_sum / self._train_steps_in_epoch).tolist()  # per learning layer
             learners = self.stack.learning_layers
-            gmm_mask = torch.tensor([isinstance(layer, GMMLayer) for layer in learners], device=means.device)
-            # the same on every process (built from losses averaged over processes); sync_dist keeps
-            # Lightning's epoch-end logging under spawned DDP (without it rank 0 logged 0.0)
-            self.log("train/loss_epoch", means[gmm_mask].sum(), sync_dist=True)
+            self.log("train/loss_epoch", sum(m for layer, m in zip(learners, means) if isinstance(layer, GMMLayer)))
             for layer, value in zip(learners, means):
-                self.log(f"train/{layer.name}/loss_epoch", value, sync_dist=True)
+                self.log(f"train/{layer.name}/loss_epoch", value)
             self.train_loss_sum.zero_()
             self._train_steps_in_epoch = 0
 
