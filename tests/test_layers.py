@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dcgmm.errors import ConfigError
-from dcgmm.layers import Folding, LinearClassifier, MaxPooling
+from dcgmm.layers import Folding, LinearClassifier, MaxPooling, TopDownContext
 
 
 def sliced_patches(x: torch.Tensor, kh: int, kw: int, sh: int, sw: int) -> torch.Tensor:
@@ -85,7 +85,7 @@ def test_pooling_forward_equals_reference(size, k, s):
 def test_pooling_top_down_dense_copies_to_window():
     pool = MaxPooling((1, 5, 5), kernel_size=2, stride=2)  # 3x3 output, last row/col windows cut
     signal = torch.arange(9.0).reshape(1, 1, 3, 3)
-    out = pool.top_down(signal, mode="dense")
+    out = pool.top_down(signal, TopDownContext(pooling_mode="dense"))
     assert out.shape == (1, 1, 5, 5)
     expected = signal.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :5, :5]
     torch.testing.assert_close(out, expected)
@@ -94,7 +94,7 @@ def test_pooling_top_down_dense_copies_to_window():
 def test_pooling_top_down_sparse_keeps_one_position_per_window():
     pool = MaxPooling((3, 6, 6), kernel_size=2, stride=2, top_down_mode="sparse")
     signal = torch.rand(4, 3, 3, 3) + 1.0
-    out = pool.top_down(signal, generator=torch.Generator().manual_seed(0))
+    out = pool.top_down(signal, TopDownContext(generator=torch.Generator().manual_seed(0)))
     windows = out.reshape(4, 3, 3, 2, 3, 2).permute(0, 1, 2, 4, 3, 5).reshape(4, 3, 3, 3, 4)
     assert ((windows > 0).sum(-1) == 1).all()  # exactly one non-zero per window
     torch.testing.assert_close(windows.sum(-1), signal)  # ...holding the pooled value

@@ -5,8 +5,9 @@ that layer's parameters, e.g. the flat GMM::
 
     [{"kind": "folding", "kernel_size": 28}, {"kind": "gmm", "K": 25}]
 
-GMM layers take unset parameters from ``gmm_defaults`` (the model-wide ``K``, ``lr``, ...), so a
-model-wide override reaches every layer that does not set the value itself.
+Layers take unset parameters from ``defaults`` (the model-wide ``K``, ``lr``, ...; each kind
+lists the ones it takes in ``model_defaults``), so a model-wide override reaches every layer that
+does not set the value itself.
 
 Training is layer-local (docs/design.md section 2): each GMM layer sees a detached input, so one backward
 pass of the summed losses gives every layer exactly the gradient of its own loss.
@@ -20,25 +21,29 @@ import torch
 from torch import nn
 
 from dcgmm.errors import ConfigError
-from dcgmm.layers import LAYER_KINDS, Folding, GMMLayer, Layer, LinearClassifier, Shape
+from dcgmm.layers import LAYER_KINDS, GMMLayer, Layer, LinearClassifier, Shape
+from dcgmm.typecheck import check_arguments
 
 
-def build_layers(specs: Sequence[Mapping], input_shape: Shape, gmm_defaults: Mapping | None = None) -> list[Layer]:
-    """Instantiate layers bottom-up, each from the previous layer's output shape.
+def build_layers(specs: Sequence[Mapping], input_shape: Shape, defaults: Mapping | None = None) -> list[Layer]:
+    """Instantiate layers bottom-up, each from the output shape of the layer it reads.
+
+    ``defaults`` holds model-wide values (``K``, ``lr``, ...); a layer takes those its class lists
+    in ``model_defaults`` when its spec leaves them unset. A spec may name the layer it reads
+    (``input_layer``, default: the kind's :meth:`~dcgmm.layers.Layer.default_input`).
 
     Raises a one-line :class:`ConfigError` for an empty list, an unknown kind, a missing or
     unknown parameter, or shapes that do not fit.
     """
     if specs is None or len(specs) == 0:
         raise ConfigError("the model has no layers: give model.layers as a list such as [{kind: folding, kernel_size: 28}, {kind: gmm, K: 25}]")
-    shape: Shape = tuple(int(v) for v in input_shape)  # type: ignore[assignment]
-    if len(shape) != 3 or min(shape) < 1:
+    image: Shape = tuple(int(v) for v in input_shape)  # type: ignore[assignment]
+    if len(image) != 3 or min(image) < 1:
         raise ConfigError(f"input_shape={list(input_shape)} must be [channels, height, width] with positive sizes")
     layers: list[Layer] = []
-    out_shapes: list[Shape] = []  # output shape of every layer built so far
     for index, spec in enumerate(specs):
-        if layers and isinstance(layers[-1], LinearClassifier):
-            raise ConfigError(f"layer {index}: the classifier (layer {index - 1}) must be the last layer of the topology")
+        if layers and layers[-1].is_last:
+            raise ConfigError(f"layer {index}: the {layers[-1].kind} (layer {index - 1}) must be the last layer of the topology")
         if not isinstance(spec, Mapping) or "kind" not in spec:
             raise ConfigError(f"layer {index}: {spec!r} needs a 'kind' (one of {sorted(LAYER_KINDS)})")
         params = dict(spec)
@@ -46,37 +51,26 @@ def build_layers(specs: Sequence[Mapping], input_shape: Shape, gmm_defaults: Map
         if kind not in LAYER_KINDS:
             raise ConfigError(f"layer {index}: kind={kind!r} is unknown; known kinds: {', '.join(sorted(LAYER_KINDS))}")
         cls = LAYER_KINDS[kind]
-        if cls is GMMLayer:
-            declared_dim = params.pop("D", None)
-            if declared_dim is not None and int(declared_dim) != shape[0]:
-                raise ConfigError(
-                    f"layer {index} (gmm): D={declared_dim} does not match the {shape[0]} channels "
-                    f"that layer {index - 1} produces; drop D or make it {shape[0]}"
-                )
-            for key, value in (gmm_defaults or {}).items():
-                if value is not None:
-                    params.setdefault(key, value)
-        if cls is LinearClassifier:
-            gmm_below = [layer.index for layer in layers if isinstance(layer, GMMLayer)]
-            source = params.get("input_layer")
-            if source is None:
-                if not gmm_below:
-                    raise ConfigError(f"layer {index} (classifier): there is no gmm layer below it to read")
-                source = gmm_below[-1]
-            if isinstance(source, bool) or not isinstance(source, int) or not 0 <= source < index:
-                raise ConfigError(
-                    f"layer {index} (classifier): input_layer={source} does not exist below it; "
-                    f"use a layer index from 0 to {index - 1} (gmm layers: {gmm_below})"
-                )
-            params["input_layer"] = source
-            shape = out_shapes[source]
+        for key in cls.model_defaults:
+            if (defaults or {}).get(key) is not None:
+                params.setdefault(key, defaults[key])
+        source = params.pop("input_layer", None)
+        if source is None:
+            source = cls.default_input(index, layers)
+        if isinstance(source, bool) or not isinstance(source, int) or not -1 <= source < index:
+            density = [layer.index for layer in layers if layer.is_density]
+            raise ConfigError(
+                f"layer {index} ({kind}): input_layer={source} does not exist below it; "
+                f"use a layer index from 0 to {index - 1} (gmm layers: {density})"
+            )
+        shape = image if source < 0 else layers[source].out_shape
+        check_arguments(cls, params, f"layer {index} ({kind}): ")
         try:
             layer = cls(shape, index=index, **params)
         except TypeError as err:  # unknown or missing keyword
             raise ConfigError(f"layer {index} ({kind}): {err}".replace(f"{cls.__name__}.__init__() ", "")) from None
+        layer.input_layer = source  # what the stack feeds it bottom-up and hands its top-down output to
         layers.append(layer)
-        out_shapes.append(layer.out_shape)
-        shape = layer.out_shape
     return layers
 
 
@@ -86,26 +80,36 @@ class DCGMM(nn.Module):
     Args:
         layers: topology, a list of layer specs (see module docstring).
         input_shape: ``(C, H, W)`` of the images, e.g. ``(1, 28, 28)``.
-        gmm_defaults: values for GMM-layer parameters that a spec leaves unset.
+        defaults: model-wide values for the layer parameters a spec leaves unset (see
+            :func:`build_layers`).
     """
 
-    def __init__(self, layers: Sequence[Mapping], input_shape: Shape = (1, 28, 28), gmm_defaults: Mapping | None = None):
+    def __init__(self, layers: Sequence[Mapping], input_shape: Shape = (1, 28, 28), defaults: Mapping | None = None):
         super().__init__()
         self.input_shape: Shape = tuple(int(v) for v in input_shape)  # type: ignore[assignment]
-        self.layers = nn.ModuleList(build_layers(layers, self.input_shape, gmm_defaults))
+        self.layers = nn.ModuleList(build_layers(layers, self.input_shape, defaults))
         if not self.gmm_layers:
             raise ConfigError("the topology has no gmm layer; add at least one {kind: gmm}")
-        # foldings whose GMM layer above computes its scores from the folding's input (no patch
-        # copy, docs/design.md section 6); not one that a classifier reads
-        read = {layer.input_layer for layer in self.layers if isinstance(layer, LinearClassifier)}
-        self.convolved_foldings = frozenset(
-            fold.index for fold, above in zip(self.layers[:-1], self.layers[1:])
-            if isinstance(fold, Folding) and isinstance(above, GMMLayer) and above.convolves(fold) and fold.index not in read
-        )
+        # layers that need not run because the one layer reading them computes its output from
+        # their input (a folding below a shared GMM: convolutions, no patch copy, docs/design.md
+        # section 6), mapped to that reader
+        readers: dict[int, list[Layer]] = {}
+        for layer in self.layers:
+            readers.setdefault(layer.input_layer, []).append(layer)
+        self.absorbed: dict[int, int] = {
+            index: only[0].index for index, only in readers.items()
+            if index >= 0 and len(only) == 1 and only[0].absorbs(self.layers[index])
+        }
 
     @property
-    def gmm_layers(self) -> list[GMMLayer]:
-        return [layer for layer in self.layers if isinstance(layer, GMMLayer)]
+    def convolved_foldings(self) -> frozenset[int]:
+        """Indices of the layers whose reader absorbs them (see ``absorbed``)."""
+        return frozenset(self.absorbed)
+
+    @property
+    def gmm_layers(self) -> list[Layer]:
+        """The density layers (GMM layers), bottom to top."""
+        return [layer for layer in self.layers if layer.is_density]
 
     @property
     def top_gmm(self) -> GMMLayer:
@@ -113,51 +117,48 @@ class DCGMM(nn.Module):
 
     @property
     def classifier(self) -> LinearClassifier | None:
+        """The top layer when it is one whose loss reads labels, else None."""
         last = self.layers[-1]
-        return last if isinstance(last, LinearClassifier) else None
+        return last if last.needs_labels else None
 
     @property
     def learning_layers(self) -> list[Layer]:
         """Layers with a loss (GMM layers and the classifier), bottom to top."""
-        return [layer for layer in self.layers if layer.has_loss]
+        return [layer for layer in self.layers if layer.learns]
 
     def bottom_up(
         self, x: torch.Tensor, until: int | None = None, start: int = 0, detach: bool = True
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Run layers ``start..until`` (inclusive) bottom-up on ``x``, the input map of layer ``start``.
 
-        For training every learning layer reads a detached input, so gradients stay inside the
-        layer. ``detach=False`` keeps the graph through the whole pass (used by sharpening, which
-        needs the gradient of a higher layer's objective with respect to an input map).
+        Each layer reads the output map of its ``input_layer`` through its
+        :meth:`~dcgmm.layers.Layer.bottom_up`. For training every learning layer reads a detached
+        input, so gradients stay inside the layer. ``detach=False`` keeps the graph through the
+        whole pass (used by sharpening, which needs the gradient of a higher layer's objective
+        with respect to an input map).
 
         Returns:
             the output map of the last layer run, and ``{layer index: raw output}`` for every
-            learning layer run: log-scores ``(N, P, K)`` of a GMM layer, logits ``(N, classes)``
-            of the classifier.
+            layer run that has one: log-scores ``(N, P, K)`` of a GMM layer, logits
+            ``(N, classes)`` of the classifier.
         """
         raw: dict[int, torch.Tensor] = {}
-        outputs: dict[int, torch.Tensor] = {}  # output map of every layer run
         stop = len(self.layers) if until is None else until + 1
-        patches_of: torch.Tensor | None = None  # input of a folding whose GMM layer convolves it
+        outputs: dict[int, torch.Tensor] = {self.layers[start].input_layer: x}  # output map of every layer run (and the input)
+        skipped: dict[int, torch.Tensor] = {}  # input of every absorbed layer that was not run
         for layer in self.layers[start:stop]:
-            if layer.index in self.convolved_foldings and layer.index + 1 < stop:
-                patches_of = x  # the GMM layer above computes its scores from this map (no patch copy)
+            source = outputs.get(layer.input_layer, skipped.get(layer.input_layer))
+            if source is None:
+                raise ConfigError(f"{layer.name} reads layer {layer.input_layer}, which lies below start={start}")
+            if self.absorbed.get(layer.index, stop) < stop:
+                skipped[layer.index] = source  # the reader above computes its output from this input
                 continue
-            if isinstance(layer, GMMLayer):
-                if patches_of is not None:
-                    source = patches_of.detach() if detach else patches_of
-                    scores = layer.log_scores_of_patches(source, self.layers[layer.index - 1])  # (N, P, K)
-                    patches_of = None
-                else:
-                    scores = layer.log_scores(x.detach() if detach else x)  # (N, P, K)
-                raw[layer.index] = scores
-                x = layer.responsibilities(scores.detach() if detach else scores)  # (N, K, H, W)
-            elif isinstance(layer, LinearClassifier):
-                source = outputs[layer.input_layer]
-                x = layer(source.detach() if detach else source)  # (N, classes)
-                raw[layer.index] = x
+            if layer.input_layer in skipped:
+                value, x = layer.bottom_up_through(skipped.pop(layer.input_layer), self.layers[layer.input_layer], detach)
             else:
-                x = layer(x)
+                value, x = layer.bottom_up(source, detach)
+            if value is not None:
+                raw[layer.index] = value
             outputs[layer.index] = x
         return x, raw
 
@@ -167,14 +168,14 @@ class DCGMM(nn.Module):
 
     def losses(self, raw: Mapping[int, torch.Tensor], labels: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
         """Scalar loss of every learning layer from its raw output (labels: for the classifier)."""
-        return {index: self.layers[index].loss(value, labels) for index, value in raw.items()}
+        return {index: self.layers[index].loss(value, labels) for index, value in raw.items() if self.layers[index].learns}
 
     @property
     def is_pixel_density(self) -> bool:
         """True when the stack is one GMM layer over non-overlapping patches that tile the image,
         so that its summed log-likelihood is a density over pixels (e.g. the flat GMM)."""
-        density_layers = [layer for layer in self.layers if not isinstance(layer, LinearClassifier)]
-        if len(self.gmm_layers) != 1 or not isinstance(density_layers[-1], GMMLayer):
+        density_layers = [layer for layer in self.layers if not layer.is_last]
+        if len(self.gmm_layers) != 1 or not density_layers[-1].is_density:
             return False
         below = density_layers[:-1]
         if len(below) != 1 or below[0].kind != "folding":

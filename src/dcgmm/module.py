@@ -12,7 +12,6 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from dcgmm.annealing import AnnealingSchedule, first_learning_step
 from dcgmm.errors import ConfigError, TrainingDiverged
-from dcgmm.layers import GMMLayer
 from dcgmm.model import DCGMM
 
 LN2 = math.log(2.0)
@@ -76,15 +75,19 @@ class DCGMMModule(L.LightningModule):
             raise ConfigError(f"model.K={K} must be >= 1")
         self.save_hyperparameters(logger=False)
         layers = [dict(spec) for spec in layers] if layers is not None else []
-        gmm_defaults = dict(
+        defaults = dict(
             K=K, lr=lr, lr_min=min(lr_min, lr), lambda_mu=lambda_mu, lambda_sigma=lambda_sigma,
             lambda_pi=lambda_pi, mode=mode, loss=loss, anneal=anneal, precision_max=precision_max,
         )
         for index, spec in enumerate(layers):
             if isinstance(spec, Mapping) and spec.get("kind") == "gmm" and spec.get("K") is None and K is None:
                 raise ConfigError(f"layer {index} (gmm): K is not set; set model.K or the layer's K")
-        self.stack = DCGMM(layers, tuple(input_shape), gmm_defaults)
-        self.schedules = {layer.index: AnnealingSchedule(**layer.schedule_options) for layer in self.stack.gmm_layers}
+        self.stack = DCGMM(layers, tuple(input_shape), defaults)
+        # one annealing schedule per layer that asks for one (the GMM layers)
+        self.schedules = {
+            layer.index: AnnealingSchedule(**options)
+            for layer in self.stack.layers if (options := layer.annealing()) is not None
+        }
         self._bottom_up = self.stack.bottom_up  # compiled in configure_model (a spawned process cannot pickle it)
         self._last_losses: dict[int, torch.Tensor] = {}  # this step's losses, mean over processes (detached)
         self._weights: dict[tuple[bool, ...], torch.Tensor] = {}  # loss weights per waiting pattern, on the device
@@ -115,7 +118,8 @@ class DCGMMModule(L.LightningModule):
         groups = []
         for layer in self.stack.learning_layers:
             schedule = self.schedules.get(layer.index)
-            base_lr = schedule.lr if schedule is not None else layer.lr  # the annealed rate, when fit goes on
+            own = layer.lr if layer.lr is not None else self.hparams.lr
+            base_lr = schedule.lr if schedule is not None else own  # the annealed rate, when fit goes on
             for name, params, factor in layer.parameter_groups():
                 groups.append(dict(params=params, lr=base_lr * factor, factor=factor, layer=layer.index, name=f"{layer.name}/{name}"))
         make = self.hparams.optimizer or torch.optim.SGD
@@ -159,8 +163,8 @@ class DCGMMModule(L.LightningModule):
             self.schedule_values.copy_(torch.tensor(values, dtype=self.schedule_values.dtype))
 
     def _is_learning(self, layer) -> bool:
-        """False while a GMM layer is still within its wait fraction of training."""
-        return self.global_step >= first_learning_step(getattr(layer, "wait", 0.0), self._total_steps)
+        """False while a layer is still within its wait fraction of training."""
+        return self.global_step >= first_learning_step(layer.wait, self._total_steps)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, labels = batch
@@ -209,7 +213,7 @@ class DCGMMModule(L.LightningModule):
             if not self._learning_now.get(index, True):
                 continue
             if schedule.step(self._last_losses[index]):  # losses already averaged over processes
-                layer.set_sigma(schedule.sigma)
+                layer.apply_annealing(schedule.sigma)
                 for group in optimizer.param_groups:
                     if group["layer"] == index:
                         group["lr"] = schedule.lr * group["factor"]
@@ -224,7 +228,7 @@ class DCGMMModule(L.LightningModule):
             for row, index in enumerate(self.schedules):  # device values: no host-to-device copy
                 values[f"train/{self.stack.layers[index].name}/sigma"] = self.schedule_values[row, 0]
                 values[f"train/{self.stack.layers[index].name}/lr"] = self.schedule_values[row, 1]
-            gmm_total = torch.stack([self._last_losses[i] for i in self.schedules]).detach().sum()
+            gmm_total = torch.stack([self._last_losses[layer.index] for layer in self.stack.gmm_layers]).detach().sum()
             self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
             self.log("train/loss", gmm_total, on_step=True, on_epoch=False, prog_bar=True)
 
@@ -235,7 +239,7 @@ class DCGMMModule(L.LightningModule):
             # averaged over processes), so nothing is synchronised for logging
             means = (self.train_loss_sum / self._train_steps_in_epoch).tolist()  # per learning layer
             learners = self.stack.learning_layers
-            self.log("train/loss_epoch", sum(m for layer, m in zip(learners, means) if isinstance(layer, GMMLayer)))
+            self.log("train/loss_epoch", sum(m for layer, m in zip(learners, means) if layer.is_density))
             for layer, value in zip(learners, means):
                 self.log(f"train/{layer.name}/loss_epoch", value)
             self.train_loss_sum.zero_()
@@ -282,8 +286,8 @@ class DCGMMModule(L.LightningModule):
         for index, layer_loss in losses.items():
             self.metrics[f"{stage}_{self.stack.layers[index].name}"].update(layer_loss, weight=n)
         top = raw[self.stack.top_gmm.index]
-        self.metrics[f"{stage}_loglik"].update(GMMLayer.log_likelihood(top))
-        self.metrics[f"{stage}_bound"].update(GMMLayer.max_component_bound(top))
+        self.metrics[f"{stage}_loglik"].update(self.stack.top_gmm.log_likelihood(top))
+        self.metrics[f"{stage}_bound"].update(self.stack.top_gmm.max_component_bound(top))
         if self.stack.classifier is not None:
             self.accuracy[stage].update(raw[self.stack.classifier.index], labels)
         if stage == "test" and self.stack.is_pixel_density:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dcgmm.errors import ConfigError
-from dcgmm.layers import Folding, GMMLayer, LinearClassifier
+from dcgmm.layers import Folding, TopDownContext
 from dcgmm.model import DCGMM
 
 
@@ -93,13 +93,9 @@ class Sampler:
     # ------------------------------------------------------------------------------ checks
     def _validate(self) -> None:
         opts = self.options
-        if not opts.divisor > 0:
-            raise ConfigError(f"divisor={opts.divisor} must be > 0 (published values: 5 to 20)")
-        for layer in self.stack.gmm_layers:
-            if not 1 <= int(opts.top_s) <= layer.K:
-                raise ConfigError(f"top_s={opts.top_s} must lie in [1, K={layer.K}] of {layer.name}")
-        if opts.pooling_mode not in ("dense", "sparse"):
-            raise ConfigError(f"pooling_mode={opts.pooling_mode!r} is unknown; use dense or sparse")
+        context = self.context()
+        for layer in self.stack.layers:
+            layer.check_top_down(context)
         sharp = opts.sharpening
         if sharp.enabled:
             foldings = self.sharpened_foldings()
@@ -123,20 +119,13 @@ class Sampler:
     def sharpened_foldings(self) -> list[int]:
         """Indices of the folding layers below which sharpening runs."""
         sharp = self.options.sharpening
-        foldings = [layer.index for layer in self.stack.layers if isinstance(layer, Folding)]
+        foldings = [layer.index for layer in self.stack.layers if layer.sharpenable]
         if sharp.layers is None:
-            return [i for i in foldings if self._patches_overlap(self.stack.layers[i])]
+            return [i for i in foldings if self.stack.layers[i].patches_overlap]
         for index in sharp.layers:
             if index not in foldings:
                 raise ConfigError(f"sharpening layers={list(sharp.layers)}: layer {index} is not a folding layer; folding layers: {foldings}")
         return list(sharp.layers)
-
-    @staticmethod
-    def _patches_overlap(fold: Folding) -> bool:
-        """True when neighbouring patches share pixels (stride < kernel along an axis with >1 patch)."""
-        _, out_h, out_w = fold.out_shape
-        (kh, kw), (sh, sw) = fold.kernel_size, fold.stride
-        return (out_h > 1 and sh < kh) or (out_w > 1 and sw < kw)
 
     def sharpening_target(self, fold_index: int) -> int:
         """The GMM layer whose objective sharpening ascends below folding ``fold_index``."""
@@ -159,22 +148,30 @@ class Sampler:
     def device(self) -> torch.device:
         return next(self.stack.parameters()).device
 
+    def context(self, n: int | None = None) -> TopDownContext:
+        """The :class:`~dcgmm.layers.TopDownContext` every layer of a pass receives."""
+        opts = self.options
+        return TopDownContext(n=n, top_s=opts.top_s, divisor=opts.divisor, pooling_mode=opts.pooling_mode, generator=self.generator)
+
     def top_down(self, start: int, signal: torch.Tensor | None, n: int | None = None) -> torch.Tensor:
-        """Run ``top_down`` from layer ``start`` (given its output-space signal) to the pixels.
+        """Run ``top_down`` from layer ``start`` (given its output-space signal) to the pixels,
+        each layer handing its result to the layer it reads (``input_layer``).
 
         ``signal=None`` at a GMM layer means its mixture weights at every position.
         Returns images ``(N, C, H, W)``.
         """
         opts = self.options
         sharpen = set(self.sharpened_foldings()) if opts.sharpening.enabled else set()
-        x = signal
+        context = self.context(n)
+        x, layer = signal, self.stack.layers[start]
         with torch.no_grad():
-            for layer in reversed(self.stack.layers[: start + 1]):
-                x = layer.top_down(
-                    x, n=n, top_s=opts.top_s, divisor=opts.divisor, mode=opts.pooling_mode, generator=self.generator
-                )
+            while True:
+                x = layer.top_down(x, context)
                 if layer.index in sharpen:
                     x = self.sharpen(x, layer.index)
+                if layer.input_layer < 0:
+                    break
+                layer = self.stack.layers[layer.input_layer]
         return x.clamp(0.0, 1.0) if opts.clamp else x
 
     def sharpen(self, x0: torch.Tensor, fold_index: int) -> torch.Tensor:
@@ -208,7 +205,7 @@ class Sampler:
         if n is None or int(n) < 1:
             raise ConfigError(f"n={n} must be a positive number of samples")
         top = self.stack.top_gmm.index if top is None else top
-        if not isinstance(self.stack.layers[top], GMMLayer):
+        if not self.stack.layers[top].is_density:
             raise ConfigError(f"sampling starts at a gmm layer; layer {top} is a {self.stack.layers[top].kind}")
         return self.top_down(top, None, n=int(n))
 
@@ -223,9 +220,7 @@ class Sampler:
         bad = sorted({int(c) for c in classes if not 0 <= int(c) < classifier.num_classes})
         if bad:
             raise ConfigError(f"classes {bad} are not among the classifier's classes 0..{classifier.num_classes - 1}")
-        with torch.no_grad():
-            prior = classifier.top_down(classifier.target_distribution(classes, confidence))  # (N, *in_shape)
-        return self.top_down(classifier.input_layer, prior)
+        return self.top_down(classifier.index, classifier.target_distribution(classes, confidence))
 
     def variants(self, images: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """Variants of real images: their responsibilities at GMM ``layer`` as the top-down prior."""
@@ -256,7 +251,7 @@ class Sampler:
         ``top_s=1`` and standard deviations 0 at every layer below (every layer draws its mean).
         """
         gmm = self.stack.layers[layer]
-        if not isinstance(gmm, GMMLayer):
+        if not gmm.is_density:
             raise ConfigError(f"prototypes are defined for gmm layers; layer {layer} is a {gmm.kind}")
         below = self.stack.layers[layer - 1] if layer > 0 else None
         if gmm.P > 1 and isinstance(below, Folding) and below.index == 0:
@@ -280,7 +275,7 @@ class Sampler:
         channels of a lower layer) are averaged over channels.
         """
         gmm = self.stack.layers[layer]
-        if not isinstance(gmm, GMMLayer):
+        if not gmm.is_density:
             raise ConfigError(f"variance images are defined for gmm layers; layer {layer} is a {gmm.kind}")
         variances = gmm.variances.mean(dim=0) if gmm.mode == "independent" else gmm.variances[0]  # (K, D)
         maps = variances.view(gmm.K, gmm.D, 1, 1).expand(gmm.K, *gmm.in_shape)  # (K, D, H, W)

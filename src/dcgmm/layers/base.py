@@ -1,4 +1,4 @@
-"""The interface every DCGMM layer shares.
+"""The contract every DCGMM layer fulfils (:class:`Layer`) and the context of a top-down pass.
 
 A layer maps a batch of feature maps bottom-up, ``(N, C_in, H, W) -> (N, C_out, H', W')``,
 and maps a top-down signal back, ``(N, C_out, H', W') -> (N, C_in, H, W)``, for sampling.
@@ -8,6 +8,8 @@ from the input shape, so a stack can be checked and summarised before any data i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -40,23 +42,75 @@ def pair(value, name: str, where: str) -> tuple[int, int]:
     return v, v
 
 
+@dataclass
+class TopDownContext:
+    """What the top-down pass tells every layer it passes through (docs/design.md section 3).
+
+    Attributes:
+        n: number of samples to draw where the pass starts without a signal (``signal=None``).
+        top_s: a GMM layer draws among the ``top_s`` largest entries of a prior from above.
+        divisor: GMM standard deviations are divided by this (> 0).
+        pooling_mode: ``"dense"`` or ``"sparse"`` top-down of pooling layers (``None``: each
+            layer's own setting).
+        generator: torch random generator for reproducible draws.
+    """
+
+    n: int | None = None
+    top_s: int = 1
+    divisor: float = 1.0
+    pooling_mode: str | None = None
+    generator: torch.Generator | None = None
+
+
 class Layer(nn.Module):
-    """Base class: shape bookkeeping and the bottom-up / top-down contract.
+    """Base class: shape bookkeeping and the contract every layer kind fulfils.
+
+    The stack (:class:`dcgmm.model.DCGMM`), the training module and the sampler only use what is
+    declared here, so a new layer kind is one file plus one :func:`dcgmm.layers.register_layer`
+    line (docs/design.md section 9, "where do I add...").
+
+    Bottom-up (:meth:`bottom_up`): the layer reads the output map of layer :attr:`input_layer`
+    (by default the layer right below it; ``-1`` is the image) and returns its raw output (what
+    its loss and the evaluation read: log-scores of a GMM layer, logits of a classifier; ``None``
+    for a layer without one) and the map it passes up.
+
+    Learning (:attr:`learns`): :meth:`loss` of the raw output, :meth:`parameter_groups` for the
+    optimiser, the learning rate :attr:`lr` (``None``: the model-wide ``model.lr``), the fraction of
+    training :attr:`wait` it waits before it learns, and :meth:`annealing` (the settings of its
+    annealing schedule, or ``None``). A learning layer reads a detached input when trained, so it
+    receives the gradient of its own loss only.
+
+    Top-down (:meth:`top_down`): maps a signal in its output space back to the space of the layer
+    it reads, given one :class:`TopDownContext`.
 
     Attributes:
         in_shape: ``(C_in, H, W)`` of the input map (one image, no batch dimension).
         out_shape: ``(C_out, H', W')`` of the output map.
         index: position of the layer in its stack (for names in logs and errors).
+        input_layer: index of the layer whose output this layer reads (``-1``: the image).
     """
 
     kind: ClassVar[str] = "layer"
-    has_loss: ClassVar[bool] = False  # True for layers that learn (GMM, classifier)
+    learns: ClassVar[bool] = False  # has a loss and parameters the optimiser updates
+    needs_labels: ClassVar[bool] = False  # its loss reads class labels (a classifier)
+    is_density: ClassVar[bool] = False  # raw output are per-component log-scores with an objective (a GMM layer)
+    is_last: ClassVar[bool] = False  # must be the top of its stack (a classifier)
+    sharpenable: ClassVar[bool] = False  # sharpening may run below it (a folding: its top-down averages patches)
+    model_defaults: ClassVar[tuple[str, ...]] = ()  # model-wide settings (model.K, model.lr, ...) that a spec may leave unset
+    lr: float | None = None  # its own learning rate; None: the model-wide one
+    wait: float = 0.0  # fraction of training before it starts to learn
 
     def __init__(self, in_shape: Shape, index: int = 0) -> None:
         super().__init__()
         self.in_shape: Shape = tuple(int(v) for v in in_shape)  # type: ignore[assignment]
         self.index = int(index)
+        self.input_layer = self.index - 1
         self.out_shape: Shape = self.in_shape
+
+    @classmethod
+    def default_input(cls, index: int, below: Sequence[Layer]) -> int:
+        """Index of the layer it reads when its spec sets no ``input_layer`` (``-1``: the image)."""
+        return index - 1
 
     @property
     def name(self) -> str:
@@ -66,9 +120,47 @@ class Layer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, *in_shape) -> (N, *out_shape)
         raise NotImplementedError
 
-    def top_down(self, signal: torch.Tensor, **options) -> torch.Tensor:
-        """Map a top-down signal ``(N, *out_shape)`` to this layer's input space ``(N, *in_shape)``."""
+    def bottom_up(self, x: torch.Tensor, detach: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(raw output or None, output map (N, *out_shape))`` of the input map ``(N, *in_shape)``.
+
+        ``detach=True`` (training): a learning layer reads ``x`` detached and passes up a map that
+        carries no gradient into its parameters; ``False`` keeps the graph (sharpening)."""
+        if self.learns:
+            out = self(x.detach() if detach else x)
+            return out, out.detach() if detach else out
+        return None, self(x)
+
+    def absorbs(self, below: Layer) -> bool:
+        """True when this layer computes its raw output from ``below``'s input directly
+        (:meth:`bottom_up_through`), so that ``below`` need not run (e.g. a shared GMM over a
+        folding's patches as convolutions, docs/design.md section 6)."""
+        return False
+
+    def bottom_up_through(self, x: torch.Tensor, below: Layer, detach: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """:meth:`bottom_up` of ``below(x)`` from ``below``'s input ``x`` (only when :meth:`absorbs`)."""
+        return self.bottom_up(below(x), detach)
+
+    def loss(self, raw: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar to minimise from the raw output (only for layers that learn)."""
+        raise NotImplementedError(f"{type(self).__name__} does not learn")
+
+    def parameter_groups(self) -> list[tuple[str, list[nn.Parameter], float]]:
+        """``(name, parameters, learning-rate factor)`` groups for the optimiser."""
+        return [("weights", list(self.parameters()), 1.0)] if self.learns else []
+
+    def annealing(self) -> dict | None:
+        """Keyword arguments of its :class:`dcgmm.annealing.AnnealingSchedule`, or None."""
+        return None
+
+    def apply_annealing(self, sigma: float) -> None:
+        """Take the schedule's new width ``sigma`` (only for layers with :meth:`annealing`)."""
+
+    def top_down(self, signal: torch.Tensor | None, context: TopDownContext | None = None) -> torch.Tensor:
+        """Map a top-down signal ``(N, *out_shape)`` to the output space of the layer it reads."""
         raise NotImplementedError(f"{type(self).__name__} has no top-down pass")
+
+    def check_top_down(self, context: TopDownContext) -> None:
+        """Raise a one-line ConfigError if this layer cannot run top-down with ``context``."""
 
     def flops_per_image(self) -> int:
         """Multiply-adds of one bottom-up pass for one image (for the stack summary)."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dcgmm.errors import ConfigError
-from dcgmm.layers.base import Layer, Shape, require_positive_int
+from dcgmm.layers.base import Layer, Shape, TopDownContext, require_positive_int
 
 
 class LinearClassifier(Layer):
@@ -30,7 +31,9 @@ class LinearClassifier(Layer):
     """
 
     kind = "classifier"
-    has_loss = True
+    learns = True
+    needs_labels = True
+    is_last = True
 
     def __init__(self, in_shape: Shape, num_classes: int = 10, input_layer: int | None = None, lr: float = 0.01, index: int = 0) -> None:
         super().__init__(in_shape, index)
@@ -38,7 +41,8 @@ class LinearClassifier(Layer):
         self.num_classes = require_positive_int(num_classes, "num_classes", where)
         if not lr > 0:
             raise ConfigError(f"{where}: lr={lr} must be > 0; try lr=0.01")
-        self.input_layer = input_layer
+        if input_layer is not None:
+            self.input_layer = int(input_layer)
         self.lr = float(lr)
         self.out_shape = (self.num_classes, 1, 1)
         fan_in = math.prod(self.in_shape)
@@ -46,6 +50,14 @@ class LinearClassifier(Layer):
         std = 1.0 / math.sqrt(fan_in)
         self.weight = nn.Parameter(nn.init.trunc_normal_(torch.empty(self.num_classes, fan_in), std=std, a=-2 * std, b=2 * std))  # (classes, C*H*W)
         self.bias = nn.Parameter(torch.zeros(self.num_classes))  # (classes,)
+
+    @classmethod
+    def default_input(cls, index: int, below: Sequence[Layer]) -> int:
+        """The top density (GMM) layer below it."""
+        density = [layer.index for layer in below if layer.is_density]
+        if not density:
+            raise ConfigError(f"layer {index} (classifier): there is no gmm layer below it to read")
+        return density[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, num_classes)`` of the input map ``(N, C, H, W)``."""
@@ -57,9 +69,6 @@ class LinearClassifier(Layer):
             raise ValueError(f"{self.name}: the classifier loss needs labels")
         return F.cross_entropy(logits, labels)
 
-    def parameter_groups(self) -> list[tuple[str, list[nn.Parameter], float]]:
-        return [("weights", [self.weight, self.bias], 1.0)]
-
     def target_distribution(self, classes: torch.Tensor, confidence: float = 0.95) -> torch.Tensor:
         """``T (N, num_classes)``: ``confidence`` on each wanted class, the rest spread evenly."""
         rest = (1.0 - confidence) / max(self.num_classes - 1, 1)
@@ -67,7 +76,7 @@ class LinearClassifier(Layer):
         target[torch.arange(len(classes)), classes] = confidence
         return target
 
-    def top_down(self, signal: torch.Tensor, **options) -> torch.Tensor:
+    def top_down(self, signal: torch.Tensor, context: TopDownContext | None = None) -> torch.Tensor:
         """Target class distribution ``(N, num_classes)`` -> non-negative prior ``(N, C, H, W)``."""
         target = signal.reshape(signal.shape[0], self.num_classes)
         prior = (torch.log(target) - self.bias.detach()) @ self.weight.detach()  # (N, C*H*W)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from dcgmm.errors import ConfigError
-from dcgmm.layers.base import Layer, Shape, pair
+from dcgmm.layers.base import Layer, Shape, TopDownContext, pair
 
 
 class Folding(Layer):
@@ -30,6 +30,7 @@ class Folding(Layer):
     """
 
     kind = "folding"
+    sharpenable = True
 
     def __init__(self, in_shape: Shape, kernel_size=None, stride=1, index: int = 0) -> None:
         super().__init__(in_shape, index)
@@ -66,7 +67,14 @@ class Folding(Layer):
         patches = windows.permute(0, 2, 3, 4, 5, 1).reshape(n, out_h, out_w, dim)  # (N, H', W', kh*kw*C)
         return patches.permute(0, 3, 1, 2)  # (N, D, H', W') view, channels last
 
-    def top_down(self, signal: torch.Tensor, **options) -> torch.Tensor:
+    @property
+    def patches_overlap(self) -> bool:
+        """True when neighbouring patches share pixels (stride < kernel along an axis with >1 patch)."""
+        _, out_h, out_w = self.out_shape
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        return (out_h > 1 and sh < kh) or (out_w > 1 and sw < kw)
+
+    def top_down(self, signal: torch.Tensor, context: TopDownContext | None = None) -> torch.Tensor:
         """Average overlapping patches: ``(N, kh*kw*C, H', W') -> (N, C, H, W)``."""
         n = signal.shape[0]
         channels, height, width = self.in_shape

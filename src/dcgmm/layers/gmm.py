@@ -37,7 +37,7 @@ from torch import nn
 
 from dcgmm.annealing import AnnealingSchedule, grid_side, smoothing_kernel
 from dcgmm.errors import ConfigError
-from dcgmm.layers.base import Layer, Shape, require_positive_int
+from dcgmm.layers.base import Layer, Shape, TopDownContext, require_positive_int
 
 LOG_2PI = math.log(2.0 * math.pi)
 MODES = ("shared", "independent")
@@ -61,10 +61,13 @@ class GMMLayer(Layer):
         inv_std_min: positive floor of ``s`` (see module docstring).
         lr, lr_min, lambda_mu, lambda_sigma, lambda_pi, sigma0, sigma_min, gamma, window,
         delta, wait: how the layer learns (docs/design.md section 2); read by the training module.
+        D: the input dimension, if the spec states it: checked against the channels below.
     """
 
     kind = "gmm"
-    has_loss = True
+    learns = True
+    is_density = True
+    model_defaults = ("K", "lr", "lr_min", "lambda_mu", "lambda_sigma", "lambda_pi", "mode", "loss", "anneal", "precision_max")
 
     def __init__(
         self,
@@ -87,10 +90,16 @@ class GMMLayer(Layer):
         window: int = 100,
         delta: float = 0.05,
         wait: float = 0.0,
+        D: int | None = None,
         index: int = 0,
     ) -> None:
         super().__init__(in_shape, index)
         where = f"layer {index} (gmm)"
+        if D is not None and int(D) != self.in_shape[0]:
+            raise ConfigError(
+                f"{where}: D={D} does not match the {self.in_shape[0]} channels that layer {index - 1} "
+                f"produces; drop D or make it {self.in_shape[0]}"
+            )
         self.K = require_positive_int(K, "K", where)
         if mode not in MODES:
             raise ConfigError(f"{where}: mode={mode!r} is unknown; use one of {list(MODES)}")
@@ -166,6 +175,13 @@ class GMMLayer(Layer):
             self.smoothing.copy_(kernel)
         self._smoothing_is_identity = bool(torch.equal(kernel, torch.eye(self.K)))
 
+    def annealing(self) -> dict:
+        """Settings of this layer's :class:`~dcgmm.annealing.AnnealingSchedule`."""
+        return dict(self.schedule_options)
+
+    def apply_annealing(self, sigma: float) -> None:
+        self.set_sigma(sigma)
+
     def get_extra_state(self) -> dict:
         return {"sigma": self.sigma}
 
@@ -218,6 +234,20 @@ class GMMLayer(Layer):
         scores = torch.baddbmm(bias.unsqueeze(1), per_position * per_position, quad_weight.transpose(1, 2))  # (P, N, K)
         scores = torch.baddbmm(scores, per_position, lin_weight.transpose(1, 2))
         return scores.transpose(0, 1)  # (N, P, K)
+
+    def bottom_up(self, x: torch.Tensor, detach: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-scores ``(N, P, K)`` (raw output) and responsibilities ``(N, K, H, W)`` of ``x (N, D, H, W)``."""
+        scores = self.log_scores(x.detach() if detach else x)  # (N, P, K)
+        return scores, self.responsibilities(scores.detach() if detach else scores)
+
+    def absorbs(self, below: Layer) -> bool:
+        """A folding right below, in shared mode: its patches' scores are convolutions (:meth:`convolves`)."""
+        return below.kind == "folding" and below.index == self.input_layer and self.convolves(below)
+
+    def bottom_up_through(self, x: torch.Tensor, below: Layer, detach: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`bottom_up` of ``below(x)`` from the folding's input ``x (N, C, H, W)``, no patch copy."""
+        scores = self.log_scores_of_patches(x.detach() if detach else x, below)  # (N, P, K)
+        return scores, self.responsibilities(scores.detach() if detach else scores)
 
     def convolves(self, fold) -> bool:
         """True when the log-scores of ``fold``'s patches are computed as convolutions of ``fold``'s
@@ -298,34 +328,24 @@ class GMMLayer(Layer):
         return scores.amax(dim=-1).sum(dim=1)
 
     # ----------------------------------------------------------------------------- top-down
-    def top_down(
-        self,
-        signal: torch.Tensor | None = None,
-        n: int | None = None,
-        top_s: int = 1,
-        divisor: float = 1.0,
-        generator: torch.Generator | None = None,
-        **options,
-    ) -> torch.Tensor:
+    def top_down(self, signal: torch.Tensor | None, context: TopDownContext | None = None) -> torch.Tensor:
         """Draw one sample per position from a top-down prior over components.
 
         Args:
             signal: non-negative prior ``(N, K, H, W)`` from a layer above; ``None`` means this is
-                the top of the pass: draw from pi at every position.
-            n: number of samples when ``signal`` is None.
-            top_s: keep the ``top_s`` largest entries of a prior from above and draw among them in
-                proportion. It does not apply to the layer's own pi (``signal=None``): top-S of pi
-                would always pick its heaviest components, so the top layer draws from its whole
-                prior (docs/design.md, "Sampling").
-            divisor: the std is divided by this (>1 gives cleaner samples); dims whose std sits
-                at the variance floor are drawn with std 0.
+                the top of the pass: draw ``context.n`` samples from pi at every position.
+            context: ``top_s`` keeps the ``top_s`` largest entries of a prior from above and draws
+                among them in proportion. It does not apply to the layer's own pi (``signal=None``):
+                top-S of pi would always pick its heaviest components, so the top layer draws from
+                its whole prior (docs/design.md, "Sampling"). The std is divided by ``divisor``
+                (>1 gives cleaner samples); dims whose std sits at the variance floor are drawn
+                with std 0.
         Returns:
             ``(N, D, H, W)`` in this layer's input space.
         """
-        if not 1 <= int(top_s) <= self.K:
-            raise ConfigError(f"{self.name}: top_s={top_s} must lie in [1, K={self.K}]")
-        if not divisor > 0:
-            raise ConfigError(f"{self.name}: divisor={divisor} must be > 0")
+        context = context or TopDownContext()
+        self.check_top_down(context)
+        n, top_s, divisor, generator = context.n, context.top_s, context.divisor, context.generator
         if signal is None:
             if n is None or n < 1:
                 raise ConfigError(f"{self.name}: give a prior or a positive number of samples n")
@@ -354,6 +374,12 @@ class GMMLayer(Layer):
         noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         x = (mu + std * noise) * active  # (N, P, D)
         return x.transpose(1, 2).reshape(n, *self.in_shape)
+
+    def check_top_down(self, context: TopDownContext) -> None:
+        if not 1 <= int(context.top_s) <= self.K:
+            raise ConfigError(f"top_s={context.top_s} must lie in [1, K={self.K}] of {self.name}")
+        if not context.divisor > 0:
+            raise ConfigError(f"divisor={context.divisor} must be > 0 (published values: 5 to 20)")
 
     def flops_per_image(self) -> int:
         return 4 * self.P * self.K * self.D  # two products of (P, D) x (D, K), docs/design.md section 6

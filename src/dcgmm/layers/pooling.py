@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dcgmm.errors import ConfigError
-from dcgmm.layers.base import Layer, Shape, pair
+from dcgmm.layers.base import Layer, Shape, TopDownContext, pair
 
 TOP_DOWN_MODES = ("dense", "sparse")
 
@@ -63,9 +63,12 @@ class MaxPooling(Layer):
         """Sum ``values (N, C*kh*kw, H'*W')`` of every window position back onto the padded input."""
         return F.fold(values, self.padded_size, self.kernel_size, stride=self.stride)
 
-    def top_down(self, signal: torch.Tensor, generator: torch.Generator | None = None, mode: str | None = None, **options) -> torch.Tensor:
-        """``(N, C, H', W') -> (N, C, H, W)`` by the dense or sparse rule (see class docstring)."""
-        mode = mode or self.top_down_mode
+    def top_down(self, signal: torch.Tensor, context: TopDownContext | None = None) -> torch.Tensor:
+        """``(N, C, H', W') -> (N, C, H, W)`` by the dense or sparse rule (see class docstring);
+        ``context.pooling_mode`` overrides the layer's own ``top_down_mode``."""
+        context = context or TopDownContext()
+        self.check_top_down(context)
+        mode, generator = context.pooling_mode or self.top_down_mode, context.generator
         n, channels, out_h, out_w = signal.shape
         _, height, width = self.in_shape
         kk = self.kernel_size[0] * self.kernel_size[1]
@@ -74,13 +77,16 @@ class MaxPooling(Layer):
             choice = torch.randint(kk, (n, channels, 1, out_h * out_w), generator=generator, device=signal.device)
             keep = torch.arange(kk, device=signal.device).view(1, 1, kk, 1) == choice  # one position per window
             per_window = per_window * keep
-        elif mode != "dense":
-            raise ConfigError(f"{self.name}: top_down_mode={mode!r} is unknown; use one of {list(TOP_DOWN_MODES)}")
         summed = self._scatter(per_window.reshape(n, channels * kk, out_h * out_w))  # (N, C, H_pad, W_pad)
         if mode == "dense":
             ones = torch.ones(1, kk, out_h * out_w, device=signal.device, dtype=signal.dtype)
             summed = summed / self._scatter(ones).clamp_min(1.0)  # mean over overlapping windows
         return summed[..., :height, :width]
+
+    def check_top_down(self, context: TopDownContext) -> None:
+        mode = context.pooling_mode or self.top_down_mode
+        if mode not in TOP_DOWN_MODES:
+            raise ConfigError(f"pooling_mode={mode!r} is unknown; use dense or sparse")
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel_size}, stride={self.stride}, " + super().extra_repr()
