@@ -1,5 +1,6 @@
 """Bad input: a clear one-line error before training, with the problem and the fix."""
 
+import os
 import subprocess
 import sys
 
@@ -26,6 +27,12 @@ needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST c
         ("data.classes=[1,12]", DataError, r"12"),
         ("data.local_dir=/nonexistent/mnist", DataError, r"/nonexistent/mnist"),
         ("model.layers=[]", ConfigError, r"no layers"),
+        ("model.K=abc", ConfigError, r"^model.K='abc' must be an integer$"),
+        ("model.lr=fast", ConfigError, r"^model.lr='fast' must be a number; e.g. model.lr=0.011$"),
+        ("model.anneal=maybe", ConfigError, r"^model.anneal='maybe' must be true or false"),
+        ("data.batch_size=big", ConfigError, r"^data.batch_size='big' must be an integer"),
+        ("model.layers.0.kernel_size=big", ConfigError, r"layer 0 \(folding\): kernel_size='big' must be a positive integer"),
+        ("model.layers.2.num_classes=ten", ConfigError, r"layer 2 \(classifier\): num_classes='ten' must be an integer"),
         ("+trainer.precision=bf16-true", ConfigError, r"trainer.precision=bf16-true is not supported.*32-true, 32, 64-true, 64, 16-mixed, bf16-mixed"),
         ("+trainer.precision=16-true", ConfigError, r"trainer.precision=16-true is not supported"),
     ],
@@ -53,7 +60,7 @@ def test_non_square_K_is_fine_without_annealing(train_cfg):
     assert instantiate(train_cfg("model.K=10", "model.anneal=false").model).stack.top_gmm.K == 10
 
 
-@pytest.mark.parametrize("override", ["model.K=10", "data.name=cifar"])
+@pytest.mark.parametrize("override", ["model.K=10", "data.name=cifar", "model.K=abc"])
 def test_cli_prints_one_line_error_and_exits_2(tmp_path, override):
     result = subprocess.run(
         [sys.executable, "train.py", override, f"paths.log_dir={tmp_path}", "logger=csv"],
@@ -81,3 +88,51 @@ def test_training_in_64_bit_and_mixed_precision_runs_through_sigma_changes(train
     dtype = torch.float64 if precision == "64-true" else torch.float32
     assert all(layer.smoothing.dtype == dtype and layer.means.dtype == dtype for layer in module.stack.gmm_layers)
     assert torch.isfinite(torch.as_tensor(metrics["train/loss_epoch"]))
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "unwritable"])
+def test_log_dir_that_cannot_be_made_is_one_line_and_exit_2(tmp_path, where):
+    if where == "under_a_file":
+        blocker = tmp_path / "notes.txt"
+        blocker.write_text("keep me\n")
+        log_dir = blocker / "logs"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root may write anywhere")
+        blocker = tmp_path / "locked"
+        blocker.mkdir()
+        blocker.chmod(0o500)
+        log_dir = blocker / "logs"
+    try:
+        result = subprocess.run(
+            [sys.executable, "train.py", f"paths.log_dir={log_dir}", "logger=csv"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        if where == "unwritable":
+            blocker.chmod(0o700)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: paths.log_dir") and str(blocker) in last
+    assert "Traceback" not in result.stderr
+    if where == "under_a_file":
+        assert blocker.read_text() == "keep me\n"  # nothing on disk lost
+    else:
+        assert list(blocker.iterdir()) == []
+
+
+def test_checkpoint_of_another_topology_names_both(train_cfg, tmp_path):
+    """``model=dcgmm3 ckpt_path=<a topology-B checkpoint>``: one line naming both topologies,
+    before any training (not Lightning's 40-line size-mismatch traceback)."""
+    from hydra.utils import instantiate
+
+    b_module = instantiate(train_cfg("model=dcgmm2").model)
+    path = tmp_path / "b.ckpt"
+    torch.save({"state_dict": b_module.state_dict(), "hyper_parameters": dict(b_module.hparams)}, path)
+    cfg = train_cfg("model=dcgmm3", f"ckpt_path={path}", "logger=csv", "trainer.max_epochs=1")
+    with pytest.raises(ConfigError) as info:
+        train(cfg)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "(folding 8x8/2 > gmm K=49 > folding 11x11/1 > gmm K=36 > classifier)" in message  # B, saved
+    assert "(folding 3x3/1 > gmm K=25 > folding 4x4/2 > gmm K=25 > folding 12x12/1 > gmm K=25 > classifier)" in message  # E, configured
+    assert not list(tmp_path.rglob("last.ckpt"))

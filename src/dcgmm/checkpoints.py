@@ -39,3 +39,44 @@ def load_module(ckpt_path: str | Path | None, map_location: str | torch.device =
         raise ConfigError(f"ckpt_path={path}: weights do not fit the saved topology ({first})") from None
     module.on_load_checkpoint(checkpoint)
     return module.to(map_location).eval()
+
+
+def describe_topology(stack) -> str:
+    """A stack in one line, e.g. ``folding 8x8/2 > gmm K=49 > folding 11x11/1 > gmm K=36 > classifier``."""
+    parts = []
+    for layer in stack.layers:
+        detail = ""
+        if hasattr(layer, "kernel_size"):
+            (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+            detail = f" {kh}x{kw}/{sh}" if sh == sw else f" {kh}x{kw}/{sh}x{sw}"
+        elif layer.is_density:
+            detail = f" K={layer.K}"
+        parts.append(layer.kind + detail)
+    return " > ".join(parts)
+
+
+def check_checkpoint_fits(ckpt_path: str | Path, module) -> None:
+    """One-line ConfigError, before training resumes, when the checkpoint holds another topology
+    than the configured ``module`` (a weight missing, extra, or of another shape), naming both."""
+    path = Path(str(ckpt_path)).expanduser()
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ConfigError(f"ckpt_path={path} is not a readable checkpoint ({type(err).__name__}); use a .ckpt written by train.py") from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ConfigError(f"ckpt_path={path} is not a checkpoint of a DCGMM model (no weights in it)")
+    mine = {name: tuple(value.shape) for name, value in module.state_dict().items() if hasattr(value, "shape")}
+    theirs = {name: tuple(value.shape) for name, value in state.items() if hasattr(value, "shape")}
+    if mine == theirs:
+        return
+    hparams = checkpoint.get("hyper_parameters") or {}
+    try:
+        saved = load_module(path).stack
+        saved_text = describe_topology(saved)
+    except ConfigError:
+        saved_text = f"{len(hparams.get('layers') or [])} layers"
+    raise ConfigError(
+        f"ckpt_path={path} holds another topology ({saved_text}) than the configured model "
+        f"({describe_topology(module.stack)}); pick the model= that trained it, or drop ckpt_path to start afresh"
+    )

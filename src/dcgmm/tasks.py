@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dcgmm.checkpoints import load_module
+from dcgmm.checkpoints import check_checkpoint_fits, load_module
 from dcgmm.errors import ConfigError
 from dcgmm.images import make_grid, save_png
 from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
@@ -103,6 +103,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log.info(f"Instantiating model <{cfg.model._target_}>")
     model: L.LightningModule = instantiate(cfg.model)
     log.info("DCGMM stack:\n" + model.stack.summary_table())
+    if ckpt_path:
+        check_checkpoint_fits(ckpt_path, model)  # another topology: one line, before any file is written
 
     trainer, loggers = build_trainer(cfg, model, callbacks)
     objects = dict(cfg=cfg, datamodule=datamodule, model=model, callbacks=callbacks, logger=loggers, trainer=trainer)

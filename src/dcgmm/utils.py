@@ -16,7 +16,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dcgmm.errors import ConfigError
 
@@ -34,6 +34,7 @@ def instantiate(conf, *args, **kwargs):
     Hydra wraps every exception raised by a constructor in a multi-line InstantiationException;
     a ValueError raised on purpose for bad input (ConfigError, DataError) is re-raised as is.
     """
+    check_node(conf)
     try:
         return hydra_instantiate(conf, *args, **kwargs)
     except InstantiationException as err:
@@ -43,6 +44,25 @@ def instantiate(conf, *args, **kwargs):
         if isinstance(cause, ValueError):
             raise cause from None
         raise
+
+
+def check_node(conf) -> None:
+    """One-line ConfigError for a value of a ``_target_`` node that its constructor's annotation
+    rules out (``model.K=abc``), before anything is built (:mod:`dcgmm.typecheck`)."""
+    if not isinstance(conf, DictConfig) or "_target_" not in conf:
+        return
+    from hydra._internal.utils import _locate
+
+    from dcgmm.typecheck import check_arguments
+
+    try:
+        target = _locate(str(conf._target_))
+    except Exception:  # noqa: BLE001 - Hydra reports an unknown target itself
+        return
+    key = conf._get_full_key(None)
+    params = {name: conf[name] for name in conf if not str(name).startswith("_") and not OmegaConf.is_missing(conf, name)}
+    params = {name: value for name, value in params.items() if not isinstance(value, (DictConfig, ListConfig))}
+    check_arguments(target, params, f"{key}." if key else "")
 
 
 def instantiate_group(group: DictConfig | None, what: str) -> list:
@@ -196,6 +216,43 @@ class OptunaSearchSpaceCheck(Callback):
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+
+
+def check_output_dir(path: str | os.PathLike, key: str = "paths.log_dir") -> None:
+    """One-line ConfigError when the folder ``path`` cannot be made: a file on its way, or a
+    nearest existing folder this process may not write to."""
+    target = Path(path).expanduser().absolute()
+    existing = target
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}: cannot make the output folder {target}: {existing} is a file; choose another folder, e.g. {key}=logs")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: cannot make the output folder {target}: {existing} is not writable; choose a folder you can write to, e.g. {key}=logs")
+
+
+class OutputDirCheck(Callback):
+    """Hydra callback (``hydra.callbacks``) that checks, before Hydra makes the run or sweep
+    folder, that it can be made: otherwise one line on stderr and exit status 2, nothing written."""
+
+    def _check(self, config: DictConfig, node: str) -> None:
+        try:
+            folder = OmegaConf.select(config, f"hydra.{node}.dir")
+        except Exception:  # noqa: BLE001 - an unresolvable folder is Hydra's to report
+            return
+        if folder is None:
+            return
+        try:
+            check_output_dir(folder)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config, "sweep")
 
 
 def run_entry_point(task: Callable, cfg: DictConfig):
