@@ -1,6 +1,5 @@
 """Shared fixtures: Hydra configs composed with the compose API, outputs redirected to tmp_path."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,16 @@ prepare_environment()
 def dataset_available(name: str) -> bool:
     """True when the dataset's cache exists (made by `make setup` / scripts/fetch_data.sh)."""
     return (DATA_DIR / "cache" / f"{name}.npz").exists()
+
+
+def needs(*names: str):
+    """Skip marker for tests that read the named dataset caches (``needs("mnist", "fashion")``)."""
+    missing = [name for name in names if not dataset_available(name)]
+    return pytest.mark.skipif(bool(missing), reason=f"dataset cache missing ({', '.join(missing)}): run `make setup`")
+
+
+needs_mnist = needs("mnist")  # the marker most tests use
+needs_both = needs("mnist", "fashion")
 
 
 def compose_train(overrides: list[str], tmp_path: Path, config_name: str = "train.yaml") -> DictConfig:

@@ -14,9 +14,7 @@ from dcgmm.checkpoints import load_module
 from dcgmm.errors import ConfigError
 from dcgmm.module import DCGMMModule
 from dcgmm.tasks import sample as sample_task
-from tests.conftest import CONFIG_DIR, compose_train, dataset_available
-
-needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
+from tests.conftest import CONFIG_DIR, compose_train, needs_mnist
 
 # small models on 1x8x8 images, so that every test runs in about a second
 FLAT_8 = [{"kind": "folding", "kernel_size": 8}, {"kind": "gmm", "K": 4}, {"kind": "classifier", "num_classes": 3, "lr": 0.5}]

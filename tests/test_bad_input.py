@@ -10,9 +10,7 @@ import torch
 from dcgmm.data import DataError
 from dcgmm.errors import ConfigError
 from dcgmm.tasks import train
-from tests.conftest import ROOT, dataset_available
-
-needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
+from tests.conftest import ROOT, needs_mnist
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from dcgmm.tasks import train
-from tests.conftest import CONFIG_DIR, ROOT, dataset_available
+from tests.conftest import CONFIG_DIR, ROOT, dataset_available, needs_mnist
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
@@ -18,7 +18,6 @@ TRAINERS = sorted(p.stem for p in (CONFIG_DIR / "trainer").glob("*.yaml") if p.s
 LOGGERS = sorted(p.stem for p in (CONFIG_DIR / "logger").glob("*.yaml") if p.stem != "none")
 DEBUGS = sorted(p.stem for p in (CONFIG_DIR / "debug").glob("*.yaml") if p.stem != "default")
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
 
 
 @pytest.mark.parametrize("model", MODELS)

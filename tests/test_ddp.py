@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import ROOT, dataset_available
+from tests.conftest import ROOT, needs_mnist
 
-pytestmark = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
+pytestmark = needs_mnist
 
 
 def run_train(tmp_path, name, *overrides):

@@ -14,12 +14,8 @@ from dcgmm.errors import ConfigError
 from dcgmm.evaluation import evaluate
 from dcgmm.module import DCGMMModule
 from dcgmm.tasks import train
-from tests.conftest import ROOT, compose_train, dataset_available
+from tests.conftest import ROOT, compose_train, dataset_available, needs_both, needs_mnist
 
-needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
-needs_both = pytest.mark.skipif(
-    not (dataset_available("mnist") and dataset_available("fashion")), reason="dataset caches missing: run `make setup`"
-)
 NINE = "[1,2,3,4,5,6,7,8,9]"
 
 

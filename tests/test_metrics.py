@@ -11,9 +11,7 @@ from sklearn.metrics.cluster import contingency_matrix
 from dcgmm.metrics import ClusteringScores, auroc_metric, clustering_scores, outlier_auroc
 from dcgmm.scoring import cluster_ids, typicality
 from dcgmm.tasks import train
-from tests.conftest import DATA_DIR, dataset_available
-
-needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
+from tests.conftest import DATA_DIR, needs_mnist
 
 
 def hungarian_reference(labels, clusters) -> float:

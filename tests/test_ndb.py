@@ -6,7 +6,7 @@ import torch
 
 from dcgmm.data import load_dataset
 from dcgmm.ndb import NDB, js_divergence
-from tests.conftest import DATA_DIR, dataset_available
+from tests.conftest import DATA_DIR, needs_mnist
 
 
 def test_js_divergence_hand_cases():
@@ -27,7 +27,7 @@ def test_two_proportion_test_by_hand():
     assert skewed.ndb == 2 and skewed.ndb_ratio == 1.0
 
 
-@pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
+@needs_mnist
 def test_ndb_on_mnist_train_like_vs_single_class(tmp_path):
     data = load_dataset("mnist", DATA_DIR)
     images = torch.from_numpy(data["train_x"]).float() / 255

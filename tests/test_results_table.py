@@ -9,10 +9,9 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, dataset_available
+from tests.conftest import ROOT, needs_mnist
 
 SCRIPT = ROOT / "scripts" / "results_table.py"
-needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import torch
 
 from dcgmm.errors import ConfigError
 from dcgmm.tasks import train
-from tests.conftest import compose_train, dataset_available
+from tests.conftest import compose_train, needs_mnist
 
-pytestmark = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
+pytestmark = needs_mnist
 
 COMMON = [
     "trainer.deterministic=true", "+trainer.limit_train_batches=30", "+trainer.limit_val_batches=2",

@@ -12,9 +12,7 @@ from omegaconf import OmegaConf
 from dcgmm.checkpoints import load_module
 from dcgmm.errors import ConfigError
 from dcgmm.tasks import sample
-from tests.conftest import CONFIG_DIR, ROOT, dataset_available
-
-needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
+from tests.conftest import CONFIG_DIR, ROOT, needs_mnist
 
 
 def write_checkpoint(path, model: str = "dcgmm2", **updates) -> str:

@@ -206,7 +206,7 @@ def test_gmm_scores_as_convolutions_match_patches_and_products(model, monkeypatc
         base = torch.rand(4, height, width, channels).permute(0, 3, 1, 2)  # channels last, as the stack's maps
         weights = torch.rand(4, gmm.P, gmm.K)
 
-        def run(fused: bool):
+        def run(fused: bool, gmm=gmm, fold=fold, base=base, weights=weights):
             gmm.zero_grad()
             x = base.clone().requires_grad_(True)
             scores = gmm.log_scores_of_patches(x, fold) if fused else gmm.log_scores(fold(x))

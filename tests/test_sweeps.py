@@ -11,13 +11,12 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from dcgmm.utils import metric_value, optuna_search_space
-from tests.conftest import CONFIG_DIR, ROOT, dataset_available
+from tests.conftest import CONFIG_DIR, ROOT, needs_mnist
 
 # conf/hydra/launcher/joblib.yaml shares its name with the plugin's config on purpose (dcgmm.utils filters
 # this warning on import, but the filters set while pytest collects are undone for the tests)
 pytestmark = pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/joblib' is validated against ConfigStore schema:UserWarning")
 SEARCHES = sorted(p.stem for p in (CONFIG_DIR / "hparams_search").glob("*.yaml"))
-needs_mnist = pytest.mark.skipif(not dataset_available("mnist"), reason="MNIST cache missing: run `make setup`")
 # a few batches per stage: fast_dev_run would log no val metric for the sweeper to read
 TINY = ["trainer.max_epochs=1", "+trainer.limit_train_batches=5", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2", "logger=csv"]
 

@@ -13,6 +13,7 @@ Two small pieces, one GMM layer each:
 from __future__ import annotations
 
 import math
+
 import torch
 
 from dcgmm.errors import ConfigError
