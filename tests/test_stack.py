@@ -238,4 +238,4 @@ def test_convolution_path_respects_cuts_and_readers(monkeypatch):
     _, whole = stack.bottom_up(x)
     torch.testing.assert_close(whole[1], from_patches[1], rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(whole[2], stack.layers[2](fold(x)))  # the classifier saw the folding's output
-    assert gmm.convolves(fold) and 0 not in stack.convolved_foldings  # possible, yet the reader keeps the folding output
+    assert gmm.convolves(fold) and 0 not in stack.absorbed  # possible, yet the reader keeps the folding output

@@ -16,17 +16,26 @@ def load_module(ckpt_path: str | Path | None, map_location: str | torch.device =
     in it. Raises :class:`ConfigError` when the path is missing, is not a file Lightning can read,
     or holds a checkpoint of another model.
     """
-    from dcgmm.module import DCGMMModule
-
     if ckpt_path in (None, ""):
         raise ConfigError("ckpt_path is required: pass ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
     path = Path(str(ckpt_path)).expanduser()
     if not path.is_file():
         raise ConfigError(f"ckpt_path={path} does not exist; point it at a .ckpt file written by train.py")
+    return module_from_checkpoint(read_checkpoint(path, map_location), path).to(map_location).eval()
+
+
+def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """The checkpoint dict in ``path``, or a one-line ConfigError when it cannot be read."""
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
         raise ConfigError(f"ckpt_path={path} is not a readable checkpoint ({type(err).__name__}); use a .ckpt written by train.py") from None
+
+
+def module_from_checkpoint(checkpoint, path: Path):
+    """The :class:`~dcgmm.module.DCGMMModule` a loaded checkpoint holds (topology and weights)."""
+    from dcgmm.module import DCGMMModule
+
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or "layers" not in hparams or not isinstance(state, dict):
@@ -38,7 +47,7 @@ def load_module(ckpt_path: str | Path | None, map_location: str | torch.device =
         first = str(err).strip().splitlines()[0]
         raise ConfigError(f"ckpt_path={path}: weights do not fit the saved topology ({first})") from None
     module.on_load_checkpoint(checkpoint)
-    return module.to(map_location).eval()
+    return module
 
 
 def describe_topology(stack) -> str:
@@ -59,10 +68,7 @@ def check_checkpoint_fits(ckpt_path: str | Path, module) -> None:
     """One-line ConfigError, before training resumes, when the checkpoint holds another topology
     than the configured ``module`` (a weight missing, extra, or of another shape), naming both."""
     path = Path(str(ckpt_path)).expanduser()
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ConfigError(f"ckpt_path={path} is not a readable checkpoint ({type(err).__name__}); use a .ckpt written by train.py") from None
+    checkpoint = read_checkpoint(path)
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise ConfigError(f"ckpt_path={path} is not a checkpoint of a DCGMM model (no weights in it)")
@@ -72,8 +78,7 @@ def check_checkpoint_fits(ckpt_path: str | Path, module) -> None:
         return
     hparams = checkpoint.get("hyper_parameters") or {}
     try:
-        saved = load_module(path).stack
-        saved_text = describe_topology(saved)
+        saved_text = describe_topology(module_from_checkpoint(checkpoint, path).stack)  # no second read
     except ConfigError:
         saved_text = f"{len(hparams.get('layers') or [])} layers"
     raise ConfigError(

@@ -102,11 +102,6 @@ class DCGMM(nn.Module):
         }
 
     @property
-    def convolved_foldings(self) -> frozenset[int]:
-        """Indices of the layers whose reader absorbs them (see ``absorbed``)."""
-        return frozenset(self.absorbed)
-
-    @property
     def gmm_layers(self) -> list[Layer]:
         """The density layers (GMM layers), bottom to top."""
         return [layer for layer in self.layers if layer.is_density]
@@ -147,15 +142,15 @@ class DCGMM(nn.Module):
         outputs: dict[int, torch.Tensor] = {self.layers[start].input_layer: x}  # output map of every layer run (and the input)
         skipped: dict[int, torch.Tensor] = {}  # input of every absorbed layer that was not run
         for layer in self.layers[start:stop]:
-            source = outputs.get(layer.input_layer, skipped.get(layer.input_layer))
-            if source is None:
-                raise ConfigError(f"{layer.name} reads layer {layer.input_layer}, which lies below start={start}")
-            if self.absorbed.get(layer.index, stop) < stop:
-                skipped[layer.index] = source  # the reader above computes its output from this input
-                continue
-            if layer.input_layer in skipped:
+            if layer.input_layer in skipped:  # it computes its output from the input of the layer it absorbs
                 value, x = layer.bottom_up_through(skipped.pop(layer.input_layer), self.layers[layer.input_layer], detach)
             else:
+                source = outputs.get(layer.input_layer)
+                if source is None:
+                    raise ConfigError(f"{layer.name} reads layer {layer.input_layer}, which lies below start={start}")
+                if self.absorbed.get(layer.index, stop) < stop:
+                    skipped[layer.index] = source  # its reader runs in this pass and absorbs it
+                    continue
                 value, x = layer.bottom_up(source, detach)
             if value is not None:
                 raw[layer.index] = value
