@@ -302,7 +302,7 @@ def test_unknown_topology_lists_the_known_ones():
     [
         (dict(topology="flat_gmm", Kay=3), "unknown model option"),
         (dict(topology="flat_gmm", K=10), "perfect square"),
-        (dict(topology="flat_gmm", input_shape=(1, 8, 8)), "larger than its input"),
+        (dict(topology="dcgmm2", input_shape=(1, 8, 8)), "larger than its input"),
         (dict(topology="flat_gmm", input_shape=(28, 28)), r"must be \[channels, height, width\]"),
         (dict(topology="flat_gmm", input_shape="1x28x28"), "input_shape="),
         (dict(topology="flat_gmm", layer_overrides={7: {"K": 4}}), "layer 7 does not exist"),

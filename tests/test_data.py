@@ -208,9 +208,9 @@ def test_names_and_aliases():
     for alias in ("fashion", "fashion_mnist", "FashionMNIST", "fashion-mnist"):
         assert canonical_name(alias) == "fashion"
     with pytest.raises(DataError) as e:
-        canonical_name("cifar10")
+        canonical_name("cifar100")
     msg = one_line(e)
-    assert "cifar10" in msg and "mnist" in msg and "fashion" in msg
+    assert "cifar100" in msg and "svhn" in msg and "mnist" in msg and "fashion" in msg
 
 
 def test_local_dir_source(tmp_path, arrays):
@@ -373,7 +373,7 @@ def test_online_download_source(tmp_path, arrays, monkeypatch):
     got, source = load_dataset_with_source("fashion", tmp_path / "data")
     assert_same_arrays(got, arrays)
     assert len(urls) == 4 and all(u.startswith("http") and u.endswith(".gz") for u in urls)
-    assert source == f"IDX download folder {tmp_path / 'data' / 'downloads' / 'fashion'}"
+    assert source == f"download folder {tmp_path / 'data' / 'downloads' / 'fashion'}"
 
 
 def test_all_sources_fail_with_one_clear_error(tmp_path):
@@ -494,7 +494,7 @@ def test_batch_size_larger_than_train_set(tmp_path, local_dir):
         ({"val_size": 1.0}, "val_size"),
         ({"val_size": -0.1}, "val_size"),
         ({"num_workers": -1}, "num_workers"),
-        ({"name": "cifar"}, "unknown dataset 'cifar'"),
+        ({"name": "cifar100"}, "unknown dataset 'cifar100'"),
     ],
 )
 def test_constructor_validation(tmp_path, kwargs, match):

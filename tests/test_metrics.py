@@ -167,3 +167,36 @@ def test_internal_indices_by_hand_and_against_sklearn():
     same = labels[:, None] == labels[None]
     assert got["dunn"] == pytest.approx(d[~same].min() / d[same].max(), rel=1e-9)
     assert internal_indices(points, torch.zeros(4)) == {"dunn": None, "davies_bouldin": None}
+
+
+@needs_mnist
+def test_evaluation_callbacks_read_the_test_steps_pass_and_agree_with_a_pass_of_their_own(train_cfg, monkeypatch):
+    """One bottom-up pass per test batch: with the clustering and the outlier callbacks on, neither
+    runs the stack on the test images again (their own scoring functions would raise here), and
+    what the step returns equals a separate pass (top-layer scores, every layer's typicality)."""
+    import dcgmm.callbacks.outliers as outliers_cb
+    import dcgmm.callbacks.top_layer as top_layer_cb
+    from dcgmm.scoring import layer_typicalities, top_scores
+
+    cfg = train_cfg("model=dcgmm2", "++trainer.fast_dev_run=true", "logger=csv", "callbacks=[default,top_layer]",
+                    "+outlier=default", "outlier.extra=[]")
+
+    def second_pass(*args, **kwargs):
+        raise AssertionError("an evaluation callback ran the stack on the test batch again")
+
+    monkeypatch.setattr(top_layer_cb, "top_scores", second_pass)
+    monkeypatch.setattr(top_layer_cb, "typicality_from_scores", second_pass)
+    monkeypatch.setattr(outliers_cb, "layer_typicalities", second_pass)
+    metrics, objects = train(cfg)
+    assert "test/cluster/purity" in metrics and "test/auroc" in metrics
+
+    module = objects["model"].eval()
+    x, y = next(iter(objects["datamodule"].test_dataloader()))
+    with torch.no_grad():
+        out = module.test_step((x, y), 0)
+        expected = layer_typicalities(module.stack, x)
+        torch.testing.assert_close(out.top_scores, top_scores(module.stack, x))
+    assert set(out.typicalities) == set(expected) and len(expected) == 4  # L1, L3, top, sum
+    for key, value in expected.items():
+        torch.testing.assert_close(out.typicalities[key], value)
+    assert torch.equal(out.labels, y)

@@ -3,6 +3,11 @@
 from typing import Any
 
 from dcgmm.errors import ConfigError, TrainingDiverged
+from dcgmm.resolvers import register_resolvers
+
+# the configs' resolvers (${dcgmm.image_shape:...} in conf/model/*.yaml and the others), so that a
+# model file loaded with plain OmegaConf resolves as it does inside a composed task config
+register_resolvers()
 
 __all__ = ["ConfigError", "DCGMMEstimator", "TrainingDiverged"]
 __version__ = "0.1.0"

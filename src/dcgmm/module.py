@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from dcgmm.annealing import AnnealingSchedule, first_learning_step
 from dcgmm.errors import ConfigError, TrainingDiverged
 from dcgmm.model import DCGMM
+from dcgmm.scoring import EvalOutputs
 
 LN2 = math.log(2.0)
 STAGES = ("val", "test")
@@ -276,7 +277,9 @@ class DCGMMModule(L.LightningModule):
         self._raise_if_nonfinite()
 
     # ------------------------------------------------------------------------------- evaluation
-    def _evaluate(self, batch, stage: str) -> None:
+    def _evaluate(self, batch, stage: str) -> EvalOutputs:
+        """The stage's metrics of one batch from one bottom-up pass, whose raw outputs are returned
+        for the callbacks (:class:`dcgmm.scoring.EvalOutputs`)."""
         x, labels = batch
         n = x.shape[0]
         _, raw = self._bottom_up(x)
@@ -292,6 +295,7 @@ class DCGMMModule(L.LightningModule):
             self.accuracy[stage].update(raw[self.stack.classifier.index], labels)
         if stage == "test" and self.stack.is_pixel_density:
             self.metrics["test_bpd"].update(self.bits_per_dim(x))
+        return EvalOutputs(self.stack, raw, labels)
 
     def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
         """Bits per dimension of 8-bit images given as ``x = u8 / 255`` in ``[0, 1]``: ``(N,)``.
@@ -323,14 +327,14 @@ class DCGMMModule(L.LightningModule):
         with torch.inference_mode(False):
             metric.reset()
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(self, batch, batch_idx: int) -> EvalOutputs:
+        return self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch, batch_idx: int) -> EvalOutputs:
+        return self._evaluate(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")

@@ -4,7 +4,9 @@
   classes of an outlier run (see :func:`inlier_classes`), so that ``data.classes`` follows
   ``outlier.held_out`` (``conf/outlier/default.yaml``).
 * ``${dcgmm.cross_outliers:${data.name}}``: the extra outlier sets of an outlier run: every other
-  registered dataset (all share the 1 x 28 x 28 shape) and uniform noise (see :func:`cross_outliers`).
+  registered dataset of the same image shape and uniform noise (see :func:`cross_outliers`).
+* ``${dcgmm.image_shape:${data.name}}``: ``[C, H, W]`` of a registered dataset, the models'
+  ``input_shape`` (see :func:`image_shape`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from omegaconf import OmegaConf
 from dcgmm.data.sources import DATASETS, canonical_name, dataset_info
 from dcgmm.errors import ConfigError
 
-__all__ = ["cross_outliers", "held_out_list", "inlier_classes", "register_resolvers"]
+__all__ = ["cross_outliers", "held_out_list", "image_shape", "inlier_classes", "register_resolvers"]
 
 
 def held_out_list(held_out) -> list[int]:
@@ -53,13 +55,24 @@ def inlier_classes(held_out, dataset: str | None, data_name: str) -> list[int] |
 
 
 def cross_outliers(data_name: str) -> list[str]:
-    """Extra outlier sets for a model trained on ``data_name``: the other registered datasets, then
-    ``"noise"`` (uniform-noise images). Never raises (see :func:`inlier_classes`)."""
+    """Extra outlier sets for a model trained on ``data_name``: the other registered datasets of the
+    same image shape, then ``"noise"`` (uniform-noise images). Never raises (see
+    :func:`inlier_classes`)."""
     try:
         name = canonical_name(data_name)
     except ValueError:
         return ["noise"]
-    return [other for other in DATASETS if other != name] + ["noise"]
+    shape = DATASETS[name].image_shape
+    return [other for other, info in DATASETS.items() if other != name and info.image_shape == shape] + ["noise"]
+
+
+def image_shape(data_name) -> list[int]:
+    """``[C, H, W]`` of the registered dataset ``data_name``; ``[1, 28, 28]`` when the name is not
+    registered (the data module then reports the unknown name in one line before training)."""
+    try:
+        return list(dataset_info(str(data_name)).image_shape)
+    except ValueError:
+        return [1, 28, 28]
 
 
 def register_resolvers() -> None:
@@ -68,3 +81,5 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("dcgmm.inlier_classes", inlier_classes)
     if not OmegaConf.has_resolver("dcgmm.cross_outliers"):
         OmegaConf.register_new_resolver("dcgmm.cross_outliers", cross_outliers)
+    if not OmegaConf.has_resolver("dcgmm.image_shape"):
+        OmegaConf.register_new_resolver("dcgmm.image_shape", image_shape)

@@ -13,11 +13,23 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import torch
 
 from dcgmm.model import DCGMM
 
-__all__ = ["batched_typicalities", "cluster_ids", "layer_typicalities", "parse_outlier_score", "top_scores", "typicality", "typicality_from_scores"]
+__all__ = [
+    "EvalOutputs",
+    "batched_typicalities",
+    "cluster_ids",
+    "layer_typicalities",
+    "parse_outlier_score",
+    "top_scores",
+    "typicalities_from_raw",
+    "typicality",
+    "typicality_from_scores",
+]
 
 
 def top_scores(stack: DCGMM, x: torch.Tensor) -> torch.Tensor:
@@ -75,9 +87,40 @@ def parse_outlier_score(score: str, stack: DCGMM | None = None) -> str:
 def layer_typicalities(stack: DCGMM, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every GMM layer's objective per image (mean over its positions) from one bottom-up pass:
     ``{"L<i>": (N,), ..., "top": (N,), "sum": (N,)}`` (higher = more typical)."""
+    _, raw = stack.bottom_up(x, until=stack.top_gmm.index)
+    return typicalities_from_raw(stack, raw)
+
+
+def typicalities_from_raw(stack: DCGMM, raw: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`layer_typicalities` from the raw outputs of a bottom-up pass already made (the
+    evaluation step's, :class:`dcgmm.module.EvalOutputs`): no second pass."""
     top = stack.top_gmm
-    _, raw = stack.bottom_up(x, until=top.index)
     out = {f"L{layer.index}": layer.objective(raw[layer.index]) for layer in stack.gmm_layers}
     out["top"] = out[f"L{top.index}"]
     out["sum"] = torch.stack([out[f"L{layer.index}"] for layer in stack.gmm_layers]).sum(dim=0)
     return out
+
+
+class EvalOutputs:
+    """What one evaluation step computed, returned by ``DCGMMModule.validation_step`` and
+    ``test_step`` so that the callbacks (``outputs`` of ``on_*_batch_end``) read it instead of
+    running the stack again: one bottom-up pass per batch whatever the callbacks.
+
+    Attributes:
+        raw: every layer's raw output of the pass, layer index -> tensor (a GMM layer's
+            log-scores ``(N, P, K)``, the classifier's logits ``(N, classes)``).
+        labels: class ids ``(N,)``.
+    """
+
+    def __init__(self, stack: DCGMM, raw: dict[int, torch.Tensor], labels: torch.Tensor) -> None:
+        self.stack, self.raw, self.labels = stack, raw, labels
+
+    @property
+    def top_scores(self) -> torch.Tensor:
+        """The top GMM layer's log-scores ``(N, P, K)`` (as :func:`top_scores`)."""
+        return self.raw[self.stack.top_gmm.index]
+
+    @cached_property
+    def typicalities(self) -> dict[str, torch.Tensor]:
+        """:func:`layer_typicalities` of the batch, computed once on first use."""
+        return typicalities_from_raw(self.stack, self.raw)

@@ -23,11 +23,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.classification import BinaryROC
 
 from dcgmm.data import DataError, canonical_name, load_dataset
+from dcgmm.data.datamodule import pixel_tensor
 from dcgmm.data.sources import dataset_info
 from dcgmm.errors import ConfigError
 from dcgmm.metrics import auroc_metric
 from dcgmm.resolvers import held_out_list
-from dcgmm.scoring import batched_typicalities, layer_typicalities, parse_outlier_score
+from dcgmm.scoring import EvalOutputs, batched_typicalities, layer_typicalities, parse_outlier_score
 
 log = logging.getLogger("dcgmm")
 
@@ -119,7 +120,7 @@ class OutlierDetection(Callback):
         extra = [NOISE if str(e) == NOISE else canonical_name(e) for e in (extra or [])]
         # the main outlier set and the training dataset itself are no extra sets
         self.extra = [e for e in dict.fromkeys(extra) if e != self.train_dataset and not (self.cross and e == self.dataset)]
-        self.images: torch.Tensor | None = None  # outlier images, float32 (N, 1, 28, 28) in [0, 1]
+        self.images: torch.Tensor | None = None  # outlier images, float32 (N, C, H, W) in [0, 1]
         self.extra_images: dict[str, torch.Tensor] = {}
         self.result: dict | None = None  # the last test's result (also written to outliers.json)
         self._key: str | None = None  # the layer_typicalities key of ``score``
@@ -159,9 +160,15 @@ class OutlierDetection(Callback):
                     f"data.classes={shown} includes the held-out class(es) {overlap}; drop the data.classes "
                     "override (the outlier config derives it from outlier.held_out)"
                 )
+        expected = tuple(pl_module.stack.input_shape)
+        for name in [self.dataset, *self.extra]:  # before any image is read: the registry knows the shapes
+            if name != NOISE and tuple(dataset_info(name).image_shape) != expected:
+                raise ConfigError(
+                    f"outlier set {name} has images of shape {list(dataset_info(name).image_shape)}, the model expects "
+                    f"{list(expected)}; pick a dataset of the same shape (outlier.dataset, outlier.extra)"
+                )
         if self.images is None:
             self.images = self.load_outliers()
-        expected = tuple(pl_module.stack.input_shape)
         for name in self.extra:
             if name not in self.extra_images:
                 self.extra_images[name] = self.load_extra(name, expected)
@@ -192,8 +199,8 @@ class OutlierDetection(Callback):
             self._roc.update(-typical[self._key], torch.full_like(typical[self._key], int(outlier_set is not None), dtype=torch.long))
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        with torch.no_grad():
-            typical = layer_typicalities(pl_module.stack, batch[0])
+        with torch.no_grad():  # the test step's pass when it returned it (EvalOutputs), else one here
+            typical = outputs.typicalities if isinstance(outputs, EvalOutputs) else layer_typicalities(pl_module.stack, batch[0])
         self._update(typical, None)
         self._inliers += typical["top"].numel()
         self._inlier_sum += float(typical[self._key].sum())
@@ -263,8 +270,9 @@ class OutlierDetection(Callback):
 
 
 def as_images(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 images ``(N, H, W)`` -> float32 ``(N, 1, H, W)`` in [0, 1], as the data module makes them."""
-    return torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(1).to(torch.float32).div_(255.0)
+    """uint8 images ``(N, H, W)`` or ``(N, H, W, C)`` -> float32 ``(N, C, H, W)`` in [0, 1], as the
+    data module makes them."""
+    return pixel_tensor(pixels).to(torch.float32).div_(255.0)
 
 
 def save_roc_png(fpr: np.ndarray, tpr: np.ndarray, auroc: float, path: Path, title: str = "") -> None:

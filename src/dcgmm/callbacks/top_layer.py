@@ -9,7 +9,7 @@ from torchmetrics import MeanMetric
 
 from dcgmm.errors import ConfigError
 from dcgmm.metrics import ClusteringScores, internal_indices
-from dcgmm.scoring import cluster_ids, top_scores, typicality_from_scores
+from dcgmm.scoring import EvalOutputs, cluster_ids, top_scores, typicality_from_scores
 
 STAGES = ("val", "test")
 
@@ -63,18 +63,24 @@ class TopLayerMetrics(Callback):
             self._loss = MeanMetric().to(pl_module.device)
         self._images, self._ids = [], []
 
-    def _update(self, pl_module: L.LightningModule, batch) -> None:
+    def _update(self, pl_module: L.LightningModule, batch, outputs=None) -> None:
+        """One batch; ``outputs`` of the module's evaluation step (:class:`EvalOutputs`) when it
+        returned them, else the stack is run here."""
         if self._clusters is None:
             return
         x, labels = batch[0], batch[1]
         with torch.no_grad():
-            scores = top_scores(pl_module.stack, x)
+            if isinstance(outputs, EvalOutputs):
+                scores, typical = outputs.top_scores, outputs.typicalities["top"]
+            else:
+                scores = top_scores(pl_module.stack, x)
+                typical = typicality_from_scores(pl_module.stack, scores)
             ids = cluster_ids(scores)
             self._clusters.update(ids, labels)
             if self.internal:
                 self._images.append(x.flatten(1))
                 self._ids.append(ids)
-            self._loss.update(-typicality_from_scores(pl_module.stack, scores))
+            self._loss.update(-typical)
 
     def _end(self, pl_module: L.LightningModule, stage: str) -> None:
         if self._clusters is None:
@@ -97,7 +103,7 @@ class TopLayerMetrics(Callback):
         self._start(trainer, pl_module, "val")
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._update(pl_module, batch)
+        self._update(pl_module, batch, outputs)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self._end(pl_module, "val")
@@ -106,7 +112,7 @@ class TopLayerMetrics(Callback):
         self._start(trainer, pl_module, "test")
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._update(pl_module, batch)
+        self._update(pl_module, batch, outputs)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         self._end(pl_module, "test")

@@ -1,4 +1,5 @@
-"""Data tier: MNIST and FashionMNIST loading, caching and Lightning data modules.
+"""Data tier: the dataset registry (MNIST, FashionMNIST, CIFAR-10, SVHN), loading, caching and
+Lightning data modules.
 
 The data modules (which need torch and lightning) are imported lazily, so that
 ``dcgmm.data.load_dataset`` and ``python -m dcgmm.data.fetch`` need only numpy.
@@ -13,11 +14,17 @@ from dcgmm.data.errors import DataError
 from dcgmm.data.idx import read_idx, write_idx
 from dcgmm.data.sources import (
     DATASETS,
+    DatasetInfo,
     SourceUnavailable,
     canonical_name,
+    dataset_info,
     load_dataset,
     load_dataset_with_source,
+    register_dataset,
 )
+
+# the datasets registered outside sources.py (one file each)
+from dcgmm.data import cifar, svhn  # noqa: E402, F401  isort: skip
 
 if TYPE_CHECKING:
     from dcgmm.data.datamodule import FashionMNISTDataModule, ImageDataModule, MNISTDataModule, TensorBatchDataset
@@ -27,15 +34,18 @@ _LAZY = {"FashionMNISTDataModule", "ImageDataModule", "MNISTDataModule", "Tensor
 __all__ = [
     "DATASETS",
     "DataError",
+    "DatasetInfo",
     "FashionMNISTDataModule",
     "ImageDataModule",
     "MNISTDataModule",
     "SourceUnavailable",
     "TensorBatchDataset",
     "canonical_name",
+    "dataset_info",
     "load_dataset",
     "load_dataset_with_source",
     "read_idx",
+    "register_dataset",
     "write_idx",
 ]
 

@@ -1,4 +1,4 @@
-"""Lightning data modules for MNIST and FashionMNIST held entirely in memory.
+"""Lightning data modules for the registered image datasets, held entirely in memory.
 
 Each split is kept as one tensor and every batch is produced by a single
 fancy-indexing operation (``Dataset.__getitems__``), so that loading keeps up
@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dcgmm.data.errors import DataError
-from dcgmm.data.sources import NUM_CLASSES, Arrays, canonical_name, dataset_info, load_dataset
+from dcgmm.data.sources import Arrays, canonical_name, dataset_info, load_dataset
 
-__all__ = ["FashionMNISTDataModule", "ImageDataModule", "MNISTDataModule", "TensorBatchDataset"]
+__all__ = ["FashionMNISTDataModule", "ImageDataModule", "MNISTDataModule", "TensorBatchDataset", "pixel_tensor"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SPLITS = ("train", "val", "test")
@@ -34,8 +34,8 @@ class TensorBatchDataset(Dataset[Batch]):
     collated, so the loader must use ``collate_fn=keep_batch``.
 
     Args:
-        x: images, float32 (N, 1, 28, 28), values in [0, 1].
-        y: labels, int64 (N,), class ids 0..9.
+        x: images, float32 (N, C, H, W), values in [0, 1].
+        y: labels, int64 (N,), class ids.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -48,11 +48,11 @@ class TensorBatchDataset(Dataset[Batch]):
         return len(self.x)
 
     def __getitem__(self, index: int) -> Batch:
-        """One sample: x (1, 28, 28) float32, y () int64."""
+        """One sample: x (C, H, W) float32, y () int64."""
         return self.x[index], self.y[index]
 
     def __getitems__(self, indices: Sequence[int] | torch.Tensor) -> Batch:
-        """A batch: x (B, 1, 28, 28) float32, y (B,) int64."""
+        """A batch: x (B, C, H, W) float32, y (B,) int64."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         return self.x[idx], self.y[idx]
 
@@ -144,6 +144,13 @@ def shared_seed(seed: int) -> int:
     return int(seed)
 
 
+def pixel_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 images as the arrays hold them, ``(N, H, W)`` or ``(N, H, W, C)``, -> uint8 tensor
+    ``(N, C, H, W)`` (contiguous)."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels))
+    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+
+
 def keep_batch(batch: Batch) -> Batch:
     """Collate function for ``TensorBatchDataset``: the batch is already collated."""
     return batch
@@ -154,8 +161,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_classes(classes: Any) -> list[int] | None:
-    """Validate ``classes`` (None or a non-empty list of distinct ints in 0..9)."""
+def _check_classes(classes: Any, num_classes: int) -> list[int] | None:
+    """Validate ``classes`` (None or a non-empty list of distinct ints in 0..num_classes-1)."""
     if classes is None:
         return None
     if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
@@ -163,13 +170,15 @@ def _check_classes(classes: Any) -> list[int] | None:
     out = []
     for c in classes:
         if not _is_int(c):
-            raise DataError(f"data.classes must hold integers 0..{NUM_CLASSES - 1}; got {c!r}")
+            raise DataError(f"data.classes must hold integers 0..{num_classes - 1}; got {c!r}")
         out.append(int(c))
     if not out:
-        raise DataError("data.classes is empty; list at least one class id (0..9) or set it to null for all classes")
-    bad = [c for c in out if not 0 <= c < NUM_CLASSES]
+        raise DataError(
+            f"data.classes is empty; list at least one class id (0..{num_classes - 1}) or set it to null for all classes"
+        )
+    bad = [c for c in out if not 0 <= c < num_classes]
     if bad:
-        raise DataError(f"data.classes holds {bad}, outside the allowed class ids 0..{NUM_CLASSES - 1}")
+        raise DataError(f"data.classes holds {bad}, outside the allowed class ids 0..{num_classes - 1}")
     dups = sorted({c for c in out if out.count(c) > 1})
     if dups:
         raise DataError(f"data.classes lists {dups} more than once; give each class id once")
@@ -177,17 +186,18 @@ def _check_classes(classes: Any) -> list[int] | None:
 
 
 class ImageDataModule(L.LightningDataModule):
-    """MNIST / FashionMNIST with a seeded train/validation split, fully in memory.
+    """A registered dataset with a seeded train/validation split, fully in memory.
 
-    Batches are tuples ``(x, y)``: ``x`` float32 (B, 1, 28, 28) with pixel
-    intensities in [0, 1] (the 8-bit value divided by 255, so ``x * 255`` is
-    integral) and ``y`` int64 (B,) with the original class ids 0..9 (not
-    renumbered when ``classes`` selects a subset).
+    Batches are tuples ``(x, y)``: ``x`` float32 (B, C, H, W) (``image_shape``: (1, 28, 28) for
+    MNIST/FashionMNIST, (3, 32, 32) for CIFAR-10/SVHN) with pixel intensities in [0, 1] (the 8-bit
+    value divided by 255, so ``x * 255`` is integral) and ``y`` int64 (B,) with the original class
+    ids (not renumbered when ``classes`` selects a subset).
 
     Args:
-        name: ``"mnist"`` or ``"fashion"`` (aliases ``"fashion_mnist"``, ``"fashionmnist"``).
+        name: a registered dataset (``dcgmm.data.DATASETS``): ``"mnist"``, ``"fashion"``
+            (aliases ``"fashion_mnist"``, ``"fashionmnist"``), ``"cifar10"``, ``"svhn"``.
         data_dir: folder for the cache and downloads (see ``load_dataset``).
-        local_dir: folder with the 4 IDX files to use instead of all other sources.
+        local_dir: folder with the dataset's standard files to use instead of all other sources.
         download: allow downloads when no offline copy exists.
         val_size: validation images taken from the training split: an int count
             or a float fraction in [0, 1). 0 disables validation.
@@ -226,7 +236,8 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         # Cheap argument checks, before any data is touched.
         self.name = canonical_name(name)
-        self.classes = _check_classes(classes)
+        self.info = dataset_info(self.name)
+        self.classes = _check_classes(classes, self.info.num_classes)
         if not _is_int(batch_size) or batch_size < 1:
             raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
         if eval_batch_size is not None and (not _is_int(eval_batch_size) or eval_batch_size < 1):
@@ -254,7 +265,7 @@ class ImageDataModule(L.LightningDataModule):
         self.save_hyperparameters()
 
         self._arrays: Arrays | None = None  # raw numpy arrays from load_dataset
-        self._uint8: dict[str, torch.Tensor] = {}  # split -> uint8 (N, 1, 28, 28)
+        self._uint8: dict[str, torch.Tensor] = {}  # split -> uint8 (N, C, H, W)
         self._datasets: dict[str, TensorBatchDataset] = {}  # split -> float32 dataset
         self._shuffle_seed: int | None = None  # seed of the training order (set at the first loader)
         self._train_sampler: EpochSeededSampler | None = None
@@ -264,18 +275,18 @@ class ImageDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ info
     @property
     def num_classes(self) -> int:
-        """Number of class ids (always 10, also when ``classes`` selects a subset)."""
-        return NUM_CLASSES
+        """Number of class ids of the dataset (also when ``classes`` selects a subset)."""
+        return self.info.num_classes
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """Shape of one image: (channels, height, width) = (1, 28, 28)."""
-        return (1, 28, 28)
+        """Shape of one image: (channels, height, width), e.g. (1, 28, 28)."""
+        return tuple(self.info.image_shape)
 
     @property
     def class_names(self) -> list[str]:
-        """Names of class ids 0..9."""
-        return list(dataset_info(self.name).class_names)
+        """Names of class ids 0..num_classes-1."""
+        return list(self.info.class_names)
 
     # ------------------------------------------------------------- lifecycle
     def prepare_data(self) -> None:
@@ -331,7 +342,7 @@ class ImageDataModule(L.LightningDataModule):
             "test": (test_x, test_y),
         }
         for split, (x, y) in raw.items():
-            pixels = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1)  # uint8 (N, 1, 28, 28)
+            pixels = pixel_tensor(x)  # uint8 (N, C, H, W)
             self._uint8[split] = pixels
             images = pixels.to(torch.float32).div_(255.0)
             self._datasets[split] = TensorBatchDataset(images, torch.from_numpy(np.ascontiguousarray(y)))
@@ -343,14 +354,14 @@ class ImageDataModule(L.LightningDataModule):
         return self._datasets[split]
 
     def raw_pixels(self, split: str = "test") -> torch.Tensor:
-        """8-bit pixels of ``split``: uint8 (N, 1, 28, 28), values 0..255, same order as its loader
+        """8-bit pixels of ``split``: uint8 (N, C, H, W), values 0..255, same order as its loader
         (the training loader shuffles, so only val/test line up batch by batch)."""
         self._check_split(split)
         return self._uint8[split]
 
     @property
     def test_pixels_uint8(self) -> torch.Tensor:
-        """8-bit test pixels, uint8 (N, 1, 28, 28); needed for bits/dim evaluation."""
+        """8-bit test pixels, uint8 (N, C, H, W); needed for bits/dim evaluation."""
         return self.raw_pixels("test")
 
     def split_sizes(self) -> dict[str, int]:
@@ -387,7 +398,7 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Training batches: x float32 (B, 1, 28, 28) in [0, 1], y int64 (B,); with ``on_device``
+        """Training batches: x float32 (B, C, H, W) in [0, 1], y int64 (B,); with ``on_device``
         the loader yields :class:`StepIndex` markers that become those batches on the device."""
         if not self.on_device:
             return self._loader("train", self.batch_size, self.shuffle)

