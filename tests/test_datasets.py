@@ -234,3 +234,18 @@ def test_cross_dataset_outliers_of_another_shape_are_refused_before_training(tra
     cfg = _colour_cfg(train_cfg, tmp_path, "+outlier=default", "outlier.dataset=mnist", "outlier.extra=[]")
     with pytest.raises((ConfigError, DataError), match=r"\[1, 28, 28\].*\[3, 32, 32\]"):
         train(cfg)
+
+
+@pytest.mark.parametrize("model", ["flat_gmm", "dcgmm2", "dcgmm2_pool", "dcgmm3", "dcgmm3_pool", "dcgmm4", "dcgmm4_pool"])
+def test_every_topology_builds_scores_and_samples_colour_images(train_cfg, model):
+    from hydra.utils import instantiate
+
+    from dcgmm.sampling import Sampler, SamplingOptions
+
+    cfg = train_cfg("data=cifar10", f"model={model}")
+    stack = instantiate(cfg.model).stack
+    assert stack.input_shape == (3, 32, 32)
+    _, raw = stack.bottom_up(torch.rand(2, 3, 32, 32))
+    assert raw[stack.top_gmm.index].shape[0] == 2 and torch.isfinite(raw[stack.top_gmm.index]).all()
+    samples = Sampler(stack, SamplingOptions(top_s=1, divisor=5.0), torch.Generator().manual_seed(0)).sample(3)
+    assert samples.shape == (3, 3, 32, 32) and samples.min() >= 0 and samples.max() <= 1
