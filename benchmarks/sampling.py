@@ -20,6 +20,7 @@ import torch
 
 from dcgmm.checkpoints import load_module
 from dcgmm.data import load_dataset
+from dcgmm.data.datamodule import pixel_tensor
 from dcgmm.ndb import NDB
 from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
 
     data = load_dataset(args.dataset, args.data_dir)
-    train = torch.from_numpy(data["train_x"]).float().div(255).reshape(len(data["train_x"]), 1, 28, 28)
+    train = pixel_tensor(data["train_x"]).float().div(255)  # (N, C, H, W)
     ndb = NDB(train, bins=100, cache=Path(args.data_dir) / "cache" / f"ndb_{args.dataset}_100.npz")
     results = [measure(c, args.n, args.iterations, args.ndb_samples, ndb, args.seed) for c in args.checkpoints]
     print(f"{'checkpoint':<60} {'mode':<10} {'samples/s':>10} {'NDB/B':>7} {'JS':>8}")

@@ -332,28 +332,6 @@ class Planner:
 
 
 # ---------------------------------------------------------------------------------- measurements
-def sampling_options(stack, ndb_cfg: dict):
-    from dcgmm.sampling import SamplingOptions
-
-    smallest = min(layer.K for layer in stack.gmm_layers)
-    top_s = smallest if ndb_cfg.get("top_s") is None else min(int(ndb_cfg["top_s"]), smallest)
-    return SamplingOptions(top_s=top_s, divisor=float(ndb_cfg.get("divisor", 1.0)))
-
-
-def sharpened_options(stack, options, sharpening: dict | None):
-    """``options`` with sharpening (``{rate, iterations, reconstruction}``) switched on, or None when
-    the preset asks for none or the stack has no folding whose patches overlap (nothing to sharpen)."""
-    import dataclasses
-
-    from dcgmm.sampling import Sampler, SharpeningOptions
-
-    if not sharpening:
-        return None
-    sharp = SharpeningOptions(enabled=True, **{k: v for k, v in sharpening.items() if k in ("rate", "iterations", "reconstruction")})
-    candidate = dataclasses.replace(options, sharpening=sharp)
-    return candidate if Sampler(stack, candidate).sharpened_foldings() else None
-
-
 class NDBCache:
     """One NDB binning per dataset: k-means bins of its training split (all classes), cached in
     data/cache, and the NDB of as many real test images as samples, for reference."""
@@ -372,21 +350,19 @@ class NDBCache:
         if dataset not in self._ndb:
             import torch
 
-            from dcgmm.ndb import NDB
+            from dcgmm.ndb import training_bins
 
-            train_x = datamodule.dataset("train").x
             n = self.cfg.get("train_images")
-            images = train_x if n is None else train_x[: int(n)]
             bins, kms = int(self.cfg.get("bins", 100)), int(self.cfg.get("kmeans_samples", 20000))
-            cache = self.data_dir / "cache" / f"ndb_{dataset}_B{bins}_n{len(images)}_k{kms}.npz"
             start = time.perf_counter()
-            self._ndb[dataset] = NDB(images, bins=bins, kmeans_samples=kms, seed=0, cache=cache)
-            self.train_images[dataset] = len(images)
+            self._ndb[dataset] = training_bins(datamodule, bins, kms, None if n is None else int(n), self.data_dir / "cache")
+            images = len(datamodule.dataset("train")) if n is None else min(int(n), len(datamodule.dataset("train")))
+            self.train_images[dataset] = images
             test_x = datamodule.dataset("test").x
             pick = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(0))[: int(self.cfg.get("samples", 1000))]
             real = self._ndb[dataset].evaluate(test_x[pick])
             self.reference[dataset] = dict(real.as_dict(), images=len(pick))
-            log.info(f"  NDB bins of {dataset}: {bins} k-means bins of {len(images):,} training images ({time.perf_counter() - start:.1f} s, cache {cache.relative_to(ROOT) if cache.is_relative_to(ROOT) else cache})")
+            log.info(f"  NDB bins of {dataset}: {bins} k-means bins of {images:,} training images ({time.perf_counter() - start:.1f} s)")
         return self._ndb[dataset]
 
 
@@ -402,10 +378,9 @@ def save_grid(images, path: Path) -> None:
 
 def run_sgd(spec: RunSpec, run_dir: Path, compose: Composer, ndb: NDBCache, ndb_cfg: dict) -> dict:
     """Train and test one configuration with dcgmm.tasks.train; NDB of samples for main runs."""
-    import torch
 
     from dcgmm.callbacks import TrainingSpeed
-    from dcgmm.sampling import Sampler
+    from dcgmm.ndb import sample_quality
     from dcgmm.tasks import train
 
     cfg = compose(spec.overrides, run_dir)
@@ -439,25 +414,19 @@ def run_sgd(spec: RunSpec, run_dir: Path, compose: Composer, ndb: NDBCache, ndb_
         classes=None if datamodule.classes is None else list(datamodule.classes),
     )
     if spec.kind == "main":
-        sample_start = time.perf_counter()
         module.eval()
         binning = ndb.get(spec.dataset, datamodule)
-        options = sampling_options(module.stack, ndb_cfg)
-        generator = torch.Generator().manual_seed(0)
-        samples = Sampler(module.stack, options, generator).sample(int(ndb_cfg.get("samples", 1000)))
-        result = binning.evaluate(samples)
-        save_grid(samples, run_dir / "samples.png")
-        record["ndb"] = dict(result.as_dict(), samples=len(samples), top_s=options.top_s, divisor=options.divisor,
-                             seconds=time.perf_counter() - sample_start, reference=ndb.reference.get(spec.dataset))
         sharpening = ndb_cfg.get("sharpening")
-        sharpened = sharpened_options(module.stack, options, sharpening)
-        if sharpened is not None:  # the same draws (same seed), then sharpened below overlapping foldings
-            sample_start = time.perf_counter()
-            generator = torch.Generator().manual_seed(0)
-            samples = Sampler(module.stack, sharpened, generator).sample(int(ndb_cfg.get("samples", 1000)))
-            save_grid(samples, run_dir / "samples_sharpened.png")
-            record["ndb_sharpened"] = dict(binning.evaluate(samples).as_dict(), samples=len(samples), **sharpening,
-                                           seconds=time.perf_counter() - sample_start)
+        quality = sample_quality(module.stack, binning, samples=int(ndb_cfg.get("samples", 1000)), top_s=ndb_cfg.get("top_s"),
+                                 divisor=float(ndb_cfg.get("divisor", 1.0)), sharpening=sharpening, seed=0)
+        plain = quality["plain"]
+        save_grid(plain.samples, run_dir / "samples.png")
+        record["ndb"] = dict(plain.result.as_dict(), samples=len(plain.samples), top_s=plain.options.top_s, divisor=plain.options.divisor,
+                             seconds=plain.seconds, reference=ndb.reference.get(spec.dataset))
+        if "sharpened" in quality:  # the same draws (same seed), then sharpened below overlapping foldings
+            sharp = quality["sharpened"]
+            save_grid(sharp.samples, run_dir / "samples_sharpened.png")
+            record["ndb_sharpened"] = dict(sharp.result.as_dict(), samples=len(sharp.samples), **sharpening, seconds=sharp.seconds)
     record["seconds"] = time.perf_counter() - start
     del objects, module, datamodule
     return record

@@ -92,6 +92,24 @@ def test_evaluate_with_outliers(checkpoint, tmp_path):
     assert saved["outliers"] == 980 and saved["inliers"] == 300
 
 
+@needs_mnist
+def test_evaluate_with_the_ndb_callback_logs_the_results_tables_measurement(checkpoint, tmp_path):
+    """'callbacks=[eval,ndb]': test/ndb_ratio and test/ndb_js equal the shared measurement
+    (dcgmm.ndb.training_bins + sample_quality, as the results table makes it) recomputed here, and
+    the sample grid is written."""
+    from dcgmm.ndb import sample_quality, training_bins
+
+    settings = ["callbacks.ndb.samples=200", "callbacks.ndb.bins=10", "callbacks.ndb.kmeans_samples=1000", "callbacks.ndb.train_images=3000", "callbacks.ndb.cache_dir=null"]
+    cfg = compose_eval([f"ckpt_path={checkpoint}", "callbacks=[eval,ndb]", "+trainer.limit_test_batches=2", *settings], tmp_path)
+    metrics, objects = evaluate(cfg)
+    callback = next(cb for cb in objects["callbacks"] if type(cb).__name__ == "SampleQualityNDB")
+    assert set(callback.result) == {"plain"}  # a flat GMM has no overlapping folding to sharpen
+    binning = training_bins(objects["datamodule"], bins=10, kmeans_samples=1000, train_images=3000)
+    expected = sample_quality(objects["model"].stack.eval(), binning, samples=200, seed=0)["plain"].result
+    assert metrics["test/ndb_ratio"] == pytest.approx(expected.ndb_ratio) and metrics["test/ndb_js"] == pytest.approx(expected.js, rel=1e-5)
+    assert 0 <= metrics["test/ndb_ratio"] <= 1 and (tmp_path / "ndb_samples.png").is_file()
+
+
 def test_evaluate_rejects_another_image_size(tmp_path):
     module = DCGMMModule(layers=[{"kind": "folding", "kernel_size": 14}, {"kind": "gmm", "K": 4}], input_shape=[1, 14, 14])
     path = tmp_path / "small.ckpt"

@@ -127,3 +127,69 @@ def _write_cache(path, key, centroids, train_counts) -> None:
     with atomic_file(Path(path)) as f:
         np.savez(f, key=key, centroids=centroids, train_counts=train_counts)
 
+
+
+# ---------------------------------------------------------------------------- NDB of a model's samples
+def training_bins(datamodule, bins: int = 100, kmeans_samples: int = 20000, train_images: int | None = None, cache_dir: str | Path | None = None) -> NDB:
+    """NDB bins of a set-up data module's training split (its first ``train_images`` images, all
+    when ``None``), cached as ``<cache_dir>/ndb_<name>_B<bins>_n<images>_k<kmeans_samples>.npz``."""
+    train_x = datamodule.dataset("train").x  # float32 (N, C, H, W) in [0, 1]
+    images = train_x if train_images is None else train_x[: int(train_images)]
+    cache = None if cache_dir is None else Path(cache_dir) / f"ndb_{datamodule.name}_B{int(bins)}_n{len(images)}_k{int(kmeans_samples)}.npz"
+    return NDB(images, bins=int(bins), kmeans_samples=int(kmeans_samples), seed=0, cache=cache)
+
+
+def sampling_options(stack, top_s: int | None = None, divisor: float = 1.0):
+    """The sampling options of the NDB protocol: every GMM layer draws among its ``top_s`` largest
+    prior entries (``None``: the smallest K of the stack, i.e. from the whole prior of that layer),
+    standard deviations divided by ``divisor``."""
+    from dcgmm.sampling import SamplingOptions
+
+    smallest = min(layer.K for layer in stack.gmm_layers)
+    return SamplingOptions(top_s=smallest if top_s is None else min(int(top_s), smallest), divisor=float(divisor))
+
+
+def sharpened_options(stack, options, sharpening: dict | None):
+    """``options`` with sharpening (``{rate, iterations, reconstruction}``) switched on, or None when
+    none is asked for or the stack has no folding whose patches overlap (nothing to sharpen)."""
+    import dataclasses
+
+    from dcgmm.sampling import Sampler, SharpeningOptions
+
+    if not sharpening:
+        return None
+    sharp = SharpeningOptions(enabled=True, **{k: v for k, v in sharpening.items() if k in ("rate", "iterations", "reconstruction")})
+    candidate = dataclasses.replace(options, sharpening=sharp)
+    return candidate if Sampler(stack, candidate).sharpened_foldings() else None
+
+
+@dataclass
+class SampleQuality:
+    """NDB of one batch of a model's samples: the result, the samples ``(n, C, H, W)``, the
+    options they were drawn with and the seconds drawing and binning took."""
+
+    result: NDBResult
+    samples: torch.Tensor
+    options: object
+    seconds: float
+
+
+def sample_quality(stack, binning: NDB, samples: int = 1000, top_s: int | None = None, divisor: float = 1.0, sharpening: dict | None = None, seed: int = 0) -> dict[str, SampleQuality]:
+    """NDB of ``samples`` images drawn from ``stack`` (generator seeded with ``seed`` on the stack's
+    device): ``{"plain": ...}``, and ``"sharpened"`` (the same draws, then sharpened below the
+    overlapping foldings) when ``sharpening`` is given and the stack has such foldings. Used by
+    :class:`dcgmm.callbacks.SampleQualityNDB` and the results pipeline alike."""
+    import time
+
+    from dcgmm.sampling import Sampler
+
+    device = next(stack.parameters()).device
+    plain = sampling_options(stack, top_s, divisor)
+    out = {}
+    for name, options in (("plain", plain), ("sharpened", sharpened_options(stack, plain, sharpening))):
+        if options is None:
+            continue
+        start = time.perf_counter()
+        drawn = Sampler(stack, options, torch.Generator(device=device).manual_seed(int(seed))).sample(int(samples))
+        out[name] = SampleQuality(binning.evaluate(drawn), drawn, options, time.perf_counter() - start)
+    return out
