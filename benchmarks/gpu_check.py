@@ -38,14 +38,11 @@ TOPOLOGIES = {"A": ("flat_gmm", {"K": 100}), "B": ("dcgmm2", {}), "E": ("dcgmm3"
 
 
 def build(name: str, overrides: dict, device: torch.device, seed: int = 0):
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    """``model=<name>`` with model-wide ``overrides`` (dcgmm.config.build_model) on ``device``."""
+    from dcgmm.config import build_model
 
     torch.manual_seed(seed)
-    cfg = OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{name}.yaml")
-    for key, value in overrides.items():
-        cfg[key] = value
-    return instantiate(cfg).to(device)
+    return build_model(name, [f"model.{key}={value}" for key, value in overrides.items()]).to(device)
 
 
 def batches(count: int, batch_size: int, device: torch.device, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FLAT_GMM_CONFIG = REPO_ROOT / "conf" / "model" / "flat_gmm.yaml"
 DEFAULT_DATA_DIR = REPO_ROOT / "data"
 LN2 = math.log(2.0)
 EPOCH_IMAGES = 60_000  # "seconds per epoch" is reported for a 60k-image epoch
@@ -165,20 +164,19 @@ def dequantised(pixels, seed: int):
 
 
 def flat_gmm_config(K: int) -> dict:
-    """The model config of ``conf/model/flat_gmm.yaml`` with ``K`` overridden, as a plain dict."""
+    """The model config of ``model=flat_gmm model.K=<K>`` (dcgmm.config.model_config), as a plain dict."""
     from omegaconf import OmegaConf
 
-    config = OmegaConf.load(FLAT_GMM_CONFIG)
-    config.K = int(K)
-    return OmegaConf.to_container(config, resolve=True)
+    from dcgmm.config import model_config
+
+    return OmegaConf.to_container(model_config("flat_gmm", [f"model.K={int(K)}"]), resolve=True)
 
 
 def build_flat_module(K: int):
-    """``DCGMMModule`` instantiated by Hydra from ``conf/model/flat_gmm.yaml`` with ``K`` overridden."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    """``DCGMMModule`` of ``model=flat_gmm model.K=<K>`` (dcgmm.config.build_model)."""
+    from dcgmm.config import build_model
 
-    return instantiate(OmegaConf.create(flat_gmm_config(K)))
+    return build_model("flat_gmm", [f"model.K={int(K)}"])
 
 
 def epoch_timer():

@@ -28,13 +28,10 @@ TARGETS = {"dcgmm2": {"images_per_s": 6000.0, "peak_rss_mib": 2048.0}}
 
 
 def build_module(name: str):
-    """``DCGMMModule`` from ``conf/model/<name>.yaml`` (Hydra instantiate, the config as shipped)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    """``DCGMMModule`` of ``model=<name>`` as shipped (dcgmm.config.build_model)."""
+    from dcgmm.config import build_model
 
-    from benchmarks.run import REPO_ROOT
-
-    return instantiate(OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{name}.yaml"))
+    return build_model(name)
 
 
 def profile_steps(module, batch, steps: int = 10, top: int = 8) -> list[dict]:

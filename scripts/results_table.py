@@ -152,24 +152,9 @@ class Composer:
         self.runs_dir = runs_dir
 
     def __call__(self, overrides: list[str], output_dir: Path | None = None):
-        from hydra import compose, initialize_config_dir
-        from hydra.core.global_hydra import GlobalHydra
-        from hydra.core.hydra_config import HydraConfig
-        from omegaconf import open_dict
+        from dcgmm.config import compose
 
-        output_dir = output_dir or self.runs_dir / "_plan"
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name="train.yaml", return_hydra_config=True, overrides=overrides)
-        with open_dict(cfg):
-            cfg.paths.root_dir = str(ROOT)
-            cfg.paths.log_dir = str(self.runs_dir)
-            cfg.paths.output_dir = str(output_dir)
-            cfg.hydra.runtime.output_dir = str(output_dir)
-            cfg.hydra.job.num = 0
-        HydraConfig().set_config(cfg)
-        GlobalHydra.instance().clear()
-        return cfg
+        return compose("train", overrides, output_dir=output_dir or self.runs_dir / "_plan", root_dir=ROOT, log_dir=self.runs_dir)
 
 
 def count_params(module) -> int:

@@ -3,11 +3,9 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from dcgmm.config import compose
 from dcgmm.utils import prepare_environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,20 +31,11 @@ needs_both = needs("mnist", "fashion")
 
 
 def compose_train(overrides: list[str], tmp_path: Path, config_name: str = "train.yaml") -> DictConfig:
-    """Compose conf/<config_name> like `python train.py OVERRIDES`, writing only below tmp_path."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, return_hydra_config=True, overrides=overrides)
+    """Compose conf/<config_name> like `python train.py OVERRIDES` (dcgmm.config.compose, the one
+    way every caller composes), writing only below tmp_path."""
+    cfg = compose(config_name, overrides, output_dir=tmp_path, root_dir=ROOT, data_dir=DATA_DIR, log_dir=tmp_path)
     with open_dict(cfg):
-        cfg.paths.root_dir = str(ROOT)
-        cfg.paths.data_dir = str(DATA_DIR)
-        cfg.paths.output_dir = str(tmp_path)
-        cfg.paths.log_dir = str(tmp_path)
-        cfg.hydra.runtime.output_dir = str(tmp_path)
-        cfg.hydra.job.num = 0
         cfg.extras.print_config = False
-    HydraConfig().set_config(cfg)
-    GlobalHydra.instance().clear()
     return cfg
 
 

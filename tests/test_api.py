@@ -4,13 +4,12 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
-from omegaconf import OmegaConf
 from sklearn.mixture import GaussianMixture
 
 from dcgmm.api import DCGMMEstimator, known_topologies
 from dcgmm.checkpoints import load_module
+from dcgmm.config import build_model
 from dcgmm.errors import ConfigError
 from dcgmm.module import DCGMMModule
 from dcgmm.tasks import sample as sample_task
@@ -228,9 +227,7 @@ def test_save_load_round_trip_gives_identical_scores(tmp_path):
 
 
 def test_load_reads_a_train_py_checkpoint(tmp_path):
-    cfg = OmegaConf.load(CONFIG_DIR / "model" / "flat_gmm.yaml")
-    cfg.K = 9
-    module = instantiate(cfg)  # as train.py builds it (optimizer partial in the hyper-parameters)
+    module = build_model("flat_gmm", ["model.K=9"])  # as train.py builds it (optimizer partial in the hyper-parameters)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(tmp_path / "last.ckpt")

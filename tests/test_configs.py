@@ -1,5 +1,8 @@
 """Every config composes and instantiates; fast_dev_run of the training task; Hydra CLI behaviour."""
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +15,7 @@ from hydra.utils import instantiate
 from dcgmm.tasks import train
 from tests.conftest import CONFIG_DIR, ROOT, dataset_available, needs_mnist
 
-MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("[!_]*.yaml"))
 DATASETS = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
 TRAINERS = sorted(p.stem for p in (CONFIG_DIR / "trainer").glob("*.yaml") if p.stem not in ("gpu", "ddp") or torch.cuda.is_available())
 LOGGERS = sorted(p.stem for p in (CONFIG_DIR / "logger").glob("*.yaml") if p.stem != "none")
@@ -161,3 +164,44 @@ def test_parity_preset_fast_dev_run_uses_every_training_image(train_cfg):
     metrics, objects = train(cfg)
     assert objects["datamodule"].split_sizes()["train"] == 60_000 and objects["datamodule"].split_sizes()["val"] == 0
     assert "test/cluster/nmi" in metrics and "test/acc" in metrics
+
+
+def test_model_files_share_the_common_header():
+    """Every topology file takes the shared header (conf/model/_common.yaml) and repeats none of
+    its values: a change of a model-wide default is one edit."""
+    import yaml
+
+    common = yaml.safe_load((CONFIG_DIR / "model" / "_common.yaml").read_text())
+    for path in sorted((CONFIG_DIR / "model").glob("[!_]*.yaml")):
+        own = yaml.safe_load(path.read_text())
+        assert own["defaults"] == ["_common", "_self_"], path.name
+        repeated = sorted(key for key, value in own.items() if key in common and common[key] == value)
+        assert not repeated, f"{path.name} repeats {repeated} of _common.yaml"
+
+
+def test_a_non_editable_install_finds_its_configs(tmp_path):
+    """The configs ship in the wheel (src/dcgmm/conf); imported from an unpacked wheel, away from
+    the checkout, dcgmm.config composes a task and builds a topology from the package's files."""
+    import zipfile
+
+    pytest.importorskip("setuptools", reason="building the wheel needs setuptools in the environment")
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "local"))
+    shutil.copy(ROOT / "pyproject.toml", source)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(source)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("dcgmm-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    assert (site / "dcgmm" / "conf" / "train.yaml").is_file() and (site / "dcgmm" / "conf" / "model" / "_common.yaml").is_file()
+    code = (
+        "import json, dcgmm.config as c; cfg = c.compose('train', ['model=dcgmm2', 'data=cifar10']);"
+        "m = c.build_model('dcgmm2', ['model.layers.1.K=16']);"
+        "print(json.dumps([str(c.CONF_DIR), list(cfg.model.input_shape), m.stack.layers[1].K, str(c.project_root())]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PROJECT_ROOT", "DCGMM_CONF_DIR")}
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(site)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    conf, shape, k, root = json.loads(run.stdout.strip().splitlines()[-1])
+    assert conf == str(site / "dcgmm" / "conf") and shape == [3, 32, 32] and k == 16 and root == str(tmp_path)

@@ -10,14 +10,15 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from dcgmm.checkpoints import load_module
+from dcgmm.config import model_config
 from dcgmm.errors import ConfigError
 from dcgmm.tasks import sample
-from tests.conftest import CONFIG_DIR, ROOT, needs_mnist
+from tests.conftest import ROOT, needs_mnist
 
 
 def write_checkpoint(path, model: str = "dcgmm2", **updates) -> str:
     """An untrained model of a topology config saved as a Lightning checkpoint."""
-    cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{model}.yaml")
+    cfg = model_config(model)
     for key, value in updates.items():
         OmegaConf.update(cfg, key, value)
     module = instantiate(cfg)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dcgmm.config import build_model
 from dcgmm.errors import ConfigError
 from dcgmm.model import DCGMM
 from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
@@ -203,14 +204,12 @@ def test_conditional_samples_after_a_short_run_are_classified_as_requested():
     Measured on this code: 40 % of the samples are classified as requested (chance: 10 %).
     """
     import lightning as L
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from dcgmm.data import ImageDataModule
 
     root = Path(__file__).parents[1]
     L.seed_everything(0)
-    module = instantiate(OmegaConf.load(root / "conf" / "model" / "flat_gmm.yaml"))
+    module = build_model("flat_gmm")
     data = ImageDataModule(name="mnist", data_dir=str(root / "data"), val_size=1000)
     L.Trainer(max_epochs=2, limit_train_batches=50, limit_val_batches=0, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False).fit(module, data)

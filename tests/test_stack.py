@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from dcgmm.config import build_model, model_config
 from dcgmm.data.datamodule import TensorBatchDataset, keep_batch
 from dcgmm.errors import ConfigError
 from dcgmm.layers import GMMLayer
@@ -40,7 +41,7 @@ SPEC_SHAPES = {
 
 
 def load_model(name: str, **overrides) -> DCGMMModule:
-    cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
+    cfg = model_config(name)
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)
     return instantiate(cfg)
@@ -59,7 +60,7 @@ def test_topology_shapes_match_spec(name):
 
 
 def test_every_model_config_is_in_the_spec_table():
-    assert sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml")) == sorted(SPEC_SHAPES)
+    assert sorted(p.stem for p in (CONFIG_DIR / "model").glob("[!_]*.yaml")) == sorted(SPEC_SHAPES)
 
 
 def test_training_gradients_are_layer_local():
@@ -188,13 +189,10 @@ def test_gmm_scores_as_convolutions_match_patches_and_products(model, monkeypatc
     folding's input. Layer by layer, on the same input map: the scores, the parameter gradients and
     the gradient with respect to the input (what sharpening ascends) are those of cutting the
     patches and multiplying, to float32 rounding (1e-5 of their scale); and the stack uses it."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    from tests.conftest import CONFIG_DIR
 
     torch.manual_seed(0)
-    stack = instantiate(OmegaConf.load(CONFIG_DIR / "model" / f"{model}.yaml")).stack
+    stack = build_model(model).stack
     pairs = [(stack.layers[g.index - 1], g) for g in stack.gmm_layers if g.convolves(stack.layers[g.index - 1])]
     assert pairs
     for fold, gmm in pairs:

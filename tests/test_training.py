@@ -3,11 +3,10 @@
 import lightning as L
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from sklearn.mixture import GaussianMixture
 from torch.utils.data import DataLoader
 
+from dcgmm.config import build_model
 from dcgmm.data import ImageDataModule
 from dcgmm.data.datamodule import TensorBatchDataset, keep_batch
 from dcgmm.errors import TrainingDiverged
@@ -108,10 +107,8 @@ def test_topology_b_short_training_improves_every_layer_and_classifies():
     (The top layer needs thousands of steps to anneal before its responsibilities separate
     classes, so a short run reads the lower layer.)
     """
-    cfg = OmegaConf.load(ROOT / "conf" / "model" / "dcgmm2.yaml")
-    cfg.layers[4].input_layer = 1
     L.seed_everything(0)
-    module = instantiate(cfg)
+    module = build_model("dcgmm2", ["model.layers.4.input_layer=1"])
     data = ImageDataModule(name="mnist", data_dir=str(ROOT / "data"), val_size=1000)
     trainer = L.Trainer(
         max_epochs=3, limit_train_batches=30, limit_val_batches=10, logger=False, enable_checkpointing=False,

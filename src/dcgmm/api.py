@@ -1,7 +1,7 @@
 """A scikit-learn style interface to DCGMM for notebooks and scripts (no Hydra config files).
 
-:class:`DCGMMEstimator` builds a model from a topology name (a file ``conf/model/<name>.yaml``,
-read with OmegaConf), a list of layer dicts or a model config mapping, trains it with a Lightning
+:class:`DCGMMEstimator` builds a model from a topology name (``conf/model/<name>.yaml``, composed
+as ``model=<name>`` with override strings, see :mod:`dcgmm.config`), a list of layer dicts or a model config mapping, trains it with a Lightning
 ``Trainer`` on an array or a ``LightningDataModule``, and gives batched scores, cluster ids, class
 predictions, samples and prototypes::
 
@@ -49,12 +49,13 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from dcgmm.checkpoints import load_module
+from dcgmm.config import conf_dir, known_topologies, model_config
 from dcgmm.errors import ConfigError
 from dcgmm.module import DCGMMModule
 from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
 from dcgmm.scoring import cluster_ids, top_scores
 
-__all__ = ["DCGMMEstimator", "conf_dir", "known_topologies", "load_topology"]
+__all__ = ["DCGMMEstimator", "conf_dir", "known_topologies", "load_topology"]  # the last three from dcgmm.config
 
 # The paper's topology letters (README, "Topologies") as aliases of the config names.
 TOPOLOGY_ALIASES = {
@@ -71,54 +72,80 @@ _RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 
 
 # ------------------------------------------------------------------------------- topologies
-def conf_dir() -> Path:
-    """The project's ``conf`` folder: ``$DCGMM_CONF_DIR``, else ``conf/`` next to ``src/`` of this
-    package, else ``$PROJECT_ROOT/conf``. A one-line ConfigError when none has a ``model/`` folder."""
-    explicit = os.environ.get("DCGMM_CONF_DIR")
-    if explicit:
-        if not (Path(explicit) / "model").is_dir():
-            raise ConfigError(f"DCGMM_CONF_DIR={explicit} has no model/ folder; point it at the project's conf folder")
-        return Path(explicit)
-    candidates = [Path(__file__).resolve().parents[2] / "conf"]
-    if os.environ.get("PROJECT_ROOT"):
-        candidates.append(Path(os.environ["PROJECT_ROOT"]) / "conf")
-    for folder in candidates:
-        if (folder / "model").is_dir():
-            return folder
-    raise ConfigError(
-        f"cannot find the topology configs (conf/model/*.yaml) in {', '.join(map(str, candidates))}; "
-        "set DCGMM_CONF_DIR to the project's conf folder, or pass the layers as a list of dicts"
-    )
-
-
-def known_topologies() -> list[str]:
-    """Names of the topology configs in ``conf/model/`` (e.g. ``flat_gmm``, ``dcgmm2``)."""
-    return sorted(path.stem for path in (conf_dir() / "model").glob("*.yaml"))
-
-
-def load_topology(name: str | os.PathLike) -> dict:
-    """A model config as a plain dict: ``conf/model/<name>.yaml`` (or a paper letter ``A``-``G``,
-    or the path of a YAML file). Unknown names raise a one-line ConfigError listing the known ones."""
+def load_topology(name: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
+    """A model config as a plain dict: ``conf/model/<name>.yaml`` composed as ``model=<name>`` on
+    the command line would (:func:`dcgmm.config.model_config`, with ``overrides`` such as
+    ``"model.layers.1.K=64"``), a paper letter ``A``-``G``, or the path of a standalone YAML file.
+    Unknown names raise a one-line ConfigError listing the known ones."""
     text = str(name)
     if text.endswith((".yaml", ".yml")) or os.sep in text:
         path = Path(text).expanduser()
         if not path.is_file():
             raise ConfigError(f"topology file {path} does not exist")
-    else:
-        path = conf_dir() / "model" / f"{TOPOLOGY_ALIASES.get(text, text)}.yaml"
-        if not path.is_file():
-            raise ConfigError(
-                f"unknown topology {text!r}; known topologies: {', '.join(known_topologies())} "
-                f"(or the paper's letters {', '.join(k for k in TOPOLOGY_ALIASES if len(k) == 1)})"
-            )
-    try:
-        config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as err:  # noqa: BLE001 - YAML or interpolation errors are the same user error
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"topology file {path} cannot be read: {first}") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"topology file {path} must hold a mapping with a 'layers' list")
-    return config
+        if path.resolve().parent == (conf_dir() / "model").resolve() and path.stem in known_topologies():
+            return load_topology(path.stem, overrides)  # a shipped file: composed with its defaults
+        try:
+            node = OmegaConf.load(path)
+            if "defaults" in node:
+                raise ConfigError(
+                    f"topology file {path} uses a Hydra defaults list; put it into a config folder's model/ "
+                    "(DCGMM_CONF_DIR) and pass its name, or write every key into the file"
+                )
+            node = _apply_overrides(node, overrides)
+            config = OmegaConf.to_container(node, resolve=True)
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 - YAML or interpolation errors are the same user error
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"topology file {path} cannot be read: {first}") from None
+        if not isinstance(config, dict):
+            raise ConfigError(f"topology file {path} must hold a mapping with a 'layers' list")
+        return config
+    topology = TOPOLOGY_ALIASES.get(text, text)
+    if topology not in known_topologies():
+        raise ConfigError(
+            f"unknown topology {text!r}; known topologies: {', '.join(known_topologies())} "
+            f"(or the paper's letters {', '.join(k for k in TOPOLOGY_ALIASES if len(k) == 1)})"
+        )
+    return OmegaConf.to_container(model_config(topology, [_model_override(o) for o in overrides]), resolve=True)
+
+
+def _model_override(override: str) -> str:
+    """``"layers.1.K=64"`` or ``"model.layers.1.K=64"`` -> ``"model.layers.1.K=64"``."""
+    text = str(override).strip()
+    if "=" not in text:
+        raise ConfigError(f"override {override!r} must look like the command line's, e.g. model.layers.1.K=64")
+    body = text.lstrip("+~")
+    prefix = text[: len(text) - len(body)]
+    return prefix + (body if body.startswith("model.") else f"model.{body}")
+
+
+def _apply_overrides(node, overrides: Sequence[str]):
+    """Override strings applied to a standalone model config (a YAML file or a mapping, which no
+    Hydra composition covers): ``key.path=value`` relative to the model, list indices included."""
+    import yaml
+
+    node = OmegaConf.create(node) if not OmegaConf.is_config(node) else node
+    for override in overrides:
+        key, _, value = _model_override(override).lstrip("+~")[len("model.") :].partition("=")
+        OmegaConf.update(node, key, yaml.safe_load(value) if value.strip() else None, merge=True, force_add=True)
+    return node
+
+
+def _layer_override_strings(layer_overrides: Mapping | None, layers: int | None) -> list[str]:
+    """``{1: {"K": 64}}`` -> ``["model.layers.1.K=64"]``: the command line's override strings."""
+    import json
+
+    out = []
+    for index, changes in dict(layer_overrides or {}).items():
+        if not _is_int(index) or (layers is not None and not 0 <= index < layers):
+            shown = f"; the topology has layers 0..{layers - 1}" if layers is not None else ""
+            raise ConfigError(f"layer_overrides: layer {index!r} does not exist{shown}")
+        if not isinstance(changes, Mapping):
+            raise ConfigError(f"layer_overrides[{index}] must be a mapping such as {{'K': 64}}, got {changes!r}")
+        for key, value in changes.items():
+            out.append(f"++model.layers.{int(index)}.{key}={json.dumps(value)}")
+    return out
 
 
 def _optimizer(value: Any) -> Callable | None:
@@ -135,14 +162,31 @@ def _optimizer(value: Any) -> Callable | None:
     raise ConfigError(f"optimizer={value!r} must be None, a callable taking parameter groups, or a {{_target_: ...}} mapping")
 
 
-def _model_config(topology, input_shape, classifier: bool, layer_overrides, options: Mapping) -> tuple[str, dict]:
-    """Resolve the constructor's arguments into ``(topology name, DCGMMModule keyword arguments)``."""
+def _model_config(topology, input_shape, classifier: bool, layer_overrides, options: Mapping, overrides: Sequence[str] = ()) -> tuple[str, dict]:
+    """Resolve the constructor's arguments into ``(topology name, DCGMMModule keyword arguments)``.
+    ``overrides`` (and ``layer_overrides``, turned into the same strings) change the composed
+    config as on the command line."""
+    if isinstance(overrides, (str, bytes)):
+        raise ConfigError(f"overrides={overrides!r} must be a list of strings such as ['model.layers.1.K=64']")
     if isinstance(topology, (str, os.PathLike)):
-        name, config = str(topology), load_topology(topology)
-    elif isinstance(topology, Mapping):
-        name, config = "custom", dict(topology)
-    elif isinstance(topology, Sequence):
-        name, config = "custom", {"layers": list(topology)}
+        name = str(topology)
+        layers = len(load_topology(topology)["layers"]) if layer_overrides else None
+        config = load_topology(topology, [*overrides, *_layer_override_strings(layer_overrides, layers)])
+    elif isinstance(topology, (Mapping, Sequence)):
+        name = "custom"
+        base = dict(topology) if isinstance(topology, Mapping) else {"layers": list(topology)}
+        layers = len(base["layers"]) if isinstance(base.get("layers"), list) else None
+        strings = [*overrides, *_layer_override_strings(layer_overrides, layers)]
+        if strings:
+            optimizer = base.pop("optimizer", None)
+            try:
+                merged = _apply_overrides(base, strings)
+            except Exception as err:  # noqa: BLE001 - a malformed override is a user error
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ConfigError(f"topology {name}: overrides {strings}: {first}") from None
+            base = OmegaConf.to_container(merged)
+            base["optimizer"] = optimizer
+        config = base
     else:
         raise ConfigError(f"topology={topology!r} must be a config name (e.g. 'flat_gmm'), a list of layer dicts or a model config mapping")
     if not isinstance(config, Mapping):
@@ -161,18 +205,12 @@ def _model_config(topology, input_shape, classifier: bool, layer_overrides, opti
     layers = config.get("layers")
     if not isinstance(layers, list) or not layers or not all(isinstance(spec, dict) for spec in layers):
         raise ConfigError(f"topology {name}: 'layers' must be a non-empty list of layer dicts such as {{kind: gmm, K: 25}}")
-    for index, changes in dict(layer_overrides or {}).items():
-        if not _is_int(index) or not 0 <= index < len(layers):
-            raise ConfigError(f"layer_overrides: layer {index!r} does not exist; the topology has layers 0..{len(layers) - 1}")
-        if not isinstance(changes, Mapping):
-            raise ConfigError(f"layer_overrides[{index}] must be a mapping such as {{'K': 64}}, got {changes!r}")
-        layers[index].update(changes)
     if not classifier:
         layers = [spec for spec in layers if spec.get("kind") != "classifier"]
     config["layers"] = layers
     unknown = sorted(set(options) - set(MODEL_OPTIONS))
     if unknown:
-        raise ConfigError(f"unknown model option(s) {', '.join(unknown)}; known options: {', '.join(MODEL_OPTIONS)} (per layer: layer_overrides={{index: {{...}}}})")
+        raise ConfigError(f"unknown model option(s) {', '.join(unknown)}; known options: {', '.join(MODEL_OPTIONS)} (per layer: overrides=['model.layers.<i>.K=64'])")
     config.update(options)
     if input_shape is not None:
         if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__iter__") or not all(_is_int(v) for v in input_shape):
@@ -259,8 +297,11 @@ class DCGMMEstimator:
             config mapping with a ``layers`` list.
         input_shape: ``(C, H, W)`` of the images (default: the config's, else ``(1, 28, 28)``).
         classifier: keep the topology's classifier layer (``False`` drops it).
-        layer_overrides: per-layer changes, ``{stack index: {key: value}}``, e.g. ``{1: {"K": 64}}``
-            (what ``model.layers.1.K=64`` does on the command line).
+        overrides: the command line's override strings, e.g. ``["model.layers.1.K=64"]`` (the
+            ``model.`` prefix may be left out); applied to the composed topology config exactly as
+            ``python train.py model=<topology> model.layers.1.K=64`` would.
+        layer_overrides: the same per layer as a mapping, ``{stack index: {key: value}}``, e.g.
+            ``{1: {"K": 64}}``; turned into the override strings ``model.layers.1.K=64``.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         seed: seeds the parameter initialisation, and the shuffling and ``val`` split of :meth:`fit` on
             arrays (without touching torch's global random state); ``None``: torch's global random
@@ -269,7 +310,7 @@ class DCGMMEstimator:
             ``lr_min``, ``lambda_mu``, ``lambda_sigma``, ``lambda_pi``, ``mode``, ``loss``,
             ``anneal``, ``precision_max``, ``optimizer``, ``compile``. Like ``model.K=...``, a
             model-wide value reaches only the GMM layers whose spec does not set it (the topology
-            files of the deep models set K per layer: use ``layer_overrides``).
+            files of the deep models set K per layer: use ``overrides``).
 
     Attributes:
         module: the :class:`~dcgmm.module.DCGMMModule` (``module.stack`` is the layer stack).
@@ -283,6 +324,7 @@ class DCGMMEstimator:
         *,
         input_shape: Sequence[int] | None = None,
         classifier: bool = True,
+        overrides: Sequence[str] = (),
         layer_overrides: Mapping[int, Mapping] | None = None,
         device: str | torch.device = "auto",
         seed: int | None = None,
@@ -292,7 +334,7 @@ class DCGMMEstimator:
             raise ConfigError(f"seed={seed!r} must be an integer or None")
         self.seed = None if seed is None else int(seed)
         self.device = self._resolve_device(device)
-        self.topology, config = _model_config(topology, input_shape, classifier, layer_overrides, options)
+        self.topology, config = _model_config(topology, input_shape, classifier, layer_overrides, options, overrides)
         with self._seeded(self.seed):
             module = DCGMMModule(**config)
         self._attach(module, fitted=False, classifier_fitted=False)

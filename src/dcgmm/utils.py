@@ -82,10 +82,11 @@ def instantiate_group(group: DictConfig | None, what: str) -> list:
 def prepare_environment() -> None:
     """Settings every task needs before Hydra composes: project root, offline W&B that never waits,
     the project's config resolvers (:mod:`dcgmm.resolvers`)."""
+    from dcgmm.config import project_root
     from dcgmm.resolvers import register_resolvers
 
     register_resolvers()
-    os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[2]))
+    os.environ.setdefault("PROJECT_ROOT", str(project_root()))
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_DISABLE_GIT", "true")
