@@ -341,7 +341,7 @@ class NDBCache:
             bins, kms = int(self.cfg.get("bins", 100)), int(self.cfg.get("kmeans_samples", 20000))
             start = time.perf_counter()
             self._ndb[dataset] = training_bins(datamodule, bins, kms, None if n is None else int(n), self.data_dir / "cache")
-            images = len(datamodule.dataset("train")) if n is None else min(int(n), len(datamodule.dataset("train")))
+            images = int(self._ndb[dataset].train_counts.sum())  # the training images binned
             self.train_images[dataset] = images
             test_x = datamodule.dataset("test").x
             pick = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(0))[: int(self.cfg.get("samples", 1000))]

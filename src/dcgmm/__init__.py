@@ -5,8 +5,8 @@ from typing import Any
 from dcgmm.errors import ConfigError, TrainingDiverged
 from dcgmm.resolvers import register_resolvers
 
-# the configs' resolvers (${dcgmm.image_shape:...} in conf/model/*.yaml and the others), so that a
-# model file loaded with plain OmegaConf resolves as it does inside a composed task config
+# the configs' resolvers (${dcgmm.image_shape:...} of conf/model/_common.yaml and the others), so
+# that any config node of this package resolves, whether or not dcgmm.config composed it
 register_resolvers()
 
 __all__ = ["ConfigError", "DCGMMEstimator", "TrainingDiverged"]

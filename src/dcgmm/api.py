@@ -170,8 +170,10 @@ def _model_config(topology, input_shape, classifier: bool, layer_overrides, opti
         raise ConfigError(f"overrides={overrides!r} must be a list of strings such as ['model.layers.1.K=64']")
     if isinstance(topology, (str, os.PathLike)):
         name = str(topology)
-        layers = len(load_topology(topology)["layers"]) if layer_overrides else None
-        config = load_topology(topology, [*overrides, *_layer_override_strings(layer_overrides, layers)])
+        config = load_topology(topology, overrides)  # one composition; layer_overrides go on top
+        if layer_overrides:
+            strings = _layer_override_strings(layer_overrides, len(config.get("layers") or []))
+            config = OmegaConf.to_container(_apply_overrides(config, strings))
     elif isinstance(topology, (Mapping, Sequence)):
         name = "custom"
         base = dict(topology) if isinstance(topology, Mapping) else {"layers": list(topology)}
