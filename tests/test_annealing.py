@@ -1,12 +1,16 @@
 """Smoothing kernel and annealing schedule (docs/design.md section 2)."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
-from dcgmm.annealing import AnnealingSchedule, smoothing_kernel, toroidal_sq_distances
+from dcgmm.annealing import Annealing, AnnealingSchedule, smoothing_kernel, toroidal_sq_distances
 from dcgmm.errors import ConfigError
+from dcgmm.module import DCGMMModule
 
 
 @pytest.mark.parametrize("K, sigma", [(9, 0.7), (25, 2.0), (100, 3.5)])
@@ -163,3 +167,60 @@ def test_bad_schedule_values():
         AnnealingSchedule(sigma0=1.0, lr0=0.0, lr_min=0.01)
     with pytest.raises(ConfigError, match="perfect square"):
         smoothing_kernel(10, 1.0)
+
+
+# ----------------------------------------------------------------------------- the component
+DATA = Path(__file__).parent / "data"
+
+
+def test_checkpoint_written_before_the_annealing_component_loads_unchanged():
+    """tests/data/checkpoint_v1.ckpt was written by the code before the annealing component
+    existed (training settings and annealing inside GMMLayer, commit b4893ef), with the reference
+    values in checkpoint_v1.json: the schedules, each layer's sigma, the optimiser's group rates
+    (lambdas and the independent mode's factor P included), objectives and logits of a fixed
+    probe. Loaded now, everything agrees."""
+    reference = json.loads((DATA / "checkpoint_v1.json").read_text())
+    module = DCGMMModule.load_from_checkpoint(DATA / "checkpoint_v1.ckpt", map_location="cpu", weights_only=False)
+    module.eval()
+    assert {str(k): v for k, v in module.annealing.state_dict().items()} == reference["schedules"]
+    for index, sigma in reference["layer_sigma"].items():
+        layer = module.stack.layers[int(index)]
+        assert layer.sigma == sigma
+        torch.testing.assert_close(layer.smoothing, smoothing_kernel(layer.K, sigma))
+    rates = [group["lr"] for group in module.configure_optimizers().param_groups]
+    assert rates == pytest.approx(reference["optimizer_lr"], rel=1e-12)
+    probe = torch.rand(5, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    _, raw = module.stack.bottom_up(probe)
+    for index, values in reference["objective"].items():
+        torch.testing.assert_close(module.stack.layers[int(index)].objective(raw[int(index)]), torch.tensor(values))
+    torch.testing.assert_close(raw[4], torch.tensor(reference["logits"]))
+    assert module.policies[3].wait == 0.2 and module.policies[1].factor("sigma") == 0.3
+
+
+def test_annealing_component_from_hydra_overrides_per_layer_settings(train_cfg):
+    """model.annealing.* are the model-wide settings; a layer's spec overrides them for that layer."""
+    cfg = train_cfg("model=dcgmm2", "model.annealing.window=7", "model.annealing.gamma=0.5", "+model.layers.3.window=3")
+    module = instantiate(cfg.model)
+    assert isinstance(module.annealing, Annealing)
+    assert (module.schedules[1].window, module.schedules[3].window) == (7, 3)
+    assert module.schedules[1].gamma == module.schedules[3].gamma == 0.5
+    assert module.stack.layers[1].sigma == pytest.approx(0.25 * math.sqrt(2 * 49))
+
+
+def test_annealing_step_sets_layer_sigma_and_group_rates():
+    """A decision that shrinks sigma reaches the layer's kernel and every optimiser group of that
+    layer (rate times the group's factor), and only that layer's groups."""
+    module = DCGMMModule(
+        layers=[{"kind": "gmm", "K": 4, "window": 1}, {"kind": "gmm", "K": 9, "input_layer": -1}],
+        input_shape=(3, 1, 1), lr=0.1, lr_min=0.001, lambda_sigma=0.5,
+    )
+    optimizer = module.configure_optimizers()
+    first = module.stack.layers[0]
+    sigma0 = first.sigma
+    changed = [module.annealing.step(0, torch.tensor(loss), optimizer) for loss in (3.0, 2.0, 2.0)]
+    assert changed == [False, False, True]  # the third window's r = 0 lies in the band
+    assert first.sigma == pytest.approx(0.9 * sigma0)
+    torch.testing.assert_close(first.smoothing, smoothing_kernel(4, 0.9 * sigma0))
+    rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert rates["L0_gmm/mu"] == pytest.approx(0.09) and rates["L0_gmm/sigma"] == pytest.approx(0.045)
+    assert rates["L1_gmm/mu"] == pytest.approx(0.1)  # the other layer is untouched

@@ -49,7 +49,8 @@ def test_build_from_names_aliases_and_overrides():
     assert [layer.kind for layer in flat.stack.layers] == ["folding", "gmm", "classifier"]
     assert flat.stack.top_gmm.K == 25 and flat.input_shape == (1, 28, 28) and not flat.is_fitted
     assert DCGMMEstimator("flat_gmm", K=49, lr=0.02).stack.top_gmm.K == 49
-    assert DCGMMEstimator("flat_gmm", lr=0.02).stack.top_gmm.lr == pytest.approx(0.02)
+    flat = DCGMMEstimator("flat_gmm", lr=0.02).module
+    assert flat.policies[flat.stack.top_gmm.index].lr == pytest.approx(0.02)
     b = DCGMMEstimator("B", classifier=False, layer_overrides={1: {"K": 64}})
     assert [layer.kind for layer in b.stack.layers] == ["folding", "gmm", "folding", "gmm"]
     assert [g.K for g in b.stack.gmm_layers] == [64, 36]

@@ -65,7 +65,7 @@ def test_every_experiment_config_instantiates(train_cfg, experiment):
 def test_overrides_reach_the_objects(train_cfg):
     cfg = train_cfg("model.K=49", "model.lr=0.02", "data.batch_size=50", "trainer.max_epochs=7", "seed=3")
     module = instantiate(cfg.model)
-    assert module.stack.top_gmm.K == 49 and module.stack.top_gmm.lr == 0.02
+    assert module.stack.top_gmm.K == 49 and module.policies[module.stack.top_gmm.index].lr == 0.02
     assert instantiate(cfg.data).batch_size == 50
     assert instantiate(cfg.trainer).max_epochs == 7
 

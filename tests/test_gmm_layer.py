@@ -9,6 +9,7 @@ from sklearn.mixture import GaussianMixture
 
 from dcgmm.errors import ConfigError
 from dcgmm.layers import Folding, GMMLayer
+from dcgmm.module import DCGMMModule
 
 
 def random_params_(layer: GMMLayer, seed: int = 0) -> None:
@@ -76,7 +77,7 @@ def test_patchwise_shared_matches_sklearn_on_sliced_patches():
 
 def test_log_score_hand_computed():
     """One component, two dims: the log-score formula (docs/design.md section 1.2) by hand."""
-    layer = GMMLayer((2, 1, 1), K=1, anneal=False)
+    layer = GMMLayer((2, 1, 1), K=1)
     with torch.no_grad():
         layer.means.copy_(torch.tensor([[[0.5, -1.0]]]))
         layer.inv_std.copy_(torch.tensor([[[2.0, 0.5]]]))
@@ -113,7 +114,7 @@ def test_gemm_form_equals_broadcast_form():
 
 
 def test_objectives():
-    layer = GMMLayer((3, 1, 2), K=4, anneal=False)
+    layer = GMMLayer((3, 1, 2), K=4)  # a new layer: no smoothing
     random_params_(layer, seed=5)
     scores = layer.log_scores(torch.rand(5, 3, 1, 2))
     torch.testing.assert_close(layer.objective(scores), scores.amax(-1).mean(1))
@@ -123,8 +124,10 @@ def test_objectives():
 
 
 def test_annealed_objective_uses_smoothing():
-    layer = GMMLayer((3, 1, 1), K=9, anneal=True, sigma0=1.0)
+    layer = GMMLayer((3, 1, 1), K=9)
+    layer.set_sigma(1.0)  # what the annealing component does at the start of training
     random_params_(layer, seed=6)
+    assert not torch.equal(layer.smoothing, torch.eye(9))
     scores = layer.log_scores(torch.rand(5, 3, 1, 1))
     torch.testing.assert_close(layer.objective(scores), (scores @ layer.smoothing.t()).amax(-1).mean(1))
     layer.set_sigma(0.01)
@@ -155,23 +158,30 @@ def test_independent_learning_rate_scaled_by_positions():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(K=10), "not a perfect square"),
+        (dict(K=10), "K=10 is not a perfect square"),  # the annealing component's check
         (dict(K=0), "K=0 must be >= 1"),
         (dict(K=4, precision_max=0.0), "variance floor"),
-        (dict(K=4, lr=-0.1), "learning rate must be > 0"),
+        (dict(K=4, lr=-0.1), "learning rate must be > 0"),  # the training policy's checks
         (dict(K=4, mode="diag"), "mode='diag' is unknown"),
         (dict(K=4, wait=1.5), "wait=1.5"),
+        (dict(K=4, lambda_pi=-1), "lambda_pi=-1 must be >= 0"),
+        (dict(K=4, window="ten"), "window='ten' must be an integer"),
     ],
 )
 def test_bad_config_is_one_line_error(kwargs, match):
     with pytest.raises(ConfigError, match=match) as info:
-        GMMLayer((4, 1, 1), **kwargs)
-    assert "\n" not in str(info.value)
+        DCGMMModule(layers=[{"kind": "gmm", **kwargs}], input_shape=(4, 1, 1))
+    assert "\n" not in str(info.value) and str(info.value).startswith("layer 0 (gmm): ")
 
 
 def test_non_square_K_allowed_without_annealing():
-    assert GMMLayer((4, 1, 1), K=10, anneal=False).K == 10
-    assert GMMLayer((4, 1, 1), K=10, loss="logsumexp").K == 10
+    for spec in ({"anneal": False}, {"loss": "logsumexp"}):
+        module = DCGMMModule(layers=[{"kind": "gmm", "K": 10, **spec}], input_shape=(4, 1, 1))
+        assert module.stack.top_gmm.K == 10 and not module.schedules[0].enabled
+        assert torch.equal(module.stack.top_gmm.smoothing, torch.eye(10))
+    with pytest.raises(ConfigError, match="K=10 is not a perfect square"):
+        GMMLayer((4, 1, 1), K=10).set_sigma(1.0)
+    GMMLayer((4, 1, 1), K=10).set_sigma(0.01)  # the floor is the identity on any grid
 
 
 def test_log_scores_and_objective_stay_float32_under_bf16_autocast():

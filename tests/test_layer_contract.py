@@ -95,7 +95,7 @@ def test_registered_kind_trains_samples_and_checkpoints(standardise_kind, tmp_pa
 
 def test_layer_reads_any_lower_layer_by_input_layer(standardise_kind):
     """``input_layer`` works for any kind: the GMM reads the image, skipping the layer below it."""
-    stack = DCGMM([{"kind": "standardise"}, {"kind": "folding", "kernel_size": 8, "input_layer": -1}, {"kind": "gmm", "K": 4, "anneal": False}], (1, 8, 8))
+    stack = DCGMM([{"kind": "standardise"}, {"kind": "folding", "kernel_size": 8, "input_layer": -1}, {"kind": "gmm", "K": 4}], (1, 8, 8))
     with torch.no_grad():  # away from the identity, so that reading layer 0 instead would show
         stack.layers[0].shift.fill_(2.0)
     x = data(4)

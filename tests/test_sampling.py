@@ -15,7 +15,7 @@ from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
 def hand_set_flat_gmm(weights, means, stds) -> DCGMM:
     """A flat GMM over 1 x 4 x 4 images with the given parameters (K components, D = 16)."""
     k = len(weights)
-    stack = DCGMM([{"kind": "folding", "kernel_size": 4}, {"kind": "gmm", "K": k, "anneal": False, "precision_max": 1e4}], (1, 4, 4))
+    stack = DCGMM([{"kind": "folding", "kernel_size": 4}, {"kind": "gmm", "K": k, "precision_max": 1e4}], (1, 4, 4))
     gmm = stack.top_gmm
     with torch.no_grad():
         gmm.mixture_logits.copy_(torch.log(torch.as_tensor(weights)).view(1, k))
@@ -108,13 +108,17 @@ def test_sharpening_increases_target_objective_and_keeps_parameters():
 
 
 def c_like_stack() -> DCGMM:
-    """Two foldings with overlapping patches (layers 0 and 3), like topology C."""
+    """Two foldings with overlapping patches (layers 0 and 3), like topology C, its GMM layers at
+    the start of annealing (sigma0 = 0.25 sqrt(2K))."""
     torch.manual_seed(0)
-    return DCGMM(
+    stack = DCGMM(
         [{"kind": "folding", "kernel_size": 3, "stride": 1}, {"kind": "gmm", "K": 4}, {"kind": "pooling", "kernel_size": 2},
          {"kind": "folding", "kernel_size": 2, "stride": 1}, {"kind": "gmm", "K": 4}],
         (1, 7, 7),
     )
+    for layer in stack.gmm_layers:
+        layer.set_sigma(0.25 * (2 * layer.K) ** 0.5)
+    return stack
 
 
 def test_sharpening_rate_per_folding_layer():
@@ -183,7 +187,7 @@ def test_conditional_samples_are_classified_as_requested():
     means = torch.stack([torch.full((16,), v) for v in (0.1, 0.5, 0.9)])
     stack = hand_set_flat_gmm([1 / 3] * 3, means, torch.full((3, 16), 0.05))
     stack = DCGMM(
-        [{"kind": "folding", "kernel_size": 4}, {"kind": "gmm", "K": 3, "anneal": False, "precision_max": 1e4},
+        [{"kind": "folding", "kernel_size": 4}, {"kind": "gmm", "K": 3, "precision_max": 1e4},
          {"kind": "classifier", "num_classes": 3}], (1, 4, 4),
     )
     with torch.no_grad():

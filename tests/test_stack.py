@@ -125,7 +125,6 @@ def test_waiting_layer_does_not_learn_before_its_fraction():
         ([{"kind": "folding", "kernel_size": 4, "stride": 4}, {"kind": "gmm", "K": 4, "D": 9}], r"D=9 does not match the 16 channels"),
         ([{"kind": "folding", "kernel_size": 28}, {"kind": "gmm", "K": 4}, {"kind": "classifier", "input_layer": 5}], r"input_layer=5 does not exist"),
         ([{"kind": "folding", "kernel_size": 28}, {"kind": "gmm", "K": 4}, {"kind": "pooling", "kernel_size": 0}], r"kernel_size=0 must be >= 1"),
-        ([{"kind": "folding", "kernel_size": 28}, {"kind": "gmm", "K": 4, "wait": -0.1}], r"wait=-0.1 must be a fraction"),
         ([{"kind": "folding", "kernel_size": 28}, {"kind": "gmm", "K": 4, "wiat": 0.1}], r"unexpected keyword argument 'wiat'"),
         ([{"kind": "folding", "kernel_size": 28}], r"no gmm layer"),
         ([{"kind": "folding", "kernel_size": 28}, {"kind": "gmm", "K": 4}, {"kind": "classifier"}, {"kind": "gmm", "K": 4}], r"must be the last layer"),
@@ -141,7 +140,8 @@ def test_layer_override_from_the_command_line(train_cfg):
     cfg = train_cfg("model=dcgmm2", "model.layers.1.K=64", "+model.layers.3.mode=independent", "model.lr=0.02")
     module = instantiate(cfg.model)
     assert module.stack.layers[1].K == 64 and module.stack.layers[3].mode == "independent"
-    assert all(layer.lr == 0.02 for layer in module.stack.gmm_layers)
+    assert all(module.policies[layer.index].lr == 0.02 for layer in module.stack.gmm_layers)
+    assert module.policies[4].lr == 0.01  # the classifier's own (the topology file's)
 
 
 def small_module(**kwargs) -> DCGMMModule:

@@ -76,7 +76,7 @@ def test_one_step_is_plain_sgd_with_lambda_factors_and_clipping():
     layer = module.stack.top_gmm
     x = torch.rand(100, 4)
     before = {name: p.detach().clone() for name, p in layer.named_parameters()}
-    reference = GMMLayer((4, 1, 1), K=4, anneal=False)
+    reference = GMMLayer((4, 1, 1), K=4)
     reference.load_state_dict(layer.state_dict())
     reference.loss(reference.log_scores(x.reshape(100, 4, 1, 1))).backward()
     fit(module, x, epochs=1, limit_train_batches=1)

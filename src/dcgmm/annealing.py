@@ -1,6 +1,6 @@
 """Annealing of the max-component objective (docs/design.md section 2).
 
-Two small pieces, one GMM layer each:
+Three pieces:
 
 * :func:`smoothing_kernel` -- the Gaussian kernel ``g(sigma)`` on a toroidal ``sqrt(K) x sqrt(K)``
   grid of components, normalised over its second index. The smoothed scores of a layer are
@@ -8,15 +8,26 @@ Two small pieces, one GMM layer each:
 * :class:`AnnealingSchedule` -- decides, window by window, when ``sigma`` and the learning rate
   shrink. It keeps the running window sum on the loss's device and reads it once per window,
   so stepping it costs no host synchronisation in the training loop.
+* :class:`Annealing` -- the training module's annealing component: one schedule per learning
+  density layer of a stack, the sigma it gives each layer, the learning rate it gives each
+  optimiser group, and the checkpoint state of all of them, in one place. Configured with Hydra
+  as ``model.annealing`` (``_partial_: true``); the layers keep only the math (their smoothing
+  kernel for a given sigma).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
 from dcgmm.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dcgmm.model import DCGMM
+    from dcgmm.policy import LayerTraining
 
 
 def grid_side(num_components: int, where: str = "GMM layer") -> int:
@@ -50,9 +61,18 @@ def smoothing_kernel(num_components: int, sigma: float) -> torch.Tensor:
     """
     if sigma <= 0:
         raise ConfigError(f"smoothing kernel: sigma={sigma} must be > 0")
+    if is_identity_width(sigma):  # no grid needed (K need not be a perfect square)
+        return torch.eye(int(num_components))
     d2 = toroidal_sq_distances(grid_side(num_components))
     g = torch.exp(-d2 / (2.0 * sigma * sigma))
     return (g / g.sum(dim=1, keepdim=True)).to(torch.float32)
+
+
+def is_identity_width(sigma: float | None) -> bool:
+    """True when the kernel of width ``sigma`` is exactly the identity on any grid: the weight of a
+    nearest neighbour, ``exp(-1 / 2 sigma^2)``, underflows to 0 in float64 (sigma below ~0.026,
+    the floor 0.01 included). ``None`` (no smoothing) counts as the identity."""
+    return sigma is None or math.exp(-1.0 / (2.0 * float(sigma) ** 2)) == 0.0
 
 
 def first_learning_step(wait: float, total_steps: int) -> int:
@@ -206,3 +226,106 @@ class AnnealingSchedule:
 
     def __repr__(self) -> str:
         return f"AnnealingSchedule(sigma={self.sigma:.4g}, lr={self.lr:.4g}, steps={self.steps})"
+
+
+class Annealing:
+    """One :class:`AnnealingSchedule` per learning density layer of a stack, and what follows from it.
+
+    Owns the schedules, gives each annealed layer its sigma (:meth:`Layer.set_sigma`) and each
+    optimiser group of that layer its learning rate (the schedule's rate times the group's
+    factor), and saves and restores all of it (:meth:`state_dict`, the checkpoint's
+    ``"annealing"`` entry, the same format as before this component existed).
+
+    The keyword arguments are the model-wide settings (``model.annealing.<key>``); a layer's spec
+    may override any of them for that layer (``anneal``, ``sigma0``, ``sigma_min``, ``gamma``,
+    ``window``, ``delta``, e.g. ``+model.layers.1.window=10``). A layer whose objective has no
+    smoothing (``loss: logsumexp``) or whose ``anneal`` is false gets a schedule that changes
+    nothing (its lr stays at its start, its kernel the identity).
+
+    Args:
+        stack: the layers; those with ``is_density`` and ``learns`` get a schedule.
+        training: the :class:`~dcgmm.policy.LayerTraining` of every learning layer (lr, lr_min).
+        sigma0: start of sigma (``None``: ``0.25 sqrt(2K)`` per layer).
+        sigma_min, gamma, window, delta: see :class:`AnnealingSchedule`.
+    """
+
+    def __init__(
+        self,
+        stack: DCGMM,
+        training: Mapping[int, LayerTraining],
+        sigma0: float | None = None,
+        sigma_min: float = 0.01,
+        gamma: float = 0.9,
+        window: int = 100,
+        delta: float = 0.05,
+    ) -> None:
+        self.stack = stack
+        self.schedules: dict[int, AnnealingSchedule] = {}
+        base = dict(sigma0=sigma0, sigma_min=sigma_min, gamma=gamma, window=window, delta=delta)
+        for layer in stack.layers:
+            if not (layer.is_density and layer.learns):
+                continue
+            policy = training[layer.index]
+            options = {**base, **{k: v for k, v in policy.annealing.items() if k != "anneal"}}
+            enabled = bool(policy.annealing.get("anneal", True)) and layer.annealable
+            if enabled:
+                grid_side(layer.K, f"layer {layer.index} ({layer.kind})")  # one-line error unless K is a square
+            start = options.pop("sigma0")
+            start = AnnealingSchedule.default_sigma0(layer.K) if start is None else float(start)
+            self.schedules[layer.index] = AnnealingSchedule(
+                sigma0=start, lr0=policy.lr, lr_min=policy.lr_min, enabled=enabled, **options
+            )
+        self.apply_sigmas()
+
+    def apply_sigmas(self) -> None:
+        """Give every annealed layer its schedule's sigma (the kernel is rebuilt only on a change)."""
+        for index, schedule in self.schedules.items():
+            if schedule.enabled:
+                self.stack.layers[index].set_sigma(schedule.sigma)
+
+    def lr(self, index: int) -> float | None:
+        """The current learning rate of layer ``index``'s schedule (``None``: it has none)."""
+        schedule = self.schedules.get(index)
+        return None if schedule is None else schedule.lr
+
+    def step(self, index: int, loss: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """Step layer ``index``'s schedule by one training loss (averaged over processes); on a
+        change, apply the new sigma to the layer and the new rate to its optimiser groups (those
+        whose ``"layer"`` entry is ``index``, at ``lr * group["factor"]``). Returns True on a change."""
+        schedule = self.schedules[index]
+        if not schedule.step(loss):
+            return False
+        if schedule.enabled:
+            self.stack.layers[index].set_sigma(schedule.sigma)
+        for group in optimizer.param_groups if optimizer is not None else ():
+            if group.get("layer") == index:
+                group["lr"] = schedule.lr * group["factor"]
+        return True
+
+    def decided(self, index: int) -> bool:
+        """True if layer ``index``'s schedule took a window decision at its latest step."""
+        schedule = self.schedules[index]
+        return schedule.decides_at(schedule.steps)
+
+    def values(self) -> list[list[float]]:
+        """``[[sigma, lr], ...]`` of the schedules, in layer order (for logging)."""
+        return [[schedule.sigma, schedule.lr] for schedule in self.schedules.values()]
+
+    def state_dict(self) -> dict[int, dict]:
+        """``{layer index: schedule state}`` (the checkpoint's ``"annealing"`` entry)."""
+        return {index: schedule.state_dict() for index, schedule in self.schedules.items()}
+
+    def load_state_dict(self, states: Mapping) -> None:
+        """Restore the schedules (keys may be ints or strings) and the layers' sigma."""
+        for index, state in states.items():
+            if int(index) not in self.schedules:
+                raise ConfigError(
+                    f"the checkpoint anneals layer {index}, which is not a learning gmm layer of this topology; "
+                    f"load it with the topology it was trained with"
+                )
+            self.schedules[int(index)].load_state_dict(state)
+        self.apply_sigmas()
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"L{index}: {schedule!r}" for index, schedule in self.schedules.items())
+        return f"Annealing({inner})"

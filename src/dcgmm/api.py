@@ -148,18 +148,29 @@ def _layer_override_strings(layer_overrides: Mapping | None, layers: int | None)
     return out
 
 
-def _optimizer(value: Any) -> Callable | None:
-    """The optimiser factory of a model config: ``None`` for plain SGD (the module's default), a
-    callable as is, a Hydra ``_target_`` mapping instantiated (``_partial_: true``)."""
+PARTIALS = {"optimizer": "torch.optim.SGD", "annealing": "dcgmm.annealing.Annealing"}  # key -> the module's default
+
+
+def _own_defaults(func: Callable, keywords: Mapping) -> bool:
+    """True when every keyword equals the default of ``func``'s parameter of that name."""
+    parameters = inspect.signature(func).parameters
+    return all(name in parameters and parameters[name].default == value for name, value in keywords.items())
+
+
+def _partial(key: str, value: Any) -> Callable | None:
+    """A factory of a model config (``optimizer``, ``annealing``): ``None`` for the module's
+    default, a callable as is, a Hydra ``_target_`` mapping instantiated (``_partial_: true``)."""
     if value is None or callable(value):
         return value
     if isinstance(value, Mapping):
-        if value.get("_target_") == "torch.optim.SGD" and set(value) <= {"_target_", "_partial_"}:
-            return None  # the module's default, kept out of the checkpoint's hyper-parameters
         from hydra.utils import instantiate
 
-        return instantiate(dict(value), _partial_=True)
-    raise ConfigError(f"optimizer={value!r} must be None, a callable taking parameter groups, or a {{_target_: ...}} mapping")
+        value = dict(value)
+        partial = instantiate(value, _partial_=True)
+        if value.get("_target_") == PARTIALS[key] and not partial.args and _own_defaults(partial.func, partial.keywords):
+            return None  # the module's default, kept out of the checkpoint's hyper-parameters
+        return partial
+    raise ConfigError(f"{key}={value!r} must be None, a callable, or a {{_target_: ...}} mapping")
 
 
 def _model_config(topology, input_shape, classifier: bool, layer_overrides, options: Mapping, overrides: Sequence[str] = ()) -> tuple[str, dict]:
@@ -180,27 +191,26 @@ def _model_config(topology, input_shape, classifier: bool, layer_overrides, opti
         layers = len(base["layers"]) if isinstance(base.get("layers"), list) else None
         strings = [*overrides, *_layer_override_strings(layer_overrides, layers)]
         if strings:
-            optimizer = base.pop("optimizer", None)
+            factories = {key: base.pop(key) for key in PARTIALS if callable(base.get(key))}
             try:
                 merged = _apply_overrides(base, strings)
             except Exception as err:  # noqa: BLE001 - a malformed override is a user error
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise ConfigError(f"topology {name}: overrides {strings}: {first}") from None
-            base = OmegaConf.to_container(merged)
-            base["optimizer"] = optimizer
+            base = {**OmegaConf.to_container(merged), **factories}
         config = base
     else:
         raise ConfigError(f"topology={topology!r} must be a config name (e.g. 'flat_gmm'), a list of layer dicts or a model config mapping")
     if not isinstance(config, Mapping):
         raise ConfigError(f"topology {name} must be a mapping with a 'layers' list")
     config = dict(config)
-    optimizer = config.pop("optimizer", None)  # may be a callable, which OmegaConf does not hold
+    factories = {key: config.pop(key) for key in PARTIALS if callable(config.get(key))}  # OmegaConf holds no callables
     try:
         config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)  # deep copy, plain types
     except Exception as err:  # noqa: BLE001 - unsupported values are the same user error
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"topology {name}: {first}") from None
-    config["optimizer"] = optimizer
+    config.update(factories)
     target = config.pop("_target_", MODULE_TARGET)
     if target != MODULE_TARGET:
         raise ConfigError(f"topology {name} builds {target}; the estimator builds {MODULE_TARGET} models only")
@@ -221,7 +231,8 @@ def _model_config(topology, input_shape, classifier: bool, layer_overrides, opti
     unknown = sorted(set(config) - set(MODEL_OPTIONS) - {"layers"})
     if unknown:
         raise ConfigError(f"topology {name}: unknown key(s) {', '.join(unknown)}; known keys: layers, {', '.join(MODEL_OPTIONS)}")
-    config["optimizer"] = _optimizer(config.get("optimizer"))
+    for key in PARTIALS:
+        config[key] = _partial(key, config.get(key))
     return name, config
 
 

@@ -10,9 +10,10 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from dcgmm.annealing import AnnealingSchedule, first_learning_step
+from dcgmm.annealing import Annealing, AnnealingSchedule, first_learning_step
 from dcgmm.errors import ConfigError, TrainingDiverged
 from dcgmm.model import DCGMM
+from dcgmm.policy import split_training
 from dcgmm.scoring import EvalOutputs
 
 LN2 = math.log(2.0)
@@ -21,12 +22,17 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 
 class DCGMMModule(L.LightningModule):
-    """A DCGMM stack, its SGD optimiser and one annealing schedule per GMM layer.
+    """A DCGMM stack, its SGD optimiser, the training policy of its learning layers and their annealing.
 
     Every learning layer (GMM layers, the optional classifier) reads a detached input, so one
     optimiser step on the sum of the layer losses gives each layer the gradient of its own loss
     alone. A GMM layer with ``wait = w`` starts learning after the fraction ``w`` of all training
     steps (its loss is left out of the sum and its schedule does not step until then).
+
+    A layer spec holds the layer's math and how it learns (``lr``, ``wait``, lambdas, annealing
+    overrides); :func:`dcgmm.policy.split_training` separates the two, so the stack holds only the
+    math and the module keeps :attr:`policies` (one :class:`~dcgmm.policy.LayerTraining` per learning
+    layer) and :attr:`annealing` (the :class:`~dcgmm.annealing.Annealing` component).
 
     Args:
         layers: the topology, a list of layer specs (``kind`` + parameters), see :mod:`dcgmm.model`.
@@ -36,6 +42,9 @@ class DCGMMModule(L.LightningModule):
             layer's own default).
         optimizer: a partial optimiser (Hydra ``_partial_: true``) called with the parameter
             groups; default plain SGD.
+        annealing: a partial :class:`~dcgmm.annealing.Annealing` (Hydra ``_partial_: true``, the
+            model-wide ``sigma0``, ``sigma_min``, ``gamma``, ``window``, ``delta``) called with the
+            stack and the training policy; default ``Annealing`` with its defaults.
         compile: wrap the stack's bottom-up pass in ``torch.compile``: ``false``, ``true`` (the default
             mode) or a mode name, e.g. ``"reduce-overhead"`` (CUDA graphs of the compiled pass) or
             ``"max-autotune"``.
@@ -64,6 +73,7 @@ class DCGMMModule(L.LightningModule):
         precision_max: float | None = None,
         optimizer: Callable | None = None,
         compile: bool | str = False,
+        annealing: Callable | None = None,
     ) -> None:
         super().__init__()
         if lr is None or lr <= 0:
@@ -75,20 +85,17 @@ class DCGMMModule(L.LightningModule):
         if K is not None and (isinstance(K, bool) or int(K) < 1):
             raise ConfigError(f"model.K={K} must be >= 1")
         self.save_hyperparameters(logger=False)
-        layers = [dict(spec) for spec in layers] if layers is not None else []
-        defaults = dict(
-            K=K, lr=lr, lr_min=min(lr_min, lr), lambda_mu=lambda_mu, lambda_sigma=lambda_sigma,
-            lambda_pi=lambda_pi, mode=mode, loss=loss, anneal=anneal, precision_max=precision_max,
-        )
+        layers = [dict(spec) if isinstance(spec, Mapping) else spec for spec in layers] if layers is not None else []
         for index, spec in enumerate(layers):
             if isinstance(spec, Mapping) and spec.get("kind") == "gmm" and spec.get("K") is None and K is None:
                 raise ConfigError(f"layer {index} (gmm): K is not set; set model.K or the layer's K")
-        self.stack = DCGMM(layers, tuple(input_shape), defaults)
-        # one annealing schedule per layer that asks for one (the GMM layers)
-        self.schedules = {
-            layer.index: AnnealingSchedule(**options)
-            for layer in self.stack.layers if (options := layer.annealing()) is not None
-        }
+        training_defaults = dict(
+            lr=lr, lr_min=min(lr_min, lr), lambda_mu=lambda_mu, lambda_sigma=lambda_sigma, lambda_pi=lambda_pi, anneal=anneal
+        )
+        specs, self.policies = split_training(layers, training_defaults)
+        self.stack = DCGMM(specs, tuple(input_shape), dict(K=K, mode=mode, loss=loss, precision_max=precision_max))
+        # one annealing schedule per learning density layer, the sigma of each and its lr
+        self.annealing: Annealing = (annealing or Annealing)(self.stack, self.policies)
         self._bottom_up = self.stack.bottom_up  # compiled in configure_model (a spawned process cannot pickle it)
         self._last_losses: dict[int, torch.Tensor] = {}  # this step's losses, mean over processes (detached)
         self._weights: dict[tuple[bool, ...], torch.Tensor] = {}  # loss weights per waiting pattern, on the device
@@ -114,14 +121,20 @@ class DCGMMModule(L.LightningModule):
             {stage: MulticlassAccuracy(classifier.num_classes, average="micro") for stage in STAGES} if classifier else {}
         )
 
+    @property
+    def schedules(self) -> dict[int, AnnealingSchedule]:
+        """``{layer index: annealing schedule}`` of the learning GMM layers (the annealing component's)."""
+        return self.annealing.schedules
+
     # ------------------------------------------------------------------------------- training
     def configure_optimizers(self):
         groups = []
         for layer in self.stack.learning_layers:
-            schedule = self.schedules.get(layer.index)
-            own = layer.lr if layer.lr is not None else self.hparams.lr
-            base_lr = schedule.lr if schedule is not None else own  # the annealed rate, when fit goes on
-            for name, params, factor in layer.parameter_groups():
+            policy = self.policies[layer.index]
+            annealed = self.annealing.lr(layer.index)
+            base_lr = policy.lr if annealed is None else annealed  # the annealed rate, when fit goes on
+            for name, params, own in layer.parameter_groups():
+                factor = own * policy.factor(name)
                 groups.append(dict(params=params, lr=base_lr * factor, factor=factor, layer=layer.index, name=f"{layer.name}/{name}"))
         make = self.hparams.optimizer or torch.optim.SGD
         return make(groups)
@@ -159,13 +172,13 @@ class DCGMMModule(L.LightningModule):
 
     def _refresh_schedule_values(self) -> None:
         """Copy the schedules' sigma and lr to the device tensor that is logged (when they change)."""
-        values = [[s.sigma, s.lr] for s in self.schedules.values()]
+        values = self.annealing.values()
         if values:
             self.schedule_values.copy_(torch.tensor(values, dtype=self.schedule_values.dtype))
 
     def _is_learning(self, layer) -> bool:
         """False while a layer is still within its wait fraction of training."""
-        return self.global_step >= first_learning_step(layer.wait, self._total_steps)
+        return self.global_step >= first_learning_step(self.policies[layer.index].wait, self._total_steps)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, labels = batch
@@ -209,17 +222,12 @@ class DCGMMModule(L.LightningModule):
         """Step every learning GMM layer's annealing schedule; apply new sigma / lr; log."""
         optimizer = self.optimizers(use_pl_optimizer=False)
         window_closed = False
-        for index, schedule in self.schedules.items():
-            layer = self.stack.layers[index]
+        for index in self.annealing.schedules:
             if not self._learning_now.get(index, True):
                 continue
-            if schedule.step(self._last_losses[index]):  # losses already averaged over processes
-                layer.apply_annealing(schedule.sigma)
-                for group in optimizer.param_groups:
-                    if group["layer"] == index:
-                        group["lr"] = schedule.lr * group["factor"]
+            if self.annealing.step(index, self._last_losses[index], optimizer):  # losses averaged over processes
                 self._refresh_schedule_values()
-            window_closed |= schedule.decides_at(schedule.steps)
+            window_closed |= self.annealing.decided(index)
         if window_closed:
             self._raise_if_nonfinite()
         if self._is_log_step():
@@ -343,11 +351,10 @@ class DCGMMModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # no collective here: a checkpoint may be written on some processes only; the schedules
         # are the same on every process (they step on losses averaged over processes)
-        checkpoint["annealing"] = {index: schedule.state_dict() for index, schedule in self.schedules.items()}
+        checkpoint["annealing"] = self.annealing.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        for index, state in checkpoint.get("annealing", {}).items():
-            self.schedules[int(index)].load_state_dict(state)
+        self.annealing.load_state_dict(checkpoint.get("annealing", {}))
 
 
 def plain_sgd_step(

@@ -74,11 +74,12 @@ class Layer(nn.Module):
     its loss and the evaluation read: log-scores of a GMM layer, logits of a classifier; ``None``
     for a layer without one) and the map it passes up.
 
-    Learning (:attr:`learns`): :meth:`loss` of the raw output, :meth:`parameter_groups` for the
-    optimiser, the learning rate :attr:`lr` (``None``: the model-wide ``model.lr``), the fraction of
-    training :attr:`wait` it waits before it learns, and :meth:`annealing` (the settings of its
-    annealing schedule, or ``None``). A learning layer reads a detached input when trained, so it
-    receives the gradient of its own loss only.
+    Learning (:attr:`learns`): :meth:`loss` of the raw output and :meth:`parameter_groups` for the
+    optimiser. A learning layer reads a detached input when trained, so it receives the gradient
+    of its own loss only. How it learns (learning rate, group factors, wait, annealing) is not the
+    layer's: the training module keeps it (:mod:`dcgmm.policy`, :class:`dcgmm.annealing.Annealing`).
+    A layer whose objective is smoothed over its components (:attr:`annealable`) takes the
+    smoothing width from the annealing component through :meth:`set_sigma`.
 
     Top-down (:meth:`top_down`): maps a signal in its output space back to the space of the layer
     it reads, given one :class:`TopDownContext`.
@@ -96,9 +97,8 @@ class Layer(nn.Module):
     is_density: ClassVar[bool] = False  # raw output are per-component log-scores with an objective (a GMM layer)
     is_last: ClassVar[bool] = False  # must be the top of its stack (a classifier)
     sharpenable: ClassVar[bool] = False  # sharpening may run below it (a folding: its top-down averages patches)
-    model_defaults: ClassVar[tuple[str, ...]] = ()  # model-wide settings (model.K, model.lr, ...) that a spec may leave unset
-    lr: float | None = None  # its own learning rate; None: the model-wide one
-    wait: float = 0.0  # fraction of training before it starts to learn
+    annealable: ClassVar[bool] = False  # its objective is smoothed with a width sigma (set_sigma)
+    model_defaults: ClassVar[tuple[str, ...]] = ()  # model-wide settings (model.K, model.mode, ...) that a spec may leave unset
 
     def __init__(self, in_shape: Shape, index: int = 0) -> None:
         super().__init__()
@@ -145,15 +145,14 @@ class Layer(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not learn")
 
     def parameter_groups(self) -> list[tuple[str, list[nn.Parameter], float]]:
-        """``(name, parameters, learning-rate factor)`` groups for the optimiser."""
+        """``(name, parameters, learning-rate factor)`` groups for the optimiser. The factor is the
+        layer's own (structural, e.g. per-position parameters); the training policy multiplies it
+        by the group's configured factor (:class:`dcgmm.policy.LayerTraining`)."""
         return [("weights", list(self.parameters()), 1.0)] if self.learns else []
 
-    def annealing(self) -> dict | None:
-        """Keyword arguments of its :class:`dcgmm.annealing.AnnealingSchedule`, or None."""
-        return None
-
-    def apply_annealing(self, sigma: float) -> None:
-        """Take the schedule's new width ``sigma`` (only for layers with :meth:`annealing`)."""
+    def set_sigma(self, sigma: float | None) -> None:
+        """Take the annealing width ``sigma`` of its smoothed objective (only :attr:`annealable` layers)."""
+        raise NotImplementedError(f"{type(self).__name__} has no annealed objective")
 
     def top_down(self, signal: torch.Tensor | None, context: TopDownContext | None = None) -> torch.Tensor:
         """Map a top-down signal ``(N, *out_shape)`` to the output space of the layer it reads."""

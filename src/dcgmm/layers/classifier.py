@@ -27,7 +27,9 @@ class LinearClassifier(Layer):
         in_shape: output shape of the layer it reads (resolved by the stack).
         num_classes: number of classes.
         input_layer: index of the layer it reads (``None``: the top GMM layer below it).
-        lr: its learning rate (plain SGD, spec: 0.01).
+
+    Its learning rate (plain SGD; the published files: 0.01) is a training setting of its spec
+    (``lr``), kept by the training module (:mod:`dcgmm.policy`).
     """
 
     kind = "classifier"
@@ -35,15 +37,12 @@ class LinearClassifier(Layer):
     needs_labels = True
     is_last = True
 
-    def __init__(self, in_shape: Shape, num_classes: int = 10, input_layer: int | None = None, lr: float = 0.01, index: int = 0) -> None:
+    def __init__(self, in_shape: Shape, num_classes: int = 10, input_layer: int | None = None, index: int = 0) -> None:
         super().__init__(in_shape, index)
         where = f"layer {index} (classifier)"
         self.num_classes = require_positive_int(num_classes, "num_classes", where)
-        if not lr > 0:
-            raise ConfigError(f"{where}: lr={lr} must be > 0; try lr=0.01")
         if input_layer is not None:
             self.input_layer = int(input_layer)
-        self.lr = float(lr)
         self.out_shape = (self.num_classes, 1, 1)
         fan_in = math.prod(self.in_shape)
         # truncated normal, std 1/sqrt(fan_in), redrawn beyond 2 std (as the authors' code)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcgmm.annealing import AnnealingSchedule, grid_side, smoothing_kernel
+from dcgmm.annealing import is_identity_width, smoothing_kernel
 from dcgmm.errors import ConfigError
 from dcgmm.layers.base import Layer, Shape, TopDownContext, require_positive_int
 
@@ -52,22 +52,23 @@ class GMMLayer(Layer):
 
     Args:
         in_shape: ``(D, H, W)``.
-        K: number of components (a perfect square when ``anneal`` is on).
+        K: number of components (a perfect square when the layer is annealed).
         mode: ``"shared"`` (default) or ``"independent"`` (parameters per position).
         loss: ``"max_component"`` (the annealed bound, default) or ``"logsumexp"`` (exact).
-        anneal: smooth the max-component objective over the component grid and shrink sigma.
         mu_init: means start uniform in ``[-mu_init, mu_init]``.
         precision_max: largest allowed precision ``s^2``; ``1/precision_max`` is the variance floor.
         inv_std_min: positive floor of ``s`` (see module docstring).
-        lr, lr_min, lambda_mu, lambda_sigma, lambda_pi, sigma0, sigma_min, gamma, window,
-        delta, wait: how the layer learns (docs/design.md section 2); read by the training module.
         D: the input dimension, if the spec states it: checked against the channels below.
+
+    How it learns (learning rate, lambdas, wait, annealing) is the training module's
+    (:mod:`dcgmm.policy`, :class:`dcgmm.annealing.Annealing`); a new layer smooths nothing
+    (sigma ``None``: the kernel is the identity) until the annealing component sets its sigma.
     """
 
     kind = "gmm"
     learns = True
     is_density = True
-    model_defaults = ("K", "lr", "lr_min", "lambda_mu", "lambda_sigma", "lambda_pi", "mode", "loss", "anneal", "precision_max")
+    model_defaults = ("K", "mode", "loss", "precision_max")
 
     def __init__(
         self,
@@ -75,21 +76,9 @@ class GMMLayer(Layer):
         K: int = 25,
         mode: str = "shared",
         loss: str = "max_component",
-        anneal: bool = True,
         mu_init: float = 0.1,
         precision_max: float = 20.0,
         inv_std_min: float = 1e-3,
-        lr: float = 0.011,
-        lr_min: float = 0.01,
-        lambda_mu: float = 1.0,
-        lambda_sigma: float = 0.1,
-        lambda_pi: float = 0.2,
-        sigma0: float | None = None,
-        sigma_min: float = 0.01,
-        gamma: float = 0.9,
-        window: int = 100,
-        delta: float = 0.05,
-        wait: float = 0.0,
         D: int | None = None,
         index: int = 0,
     ) -> None:
@@ -112,16 +101,6 @@ class GMMLayer(Layer):
             )
         if not 0 < inv_std_min < math.sqrt(precision_max):
             raise ConfigError(f"{where}: inv_std_min={inv_std_min} must lie in (0, sqrt(precision_max))")
-        if lr <= 0 or lr_min <= 0:
-            raise ConfigError(f"{where}: learning rate must be > 0 (got lr={lr}, lr_min={lr_min}); try lr=0.01")
-        if not 0.0 <= wait <= 1.0:
-            raise ConfigError(f"{where}: wait={wait} must be a fraction of training in [0, 1]")
-        for name, value in (("lambda_mu", lambda_mu), ("lambda_sigma", lambda_sigma), ("lambda_pi", lambda_pi)):
-            if value < 0:
-                raise ConfigError(f"{where}: {name}={value} must be >= 0")
-        self.anneal = bool(anneal) and loss == "max_component"
-        if self.anneal:
-            grid_side(self.K, where)  # one-line error unless K is a perfect square
 
         dim, height, width = self.in_shape
         self.D, self.P = dim, height * width
@@ -137,19 +116,9 @@ class GMMLayer(Layer):
         self.inv_std = nn.Parameter(torch.empty(groups, self.K, dim))  # (G, K, D)
         self.reset_parameters()
 
-        # Learning settings (read by the training module; kept with the layer they belong to).
-        self.lr, self.lr_min = float(lr), float(lr_min)
-        self.lambdas = {"mu": float(lambda_mu), "sigma": float(lambda_sigma), "pi": float(lambda_pi)}
-        self.wait = float(wait)
-        self.schedule_options = dict(
-            sigma0=AnnealingSchedule.default_sigma0(self.K) if sigma0 is None else float(sigma0),
-            lr0=self.lr, lr_min=self.lr_min, sigma_min=sigma_min, gamma=gamma, window=window,
-            delta=delta, enabled=self.anneal,
-        )
-        self.sigma = float(sigma_min)
+        self.sigma: float | None = None  # width of the smoothing kernel; None: the identity
         self._smoothing_is_identity = True
         self.register_buffer("smoothing", torch.eye(self.K), persistent=False)  # (K, K)
-        self.set_sigma(self.schedule_options["sigma0"] if self.anneal else sigma_min)
 
     # ----------------------------------------------------------------------------- parameters
     def reset_parameters(self) -> None:
@@ -164,23 +133,23 @@ class GMMLayer(Layer):
         with torch.no_grad():
             self.inv_std.clamp_(self.inv_std_min, self.inv_std_max)
 
-    def set_sigma(self, sigma: float) -> None:
-        """Set the annealing width; recomputes the smoothing kernel only when it changes."""
-        sigma = float(sigma)
-        if sigma == self.sigma and self.smoothing.shape[0] == self.K:
+    @property
+    def annealable(self) -> bool:
+        """True for the max-component objective, which is smoothed over the component grid."""
+        return self.loss_kind == "max_component"
+
+    def set_sigma(self, sigma: float | None) -> None:
+        """Set the width of the smoothing kernel (``None`` or a width below ~0.026: the identity);
+        the kernel is rebuilt only when ``sigma`` changes. A width that smooths needs K to be a
+        perfect square (one-line error otherwise)."""
+        sigma = None if sigma is None else float(sigma)
+        if sigma == self.sigma:
             return
+        kernel = smoothing_kernel(self.K, sigma) if self.annealable and not is_identity_width(sigma) else torch.eye(self.K)
         self.sigma = sigma
-        kernel = smoothing_kernel(self.K, sigma) if self.anneal else torch.eye(self.K)
         with torch.no_grad():  # in place: keeps the buffer's dtype (64-true training), device and address
             self.smoothing.copy_(kernel)
         self._smoothing_is_identity = bool(torch.equal(kernel, torch.eye(self.K)))
-
-    def annealing(self) -> dict:
-        """Settings of this layer's :class:`~dcgmm.annealing.AnnealingSchedule`."""
-        return dict(self.schedule_options)
-
-    def apply_annealing(self, sigma: float) -> None:
-        self.set_sigma(sigma)
 
     def get_extra_state(self) -> dict:
         return {"sigma": self.sigma}
@@ -200,14 +169,11 @@ class GMMLayer(Layer):
         return self.inv_std.detach().pow(-2)
 
     def parameter_groups(self) -> list[tuple[str, list[nn.Parameter], float]]:
-        """``(name, params, lr factor)`` for SGD: the lambda factors (docs/design.md section 2), times ``P`` in
-        independent mode so per-position parameters learn as fast as shared ones."""
+        """``(name, params, lr factor)`` for SGD: ``mu``, ``sigma`` (of ``s``) and ``pi`` (of ``xi``),
+        with factor ``P`` in independent mode so per-position parameters learn as fast as shared
+        ones (docs/design.md section 2; the policy multiplies in the lambdas)."""
         scale = float(self.P) if self.mode == "independent" else 1.0
-        return [
-            ("mu", [self.means], self.lambdas["mu"] * scale),
-            ("sigma", [self.inv_std], self.lambdas["sigma"] * scale),
-            ("pi", [self.mixture_logits], self.lambdas["pi"] * scale),
-        ]
+        return [("mu", [self.means], scale), ("sigma", [self.inv_std], scale), ("pi", [self.mixture_logits], scale)]
 
     # ----------------------------------------------------------------------------- bottom-up
     def log_scores(self, x: torch.Tensor) -> torch.Tensor:
