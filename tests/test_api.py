@@ -116,6 +116,27 @@ def test_fit_without_labels_leaves_the_classifier_untrained():
     assert est.predict_class(x).shape == (200,) and est.conditional([0, 1, 2]).shape == (3, 1, 8, 8)
 
 
+def test_unsupervised_fit_trains_the_gmm_layers_exactly_as_a_labelled_one():
+    """A fit without labels is a real unsupervised fit: the batches carry no labels, the classifier
+    has no loss (no gradient, no logged loss), and because training is layer-local the GMM layers
+    follow the labelled run's trajectory bit for bit (same seed, same batches)."""
+    x, y = blobs(200)
+    runs = {}
+    for labelled in (False, True):
+        est = DCGMMEstimator(FLAT_8, input_shape=(1, 8, 8), seed=0)
+        est.fit(x, y if labelled else None, epochs=2, batch_size=50)
+        runs[labelled] = est
+    plain, supervised = runs[False], runs[True]
+    gmm = plain.stack.top_gmm.index
+    for (name, a), (_, b) in zip(plain.stack.layers[gmm].named_parameters(), supervised.stack.layers[gmm].named_parameters()):
+        assert torch.equal(a, b), name
+    assert plain.module.schedules[gmm].state_dict() == supervised.module.schedules[gmm].state_dict()
+    assert plain.stack.classifier.weight.grad is None  # never in a graph
+    assert "train/L2_classifier/loss" not in plain.history_[-1]
+    assert "train/L2_classifier/loss" in supervised.history_[-1]
+    assert plain.history_[-1]["train/L1_gmm/loss"] == supervised.history_[-1]["train/L1_gmm/loss"]
+
+
 def test_second_fit_starts_at_the_annealed_learning_rate():
     x, _ = blobs(400)
     layers = [{"kind": "folding", "kernel_size": 8}, {"kind": "gmm", "K": 4, "window": 2}]

@@ -184,8 +184,7 @@ def test_evaluation_callbacks_read_the_test_steps_pass_and_agree_with_a_pass_of_
     def second_pass(*args, **kwargs):
         raise AssertionError("an evaluation callback ran the stack on the test batch again")
 
-    monkeypatch.setattr(top_layer_cb, "top_scores", second_pass)
-    monkeypatch.setattr(top_layer_cb, "typicality_from_scores", second_pass)
+    monkeypatch.setattr(top_layer_cb.EvalOutputs, "of", classmethod(second_pass))
     monkeypatch.setattr(outliers_cb, "layer_typicalities", second_pass)
     metrics, objects = train(cfg)
     assert "test/cluster/purity" in metrics and "test/auroc" in metrics
@@ -200,3 +199,43 @@ def test_evaluation_callbacks_read_the_test_steps_pass_and_agree_with_a_pass_of_
     for key, value in expected.items():
         torch.testing.assert_close(out.typicalities[key], value)
     assert torch.equal(out.labels, y)
+
+
+def test_predict_step_outputs_match_a_hand_computed_mixture():
+    """trainer.predict returns one EvalOutputs per batch; its log-likelihood, typicality, cluster
+    ids and component/class probabilities of a flat GMM (random parameters) agree with the mixture
+    density computed independently with scipy, and with the classifier's softmax by hand."""
+    import lightning as L
+    from scipy.special import logsumexp, softmax
+    from scipy.stats import norm
+
+    from dcgmm.module import DCGMMModule
+    from dcgmm.scoring import EvalOutputs
+
+    torch.manual_seed(0)
+    module = DCGMMModule(layers=[{"kind": "folding", "kernel_size": 3}, {"kind": "gmm", "K": 4, "loss": "logsumexp"},
+                                 {"kind": "classifier", "num_classes": 3}], input_shape=(1, 3, 3))
+    gmm, head = module.stack.layers[1], module.stack.layers[2]
+    with torch.no_grad():
+        gmm.means.normal_(0.5, 0.3)
+        gmm.inv_std.uniform_(1.0, 4.0)
+        gmm.mixture_logits.normal_()
+    x = torch.rand(30, 1, 3, 3)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    batches = trainer.predict(module, torch.utils.data.DataLoader(x, batch_size=8))
+    assert all(isinstance(b, EvalOutputs) for b in batches)
+
+    def cat(name):
+        return torch.cat([getattr(b, name) for b in batches]).double().numpy()
+
+    xs = x.reshape(30, 9).double().numpy()
+    mu, std = gmm.means[0].detach().double().numpy(), 1 / gmm.inv_std[0].detach().double().numpy()
+    logpi = torch.log_softmax(gmm.mixture_logits[0].detach().double(), -1).numpy()
+    joint = logpi + norm.logpdf(xs[:, None, :], mu[None], std[None]).sum(-1)  # (N, K)
+    np.testing.assert_allclose(cat("top_log_likelihood"), logsumexp(joint, axis=1), rtol=1e-5)
+    np.testing.assert_allclose(cat("typicality"), logsumexp(joint, axis=1), rtol=1e-5)  # logsumexp objective, one position
+    np.testing.assert_allclose(cat("component_probabilities"), softmax(joint, axis=1), atol=1e-5)
+    assert cat("clusters").tolist() == joint.argmax(1).tolist()
+    gamma = softmax(joint, axis=1)
+    logits = gamma @ head.weight.detach().double().numpy().T + head.bias.detach().double().numpy()
+    np.testing.assert_allclose(cat("class_probabilities"), softmax(logits, axis=1), atol=1e-5)

@@ -53,7 +53,7 @@ from dcgmm.config import conf_dir, known_topologies, model_config
 from dcgmm.errors import ConfigError
 from dcgmm.module import DCGMMModule
 from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
-from dcgmm.scoring import cluster_ids, top_scores
+from dcgmm.scoring import EvalOutputs
 
 __all__ = ["DCGMMEstimator", "conf_dir", "known_topologies", "load_topology"]  # the last three from dcgmm.config
 
@@ -551,8 +551,8 @@ class DCGMMEstimator:
             if len(x) == 0:
                 raise ConfigError("X holds no images; fit needs at least one")
             labelled = y is not None
-            labels = self._labels(y, len(x)) if labelled else torch.zeros(len(x), dtype=torch.long)
-            x, labels, val_data = self._split_validation(x, labels, val, labelled)
+            labels = self._labels(y, len(x)) if labelled else None  # None: unlabelled batches (x, None)
+            x, labels, val_data = self._split_validation(x, labels, val)
             from dcgmm.data.datamodule import TensorBatchDataset, keep_batch
 
             train_loader = DataLoader(
@@ -578,17 +578,10 @@ class DCGMMEstimator:
         options["callbacks"] = [*user_callbacks, _History(self.history_, self._epochs)]
 
         classifier = self.stack.classifier
-        frozen = [] if labelled or classifier is None else [p for p in classifier.parameters() if p.requires_grad]
-        with _quiet_trainer():
+        with _quiet_trainer():  # without labels the module trains the GMM layers only (classifier untouched)
             trainer = L.Trainer(**options)
-            for param in frozen:
-                param.requires_grad_(False)
             self.module.train()
-            try:
-                trainer.fit(self.module, **data)
-            finally:
-                for param in frozen:
-                    param.requires_grad_(True)
+            trainer.fit(self.module, **data)
         self._trainer = trainer
         self._epochs += int(trainer.current_epoch)
         self.is_fitted = True
@@ -596,7 +589,7 @@ class DCGMMEstimator:
         self.module.to(self.device).eval()
         return self
 
-    def _split_validation(self, x, labels, val, labelled):
+    def _split_validation(self, x, labels, val):
         """``(train images, train labels, (val images, val labels) or None)`` from ``val``."""
         if val is None:
             return x, labels, None
@@ -610,15 +603,16 @@ class DCGMMEstimator:
         else:
             if isinstance(val, tuple) and len(val) == 2:
                 images = self._images(val[0], "val images")
-                val_labels = self._labels(val[1], len(images)) if val[1] is not None else torch.zeros(len(images), dtype=torch.long)
+                val_labels = self._labels(val[1], len(images)) if val[1] is not None else None
             else:
-                images = self._images(val, "val")
-                val_labels = torch.zeros(len(images), dtype=torch.long)
+                images, val_labels = self._images(val, "val"), None
             return x, labels, (images, val_labels)
         if not 1 <= count < n:
             raise ConfigError(f"val={val} holds out {count} of {n} images; hold out at least 1 and leave at least 1 to train on")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed or 0))
         held, kept = order[:count].sort().values, order[count:].sort().values
+        if labels is None:
+            return x[kept], None, (x[held], None)
         return x[kept], labels[kept], (x[held], labels[held])
 
     # ------------------------------------------------------------------------- inference
@@ -644,8 +638,8 @@ class DCGMMEstimator:
         image. It is minus the top layer's ``loss`` that training logs (averaged over images), and
         the score that the outlier evaluation uses (its negative is the outlier score).
         """
-        stack = self.stack
-        return self._map(X, lambda xb: stack.top_gmm.objective(top_scores(stack, xb)), batch_size)
+        top = self.stack.top_gmm.index
+        return self._map(X, lambda xb: EvalOutputs.of(self.stack, xb, until=top).typicality, batch_size)
 
     def score(self, X, y=None, batch_size: int = 1000) -> float:
         """Mean of :meth:`score_samples` over ``X`` (``y`` is ignored, as in scikit-learn's mixtures)."""
@@ -662,7 +656,8 @@ class DCGMMEstimator:
                 f"log_likelihood needs a pixel-density model (one gmm layer over the pixels, e.g. topology 'flat_gmm'); "
                 f"topology {self.topology!r} is not one: use score_samples"
             )
-        return self._map(X, self.stack.log_likelihood, batch_size)
+        top = self.stack.top_gmm.index
+        return self._map(X, lambda xb: EvalOutputs.of(self.stack, xb, until=top).top_log_likelihood, batch_size)
 
     def bits_per_dim(self, X, seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
         """Bits per dimension of 8-bit images with uniform dequantisation (seeded noise), ``(N,)``:
@@ -680,13 +675,13 @@ class DCGMMEstimator:
         With one top-layer position this is ``argmax_k`` of the responsibilities; with several, the
         component with the largest mean responsibility over the positions.
         """
-        stack = self.stack
-        return self._map(X, lambda xb: cluster_ids(top_scores(stack, xb)), batch_size)
+        top = self.stack.top_gmm.index
+        return self._map(X, lambda xb: EvalOutputs.of(self.stack, xb, until=top).clusters, batch_size)
 
     def predict_proba(self, X, batch_size: int = 1000) -> torch.Tensor:
         """Responsibilities of the top GMM layer's components, averaged over its positions: ``(N, K)``."""
-        stack = self.stack
-        return self._map(X, lambda xb: torch.softmax(top_scores(stack, xb), dim=-1).mean(dim=1), batch_size)
+        top = self.stack.top_gmm.index
+        return self._map(X, lambda xb: EvalOutputs.of(self.stack, xb, until=top).component_probabilities, batch_size)
 
     def responsibilities(self, X, layer: int | None = None, batch_size: int = 1000) -> torch.Tensor:
         """Output map of GMM ``layer`` (default: the top one): responsibilities ``(N, K, H', W')``."""
@@ -703,14 +698,12 @@ class DCGMMEstimator:
     def predict_class_proba(self, X, batch_size: int = 1000) -> torch.Tensor:
         """Class probabilities of the classifier layer: ``(N, num_classes)``."""
         self._check_classifier("predict_class_proba")
-        stack, index = self.stack, self.stack.classifier.index
-        return self._map(X, lambda xb: torch.softmax(stack.bottom_up(xb, until=index)[1][index], dim=-1), batch_size)
+        return self._map(X, lambda xb: EvalOutputs.of(self.stack, xb).class_probabilities, batch_size)
 
     def predict_class(self, X, batch_size: int = 1000) -> torch.Tensor:
         """Class id predicted by the classifier layer: ``(N,)`` int64."""
         self._check_classifier("predict_class")
-        stack, index = self.stack, self.stack.classifier.index
-        return self._map(X, lambda xb: stack.bottom_up(xb, until=index)[1][index].argmax(dim=-1), batch_size)
+        return self._map(X, lambda xb: EvalOutputs.of(self.stack, xb).class_logits.argmax(dim=-1), batch_size)
 
     # ------------------------------------------------------------------------- sampling
     def _sampler(self, seed: int | None, **options: Any) -> Sampler:

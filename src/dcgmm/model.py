@@ -162,8 +162,14 @@ class DCGMM(nn.Module):
         return self.bottom_up(x)[0]
 
     def losses(self, raw: Mapping[int, torch.Tensor], labels: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
-        """Scalar loss of every learning layer from its raw output (labels: for the classifier)."""
-        return {index: self.layers[index].loss(value, labels) for index, value in raw.items() if self.layers[index].learns}
+        """Scalar loss of every learning layer from its raw output (labels: for the classifier).
+
+        Without labels (``None``), a layer whose loss reads labels has no loss (it is left out)."""
+        return {
+            index: self.layers[index].loss(value, labels)
+            for index, value in raw.items()
+            if self.layers[index].learns and (labels is not None or not self.layers[index].needs_labels)
+        }
 
     @property
     def is_pixel_density(self) -> bool:

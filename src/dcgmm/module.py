@@ -99,6 +99,7 @@ class DCGMMModule(L.LightningModule):
         self._bottom_up = self.stack.bottom_up  # compiled in configure_model (a spawned process cannot pickle it)
         self._last_losses: dict[int, torch.Tensor] = {}  # this step's losses, mean over processes (detached)
         self._weights: dict[tuple[bool, ...], torch.Tensor] = {}  # loss weights per waiting pattern, on the device
+        self._masks: dict[tuple[bool, ...], torch.Tensor] = {}  # which learning layers had a loss, per pattern
         self._learning_now: dict[int, bool] = {}  # which layers learned in the current step
         self._total_steps = 1  # set at the start of fit, for the wait fractions
 
@@ -109,8 +110,10 @@ class DCGMMModule(L.LightningModule):
         # 0's at every forward). _device_state() moves it to the module's device.
         # first global step at which each learning layer's loss was not finite (-1: never)
         self.nonfinite_step = torch.full((len(learners),), -1, dtype=torch.long)
-        # running per-layer sum of the training losses over the epoch
+        # running per-layer sum of the training losses over the epoch, and the number of steps
+        # that had each loss (a classifier has none in a step without labels)
         self.train_loss_sum = torch.zeros(len(learners))
+        self.train_loss_steps = torch.zeros(len(learners))
         # sigma and learning rate of every annealing schedule, for logging without a host copy
         self.schedule_values = torch.tensor([[s.sigma, s.lr] for s in self.schedules.values()], dtype=torch.float32).reshape(-1, 2)
         self._train_steps_in_epoch = 0
@@ -161,6 +164,8 @@ class DCGMMModule(L.LightningModule):
         learners = len(self.stack.learning_layers)
         self.nonfinite_step = torch.full((learners,), -1, dtype=torch.long, device=self.device)
         self.train_loss_sum = torch.zeros(learners, device=self.device)
+        self.train_loss_steps = torch.zeros(learners, device=self.device)
+        self._masks = {}
         self.schedule_values = torch.zeros(len(self.schedules), 2, device=self.device)
         self._train_steps_in_epoch = 0
         self._weights = {}
@@ -181,26 +186,44 @@ class DCGMMModule(L.LightningModule):
         return self.global_step >= first_learning_step(self.policies[layer.index].wait, self._total_steps)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """The summed loss of the learning layers on one batch ``(images, labels)``.
+
+        ``labels=None`` (unlabelled data): the layers whose loss reads labels (the classifier) have
+        no loss in this step and stay as they are (their parameters get no gradient); the GMM
+        layers train as with labels.
+        """
         x, labels = batch
         _, raw = self._bottom_up(x)
         losses = self.stack.losses(raw, labels)
-        loss_vector = torch.stack(list(losses.values()))  # (number of learning layers,)
+        learners = self.stack.learning_layers
+        present = tuple(layer.index in losses for layer in learners)
+        if all(present):
+            loss_vector = torch.stack(list(losses.values()))  # (number of learning layers,)
+        else:  # a zero (no graph) in the slot of a layer without a loss
+            zero = torch.zeros((), device=x.device)
+            loss_vector = torch.stack([losses.get(layer.index, zero) for layer in learners])
         # the same numbers on every process: annealing, divergence checks and epoch losses agree
         # without any collective outside the step (a tiny all-reduce beside DDP's gradient one)
         shared = self._mean_over_processes(loss_vector.detach())  # (number of learning layers,)
-        self._last_losses = dict(zip(losses, shared))
+        self._last_losses = {layer.index: shared[slot] for slot, layer in enumerate(learners) if present[slot]}
         self._track_nonfinite(shared)
         self.train_loss_sum += shared
+        self.train_loss_steps += self._device_mask(self._masks, present, shared)
         self._train_steps_in_epoch += 1
-        learning = tuple(self._is_learning(self.stack.layers[index]) for index in losses)
-        self._learning_now = dict(zip(losses, learning))
+        learning = tuple(has and self._is_learning(layer) for has, layer in zip(present, learners))
+        self._learning_now = {layer.index: on for layer, on in zip(learners, learning)}
         if all(learning):
             return loss_vector.sum()
         # a waiting layer's loss counts with weight 0: no update, yet every parameter stays in the
         # graph, which data-parallel training needs; one host-to-device copy per waiting pattern
-        if learning not in self._weights:
-            self._weights[learning] = torch.tensor(learning, dtype=loss_vector.dtype, device=loss_vector.device)
-        return (loss_vector * self._weights[learning]).sum()
+        return (loss_vector * self._device_mask(self._weights, learning, loss_vector)).sum()
+
+    @staticmethod
+    def _device_mask(cache: dict, pattern: tuple[bool, ...], like: torch.Tensor) -> torch.Tensor:
+        """``pattern`` as a 0/1 tensor on ``like``'s device, made once per pattern (no per-step copy)."""
+        if pattern not in cache:
+            cache[pattern] = torch.tensor(pattern, dtype=like.dtype, device=like.device)
+        return cache[pattern]
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         optimizer.step(closure=optimizer_closure)
@@ -246,12 +269,15 @@ class DCGMMModule(L.LightningModule):
         if self._train_steps_in_epoch:
             # one host read per epoch; the same numbers on every process (built from the losses
             # averaged over processes), so nothing is synchronised for logging
-            means = (self.train_loss_sum / self._train_steps_in_epoch).tolist()  # per learning layer
+            steps = self.train_loss_steps.tolist()
+            means = (self.train_loss_sum / self.train_loss_steps.clamp_min(1)).tolist()  # per learning layer
             learners = self.stack.learning_layers
             self.log("train/loss_epoch", sum(m for layer, m in zip(learners, means) if layer.is_density))
-            for layer, value in zip(learners, means):
-                self.log(f"train/{layer.name}/loss_epoch", value)
+            for layer, value, count in zip(learners, means, steps):
+                if count:  # a layer that had a loss in this epoch
+                    self.log(f"train/{layer.name}/loss_epoch", value)
             self.train_loss_sum.zero_()
+            self.train_loss_steps.zero_()
             self._train_steps_in_epoch = 0
 
     def _mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
@@ -296,14 +322,14 @@ class DCGMMModule(L.LightningModule):
         self.metrics[f"{stage}_loss"].update(torch.stack(gmm_losses).sum(), weight=n)
         for index, layer_loss in losses.items():
             self.metrics[f"{stage}_{self.stack.layers[index].name}"].update(layer_loss, weight=n)
-        top = raw[self.stack.top_gmm.index]
-        self.metrics[f"{stage}_loglik"].update(self.stack.top_gmm.log_likelihood(top))
-        self.metrics[f"{stage}_bound"].update(self.stack.top_gmm.max_component_bound(top))
-        if self.stack.classifier is not None:
+        outputs = EvalOutputs(self.stack, raw, labels)
+        self.metrics[f"{stage}_loglik"].update(outputs.top_log_likelihood)
+        self.metrics[f"{stage}_bound"].update(self.stack.top_gmm.max_component_bound(outputs.top_scores))
+        if self.stack.classifier is not None and labels is not None:
             self.accuracy[stage].update(raw[self.stack.classifier.index], labels)
         if stage == "test" and self.stack.is_pixel_density:
             self.metrics["test_bpd"].update(self.bits_per_dim(x))
-        return EvalOutputs(self.stack, raw, labels)
+        return outputs
 
     def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
         """Bits per dimension of 8-bit images given as ``x = u8 / 255`` in ``[0, 1]``: ``(N,)``.
@@ -343,6 +369,14 @@ class DCGMMModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> EvalOutputs:
         return self._evaluate(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int = 0, dataloader_idx: int = 0) -> EvalOutputs:
+        """One bottom-up pass of a batch (images, or ``(images, labels)``) for ``trainer.predict``:
+        its :class:`~dcgmm.scoring.EvalOutputs` (typicalities per layer, cluster ids, component and
+        class probabilities, log-likelihood), read on first use."""
+        x, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        _, raw = self._bottom_up(x)
+        return EvalOutputs(self.stack, raw, labels)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")

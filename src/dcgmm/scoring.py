@@ -102,18 +102,28 @@ def typicalities_from_raw(stack: DCGMM, raw: dict[int, torch.Tensor]) -> dict[st
 
 
 class EvalOutputs:
-    """What one evaluation step computed, returned by ``DCGMMModule.validation_step`` and
-    ``test_step`` so that the callbacks (``outputs`` of ``on_*_batch_end``) read it instead of
-    running the stack again: one bottom-up pass per batch whatever the callbacks.
+    """The inference results of one batch from one bottom-up pass, computed on first use.
+
+    The one place where per-image results are read off a pass: the evaluation steps return it
+    (``DCGMMModule.validation_step``/``test_step``, so the callbacks read ``outputs`` of
+    ``on_*_batch_end`` instead of running the stack again), ``DCGMMModule.predict_step`` returns it
+    (``trainer.predict``), and :class:`dcgmm.api.DCGMMEstimator` reads its scores, clusters and
+    class probabilities from it (:meth:`of`).
 
     Attributes:
         raw: every layer's raw output of the pass, layer index -> tensor (a GMM layer's
             log-scores ``(N, P, K)``, the classifier's logits ``(N, classes)``).
-        labels: class ids ``(N,)``.
+        labels: class ids ``(N,)``, or ``None``.
     """
 
-    def __init__(self, stack: DCGMM, raw: dict[int, torch.Tensor], labels: torch.Tensor) -> None:
+    def __init__(self, stack: DCGMM, raw: dict[int, torch.Tensor], labels: torch.Tensor | None = None) -> None:
         self.stack, self.raw, self.labels = stack, raw, labels
+
+    @classmethod
+    def of(cls, stack: DCGMM, x: torch.Tensor, labels: torch.Tensor | None = None, until: int | None = None) -> EvalOutputs:
+        """One bottom-up pass of images ``x (N, C, H, W)`` through layers ``0..until`` (default: all)."""
+        _, raw = stack.bottom_up(x, until=until)
+        return cls(stack, raw, labels)
 
     @property
     def top_scores(self) -> torch.Tensor:
@@ -122,5 +132,41 @@ class EvalOutputs:
 
     @cached_property
     def typicalities(self) -> dict[str, torch.Tensor]:
-        """:func:`layer_typicalities` of the batch, computed once on first use."""
+        """:func:`layer_typicalities` of the batch: ``{"L<i>": (N,), "top": (N,), "sum": (N,)}``."""
         return typicalities_from_raw(self.stack, self.raw)
+
+    @property
+    def typicality(self) -> torch.Tensor:
+        """The top GMM layer's objective per image, ``(N,)`` (higher = more typical)."""
+        if "typicalities" in self.__dict__:
+            return self.typicalities["top"]
+        return self.stack.top_gmm.objective(self.top_scores)
+
+    @property
+    def clusters(self) -> torch.Tensor:
+        """Cluster id per image, ``(N,)`` int64 (:func:`cluster_ids`)."""
+        return cluster_ids(self.top_scores)
+
+    @property
+    def component_probabilities(self) -> torch.Tensor:
+        """The top GMM layer's responsibilities averaged over its positions: ``(N, K)``."""
+        return torch.softmax(self.top_scores, dim=-1).mean(dim=1)
+
+    @property
+    def top_log_likelihood(self) -> torch.Tensor:
+        """Exact log-likelihood of the top GMM layer's input per image, summed over its positions,
+        in nats: ``(N,)``. A density over pixels when ``stack.is_pixel_density`` (a flat GMM)."""
+        return self.stack.top_gmm.log_likelihood(self.top_scores)
+
+    @property
+    def class_logits(self) -> torch.Tensor | None:
+        """The classifier's logits ``(N, classes)``, or ``None`` without a classifier (or when the
+        pass stopped below it)."""
+        classifier = self.stack.classifier
+        return None if classifier is None else self.raw.get(classifier.index)
+
+    @property
+    def class_probabilities(self) -> torch.Tensor | None:
+        """Softmax of :attr:`class_logits`: ``(N, classes)``, or ``None``."""
+        logits = self.class_logits
+        return None if logits is None else torch.softmax(logits, dim=-1)

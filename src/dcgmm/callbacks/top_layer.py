@@ -9,7 +9,7 @@ from torchmetrics import MeanMetric
 
 from dcgmm.errors import ConfigError
 from dcgmm.metrics import ClusteringScores, internal_indices
-from dcgmm.scoring import EvalOutputs, cluster_ids, top_scores, typicality_from_scores
+from dcgmm.scoring import EvalOutputs
 
 STAGES = ("val", "test")
 
@@ -70,12 +70,9 @@ class TopLayerMetrics(Callback):
             return
         x, labels = batch[0], batch[1]
         with torch.no_grad():
-            if isinstance(outputs, EvalOutputs):
-                scores, typical = outputs.top_scores, outputs.typicalities["top"]
-            else:
-                scores = top_scores(pl_module.stack, x)
-                typical = typicality_from_scores(pl_module.stack, scores)
-            ids = cluster_ids(scores)
+            if not isinstance(outputs, EvalOutputs):
+                outputs = EvalOutputs.of(pl_module.stack, x, labels, until=pl_module.stack.top_gmm.index)
+            ids, typical = outputs.clusters, outputs.typicality
             self._clusters.update(ids, labels)
             if self.internal:
                 self._images.append(x.flatten(1))

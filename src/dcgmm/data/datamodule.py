@@ -35,11 +35,11 @@ class TensorBatchDataset(Dataset[Batch]):
 
     Args:
         x: images, float32 (N, C, H, W), values in [0, 1].
-        y: labels, int64 (N,), class ids.
+        y: labels, int64 (N,), class ids; ``None`` for unlabelled images (batches ``(x, None)``).
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if len(x) != len(y):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        if y is not None and len(x) != len(y):
             raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
         self.x = x
         self.y = y
@@ -48,13 +48,13 @@ class TensorBatchDataset(Dataset[Batch]):
         return len(self.x)
 
     def __getitem__(self, index: int) -> Batch:
-        """One sample: x (C, H, W) float32, y () int64."""
-        return self.x[index], self.y[index]
+        """One sample: x (C, H, W) float32, y () int64 (or None)."""
+        return self.x[index], None if self.y is None else self.y[index]
 
     def __getitems__(self, indices: Sequence[int] | torch.Tensor) -> Batch:
-        """A batch: x (B, C, H, W) float32, y (B,) int64."""
+        """A batch: x (B, C, H, W) float32, y (B,) int64 (or None)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.x[idx], self.y[idx]
+        return self.x[idx], None if self.y is None else self.y[idx]
 
 
 class EpochSeededSampler(torch.utils.data.Sampler[int]):
