@@ -32,7 +32,6 @@ Conventions
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 import os
@@ -45,195 +44,22 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from dcgmm.checkpoints import load_module
-from dcgmm.config import conf_dir, known_topologies, model_config
+from dcgmm.config import TOPOLOGY_ALIASES, conf_dir, known_topologies, load_topology, module_arguments
+from dcgmm.data.arrays import as_images, as_labels, is_int, positive_int
 from dcgmm.errors import ConfigError
 from dcgmm.module import DCGMMModule
 from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
 from dcgmm.scoring import EvalOutputs
 
-__all__ = ["DCGMMEstimator", "conf_dir", "known_topologies", "load_topology"]  # the last three from dcgmm.config
+__all__ = ["DCGMMEstimator", "TOPOLOGY_ALIASES", "conf_dir", "known_topologies", "load_topology"]  # all but the first from dcgmm.config
 
-# The paper's topology letters (README, "Topologies") as aliases of the config names.
-TOPOLOGY_ALIASES = {
-    "A": "flat_gmm", "flat": "flat_gmm", "B": "dcgmm2", "C": "dcgmm2_pool", "D": "dcgmm3_pool",
-    "E": "dcgmm3", "F": "dcgmm4", "G": "dcgmm4_pool",
-}
-MODULE_TARGET = "dcgmm.module.DCGMMModule"
-# model-wide options of DCGMMModule (its constructor arguments other than the topology)
-MODEL_OPTIONS = tuple(name for name in inspect.signature(DCGMMModule.__init__).parameters if name not in ("self", "layers"))
 INPAINT_PRESETS = ("right_half", "left_half", "top_half", "bottom_half")
 SAMPLING_OPTIONS = tuple(SamplingOptions.__dataclass_fields__)  # top_s, divisor, pooling_mode, clamp, sharpening
 CHECKPOINT_KEY = "dcgmm_estimator"  # extra entry of the checkpoints this class writes
 _RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
-
-
-# ------------------------------------------------------------------------------- topologies
-def load_topology(name: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
-    """A model config as a plain dict: ``conf/model/<name>.yaml`` composed as ``model=<name>`` on
-    the command line would (:func:`dcgmm.config.model_config`, with ``overrides`` such as
-    ``"model.layers.1.K=64"``), a paper letter ``A``-``G``, or the path of a standalone YAML file.
-    Unknown names raise a one-line ConfigError listing the known ones."""
-    text = str(name)
-    if text.endswith((".yaml", ".yml")) or os.sep in text:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"topology file {path} does not exist")
-        if path.resolve().parent == (conf_dir() / "model").resolve() and path.stem in known_topologies():
-            return load_topology(path.stem, overrides)  # a shipped file: composed with its defaults
-        try:
-            node = OmegaConf.load(path)
-            if "defaults" in node:
-                raise ConfigError(
-                    f"topology file {path} uses a Hydra defaults list; put it into a config folder's model/ "
-                    "(DCGMM_CONF_DIR) and pass its name, or write every key into the file"
-                )
-            node = _apply_overrides(node, overrides)
-            config = OmegaConf.to_container(node, resolve=True)
-        except ConfigError:
-            raise
-        except Exception as err:  # noqa: BLE001 - YAML or interpolation errors are the same user error
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"topology file {path} cannot be read: {first}") from None
-        if not isinstance(config, dict):
-            raise ConfigError(f"topology file {path} must hold a mapping with a 'layers' list")
-        return config
-    topology = TOPOLOGY_ALIASES.get(text, text)
-    if topology not in known_topologies():
-        raise ConfigError(
-            f"unknown topology {text!r}; known topologies: {', '.join(known_topologies())} "
-            f"(or the paper's letters {', '.join(k for k in TOPOLOGY_ALIASES if len(k) == 1)})"
-        )
-    return OmegaConf.to_container(model_config(topology, [_model_override(o) for o in overrides]), resolve=True)
-
-
-def _model_override(override: str) -> str:
-    """``"layers.1.K=64"`` or ``"model.layers.1.K=64"`` -> ``"model.layers.1.K=64"``."""
-    text = str(override).strip()
-    if "=" not in text:
-        raise ConfigError(f"override {override!r} must look like the command line's, e.g. model.layers.1.K=64")
-    body = text.lstrip("+~")
-    prefix = text[: len(text) - len(body)]
-    return prefix + (body if body.startswith("model.") else f"model.{body}")
-
-
-def _apply_overrides(node, overrides: Sequence[str]):
-    """Override strings applied to a standalone model config (a YAML file or a mapping, which no
-    Hydra composition covers): ``key.path=value`` relative to the model, list indices included."""
-    import yaml
-
-    node = OmegaConf.create(node) if not OmegaConf.is_config(node) else node
-    for override in overrides:
-        key, _, value = _model_override(override).lstrip("+~")[len("model.") :].partition("=")
-        OmegaConf.update(node, key, yaml.safe_load(value) if value.strip() else None, merge=True, force_add=True)
-    return node
-
-
-def _layer_override_strings(layer_overrides: Mapping | None, layers: int | None) -> list[str]:
-    """``{1: {"K": 64}}`` -> ``["model.layers.1.K=64"]``: the command line's override strings."""
-    import json
-
-    out = []
-    for index, changes in dict(layer_overrides or {}).items():
-        if not _is_int(index) or (layers is not None and not 0 <= index < layers):
-            shown = f"; the topology has layers 0..{layers - 1}" if layers is not None else ""
-            raise ConfigError(f"layer_overrides: layer {index!r} does not exist{shown}")
-        if not isinstance(changes, Mapping):
-            raise ConfigError(f"layer_overrides[{index}] must be a mapping such as {{'K': 64}}, got {changes!r}")
-        for key, value in changes.items():
-            out.append(f"++model.layers.{int(index)}.{key}={json.dumps(value)}")
-    return out
-
-
-PARTIALS = {"optimizer": "torch.optim.SGD", "annealing": "dcgmm.annealing.Annealing"}  # key -> the module's default
-
-
-def _own_defaults(func: Callable, keywords: Mapping) -> bool:
-    """True when every keyword equals the default of ``func``'s parameter of that name."""
-    parameters = inspect.signature(func).parameters
-    return all(name in parameters and parameters[name].default == value for name, value in keywords.items())
-
-
-def _partial(key: str, value: Any) -> Callable | None:
-    """A factory of a model config (``optimizer``, ``annealing``): ``None`` for the module's
-    default, a callable as is, a Hydra ``_target_`` mapping instantiated (``_partial_: true``)."""
-    if value is None or callable(value):
-        return value
-    if isinstance(value, Mapping):
-        from hydra.utils import instantiate
-
-        value = dict(value)
-        partial = instantiate(value, _partial_=True)
-        if value.get("_target_") == PARTIALS[key] and not partial.args and _own_defaults(partial.func, partial.keywords):
-            return None  # the module's default, kept out of the checkpoint's hyper-parameters
-        return partial
-    raise ConfigError(f"{key}={value!r} must be None, a callable, or a {{_target_: ...}} mapping")
-
-
-def _model_config(topology, input_shape, classifier: bool, layer_overrides, options: Mapping, overrides: Sequence[str] = ()) -> tuple[str, dict]:
-    """Resolve the constructor's arguments into ``(topology name, DCGMMModule keyword arguments)``.
-    ``overrides`` (and ``layer_overrides``, turned into the same strings) change the composed
-    config as on the command line."""
-    if isinstance(overrides, (str, bytes)):
-        raise ConfigError(f"overrides={overrides!r} must be a list of strings such as ['model.layers.1.K=64']")
-    if isinstance(topology, (str, os.PathLike)):
-        name = str(topology)
-        config = load_topology(topology, overrides)  # one composition; layer_overrides go on top
-        if layer_overrides:
-            strings = _layer_override_strings(layer_overrides, len(config.get("layers") or []))
-            config = OmegaConf.to_container(_apply_overrides(config, strings))
-    elif isinstance(topology, (Mapping, Sequence)):
-        name = "custom"
-        base = dict(topology) if isinstance(topology, Mapping) else {"layers": list(topology)}
-        layers = len(base["layers"]) if isinstance(base.get("layers"), list) else None
-        strings = [*overrides, *_layer_override_strings(layer_overrides, layers)]
-        if strings:
-            factories = {key: base.pop(key) for key in PARTIALS if callable(base.get(key))}
-            try:
-                merged = _apply_overrides(base, strings)
-            except Exception as err:  # noqa: BLE001 - a malformed override is a user error
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ConfigError(f"topology {name}: overrides {strings}: {first}") from None
-            base = {**OmegaConf.to_container(merged), **factories}
-        config = base
-    else:
-        raise ConfigError(f"topology={topology!r} must be a config name (e.g. 'flat_gmm'), a list of layer dicts or a model config mapping")
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"topology {name} must be a mapping with a 'layers' list")
-    config = dict(config)
-    factories = {key: config.pop(key) for key in PARTIALS if callable(config.get(key))}  # OmegaConf holds no callables
-    try:
-        config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)  # deep copy, plain types
-    except Exception as err:  # noqa: BLE001 - unsupported values are the same user error
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"topology {name}: {first}") from None
-    config.update(factories)
-    target = config.pop("_target_", MODULE_TARGET)
-    if target != MODULE_TARGET:
-        raise ConfigError(f"topology {name} builds {target}; the estimator builds {MODULE_TARGET} models only")
-    layers = config.get("layers")
-    if not isinstance(layers, list) or not layers or not all(isinstance(spec, dict) for spec in layers):
-        raise ConfigError(f"topology {name}: 'layers' must be a non-empty list of layer dicts such as {{kind: gmm, K: 25}}")
-    if not classifier:
-        layers = [spec for spec in layers if spec.get("kind") != "classifier"]
-    config["layers"] = layers
-    unknown = sorted(set(options) - set(MODEL_OPTIONS))
-    if unknown:
-        raise ConfigError(f"unknown model option(s) {', '.join(unknown)}; known options: {', '.join(MODEL_OPTIONS)} (per layer: overrides=['model.layers.<i>.K=64'])")
-    config.update(options)
-    if input_shape is not None:
-        if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__iter__") or not all(_is_int(v) for v in input_shape):
-            raise ConfigError(f"input_shape={input_shape!r} must be (channels, height, width), e.g. (1, 28, 28)")
-        config["input_shape"] = [int(v) for v in input_shape]
-    unknown = sorted(set(config) - set(MODEL_OPTIONS) - {"layers"})
-    if unknown:
-        raise ConfigError(f"topology {name}: unknown key(s) {', '.join(unknown)}; known keys: layers, {', '.join(MODEL_OPTIONS)}")
-    for key in PARTIALS:
-        config[key] = _partial(key, config.get(key))
-    return name, config
 
 
 # ------------------------------------------------------------------------------- callbacks
@@ -295,10 +121,6 @@ def _quiet_trainer():
         logger.setLevel(level)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 # ------------------------------------------------------------------------------- the estimator
 class DCGMMEstimator:
     """A DCGMM as a scikit-learn style estimator (see the module docstring for the conventions).
@@ -343,11 +165,11 @@ class DCGMMEstimator:
         seed: int | None = None,
         **options: Any,
     ) -> None:
-        if seed is not None and not _is_int(seed):
+        if seed is not None and not is_int(seed):
             raise ConfigError(f"seed={seed!r} must be an integer or None")
         self.seed = None if seed is None else int(seed)
         self.device = self._resolve_device(device)
-        self.topology, config = _model_config(topology, input_shape, classifier, layer_overrides, options, overrides)
+        self.topology, config = module_arguments(topology, input_shape, classifier, layer_overrides, options, overrides)
         with self._seeded(self.seed):
             module = DCGMMModule(**config)
         self._attach(module, fitted=False, classifier_fitted=False)
@@ -431,78 +253,19 @@ class DCGMMEstimator:
 
     # ------------------------------------------------------------------------- input checks
     def _images(self, X, what: str = "X") -> torch.Tensor:
-        """``X`` as float32 images ``(N, C, H, W)`` in ``[0, 1]`` on the CPU (one-line errors)."""
-        if isinstance(X, (L.LightningDataModule, DataLoader)):
-            raise ConfigError(f"{what} must be images (a tensor or array); a {type(X).__name__} is accepted by fit() only")
-        if isinstance(X, torch.Tensor):
-            tensor = X.detach().cpu()
-        else:
-            try:
-                array = np.asarray(X)
-            except Exception:  # noqa: BLE001
-                raise ConfigError(f"{what} of type {type(X).__name__} is not an array of images") from None
-            if array.dtype == object or array.dtype.kind not in "biuf":
-                raise ConfigError(f"{what} has dtype {array.dtype}; pass uint8 pixels or floats in [0, 1]")
-            tensor = torch.from_numpy(np.ascontiguousarray(array))
-        channels, height, width = self.input_shape
-        dims = channels * height * width
-        shape = tuple(tensor.shape)
-        if len(shape) == 4 and shape[1:] == (channels, height, width):
-            pass
-        elif len(shape) == 3 and channels == 1 and shape[1:] == (height, width):
-            tensor = tensor.unsqueeze(1)
-        elif len(shape) == 2 and shape[1] == dims:
-            tensor = tensor.reshape(shape[0], channels, height, width)
-        else:
-            accepted = f"(N, {channels}, {height}, {width})" + (f", (N, {height}, {width})" if channels == 1 else "") + f" or (N, {dims})"
-            raise ConfigError(f"{what} has shape {shape}; the model takes images of shape {accepted} (input_shape={list(self.input_shape)})")
-        if tensor.dtype == torch.uint8:
-            return tensor.to(torch.float32).div_(255.0)
-        if tensor.dtype == torch.bool:
-            return tensor.to(torch.float32)
-        if tensor.is_complex():
-            raise ConfigError(f"{what} has dtype {tensor.dtype}; pass uint8 pixels or floats in [0, 1]")
-        if tensor.numel():
-            low, high = float(tensor.min()), float(tensor.max())
-            if not (math.isfinite(low) and math.isfinite(high)):
-                raise ConfigError(f"{what} holds NaN or infinite values")
-            if low < -1e-6 or high > 1 + 1e-6:
-                kind = "integer" if not tensor.is_floating_point() else "float"
-                hint = "pass uint8 pixels (0..255) or floats divided by 255" if high <= 255 and low >= 0 else "rescale to [0, 1]"
-                raise ConfigError(f"{what} has {kind} values in [{low:g}, {high:g}], outside [0, 1]; {hint}")
-        return tensor.to(torch.float32).clamp_(0.0, 1.0)
+        """``X`` as float32 images ``(N, C, H, W)`` in ``[0, 1]`` on the CPU (:func:`dcgmm.data.arrays.as_images`)."""
+        return as_images(X, self.input_shape, what)
 
     def _labels(self, y, n: int) -> torch.Tensor:
-        try:
-            labels = torch.as_tensor(np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y))
-        except Exception:  # noqa: BLE001
-            raise ConfigError(f"y of type {type(y).__name__} is not an array of class ids") from None
-        if labels.dim() != 1 or len(labels) != n:
-            raise ConfigError(f"y has shape {tuple(labels.shape)}; give one class id per image, shape ({n},)")
-        if labels.is_floating_point():
-            if not torch.equal(labels, labels.round()):
-                raise ConfigError("y must hold integer class ids, got fractional values")
-        elif labels.dtype == torch.bool or labels.is_complex():
-            raise ConfigError(f"y must hold integer class ids, got dtype {labels.dtype}")
-        labels = labels.to(torch.long)
-        num_classes = self.stack.classifier.num_classes if self.has_classifier else None
-        if num_classes is not None and n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-            raise ConfigError(f"y holds class ids {int(labels.min())}..{int(labels.max())}; the classifier has classes 0..{num_classes - 1}")
-        return labels
+        return as_labels(y, n, self.stack.classifier.num_classes if self.has_classifier else None)
 
     def _gmm_index(self, layer: int | None, what: str = "layer") -> int:
         gmm = [g.index for g in self.stack.gmm_layers]
         if layer is None:
             return gmm[-1]
-        if not _is_int(layer) or int(layer) not in gmm:
+        if not is_int(layer) or int(layer) not in gmm:
             raise ConfigError(f"{what}={layer!r} is not a gmm layer; gmm layers (stack indices): {gmm}")
         return int(layer)
-
-    @staticmethod
-    def _batch_size(batch_size, what: str = "batch_size") -> int:
-        if not _is_int(batch_size) or int(batch_size) < 1:
-            raise ConfigError(f"{what}={batch_size!r} must be a positive integer")
-        return int(batch_size)
 
     # ------------------------------------------------------------------------- training
     def fit(
@@ -534,9 +297,9 @@ class DCGMMEstimator:
                 ``num_sanity_val_steps=0``, the estimator's device (e.g. ``limit_train_batches=10``,
                 ``callbacks=[...]``, ``logger=CSVLogger("logs")``).
         """
-        if not _is_int(epochs) or int(epochs) < 1:
+        if not is_int(epochs) or int(epochs) < 1:
             raise ConfigError(f"epochs={epochs!r} must be a positive integer")
-        batch_size = self._batch_size(batch_size)
+        batch_size = positive_int(batch_size, "batch_size")
         generator = torch.Generator().manual_seed(self.seed + self._epochs) if self.seed is not None else None
         if isinstance(X, L.LightningDataModule):
             if y is not None or val is not None:
@@ -598,7 +361,7 @@ class DCGMMEstimator:
             if not 0.0 < val < 1.0:
                 raise ConfigError(f"val={val} as a fraction must lie in (0, 1)")
             count = round(val * n)
-        elif _is_int(val):
+        elif is_int(val):
             count = int(val)
         else:
             if isinstance(val, tuple) and len(val) == 2:
@@ -620,7 +383,7 @@ class DCGMMEstimator:
     def _map(self, X, fn: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> torch.Tensor:
         """``fn`` applied to batches of images on the device; results concatenated on the CPU."""
         images = self._images(X)
-        batch_size = self._batch_size(batch_size)
+        batch_size = positive_int(batch_size, "batch_size")
         self.module.to(self.device).eval()
         parts = [fn(images[i : i + batch_size].to(self.device)).cpu() for i in range(0, len(images), batch_size)]
         if parts:
@@ -712,7 +475,7 @@ class DCGMMEstimator:
             raise ConfigError(f"unknown sampling option(s) {', '.join(unknown)}; known: {', '.join(SAMPLING_OPTIONS)}, seed")
         top_s, divisor = options.get("top_s", 1), options.get("divisor", 5.0)
         pooling_mode, clamp, sharpening = options.get("pooling_mode", "dense"), options.get("clamp", True), options.get("sharpening")
-        if not _is_int(top_s):
+        if not is_int(top_s):
             raise ConfigError(f"top_s={top_s!r} must be a positive integer")
         if isinstance(divisor, bool) or not isinstance(divisor, (int, float, np.integer, np.floating)):
             raise ConfigError(f"divisor={divisor!r} must be a number > 0 (published values: 5 to 20)")
@@ -731,7 +494,7 @@ class DCGMMEstimator:
                 raise ConfigError(f"sharpening={dict(sharpening)!r} has unknown keys; known: {known}") from None
         else:
             raise ConfigError(f"sharpening={sharpening!r} must be True/False, a dict of SharpeningOptions fields or SharpeningOptions")
-        if seed is not None and not _is_int(seed):
+        if seed is not None and not is_int(seed):
             raise ConfigError(f"seed={seed!r} must be an integer or None")
         generator = torch.Generator(device=self.device).manual_seed(int(seed)) if seed is not None else None
         self.module.to(self.device).eval()
@@ -747,7 +510,7 @@ class DCGMMEstimator:
         or a dict such as ``{"rate": 0.1, "iterations": 300, "reconstruction": 0.05}``.
         ``seed`` makes the draw reproducible.
         """
-        if not _is_int(n) or int(n) < 1:
+        if not is_int(n) or int(n) < 1:
             raise ConfigError(f"n={n!r} must be a positive number of samples")
         sampler = self._sampler(seed, **options)
         return sampler.sample(int(n), top=self._gmm_index(layer)).cpu()
