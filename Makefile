@@ -43,4 +43,5 @@ clean:
 # `make results PRESET=tiny ARGS="--out /tmp/table"`; see scripts/results_table.py
 PRESET ?= small
 results: setup
+	$(PY) -m pip install -q -e '.[peers]'  # the circuit peer row (spflow); the fast tests do without
 	$(PY) scripts/results_table.py --preset $(PRESET) $(ARGS)

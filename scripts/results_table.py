@@ -19,6 +19,11 @@ on top of each run's experiment config. For every dataset and every DCGMM topolo
 * ``flat_same_params``: a flat GMM with about as many parameters as the DCGMM (counted on the
   built models, K the nearest perfect square, as the annealing grid needs);
 * ``em_same_k``: ``dcgmm.baselines.em_baseline`` (scikit-learn EM, diagonal) with the same K.
+* ``circuit``: a probabilistic-circuit peer, one row per dataset (not per topology):
+  ``dcgmm.peers.circuit_baseline`` (spflow's RAT-SPN, the ``circuit:`` settings of the preset),
+  trained on all classes and once per held-out class. It needs the extra ``peers``
+  (``pip install -e '.[peers]'``; ``make results`` installs it); without it the preset is refused
+  with a one-line error before anything trains.
 
 Every SGD row runs once per seed of its dataset (``seeds`` in the preset; the table shows mean ±
 standard deviation). Every training run composes ``conf/train.yaml`` with Hydra's compose API and
@@ -73,7 +78,8 @@ FLAT_OUTLIER_BASE = "table_flat_outliers"
 RECORD_VERSION = 2
 DEFAULT_SEEDS = [12345]
 PENDING = "…"
-COMPARISONS = ("flat_same_k", "flat_same_params", "em_same_k")
+COMPARISONS = ("flat_same_k", "flat_same_params", "em_same_k", "circuit")
+PEER_ROWS = {"circuit": "Circuit (spflow RAT-SPN)"}  # peer comparisons: one row per dataset
 PAPER_NAMES = {"flat_gmm": "A", "dcgmm2": "B", "dcgmm2_pool": "C", "dcgmm3_pool": "D", "dcgmm3": "E", "dcgmm4": "F", "dcgmm4_pool": "G"}
 DATASET_TITLES = {"mnist": "MNIST", "fashion": "FashionMNIST"}
 # overrides of every training run: CSV log only, no progress bar or sample grids during training,
@@ -123,22 +129,35 @@ def load_preset(name: str) -> dict:
 
     path = PRESET_DIR / f"{name}.yaml"
     preset = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
     for key in ("datasets", "dcgmm", "compare", "held_out", "overrides", "em", "ndb"):
         if key not in preset:
-            raise PresetError(f"{path.relative_to(ROOT)} lacks the key {key!r}")
+            raise PresetError(f"{shown} lacks the key {key!r}")
     unknown = [c for c in preset["compare"] if c not in COMPARISONS]
     if unknown:
-        raise PresetError(f"{path.relative_to(ROOT)}: compare {unknown} unknown; use any of {list(COMPARISONS)}")
+        raise PresetError(f"{shown}: compare {unknown} unknown; use any of {list(COMPARISONS)}")
+    from dcgmm.errors import ConfigError
+    from dcgmm.peers import CircuitSettings, require_peer
+
+    for peer in [c for c in preset["compare"] if c in PEER_ROWS]:
+        try:
+            require_peer(peer)
+        except ConfigError as err:
+            raise PresetError(f"{shown}: {err}") from None
+    try:
+        preset["circuit"] = CircuitSettings(**(preset.get("circuit") or {})).__dict__
+    except TypeError as err:
+        raise PresetError(f"{shown}: circuit: {err}".replace("CircuitSettings.__init__() ", "")) from None
     for name_ in preset["dcgmm"]:
         for suffix in ("", "_outliers"):
             if not (EXPERIMENT_DIR / f"table_{name_}{suffix}.yaml").exists():
-                raise PresetError(f"{path.relative_to(ROOT)}: dcgmm {name_!r} needs conf/experiment/table_{name_}{suffix}.yaml")
+                raise PresetError(f"{shown}: dcgmm {name_!r} needs conf/experiment/table_{name_}{suffix}.yaml")
     preset["held_out"] = [int(c) for c in preset["held_out"]]
     seeds = preset.get("seeds") or DEFAULT_SEEDS
     if isinstance(seeds, list):
         seeds = {dataset: seeds for dataset in preset["datasets"]}
     if not isinstance(seeds, dict) or not all(isinstance(v, list) and v and all(isinstance(x, int) for x in v) for v in seeds.values()):
-        raise PresetError(f"{path.relative_to(ROOT)}: seeds must be a list of ints or a mapping dataset -> list of ints")
+        raise PresetError(f"{shown}: seeds must be a list of ints or a mapping dataset -> list of ints")
     preset["seeds"] = seeds
     preset["overrides"] = {k: list(preset["overrides"].get(k) or []) for k in ("all", "main", "outliers")}
     return preset
@@ -175,7 +194,7 @@ class RunSpec:
     dataset: str
     name: str  # folder name below <runs>/<dataset>/
     kind: str  # "main" or "outliers"
-    method: str  # "sgd" (train.py) or "em"
+    method: str  # "sgd" (train.py), "em" or "circuit"
     experiment: str | None = None
     overrides: list[str] = field(default_factory=list)  # the complete Hydra override list
     K: int | None = None
@@ -301,16 +320,23 @@ class Planner:
                         m = [self.add_run(RunSpec(dataset, f"em_k{k_main}", "main", "em", K=k_main))]
                         outs = {c: [self.add_run(RunSpec(dataset, f"em_k{k_out}_held{c}", "outliers", "em", K=k_out, held_out=c))] for c in held_out}
                         self.rows.append(RowSpec(dataset, f"em_same_k:{topology}", f"EM (sklearn), K as {letter}", "em", m, outs, f"dcgmm.baselines.em_baseline K={k_main}, {k_out}"))
+            for peer, label in PEER_ROWS.items():
+                if peer in self.preset["compare"]:
+                    m = [self.add_run(RunSpec(dataset, peer, "main", peer))]
+                    outs = {c: [self.add_run(RunSpec(dataset, f"{peer}_held{c}", "outliers", peer, held_out=c))] for c in held_out}
+                    self.rows.append(RowSpec(dataset, peer, label, peer, m, outs, f"dcgmm.peers.{peer}_baseline"))
 
     def ordered_runs(self) -> list[RunSpec]:
         """The runs in the order they are trained: every row's first seed before any second seed,
         and within a seed the runs on all classes (clustering, samples) before the outlier runs,
-        so that an interrupted table has each row once before it has its noise."""
+        so that an interrupted table has each row once before it has its noise; the peer rows last."""
         specs = list(self.runs.values())
         rank = {dataset: seeds for dataset, seeds in self.preset["seeds"].items()}
 
         def order(spec: RunSpec) -> tuple[int, int]:
             seed_rank = 0 if spec.seed is None else rank.get(spec.dataset, DEFAULT_SEEDS).index(spec.seed)
+            if spec.method in PEER_ROWS:  # peers after every seed of the paper's rows
+                seed_rank = len(rank.get(spec.dataset, DEFAULT_SEEDS))
             return seed_rank, 0 if spec.kind == "main" else 1
 
         return sorted(specs, key=order)
@@ -465,6 +491,22 @@ def run_em(spec: RunSpec, run_dir: Path, data_dir: Path, em_cfg: dict, ndb: NDBC
     return record
 
 
+def run_circuit(spec: RunSpec, run_dir: Path, data_dir: Path, settings: dict, ndb: NDBCache, ndb_cfg: dict, datamodule=None) -> dict:
+    """The probabilistic-circuit peer (:func:`dcgmm.peers.circuit_baseline`) as a run record."""
+    from dcgmm.peers import CircuitSettings, circuit_baseline
+
+    samples = int(ndb_cfg.get("samples", 1000)) if spec.kind == "main" else 0
+    result = circuit_baseline(spec.dataset, data_dir, spec.held_out, CircuitSettings(**settings), samples=samples)
+    record: dict[str, Any] = {k: result[k] for k in ("params", "loglik", "bpd", "acc", "train_images", "test_images", "epochs", "seconds", "images_per_second", "settings")}
+    record.update(auroc=result.get("auroc"), outliers=result.get("outliers"))
+    if samples:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        outcome = ndb.get(spec.dataset, datamodule).evaluate(result["samples"])
+        save_grid(result["samples"], run_dir / "samples.png")
+        record["ndb"] = dict(outcome.as_dict(), samples=samples)
+    return record
+
+
 # overrides that say where a run trains, not what it computes: left out of the records' key, so
 # that records made on a CPU can be continued on a GPU machine (e.g. trainer=gpu data.on_device=true)
 PLACEMENT = ("trainer=", "trainer.accelerator=", "trainer.devices=", "trainer.num_nodes=", "data.on_device=",
@@ -479,6 +521,8 @@ def run_key(spec: RunSpec, preset: dict) -> str:
         payload["ndb"] = preset["ndb"]
     if spec.method == "em":
         payload["em"] = preset["em"]
+    if spec.method in PEER_ROWS:
+        payload[spec.method] = preset[spec.method]
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -557,7 +601,7 @@ def fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-MAIN_METRICS = ("K", "params", "top_sigma", "purity", "nmi", "ari", "hungarian_acc", "dunn", "davies_bouldin", "acc", "ndb_ratio", "js",
+MAIN_METRICS = ("K", "params", "top_sigma", "purity", "nmi", "ari", "hungarian_acc", "dunn", "davies_bouldin", "acc", "bpd", "ndb_ratio", "js",
                 "ndb_sharpened", "js_sharpened", "train_seconds", "images_per_second")
 OUTLIER_METRICS = ("auroc", "auroc_sum", "auroc_cross", "auroc_noise")
 
@@ -567,16 +611,17 @@ def run_values(record: dict, method: str) -> dict:
     ndb, sharp = record.get("ndb") or {}, record.get("ndb_sharpened") or {}
     values: dict[str, Any] = dict(K=record.get("K"), params=record.get("params"), top_sigma=record.get("top_sigma"),
                                   ndb_ratio=ndb.get("ndb_ratio"), js=ndb.get("js"), ndb_sharpened=sharp.get("ndb_ratio"), js_sharpened=sharp.get("js"))
-    if method == "em":
+    if method in ("em", *PEER_ROWS):  # baselines: flat records (no clusters for a circuit)
         cluster = record.get("cluster") or {}
-        values.update(acc=None, train_seconds=record.get("seconds"), images_per_second=record.get("images_per_second"), auroc=record.get("auroc"))
+        values.update(acc=record.get("acc"), bpd=record.get("bpd"), train_seconds=record.get("seconds"),
+                      images_per_second=record.get("images_per_second"), auroc=record.get("auroc"))
     else:
         m = record.get("metrics") or {}
         cluster = {k.split("/")[-1]: v for k, v in m.items() if k.startswith("test/cluster/")}
         speed = record.get("speed") or {}
         cross = [v for k, v in m.items() if k.startswith("test/auroc_") and k.endswith("/top") and not k.startswith("test/auroc_noise/")]
         values.update(
-            acc=m.get("test/acc"), train_seconds=speed.get("fit_seconds"), images_per_second=speed.get("images_per_second"),
+            acc=m.get("test/acc"), bpd=m.get("test/bpd"), train_seconds=speed.get("fit_seconds"), images_per_second=speed.get("images_per_second"),
             auroc=m.get("test/auroc"), auroc_sum=m.get("test/auroc/sum"), auroc_cross=cross[0] if cross else None,
             auroc_noise=m.get("test/auroc_noise/top"),
         )
@@ -601,6 +646,8 @@ def row_values(row: RowSpec, records: dict, held_out: list[int], failures: dict 
     main = [run_values(records[k], row.method) for k in row.main if k in records]
     outs = {c: [run_values(records[k], row.method) if k in records else {} for k in keys] for c, keys in row.outliers.items()}
     values: dict[str, Any] = dict(label=row.label, row_id=row.row_id, note=row.note, method=row.method, seeds=len(main), planned_seeds=len(row.main))
+    if row.method in PEER_ROWS:
+        values["not_applicable"] = ["nmi"]  # a circuit has no cluster ids
     for metric in MAIN_METRICS:
         found = [v.get(metric) for v in main]
         values[metric], values[f"{metric}_sd"] = mean_sd(found)
@@ -628,7 +675,7 @@ def row_values(row: RowSpec, records: dict, held_out: list[int], failures: dict 
 def table_columns(held_out: list[int]) -> list[str]:
     return [
         "model", "seeds", "K", "params", "σ end", "K (outl.)", "params (outl.)", "σ end (outl.)", "purity", "NMI", "ARI", "Hung. acc", "Dunn", "DB",
-        "clf acc", "NDB/B", "NDB/B sharp.", "JS", *[f"AUROC {c}" for c in held_out], "AUROC mean", "AUROC sum", "AUROC cross", "AUROC noise",
+        "clf acc", "bits/dim", "NDB/B", "NDB/B sharp.", "JS", *[f"AUROC {c}" for c in held_out], "AUROC mean", "AUROC sum", "AUROC cross", "AUROC noise",
         "train s", "img/s", "runs",
     ]
 
@@ -652,7 +699,7 @@ def table_line(values: dict, held_out: list[int]) -> list[str]:
         fmt(v["top_sigma"], 2), fmt(v["K_outliers"] if v["K_outliers"] is None else int(v["K_outliers"])),
         fmt(v["params_outliers"] if v["params_outliers"] is None else int(v["params_outliers"])), fmt(v["top_sigma_outliers"], 2),
         fmt_sd(v["purity"], v["purity_sd"]), fmt_sd(v["nmi"], v["nmi_sd"]), fmt_sd(v["ari"], v["ari_sd"]), fmt(v["hungarian_acc"]),
-        fmt_sd(v["dunn"], v["dunn_sd"], 3, v["dunn_n"], v["seeds"]), fmt_sd(v["davies_bouldin"], v["davies_bouldin_sd"], 2, v["davies_bouldin_n"], v["seeds"]), fmt_sd(v["acc"], v["acc_sd"]), fmt_sd(v["ndb_ratio"], v["ndb_ratio_sd"], 2), fmt_sd(v["ndb_sharpened"], v["ndb_sharpened_sd"], 2),
+        fmt_sd(v["dunn"], v["dunn_sd"], 3, v["dunn_n"], v["seeds"]), fmt_sd(v["davies_bouldin"], v["davies_bouldin_sd"], 2, v["davies_bouldin_n"], v["seeds"]), fmt_sd(v["acc"], v["acc_sd"]), fmt_sd(v["bpd"], v["bpd_sd"], 3, v["bpd_n"], v["seeds"]), fmt_sd(v["ndb_ratio"], v["ndb_ratio_sd"], 2), fmt_sd(v["ndb_sharpened"], v["ndb_sharpened_sd"], 2),
         fmt(v["js"]), *[fmt_sd(v["auroc"][c], v["auroc_sd"][c]) for c in held_out], fmt_sd(v["auroc_mean"], v["auroc_mean_sd"]),
         fmt_sd(v["auroc_sum_mean"], v["auroc_sum_mean_sd"]), fmt(v["auroc_cross_mean"]), fmt(v["auroc_noise_mean"]),
         MISSING if seconds is None else f"{seconds:.1f}" if seconds < 100 else f"{seconds:.0f}",
@@ -689,7 +736,7 @@ def machine_info(threads: int) -> dict:
 def describe_epochs(rows: list[RowSpec], records: dict, kind: str) -> str:
     per_label: dict[str, str] = {}
     for row in rows:
-        if row.method == "em":
+        if row.method != "sgd":
             continue
         keys = list(row.main) if kind == "main" else [k for keys in row.outliers.values() for k in keys]
         for key in keys:
@@ -784,7 +831,8 @@ def write_report(
         + (f"; for reference, {int(ndb_cfg.get('samples', 1000)):,} real test images: NDB/B {reference} (what a perfect model would score)" if reference else "")
         + (f"; **NDB/B sharp.**: the same draws sharpened below every folding whose patches overlap (rate {sharpening.get('rate')}, "
            f"{sharpening.get('iterations')} iterations, reconstruction weight {sharpening.get('reconstruction', 0.0)}; rows without such a folding: –)" if sharpening else ""),
-        f"- **seeds** of the SGD rows (the table shows mean ± standard deviation over them): {seeds}; EM: one fit (seed 0)",
+        f"- **seeds** of the SGD rows (the table shows mean ± standard deviation over them): {seeds}; EM: one fit (seed 0)"
+        + ("; circuit: one run (seed 0)" if any(r.method in PEER_ROWS for r in planner.rows) else ""),
         f"- **machine**: the runs ran on {', '.join(machines) if machines else meta['machine']['cpu']}; this report: {meta['machine']['cpu']}, "
         f"{meta['machine']['cores']} cores, {meta['machine']['torch_threads']} torch thread(s); "
         f"torch {meta['machine']['torch']}, lightning {meta['machine']['lightning']}, scikit-learn {meta['machine']['sklearn']}, Python {meta['machine']['python']}",
@@ -814,7 +862,10 @@ def write_report(
         f"**Hung. acc**: accuracy under the best one-to-one matching, only when K = 10 classes ({MISSING} otherwise); **Dunn**, "
         "**DB**: label-free indices of the same clustering of the test images in pixel space (Dunn index: nearest pair across clusters "
         "over the widest pair within one, higher is better; Davies-Bouldin index, lower is better), the indices the authors' code carries.",
-        "- **clf acc**: test accuracy of the linear classifier on the top GMM layer's responsibilities (EM: none).",
+        "- **clf acc**: test accuracy of the linear classifier on the top GMM layer's responsibilities (EM: none; circuit: Bayes' "
+        "rule on its class-conditional circuits).",
+        "- **bits/dim**: test bits per dimension with uniform dequantisation, for the models that are densities over pixels "
+        f"(flat GMMs, EM, the circuit; {MISSING} for DCGMMs, whose upper layers model responsibilities, not pixels).",
         "- **NDB/B**, **JS**: share of statistically different bins (two-proportion z-test, alpha 0.05) and Jensen-Shannon "
         "divergence (nats) between the bin histograms of the samples and of the training split (lower is better).",
         "- **AUROC c**: outlier detection, trained without class c, its test images against the test inliers, scored by the "
@@ -1036,7 +1087,10 @@ def run(args, preset: dict, datasets: list[str], report_dir: Path, runs_dir: Pat
                 datamodule = None
                 if spec.kind == "main" and not ndb.has(spec.dataset):
                     datamodule = all_classes_data(compose, planner, spec.dataset)
-                record = run_em(spec, run_dir, data_dir, preset["em"], ndb, preset["ndb"], datamodule)
+                if spec.method == "em":
+                    record = run_em(spec, run_dir, data_dir, preset["em"], ndb, preset["ndb"], datamodule)
+                else:
+                    record = run_circuit(spec, run_dir, data_dir, preset["circuit"], ndb, preset["ndb"], datamodule)
         except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
             message = str(err).strip().splitlines()[0] if str(err).strip() else ""
             record = dict(error=f"{type(err).__name__}: {message}")
@@ -1080,8 +1134,13 @@ def summary_line(record: dict) -> str:
         for key, name in (("test/cluster/nmi", "NMI"), ("test/acc", "acc"), ("test/auroc", "AUROC")):
             if key in m:
                 parts.append(f"{name} {m[key]:.3f}")
-    else:
+    elif "n_iter" in record:
         parts = [f"EM {record['seconds']:.1f} s ({record['n_iter']} iterations)", f"NMI {record['cluster']['nmi']:.3f}"]
+        if record.get("auroc") is not None:
+            parts.append(f"AUROC {record['auroc']:.3f}")
+    else:  # a peer (circuit)
+        parts = [f"fit {record['seconds']:.1f} s ({record['epochs']} epochs)", f"{record['images_per_second']:.0f} img/s",
+                 f"bits/dim {record['bpd']:.3f}", f"acc {record['acc']:.3f}"]
         if record.get("auroc") is not None:
             parts.append(f"AUROC {record['auroc']:.3f}")
     if "ndb" in record:

@@ -1,7 +1,6 @@
 """scripts/results_table.py: the tiny preset end to end, the Markdown table it writes, the plan of
 the small preset (K and parameter matching, without training) and its command-line errors."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -12,15 +11,6 @@ import pytest
 from tests.conftest import ROOT, needs_mnist
 
 SCRIPT = ROOT / "scripts" / "results_table.py"
-
-
-@pytest.fixture(scope="module")
-def results_table():
-    spec = importlib.util.spec_from_file_location("results_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
 
 
 def markdown_tables(text: str) -> dict[str, list[list[str]]]:

@@ -27,16 +27,44 @@ import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
 
-from dcgmm.data import DataError, canonical_name, load_dataset
+from dcgmm.data import DataError, canonical_name, dataset_info, load_dataset
 from dcgmm.metrics import ClusteringScores, internal_indices, outlier_auroc
 from dcgmm.resolvers import held_out_list
 
-__all__ = ["em_baseline", "fit_em_gmm"]
+__all__ = ["em_baseline", "fit_em_gmm", "flatten_u8", "split_for_baseline"]
 
 
-def _flat(images_u8: np.ndarray) -> np.ndarray:
-    """uint8 ``(N, H, W)`` -> float64 ``(N, H*W)`` in [0, 1] (``u8 / 255``)."""
+def flatten_u8(images_u8: np.ndarray) -> np.ndarray:
+    """uint8 ``(N, ...)`` -> float64 ``(N, D)`` in [0, 1] (``u8 / 255``)."""
     return images_u8.reshape(len(images_u8), -1).astype(np.float64) / 255.0
+
+
+def split_for_baseline(
+    dataset: str, data_dir, held_out=None, n_train: int | None = None, outlier_dataset: str | None = None, local_dir=None
+) -> dict:
+    """The data of a baseline run, as the DCGMM's outlier protocol splits it: ``train_x``/``train_y``
+    (uint8 images and labels of the kept classes, the first ``n_train``), ``test_x``/``test_y`` (the
+    test inliers), ``outlier_x`` (the held-out classes' test images, then every test image of
+    ``outlier_dataset``; empty when neither), ``classes`` and ``image_shape`` ``(C, H, W)``."""
+    name = canonical_name(dataset)
+    held = held_out_list(held_out)
+    arrays = load_dataset(name, data_dir, local_dir)
+    train_keep = ~np.isin(arrays["train_y"], held)
+    test_keep = ~np.isin(arrays["test_y"], held)
+    outliers = [arrays["test_x"][~test_keep]] if held else []
+    if outlier_dataset is not None:
+        other = canonical_name(outlier_dataset)
+        outliers.append(load_dataset(other, data_dir, local_dir if other == name else None)["test_x"])
+    if outliers and sum(len(o) for o in outliers) == 0:
+        raise DataError(f"the outlier set is empty: the {name} test split has no images of classes {held}")
+    test_x = arrays["test_x"]
+    info = dataset_info(name)
+    return dict(
+        train_x=arrays["train_x"][train_keep][:n_train], train_y=arrays["train_y"][train_keep][:n_train],
+        test_x=test_x[test_keep], test_y=arrays["test_y"][test_keep],
+        outlier_x=np.concatenate(outliers) if outliers else test_x[:0],
+        classes=int(arrays["test_y"].max()) + 1, image_shape=tuple(info.image_shape), array_shape=tuple(info.array_shape),
+    )
 
 
 def fit_em_gmm(
@@ -90,20 +118,16 @@ def em_baseline(
         AUC of the outlier score ``-score_samples``), ``inlier_scores`` and ``outlier_scores``
         (``score_samples`` per image, float64 arrays).
     """
-    name = canonical_name(dataset)
-    held = held_out_list(held_out)
-    arrays = load_dataset(name, data_dir, local_dir)
-    train_keep = ~np.isin(arrays["train_y"], held)
-    test_keep = ~np.isin(arrays["test_y"], held)
-    x_train = arrays["train_x"][train_keep][:n_train]
+    split = split_for_baseline(dataset, data_dir, held_out, n_train, outlier_dataset, local_dir)
+    x_train = split["train_x"]
     if len(x_train) < K:
         raise DataError(f"the EM baseline needs at least K={K} training images, got {len(x_train)}")
-    x_test, y_test = _flat(arrays["test_x"][test_keep]), arrays["test_y"][test_keep]
+    x_test, y_test = flatten_u8(split["test_x"]), split["test_y"]
 
-    gmm = fit_em_gmm(_flat(x_train), K, reg_covar, max_iter, seed)
+    gmm = fit_em_gmm(flatten_u8(x_train), K, reg_covar, max_iter, seed)
     inlier_scores = gmm.score_samples(x_test)  # (N,) nats
 
-    clusters = ClusteringScores(num_clusters=K, num_classes=int(arrays["test_y"].max()) + 1)
+    clusters = ClusteringScores(num_clusters=K, num_classes=split["classes"])
     predicted = torch.from_numpy(gmm.predict(x_test))
     clusters.update(predicted, torch.from_numpy(y_test))
     dims = x_test.shape[1]
@@ -118,16 +142,8 @@ def em_baseline(
         },
     )
 
-    outliers = []
-    if held:
-        outliers.append(_flat(arrays["test_x"][~test_keep]))
-    if outlier_dataset is not None:
-        other = canonical_name(outlier_dataset)
-        outliers.append(_flat(load_dataset(other, data_dir, local_dir if other == name else None)["test_x"]))
-    if outliers:
-        x_out = np.concatenate(outliers)
-        if len(x_out) == 0:
-            raise DataError(f"the outlier set is empty: the {name} test split has no images of classes {held}")
+    if held_out_list(held_out) or outlier_dataset is not None:
+        x_out = flatten_u8(split["outlier_x"])
         outlier_scores = gmm.score_samples(x_out)
         result.update(
             outliers=len(x_out), inlier_scores=inlier_scores, outlier_scores=outlier_scores,

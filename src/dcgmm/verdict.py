@@ -46,12 +46,14 @@ CLAIMS = (
     Claim("outlier detection", "auroc_mean", "AUROC", +1, 0.005),
 )
 COMPARED = (("flat_same_k", "the flat GMM with the same K"), ("flat_same_params", "the flat GMM with as many parameters"))
+# peer rows, one per dataset (not per topology): every DCGMM row is compared with each
+PEERS = (("circuit", "the probabilistic circuit"),)
 
 
 @dataclass(frozen=True)
 class Comparison:
     claim: Claim
-    verdict: str  # better | equal | worse | not measured
+    verdict: str  # better | equal | worse | not measured | not applicable
     dcgmm: float | None = None
     flat: float | None = None
     margin: float | None = None
@@ -64,6 +66,8 @@ class Comparison:
     def text(self) -> str:
         if self.verdict == "not measured":
             return f"{self.claim.name}: not measured yet"
+        if self.verdict == "not applicable":
+            return f"{self.claim.name}: not applicable"
         seeds = f"seeds {self.seeds[0]} and {self.seeds[1]}"
         return (
             f"{self.claim.name} **{self.verdict}** ({self.claim.label} {self.dcgmm:.3f} vs {self.flat:.3f}, "
@@ -78,6 +82,8 @@ def _known(value) -> bool:
 def compare(dcgmm: Mapping, flat: Mapping, claim: Claim) -> Comparison:
     """One claim for one pair of rows (see the module docstring for the rule)."""
     a, b = dcgmm.get(claim.metric), flat.get(claim.metric)
+    if claim.metric in (flat.get("not_applicable") or ()):  # e.g. a circuit has no clusters
+        return Comparison(claim, "not applicable")
     if not (_known(a) and _known(b)):
         return Comparison(claim, "not measured")
     sd_a, sd_b = dcgmm.get(f"{claim.metric}_sd"), flat.get(f"{claim.metric}_sd")
@@ -102,7 +108,32 @@ def verdicts(rows: Sequence[Mapping]) -> list[tuple[Mapping, Mapping, str, list[
             flat = by_id.get(f"{prefix}:{row['row_id']}")
             if flat is not None:
                 out.append((row, flat, what, [compare(row, flat, claim) for claim in CLAIMS]))
+        for peer, what in PEERS:
+            if peer in by_id:
+                out.append((row, by_id[peer], what, [compare(row, by_id[peer], claim) for claim in CLAIMS]))
     return out
+
+
+def _summary(words: list[str], other: str) -> str:
+    """One claim's verdicts against ``other`` ("the flat GMM") in plain words."""
+    if words and all(w == "not applicable" for w in words):
+        return f"not applicable to {other}"
+    measured = [w for w in words if w in ("better", "equal", "worse")]
+    if not measured:
+        return "not measured yet"
+    counts = {w: measured.count(w) for w in ("better", "equal", "worse")}
+    if counts["better"] == len(measured):
+        head = f"DCGMM better than {other} in every comparison"
+    elif counts["worse"] == len(measured):
+        head = f"DCGMM worse than {other} in every comparison: the claim does not hold here"
+    elif counts["better"] == 0 and counts["worse"] == 0:
+        head = f"DCGMM and {other} equal within the noise"
+    else:
+        head = "mixed"
+    pending = sum(1 for w in words if w == "not measured")
+    return f"{head} ({counts['better']} better, {counts['equal']} equal, {counts['worse']} worse of {len(measured)} measured" + (
+        f"; {pending} not measured yet)" if pending else ")"
+    )
 
 
 def verdict_markdown(dataset_title: str, rows: Sequence[Mapping]) -> list[str]:
@@ -111,25 +142,16 @@ def verdict_markdown(dataset_title: str, rows: Sequence[Mapping]) -> list[str]:
     if not found:
         return [f"### {dataset_title}", "", "No DCGMM row with a flat GMM to compare.", ""]
     lines = [f"### {dataset_title}", ""]
+    peers = {what for _, what in PEERS}
+    flat_found = [f for f in found if f[2] not in peers]
     for index, claim in enumerate(CLAIMS):
-        words = [comparisons[index].verdict for _, _, _, comparisons in found]
-        measured = [w for w in words if w != "not measured"]
-        if not measured:
-            summary = "not measured yet"
-        else:
-            counts = {w: measured.count(w) for w in ("better", "equal", "worse")}
-            if counts["better"] == len(measured):
-                head = "DCGMM better than the flat GMM in every comparison"
-            elif counts["worse"] == len(measured):
-                head = "DCGMM worse than the flat GMM in every comparison: the claim does not hold here"
-            elif counts["better"] == 0 and counts["worse"] == 0:
-                head = "DCGMM and the flat GMM equal within the noise"
-            else:
-                head = "mixed"
-            summary = f"{head} ({counts['better']} better, {counts['equal']} equal, {counts['worse']} worse of {len(measured)} measured" + (
-                f"; {len(words) - len(measured)} not measured yet)" if len(measured) < len(words) else ")"
-            )
-        lines.append(f"- **{claim.name.capitalize()}** ({claim.label}): {summary}.")
+        words = [comparisons[index].verdict for _, _, _, comparisons in flat_found]
+        lines.append(f"- **{claim.name.capitalize()}** ({claim.label}): {_summary(words, 'the flat GMM')}.")
+    for _, what in PEERS:
+        against = [f for f in found if f[2] == what]
+        if against:
+            parts = [f"{claim.name} ({claim.label}) {_summary([c[3][i].verdict for c in against], 'the circuit')}" for i, claim in enumerate(CLAIMS)]
+            lines.append(f"- **Against {what}** ({against[0][1]['label']}): " + "; ".join(parts) + ".")
     lines.append("")
     for row, flat, what, comparisons in found:
         lines.append(f"- {row['label']} against {what} ({flat['label']}): " + "; ".join(c.text() for c in comparisons) + ".")
