@@ -142,6 +142,8 @@ def test_layer_override_from_the_command_line(train_cfg):
     assert module.stack.layers[1].K == 64 and module.stack.layers[3].mode == "independent"
     assert all(module.policies[layer.index].lr == 0.02 for layer in module.stack.gmm_layers)
     assert module.policies[4].lr == 0.01  # the classifier's own (the topology file's)
+    bare = DCGMMModule(layers=[{"kind": "folding", "kernel_size": 28}, {"kind": "gmm", "K": 4}, {"kind": "classifier"}], lr=0.05)
+    assert bare.policies[1].lr == 0.05 and bare.policies[2].lr == 0.01  # model.lr reaches the gmm layers only
 
 
 def small_module(**kwargs) -> DCGMMModule:
