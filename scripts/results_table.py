@@ -111,6 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset", default="small", help=f"conf/results/<preset>.yaml: {', '.join(available_presets())} (default small)")
     parser.add_argument("--out", default=None, help="folder of RESULTS.md, <preset>.json and runs/ (default: results/ and logs/results/<preset>/; tiny: logs/results/tiny/)")
     parser.add_argument("--datasets", default=None, help="comma-separated datasets instead of the preset's, e.g. mnist")
+    parser.add_argument("--methods", default=None, help="train only the runs of these methods (comma-separated: sgd, em, circuit), e.g. "
+                        "circuit to add the peer rows to a table whose other runs go on elsewhere; the report still shows every row")
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default 1)")
     parser.add_argument("--resume", action="store_true", help="continue from the finished run records (results/runs/<preset>/) of earlier calls")
     parser.add_argument("--report-only", action="store_true", help="write the table from the run records that exist; train nothing")
@@ -951,6 +953,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: --datasets {unknown} unknown; use any of {', '.join(DATASET_TITLES)}", file=sys.stderr)
         return 2
+    methods = ("sgd", "em", *PEER_ROWS)
+    unknown = sorted({m.strip() for m in (args.methods or "").split(",") if m.strip()} - set(methods))
+    if unknown:
+        print(f"error: --methods {unknown} unknown; use any of {', '.join(methods)}", file=sys.stderr)
+        return 2
     if args.out:
         report_dir = Path(args.out).resolve()
         runs_dir = report_dir / "runs"
@@ -1051,7 +1058,8 @@ def run(args, preset: dict, datasets: list[str], report_dir: Path, runs_dir: Pat
         return 2
 
     specs = planner.ordered_runs()
-    todo = [spec for spec in specs if spec.key not in records]
+    methods = None if not args.methods else {m.strip() for m in args.methods.split(",")}
+    todo = [spec for spec in specs if spec.key not in records and (methods is None or spec.method in methods)]
     log.info(f"{len(specs)} runs, {len(specs) - len(todo)} finished ({records_dir}), outputs in {runs_dir}")
     data_dir = Path(compose(planner.sgd_overrides(FLAT_MAIN_BASE, datasets[0], "main", [])).paths.data_dir)
     ndb = NDBCache(preset["ndb"], data_dir)

@@ -132,3 +132,15 @@ def test_results_pipeline_trains_and_reports_the_circuit_row(results_table, tmp_
     assert rows["dcgmm2"]["bpd"] is None  # not a density over pixels
     text = (out / "RESULTS.md").read_text()
     assert "| Circuit (spflow RAT-SPN) |" in text and "- **Against the probabilistic circuit** (Circuit (spflow RAT-SPN))" in text
+
+
+@needs_mnist
+def test_methods_option_trains_only_the_named_runs(results_table, tmp_path, capsys):
+    """--methods em trains the EM runs of the tiny preset and nothing else (the other rows stay
+    empty in the report); an unknown method is one line and exit status 2."""
+    assert results_table.main(["--preset", "tiny", "--out", str(tmp_path), "--methods", "em"]) == 0
+    assert sorted(p.name for p in (tmp_path / "records" / "mnist").glob("*.json")) == ["em_k36.json", "em_k49_held0.json"]
+    assert "2 of 6 runs finished" in (tmp_path / "RESULTS.md").read_text()
+    assert results_table.main(["--preset", "tiny", "--out", str(tmp_path / "x"), "--methods", "sgd,bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--methods ['bogus'] unknown" in err[0]
