@@ -138,14 +138,8 @@ def load_preset(name: str) -> dict:
     unknown = [c for c in preset["compare"] if c not in COMPARISONS]
     if unknown:
         raise PresetError(f"{shown}: compare {unknown} unknown; use any of {list(COMPARISONS)}")
-    from dcgmm.errors import ConfigError
-    from dcgmm.peers import CircuitSettings, require_peer
+    from dcgmm.peers import CircuitSettings
 
-    for peer in [c for c in preset["compare"] if c in PEER_ROWS]:
-        try:
-            require_peer(peer)
-        except ConfigError as err:
-            raise PresetError(f"{shown}: {err}") from None
     try:
         preset["circuit"] = CircuitSettings(**(preset.get("circuit") or {})).__dict__
     except TypeError as err:
@@ -318,7 +312,7 @@ class Planner:
                             exp_o = self.flat_experiment("outliers")
                             outs = {c: self.sgd_runs(dataset, exp_o, "outliers", [f"model.K={ko}", f"outlier.held_out={c}"], f"flat_k{ko}_outliers_held{c}", c) for c in held_out}
                         self.rows.append(RowSpec(dataset, f"{comparison}:{topology}", label, "sgd", m, outs, f"experiments {exp_m}, {exp_o} with model.K={km}, {ko}"))
-                    else:
+                    elif comparison == "em_same_k":
                         m = [self.add_run(RunSpec(dataset, f"em_k{k_main}", "main", "em", K=k_main))]
                         outs = {c: [self.add_run(RunSpec(dataset, f"em_k{k_out}_held{c}", "outliers", "em", K=k_out, held_out=c))] for c in held_out}
                         self.rows.append(RowSpec(dataset, f"em_same_k:{topology}", f"EM (sklearn), K as {letter}", "em", m, outs, f"dcgmm.baselines.em_baseline K={k_main}, {k_out}"))
@@ -954,10 +948,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --datasets {unknown} unknown; use any of {', '.join(DATASET_TITLES)}", file=sys.stderr)
         return 2
     methods = ("sgd", "em", *PEER_ROWS)
-    unknown = sorted({m.strip() for m in (args.methods or "").split(",") if m.strip()} - set(methods))
+    chosen = {m.strip() for m in (args.methods or "").split(",") if m.strip()}
+    unknown = sorted(chosen - set(methods))
     if unknown:
         print(f"error: --methods {unknown} unknown; use any of {', '.join(methods)}", file=sys.stderr)
         return 2
+    if not (args.report_only or args.dry_run):  # a peer that would train needs its library, checked before anything runs
+        from dcgmm.errors import ConfigError
+        from dcgmm.peers import require_peer
+
+        for peer in [c for c in preset["compare"] if c in PEER_ROWS and (not chosen or c in chosen)]:
+            try:
+                require_peer(peer)
+            except ConfigError as err:
+                print(f"error: conf/results/{args.preset}.yaml: {err}", file=sys.stderr)
+                return 2
     if args.out:
         report_dir = Path(args.out).resolve()
         runs_dir = report_dir / "runs"

@@ -137,6 +137,18 @@ def test_unsupervised_fit_trains_the_gmm_layers_exactly_as_a_labelled_one():
     assert plain.history_[-1]["train/L1_gmm/loss"] == supervised.history_[-1]["train/L1_gmm/loss"]
 
 
+def test_unlabelled_validation_gives_the_label_free_top_layer_metrics():
+    """fit(x, val=0.1) without labels: the top-layer callback logs the loss and the label-free
+    indices of the validation images, no label-based scores, and no error."""
+    from dcgmm.callbacks import TopLayerMetrics
+
+    x, _ = blobs(200)
+    est = DCGMMEstimator(FLAT_8, input_shape=(1, 8, 8), seed=0)
+    est.fit(x, epochs=1, batch_size=50, val=0.2, callbacks=[TopLayerMetrics(stages=["val"], num_classes=3)])
+    last = est.history_[-1]
+    assert "val/top/loss" in last and "val/cluster/dunn" in last and "val/cluster/nmi" not in last
+
+
 def test_second_fit_starts_at_the_annealed_learning_rate():
     x, _ = blobs(400)
     layers = [{"kind": "folding", "kernel_size": 8}, {"kind": "gmm", "K": 4, "window": 2}]

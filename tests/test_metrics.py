@@ -222,7 +222,7 @@ def test_predict_step_outputs_match_a_hand_computed_mixture():
         gmm.mixture_logits.normal_()
     x = torch.rand(30, 1, 3, 3)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    batches = trainer.predict(module, torch.utils.data.DataLoader(x, batch_size=8))
+    batches = trainer.predict(module, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=8))  # [images] batches
     assert all(isinstance(b, EvalOutputs) for b in batches)
 
     def cat(name):

@@ -144,3 +144,16 @@ def test_methods_option_trains_only_the_named_runs(results_table, tmp_path, caps
     assert results_table.main(["--preset", "tiny", "--out", str(tmp_path / "x"), "--methods", "sgd,bogus"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--methods ['bogus'] unknown" in err[0]
+
+
+def test_circuit_row_is_one_per_dataset_and_adds_no_other_rows(results_table, tmp_path):
+    """compare: [flat_same_k, circuit] plans the DCGMM row, its flat GMM and one circuit row (its
+    runs on all classes and per held-out class): no EM row, no row twice, peers trained last."""
+    preset = results_table.load_preset("tiny")
+    preset["compare"] = ["flat_same_k", "circuit"]
+    planner = results_table.Planner(preset, results_table.Composer(tmp_path / "runs"), [])
+    planner.plan(["mnist"])
+    ids = [row.row_id for row in planner.rows]
+    assert ids == ["dcgmm2", "flat_same_k:dcgmm2", "circuit"]
+    assert [spec.name for spec in planner.runs.values() if spec.method == "circuit"] == ["circuit", "circuit_held0"]
+    assert [spec.method for spec in planner.ordered_runs()][-2:] == ["circuit", "circuit"]

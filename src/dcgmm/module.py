@@ -199,9 +199,16 @@ class DCGMMModule(L.LightningModule):
         present = tuple(layer.index in losses for layer in learners)
         if all(present):
             loss_vector = torch.stack(list(losses.values()))  # (number of learning layers,)
-        else:  # a zero (no graph) in the slot of a layer without a loss
+        else:  # the slot of a layer without a loss (a classifier in a step without labels)
+            # one process: a constant zero, so its parameters get no gradient at all (None: any
+            # optimiser leaves them alone); data parallel: a zero that keeps them in the graph,
+            # which DDP's gradient reduction needs (plain SGD then leaves them unchanged)
+            keep_graph = self._trainer is not None and self.trainer.world_size > 1
             zero = torch.zeros((), device=x.device)
-            loss_vector = torch.stack([losses.get(layer.index, zero) for layer in learners])
+            loss_vector = torch.stack([
+                losses[layer.index] if layer.index in losses else (0.0 * raw[layer.index].sum() if keep_graph else zero)
+                for layer in learners
+            ])
         # the same numbers on every process: annealing, divergence checks and epoch losses agree
         # without any collective outside the step (a tiny all-reduce beside DDP's gradient one)
         shared = self._mean_over_processes(loss_vector.detach())  # (number of learning layers,)
@@ -374,8 +381,13 @@ class DCGMMModule(L.LightningModule):
         """One bottom-up pass of a batch (images, or ``(images, labels)``) for ``trainer.predict``:
         its :class:`~dcgmm.scoring.EvalOutputs` (typicalities per layer, cluster ids, component and
         class probabilities, log-likelihood), read on first use."""
-        x, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)
-        _, raw = self._bottom_up(x)
+        if isinstance(batch, (tuple, list)):  # (images, labels), or [images] from a TensorDataset of images
+            x, labels = batch[0], batch[1] if len(batch) > 1 else None
+        else:
+            x, labels = batch, None
+        # the eager pass, not a compiled one: the outputs are read after later batches ran, which
+        # a CUDA-graph-compiled pass ("reduce-overhead") would have overwritten
+        _, raw = self.stack.bottom_up(x)
         return EvalOutputs(self.stack, raw, labels)
 
     def on_test_epoch_end(self) -> None:

@@ -10,9 +10,10 @@ Topology files and checkpoints keep their one-dict-per-layer form.
 Which keys a layer takes here follows the layer contract, not its kind's name: every learning
 layer takes ``lr`` and ``wait``; a density layer (a GMM layer) also takes ``lr_min``, the
 lambdas and the per-layer annealing settings (:data:`ANNEALING_KEYS`), and inherits the
-model-wide values (``model.lr``, ``model.lambda_mu`` ...) it does not set. Model-wide values do
-not reach the other learning layers (the classifier): they train at their spec's ``lr``, by
-default 0.01 (the published classifier rate), whatever ``model.lr`` a sweep sets.
+model-wide values (``model.lr``, ``model.lambda_mu`` ...) it does not set. Another learning layer
+takes ``model.lr`` unless its spec sets ``lr``, except one whose loss reads labels (the
+classifier): it trains at its spec's ``lr``, by default 0.01 (the published classifier rate),
+whatever ``model.lr`` a sweep sets.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ LAMBDAS = {"lambda_mu": "mu", "lambda_sigma": "sigma", "lambda_pi": "pi"}  # spe
 LEARNER_KEYS = ("lr", "wait")
 DENSITY_KEYS = ("lr", "lr_min", "wait", *LAMBDAS, *ANNEALING_KEYS)
 MODEL_WIDE = ("lr", "lr_min", *LAMBDAS, "anneal")  # model.<key> values a density layer inherits
-OTHER_LEARNER_LR = 0.01  # a learning layer that is not a density (the classifier): its lr unless its spec sets one
+CLASSIFIER_LR = 0.01  # a layer whose loss reads labels (the classifier): its lr unless its spec sets one (model.lr does not reach it)
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,10 @@ def layer_training(index: int, kind: str, own: Mapping, defaults: Mapping | None
         for key in MODEL_WIDE:
             if (defaults or {}).get(key) is not None:
                 values.setdefault(key, defaults[key])
+    elif (defaults or {}).get("lr") is not None and not LAYER_KINDS[kind].needs_labels:
+        values.setdefault("lr", defaults["lr"])  # any other learner: the model-wide rate
     check_arguments(_density_keys if density else _learner_keys, values, f"{where}: ")
-    lr = float(values.get("lr", OTHER_LEARNER_LR))
+    lr = float(values.get("lr", CLASSIFIER_LR))
     lr_min = min(float(values.get("lr_min", lr)), lr)
     if lr <= 0 or lr_min <= 0:
         raise ConfigError(f"{where}: learning rate must be > 0 (got lr={lr}, lr_min={lr_min}); try lr=0.01")

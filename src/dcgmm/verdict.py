@@ -7,7 +7,12 @@ about as many parameters), each claim gets one word:
 * **better** / **worse**: the DCGMM's value differs from the flat GMM's by more than the margin,
   in the claim's good / bad direction;
 * **equal**: the difference lies within the margin;
-* **not measured**: a value is missing (a run has not finished or does not exist).
+* **not measured**: a value is missing (a run has not finished or does not exist);
+* **not applicable**: the compared row cannot have the metric (a probabilistic circuit has no
+  cluster ids; the row lists it in ``not_applicable``).
+
+Every DCGMM row is also compared with the peer rows of its dataset (:data:`PEERS`: the circuit,
+row id ``"circuit"``), summarised in a line of their own.
 
 The margin is twice the noise of the difference, ``2 * sqrt(sd_dcgmm^2 + sd_flat^2)`` with the
 standard deviations over each row's seeds, but never less than the claim's floor (:data:`CLAIMS`),

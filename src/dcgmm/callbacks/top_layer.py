@@ -28,8 +28,10 @@ class TopLayerMetrics(Callback):
     * ``{stage}/top/loss``: minus the top layer's mean objective (the same value as
       ``{stage}/L<i>_gmm/loss`` of that layer, under a name that does not depend on the topology).
 
-    It runs the stack up to the top GMM layer once more on every batch (the module's own step
-    does not hand its outputs out), which adds at most the cost of one evaluation pass.
+    It reads the module's evaluation step's outputs (:class:`~dcgmm.scoring.EvalOutputs`), so it
+    runs nothing itself; only for a step that returns none does it run the stack up to the top GMM
+    layer. Batches without labels (``(images, None)``) give the label-free values only (the loss
+    and the internal indices), not the label-based scores.
 
     Args:
         stages: any of ``"val"`` and ``"test"``.
@@ -73,7 +75,8 @@ class TopLayerMetrics(Callback):
             if not isinstance(outputs, EvalOutputs):
                 outputs = EvalOutputs.of(pl_module.stack, x, labels, until=pl_module.stack.top_gmm.index)
             ids, typical = outputs.clusters, outputs.typicality
-            self._clusters.update(ids, labels)
+            if labels is not None:
+                self._clusters.update(ids, labels)
             if self.internal:
                 self._images.append(x.flatten(1))
                 self._ids.append(ids)
@@ -82,9 +85,10 @@ class TopLayerMetrics(Callback):
     def _end(self, pl_module: L.LightningModule, stage: str) -> None:
         if self._clusters is None:
             return
-        if self._clusters.update_called:
-            for name, value in self._clusters.compute().items():
-                pl_module.log(f"{stage}/cluster/{name}", value.float())
+        if self._loss.update_called:
+            if self._clusters.update_called:  # batches with labels
+                for name, value in self._clusters.compute().items():
+                    pl_module.log(f"{stage}/cluster/{name}", value.float())
             pl_module.log(f"{stage}/top/loss", self._loss.compute())
             if self.internal and self._images:
                 images, ids = torch.cat(self._images), torch.cat(self._ids)
