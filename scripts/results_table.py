@@ -597,7 +597,7 @@ def fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-MAIN_METRICS = ("K", "params", "top_sigma", "purity", "nmi", "ari", "hungarian_acc", "dunn", "davies_bouldin", "acc", "bpd", "ndb_ratio", "js",
+MAIN_METRICS = ("K", "params", "top_sigma", "purity", "nmi", "ari", "hungarian_acc", "dunn", "davies_bouldin", "acc", "loglik", "bpd", "ndb_ratio", "js",
                 "ndb_sharpened", "js_sharpened", "train_seconds", "images_per_second")
 OUTLIER_METRICS = ("auroc", "auroc_sum", "auroc_cross", "auroc_noise")
 
@@ -609,7 +609,7 @@ def run_values(record: dict, method: str) -> dict:
                                   ndb_ratio=ndb.get("ndb_ratio"), js=ndb.get("js"), ndb_sharpened=sharp.get("ndb_ratio"), js_sharpened=sharp.get("js"))
     if method in ("em", *PEER_ROWS):  # baselines: flat records (no clusters for a circuit)
         cluster = record.get("cluster") or {}
-        values.update(acc=record.get("acc"), bpd=record.get("bpd"), train_seconds=record.get("seconds"),
+        values.update(acc=record.get("acc"), loglik=record.get("loglik"), bpd=record.get("bpd"), train_seconds=record.get("seconds"),
                       images_per_second=record.get("images_per_second"), auroc=record.get("auroc"))
     else:
         m = record.get("metrics") or {}
@@ -617,7 +617,9 @@ def run_values(record: dict, method: str) -> dict:
         speed = record.get("speed") or {}
         cross = [v for k, v in m.items() if k.startswith("test/auroc_") and k.endswith("/top") and not k.startswith("test/auroc_noise/")]
         values.update(
-            acc=m.get("test/acc"), bpd=m.get("test/bpd"), train_seconds=speed.get("fit_seconds"), images_per_second=speed.get("images_per_second"),
+            # log p(x) only where the model is a density over pixels (it has bits/dim)
+            acc=m.get("test/acc"), loglik=m.get("test/loglik") if "test/bpd" in m else None, bpd=m.get("test/bpd"),
+            train_seconds=speed.get("fit_seconds"), images_per_second=speed.get("images_per_second"),
             auroc=m.get("test/auroc"), auroc_sum=m.get("test/auroc/sum"), auroc_cross=cross[0] if cross else None,
             auroc_noise=m.get("test/auroc_noise/top"),
         )
@@ -671,7 +673,7 @@ def row_values(row: RowSpec, records: dict, held_out: list[int], failures: dict 
 def table_columns(held_out: list[int]) -> list[str]:
     return [
         "model", "seeds", "K", "params", "σ end", "K (outl.)", "params (outl.)", "σ end (outl.)", "purity", "NMI", "ARI", "Hung. acc", "Dunn", "DB",
-        "clf acc", "bits/dim", "NDB/B", "NDB/B sharp.", "JS", *[f"AUROC {c}" for c in held_out], "AUROC mean", "AUROC sum", "AUROC cross", "AUROC noise",
+        "clf acc", "log p(x)", "bits/dim", "NDB/B", "NDB/B sharp.", "JS", *[f"AUROC {c}" for c in held_out], "AUROC mean", "AUROC sum", "AUROC cross", "AUROC noise",
         "train s", "img/s", "runs",
     ]
 
@@ -695,7 +697,7 @@ def table_line(values: dict, held_out: list[int]) -> list[str]:
         fmt(v["top_sigma"], 2), fmt(v["K_outliers"] if v["K_outliers"] is None else int(v["K_outliers"])),
         fmt(v["params_outliers"] if v["params_outliers"] is None else int(v["params_outliers"])), fmt(v["top_sigma_outliers"], 2),
         fmt_sd(v["purity"], v["purity_sd"]), fmt_sd(v["nmi"], v["nmi_sd"]), fmt_sd(v["ari"], v["ari_sd"]), fmt(v["hungarian_acc"]),
-        fmt_sd(v["dunn"], v["dunn_sd"], 3, v["dunn_n"], v["seeds"]), fmt_sd(v["davies_bouldin"], v["davies_bouldin_sd"], 2, v["davies_bouldin_n"], v["seeds"]), fmt_sd(v["acc"], v["acc_sd"]), fmt_sd(v["bpd"], v["bpd_sd"], 3, v["bpd_n"], v["seeds"]), fmt_sd(v["ndb_ratio"], v["ndb_ratio_sd"], 2), fmt_sd(v["ndb_sharpened"], v["ndb_sharpened_sd"], 2),
+        fmt_sd(v["dunn"], v["dunn_sd"], 3, v["dunn_n"], v["seeds"]), fmt_sd(v["davies_bouldin"], v["davies_bouldin_sd"], 2, v["davies_bouldin_n"], v["seeds"]), fmt_sd(v["acc"], v["acc_sd"]), fmt_sd(v["loglik"], v["loglik_sd"], 1, v["loglik_n"], v["seeds"]), fmt_sd(v["bpd"], v["bpd_sd"], 3, v["bpd_n"], v["seeds"]), fmt_sd(v["ndb_ratio"], v["ndb_ratio_sd"], 2), fmt_sd(v["ndb_sharpened"], v["ndb_sharpened_sd"], 2),
         fmt(v["js"]), *[fmt_sd(v["auroc"][c], v["auroc_sd"][c]) for c in held_out], fmt_sd(v["auroc_mean"], v["auroc_mean_sd"]),
         fmt_sd(v["auroc_sum_mean"], v["auroc_sum_mean_sd"]), fmt(v["auroc_cross_mean"]), fmt(v["auroc_noise_mean"]),
         MISSING if seconds is None else f"{seconds:.1f}" if seconds < 100 else f"{seconds:.0f}",
@@ -860,8 +862,12 @@ def write_report(
         "over the widest pair within one, higher is better; Davies-Bouldin index, lower is better), the indices the authors' code carries.",
         "- **clf acc**: test accuracy of the linear classifier on the top GMM layer's responsibilities (EM: none; circuit: Bayes' "
         "rule on its class-conditional circuits).",
-        "- **bits/dim**: test bits per dimension with uniform dequantisation, for the models that are densities over pixels "
-        f"(flat GMMs, EM, the circuit; {MISSING} for DCGMMs, whose upper layers model responsibilities, not pixels).",
+        "- **log p(x)**, **bits/dim**: mean test log-likelihood (nats per image, pixels u8 / 255) and test bits per dimension with "
+        "uniform dequantisation, for the models that are densities over pixels (flat GMMs, EM, the circuit; "
+        f"{MISSING} for DCGMMs, whose upper layers model responsibilities, not pixels).",
+        f"- **Circuit** row: a circuit has no GMM layer and no cluster ids, so K, σ end and the clustering columns stay {MISSING}; "
+        "its AUROC is by log p(x); it has no layers to sum or sharpen below (AUROC sum, NDB/B sharp.: "
+        f"{MISSING}), and its outlier runs were not scored against the other dataset or noise (AUROC cross, noise: {MISSING}).",
         "- **NDB/B**, **JS**: share of statistically different bins (two-proportion z-test, alpha 0.05) and Jensen-Shannon "
         "divergence (nats) between the bin histograms of the samples and of the training split (lower is better).",
         "- **AUROC c**: outlier detection, trained without class c, its test images against the test inliers, scored by the "
