@@ -51,7 +51,7 @@ def sample_cfg(tmp_path):
     return lambda *overrides: compose_train(list(overrides), tmp_path, "sample.yaml")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def results_table():
     """``scripts/results_table.py`` imported as a module (it is a script, not part of the package)."""
     import importlib.util
