@@ -967,7 +967,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --datasets {unknown} unknown; use any of {', '.join(DATASET_TITLES)}", file=sys.stderr)
         return 2
     methods = ("sgd", "em", *PEER_ROWS)
-    chosen = {m.strip() for m in (args.methods or "").split(",") if m.strip()}
+    chosen = args.chosen_methods = {m.strip() for m in (args.methods or "").split(",") if m.strip()}  # empty: every method
     unknown = sorted(chosen - set(methods))
     if unknown:
         print(f"error: --methods {unknown} unknown; use any of {', '.join(methods)}", file=sys.stderr)
@@ -1082,8 +1082,7 @@ def run(args, preset: dict, datasets: list[str], report_dir: Path, runs_dir: Pat
         return 2
 
     specs = planner.ordered_runs()
-    methods = None if not args.methods else {m.strip() for m in args.methods.split(",")}
-    todo = [spec for spec in specs if spec.key not in records and (methods is None or spec.method in methods)]
+    todo = [spec for spec in specs if spec.key not in records and (not args.chosen_methods or spec.method in args.chosen_methods)]
     log.info(f"{len(specs)} runs, {len(specs) - len(todo)} finished ({records_dir}), outputs in {runs_dir}")
     data_dir = Path(compose(planner.sgd_overrides(FLAT_MAIN_BASE, datasets[0], "main", [])).paths.data_dir)
     ndb = NDBCache(preset["ndb"], data_dir)
@@ -1166,13 +1165,12 @@ def summary_line(record: dict) -> str:
         for key, name in (("test/cluster/nmi", "NMI"), ("test/acc", "acc"), ("test/auroc", "AUROC")):
             if key in m:
                 parts.append(f"{name} {m[key]:.3f}")
-    elif "n_iter" in record:
-        parts = [f"EM {record['seconds']:.1f} s ({record['n_iter']} iterations)", f"NMI {record['cluster']['nmi']:.3f}"]
-        if record.get("auroc") is not None:
-            parts.append(f"AUROC {record['auroc']:.3f}")
-    else:  # a peer (circuit)
-        parts = [f"fit {record['seconds']:.1f} s ({record['epochs']} epochs)", f"{record['images_per_second']:.0f} img/s",
-                 f"bits/dim {record['bpd']:.3f}", f"acc {record['acc']:.3f}"]
+    else:
+        if "n_iter" in record:  # EM
+            parts = [f"EM {record['seconds']:.1f} s ({record['n_iter']} iterations)", f"NMI {record['cluster']['nmi']:.3f}"]
+        else:  # a peer (circuit)
+            parts = [f"fit {record['seconds']:.1f} s ({record['epochs']} epochs)", f"{record['images_per_second']:.0f} img/s",
+                     f"bits/dim {record['bpd']:.3f}", f"acc {record['acc']:.3f}"]
         if record.get("auroc") is not None:
             parts.append(f"AUROC {record['auroc']:.3f}")
     if "ndb" in record:

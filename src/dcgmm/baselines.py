@@ -142,7 +142,7 @@ def em_baseline(
         },
     )
 
-    if held_out_list(held_out) or outlier_dataset is not None:
+    if len(split["outlier_x"]):
         x_out = flatten_u8(split["outlier_x"])
         outlier_scores = gmm.score_samples(x_out)
         result.update(

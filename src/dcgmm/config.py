@@ -26,6 +26,12 @@ __all__ = ["CONF_DIR", "build_model", "compose", "conf_dir", "known_topologies",
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
+def _first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def conf_dir() -> Path:
     """The config folder: ``$DCGMM_CONF_DIR`` when set (a copy to experiment with), else the
     package's own. A one-line ConfigError when it has no ``model/`` folder."""
@@ -92,7 +98,7 @@ def compose(
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name=name, return_hydra_config=True, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = _first_line(err)
         raise ConfigError(f"cannot compose {name} with {list(overrides)}: {first}") from None
     finally:
         GlobalHydra.instance().clear()
@@ -168,7 +174,7 @@ def load_topology(name: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
         except ConfigError:
             raise
         except Exception as err:  # noqa: BLE001 - YAML or interpolation errors are the same user error
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = _first_line(err)
             raise ConfigError(f"topology file {path} cannot be read: {first}") from None
         if not isinstance(config, dict):
             raise ConfigError(f"topology file {path} must hold a mapping with a 'layers' list")
@@ -273,7 +279,7 @@ def module_arguments(
             try:
                 merged = _apply_overrides(base, strings)
             except Exception as err:  # noqa: BLE001 - a malformed override is a user error
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                first = _first_line(err)
                 raise ConfigError(f"topology {name}: overrides {strings}: {first}") from None
             base = {**OmegaConf.to_container(merged), **factories}
         config = base
@@ -286,7 +292,7 @@ def module_arguments(
     try:
         config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)  # deep copy, plain types
     except Exception as err:  # noqa: BLE001 - unsupported values are the same user error
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = _first_line(err)
         raise ConfigError(f"topology {name}: {first}") from None
     config.update(factories)
     target = config.pop("_target_", MODULE_TARGET)

@@ -90,7 +90,7 @@ class DCGMMModule(L.LightningModule):
             if isinstance(spec, Mapping) and spec.get("kind") == "gmm" and spec.get("K") is None and K is None:
                 raise ConfigError(f"layer {index} (gmm): K is not set; set model.K or the layer's K")
         training_defaults = dict(
-            lr=lr, lr_min=min(lr_min, lr), lambda_mu=lambda_mu, lambda_sigma=lambda_sigma, lambda_pi=lambda_pi, anneal=anneal
+            lr=lr, lr_min=lr_min, lambda_mu=lambda_mu, lambda_sigma=lambda_sigma, lambda_pi=lambda_pi, anneal=anneal
         )
         specs, self.policies = split_training(layers, training_defaults)
         self.stack = DCGMM(specs, tuple(input_shape), dict(K=K, mode=mode, loss=loss, precision_max=precision_max))
@@ -115,7 +115,7 @@ class DCGMMModule(L.LightningModule):
         self.train_loss_sum = torch.zeros(len(learners))
         self.train_loss_steps = torch.zeros(len(learners))
         # sigma and learning rate of every annealing schedule, for logging without a host copy
-        self.schedule_values = torch.tensor([[s.sigma, s.lr] for s in self.schedules.values()], dtype=torch.float32).reshape(-1, 2)
+        self.schedule_values = torch.tensor(self.annealing.values(), dtype=torch.float32).reshape(-1, 2)
         self._train_steps_in_epoch = 0
         names = ["loss", "loglik", "bound", "bpd"] + [layer.name for layer in learners]
         self.metrics = torch.nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in STAGES for name in names})

@@ -101,10 +101,15 @@ def class_log_joint(circuit, x: torch.Tensor) -> torch.Tensor:
     return conditional + circuit.root_node.log_weights.reshape(1, -1)
 
 
-def log_likelihood(circuit, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """``log p(x)`` in nats per image, ``(N,)``, in batches without gradients."""
+def batched_log_joint(circuit, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """:func:`class_log_joint` of many images, in batches without gradients: ``(N, classes)``."""
     with torch.no_grad():
-        return torch.cat([torch.logsumexp(class_log_joint(circuit, x[i : i + batch_size]), 1) for i in range(0, len(x), batch_size)])
+        return torch.cat([class_log_joint(circuit, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def log_likelihood(circuit, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """``log p(x)`` in nats per image, ``(N,)``."""
+    return torch.logsumexp(batched_log_joint(circuit, x, batch_size), 1)
 
 
 def circuit_baseline(
@@ -158,12 +163,12 @@ def circuit_baseline(
 
     x_test = torch.from_numpy(flatten_u8(split["test_x"]).astype(np.float32))
     y_test = torch.from_numpy(split["test_y"].astype(np.int64))
-    inlier = log_likelihood(circuit, x_test)
+    joint = batched_log_joint(circuit, x_test)  # (N, classes): log p(x) and the classes from one pass
+    inlier = torch.logsumexp(joint, 1)
     rng = torch.Generator().manual_seed(int(settings.seed))
     dequantised = (torch.round(x_test * 255.0) + torch.rand(x_test.shape, generator=rng)) / 256.0
     bpd = 8.0 - log_likelihood(circuit, dequantised).mean().item() / (dims * math.log(2.0))
-    with torch.no_grad():
-        predicted = torch.cat([class_log_joint(circuit, x_test[i : i + 1000]).argmax(1) for i in range(0, len(x_test), 1000)])
+    predicted = joint.argmax(1)
     result = dict(
         model=circuit, params=sum(p.numel() for p in circuit.parameters()), train_images=len(pixels), test_images=len(x_test),
         loglik=float(inlier.mean()), bpd=float(bpd), acc=float((predicted == y_test).float().mean()),

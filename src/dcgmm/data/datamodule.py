@@ -7,7 +7,6 @@ with models that process tens of thousands of images per second.
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dcgmm.data.arrays import is_int as _is_int
 from dcgmm.data.errors import DataError
 from dcgmm.data.sources import Arrays, canonical_name, dataset_info, load_dataset
 
@@ -156,9 +156,6 @@ def keep_batch(batch: Batch) -> Batch:
     return batch
 
 
-def _is_int(value: Any) -> bool:
-    """True for Python/numpy integers, False for bools and everything else."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _check_classes(classes: Any, num_classes: int) -> list[int] | None:
