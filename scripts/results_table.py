@@ -535,8 +535,9 @@ def dry_run(planner: Planner, compose: Composer) -> None:
     total = 0.0
     print(f"{'dataset':<8} {'run':<34} {'K':>5} {'params':>10} {'epochs':>6} {'steps':>7} {'s/step':>7} {'est. s':>7}")
     for spec in planner.runs.values():
-        if spec.method == "em":
-            print(f"{spec.dataset:<8} {spec.name:<34} {spec.K:>5} {'':>10} {'':>6} {'':>7} {'':>7} {'(EM)':>7}")
+        if spec.method == "em" or spec.method in PEER_ROWS:  # not SGD on a DCGMM stack: no step estimate
+            K = "" if spec.K is None else spec.K
+            print(f"{spec.dataset:<8} {spec.name:<34} {K:>5} {'':>10} {'':>6} {'':>7} {'':>7} {f'({spec.method})':>7}")
             continue
         cfg = compose(spec.overrides)
         model_key = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True, default=str)

@@ -109,6 +109,24 @@ def test_compare_circuit_without_the_library_is_one_line(results_table, tmp_path
         dcgmm.peers.require_peer("circuit")
 
 
+def test_dry_run_lists_the_circuit_without_a_step_estimate(results_table, tmp_path, monkeypatch, capsys):
+    """--dry-run of a preset with the circuit (library installed or not): the SGD runs get a time
+    estimate, the EM and circuit runs are listed by method, and nothing is trained or written."""
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    tiny = (results_table.PRESET_DIR / "tiny.yaml").read_text().replace("compare: [flat_same_k, em_same_k]", "compare: [flat_same_k, em_same_k, circuit]")
+    (presets / "peers.yaml").write_text(tiny)
+    monkeypatch.setattr(results_table, "PRESET_DIR", presets)
+    out = tmp_path / "out"
+    assert results_table.main(["--preset", "peers", "--out", str(out), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    circuit = [line for line in lines if line.startswith("mnist") and " circuit" in line]
+    assert len(circuit) == 2 and all(line.rstrip().endswith("(circuit)") for line in circuit), lines
+    assert any(line.rstrip().endswith("(em)") for line in lines), lines
+    assert any(line.startswith("estimated SGD training:") for line in lines), lines
+    assert not (out / "RESULTS.md").exists()
+
+
 @needs_spflow
 @needs_mnist
 def test_results_pipeline_trains_and_reports_the_circuit_row(results_table, tmp_path, monkeypatch):
