@@ -223,22 +223,29 @@ class GMMLayer(Layer):
     def log_scores_of_patches(self, x: torch.Tensor, fold) -> torch.Tensor:
         """``log_scores(fold(x))`` without cutting the patches: ``(N, C, H, W) -> (N, P, K)``.
 
-        In shared mode the two products over patches are two convolutions of the folding's input
-        with the parameters as kernels, ``conv(x*x, -s^2/2) + conv(x, mu*s^2) + bias``: the same
-        sums (patch channels in ``(i, j, c)`` order), without the patch copy
-        (``python -m benchmarks.convolutions`` measures what it gives, README "Performance").
+        In shared mode the two products over patches are one convolution of the folding's input
+        and its square, stacked as ``2C`` channels, with the parameters as kernels:
+        ``conv([x*x, x], [-s^2/2, mu*s^2]) + bias``. These are the sums of the patch products
+        (patch channels in ``(i, j, c)`` order) without the patch copy, in one convolution instead
+        of two (one backward, no sum of two score maps). Input and kernel are channels-last, so
+        the output is too and the scores ``(N, P, K)`` are a view of it
+        (``python -m benchmarks.convolutions`` measures the choices, README "Performance").
         """
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(self.means.dtype)
             (kh, kw), channels = fold.kernel_size, x.shape[1]
             s2 = self.inv_std[0] * self.inv_std[0]  # (K, D)
-
-            def kernel(w: torch.Tensor) -> torch.Tensor:  # (K, D) in (i, j, c) order -> (K, C, kh, kw)
-                return w.view(self.K, kh, kw, channels).permute(0, 3, 1, 2)
-
-            scores = F.conv2d(x * x, kernel(-0.5 * s2), self._bias()[0], stride=fold.stride)  # (N, K, H', W')
-            scores = scores + F.conv2d(x, kernel(self.means[0] * s2), stride=fold.stride)
-            return scores.permute(0, 2, 3, 1).reshape(x.shape[0], self.P, self.K)  # a view for channels-last output
+            weight = torch.stack((-0.5 * s2, self.means[0] * s2), dim=1)  # (K, 2, D): [quadratic, linear]
+            # (K, 2, D) with D in (i, j, c) order -> (K, 2C, kh, kw), channels-last memory
+            weight = weight.view(self.K, 2, kh, kw, channels).permute(0, 1, 4, 2, 3).reshape(self.K, 2 * channels, kh, kw)
+            stacked = torch.cat((x * x, x), dim=1)  # (N, 2C, H, W)
+            scores = F.conv2d(
+                stacked.contiguous(memory_format=torch.channels_last),
+                weight.contiguous(memory_format=torch.channels_last),
+                self._bias()[0],
+                stride=fold.stride,
+            )  # (N, K, H', W'), channels-last memory
+            return scores.permute(0, 2, 3, 1).reshape(x.shape[0], self.P, self.K)  # a view
 
     def _bias(self) -> torch.Tensor:
         """The per-component constant of the log-scores: ``(G, K)``."""
