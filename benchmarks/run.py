@@ -632,6 +632,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 def _register_more() -> None:
     """Benchmarks that live in their own modules; imported when the parser is built, since they
     import this module's helpers themselves."""
+    from benchmarks.epoch import add_epoch_arguments, format_epoch, run_epoch
     from benchmarks.topology import add_topology_arguments, format_topology, run_topology
 
     SUBCOMMANDS["topology"] = Subcommand(
@@ -639,6 +640,12 @@ def _register_more() -> None:
         add_arguments=add_topology_arguments,
         run=run_topology,
         format=format_topology,
+    )
+    SUBCOMMANDS["epoch"] = Subcommand(
+        help="an epoch of python train.py [overrides]: wall time against time in the steps (overhead)",
+        add_arguments=add_epoch_arguments,
+        run=run_epoch,
+        format=format_epoch,
     )
 
 

@@ -564,6 +564,35 @@ def test_dataset_batch_indexing(tmp_path, local_dir):
     assert x1.shape == (1, 28, 28) and int(y1) == 5
 
 
+def test_training_batches_are_those_of_a_batch_sampler_over_the_epoch_order(tmp_path, local_dir):
+    """The loader's index-tensor batches (EpochBatches, cut from the uint8 pixels) are, epoch by
+    epoch, the batches a plain BatchSampler over EpochSeededSampler cuts from the float images."""
+    from torch.utils.data import BatchSampler
+
+    from dcgmm.data.datamodule import EpochBatches, EpochSeededSampler
+
+    dm = make_dm(local_dir, tmp_path)
+    dm.setup()
+    L.seed_everything(3, verbose=False)
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, EpochBatches) and loader.dataset.pixels is not None
+    train = dm.dataset("train")
+    reference = EpochSeededSampler(len(train), dm._shuffle_seed)
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        reference.set_epoch(epoch)
+        expected = [(train.x[list(ids)], train.y[list(ids)]) for ids in BatchSampler(reference, 16, drop_last=False)]
+        got = list(loader)
+        assert len(got) == len(expected) == len(loader) == 7
+        for (x, y), (ex, ey) in zip(got, expected):
+            assert x.dtype == torch.float32 and torch.equal(x, ex) and torch.equal(y, ey)
+    # already on the CPU: the batch passes through the transfer hook untouched
+    batch = got[0]
+    assert dm.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
+    with pytest.raises(ValueError, match="uint8"):
+        type(train)(train.x, train.y, pixels=train.pixels.float())
+
+
 def test_data_configs_list_every_argument():
     params = set(inspect.signature(ImageDataModule.__init__).parameters) - {"self"}
     for name in ("mnist", "fashion"):
@@ -571,7 +600,7 @@ def test_data_configs_list_every_argument():
         assert set(cfg) - {"_target_"} == params, name
         assert cfg._target_ == "dcgmm.data.ImageDataModule" and canonical_name(cfg.name) == name
         assert OmegaConf.to_container(cfg)["data_dir"] == "${paths.data_dir}"
-        assert cfg.batch_size == 100 and cfg.val_size == 5000 and cfg.seed == 0
+        assert cfg.batch_size == 100 and cfg.eval_batch_size == 500 and cfg.val_size == 5000 and cfg.seed == 0
         assert cfg.classes is None and cfg.local_dir is None and cfg.num_workers == 0
 
 

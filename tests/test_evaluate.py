@@ -89,7 +89,7 @@ def test_evaluate_with_outliers(checkpoint, tmp_path):
     assert 0.0 <= metrics["test/auroc"] <= 1.0
     saved = json.loads((tmp_path / "outliers.json").read_text())
     assert saved["outlier_classes"] == [0] and saved["inlier_classes"] == list(range(1, 10))
-    assert saved["outliers"] == 980 and saved["inliers"] == 300
+    assert saved["outliers"] == 980 and saved["inliers"] == 3 * cfg.data.eval_batch_size == 1500  # 3 test batches
 
 
 @needs_mnist
@@ -163,7 +163,7 @@ def test_outlier_experiment_fast_dev_run(train_cfg, tmp_path, overrides, inliers
     saved = json.loads((tmp_path / "outliers.json").read_text())
     assert saved["outlier_dataset"] == outlier_dataset and saved["outlier_classes"] == outlier_classes
     assert saved["inlier_classes"] == inliers and saved["auroc"] == pytest.approx(float(metrics["test/auroc"]))
-    assert saved["inliers"] == saved["outliers"] == 100  # fast_dev_run: one test batch, as many outliers
+    assert saved["inliers"] == saved["outliers"] == cfg.data.eval_batch_size == 500  # fast_dev_run: one test batch, as many outliers
 
 
 @needs_both

@@ -121,3 +121,31 @@ def test_topology_b_short_training_improves_every_layer_and_classifies():
         key = f"val/{layer.name}/loss"
         assert after[key] < before[key], f"{key}: {before[key]:.3f} -> {after[key]:.3f}"
     assert before["val/acc"] < 0.2 and after["val/acc"] > 0.4
+
+
+def test_training_speed_splits_each_epoch_into_steps_and_the_rest():
+    """TrainingSpeed: one wall time per epoch (start to next start), the part inside the steps,
+    their sum equal to the fit's step time, and the overhead as the median share of the later epochs."""
+    import statistics
+    import time
+
+    from lightning.pytorch.callbacks import Callback
+
+    from dcgmm.callbacks import TrainingSpeed
+
+    class SlowEpochEnd(Callback):  # 50 ms outside the steps in every epoch
+        def on_train_epoch_end(self, trainer, pl_module):
+            time.sleep(0.05)
+
+    _, x, _ = grid_gmm_data(400, 10)
+    speed = TrainingSpeed()
+    module = build_model("flat_gmm", ["model.K=4", "model.input_shape=[36,1,1]"])
+    fit(module, x, epochs=3, callbacks=[speed, SlowEpochEnd()])
+    assert len(speed.epoch_seconds) == len(speed.epoch_step_seconds) == 3 and speed.train_steps == 12
+    assert sum(speed.epoch_step_seconds) == pytest.approx(speed.step_seconds)
+    for wall, steps in zip(speed.epoch_seconds, speed.epoch_step_seconds):
+        assert 0 < steps and wall >= steps + 0.05
+    shares = [1 - s / w for s, w in zip(speed.epoch_step_seconds, speed.epoch_seconds)]
+    assert speed.overhead == pytest.approx(statistics.median(shares[1:]))
+    record = speed.as_dict()
+    assert record["overhead"] == speed.overhead and record["epoch_seconds"] == speed.epoch_seconds

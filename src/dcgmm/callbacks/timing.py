@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import lightning as L
@@ -21,6 +22,12 @@ class TrainingSpeed(Callback):
         train_images: training images processed (summed over epochs).
         train_steps: training steps run.
         images_per_second: ``train_images / step_seconds``.
+        epoch_seconds: wall time of each training epoch, from its start to the start of the next
+            one (or the end of fit): its steps, loading the batches, the validation that follows
+            it, checkpointing and every callback.
+        epoch_step_seconds: the part of each epoch spent inside its training steps.
+        overhead: the share of the epochs' wall time spent outside the steps, median over the
+            epochs after the first (the first when there is one): ``1 - steps / wall``.
 
     On a CUDA device the steps are timed with CUDA events, read once per epoch (one host sync per
     epoch, none per step); on the CPU with ``time.perf_counter``.
@@ -36,23 +43,49 @@ class TrainingSpeed(Callback):
         self._batch_start: float | None = None
         self._cuda_start = None
         self._cuda_pairs: list = []  # (start, end) CUDA events of this epoch's steps
+        self.epoch_seconds: list[float] = []
+        self.epoch_step_seconds: list[float] = []
+        self._epoch_start: float | None = None
+        self._steps_at_epoch_start = 0.0
 
     @property
     def images_per_second(self) -> float:
         return self.train_images / self.step_seconds if self.step_seconds > 0 else float("nan")
 
-    def as_dict(self) -> dict[str, float]:
+    @property
+    def overhead(self) -> float:
+        shares = [1.0 - steps / wall for steps, wall in zip(self.epoch_step_seconds, self.epoch_seconds) if wall > 0]
+        later = shares[1:] or shares
+        return statistics.median(later) if later else float("nan")
+
+    def as_dict(self) -> dict:
         return dict(
             fit_seconds=self.fit_seconds, step_seconds=self.step_seconds, train_images=self.train_images,
             train_steps=self.train_steps, images_per_second=self.images_per_second,
+            epoch_seconds=list(self.epoch_seconds), epoch_step_seconds=list(self.epoch_step_seconds), overhead=self.overhead,
         )
+
+    def _close_epoch(self) -> None:
+        """End the running epoch's wall-time measurement (at the next epoch's start or fit's end)."""
+        if self._epoch_start is not None:
+            self._collect()
+            self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
+            self.epoch_step_seconds.append(self.step_seconds - self._steps_at_epoch_start)
+            self._epoch_start = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close_epoch()
+        self._epoch_start = time.perf_counter()
+        self._steps_at_epoch_start = self.step_seconds
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.fit_seconds = self.step_seconds = 0.0
         self.train_images = self.train_steps = 0
+        self.epoch_seconds, self.epoch_step_seconds, self._epoch_start = [], [], None
         self._fit_start = time.perf_counter()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close_epoch()
         self._collect()
         if self._fit_start is not None:
             self.fit_seconds = time.perf_counter() - self._fit_start
