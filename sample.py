@@ -1,11 +1,13 @@
 """Draw samples from a trained DCGMM: `python sample.py ckpt_path=<ckpt> n=64 [mode=...]`. See README.md."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from dcgmm.utils import prepare_environment
 
-prepare_environment()
+prepare_environment(sys.argv[1:])
 
 from dcgmm.tasks import sample  # noqa: E402
 from dcgmm.utils import run_entry_point  # noqa: E402

@@ -1,11 +1,13 @@
 """Train a DCGMM: `python train.py model=dcgmm3 data=fashion`, sweeps with `-m`. See README.md."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from dcgmm.utils import prepare_environment
 
-prepare_environment()
+prepare_environment(sys.argv[1:])
 
 from dcgmm.tasks import train  # noqa: E402
 from dcgmm.utils import metric_value, run_entry_point  # noqa: E402

@@ -70,6 +70,20 @@ def test_cli_prints_one_line_error_and_exits_2(tmp_path, override):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("script", "override", "fix"), [
+    ("train.py", "logger=null", "use logger=none"), ("evaluate.py", "callbacks=null", "use callbacks=none"),
+    ("sample.py", "logger=None", "use logger=none"), ("train.py", "model=null", "use ~model"),
+])
+def test_a_config_group_set_to_null_is_one_line_naming_its_options(tmp_path, script, override, fix):
+    """Hydra rejects ``group=null`` with a traceback; the entry points name the options first."""
+    result = subprocess.run([sys.executable, script, override, f"paths.log_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {override}: a config group takes one of its options (") and line.endswith(fix + (" (to leave the group out)" if "~" in fix else ""))
+    assert "none" in line.split("(")[1] or override.startswith("model")
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 @needs_mnist
 @pytest.mark.parametrize("precision", ["64-true", "bf16-mixed"])
 def test_training_in_64_bit_and_mixed_precision_runs_through_sigma_changes(train_cfg, precision):

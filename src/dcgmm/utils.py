@@ -6,9 +6,10 @@ import functools
 import logging
 import math
 import os
+import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -79,11 +80,35 @@ def instantiate_group(group: DictConfig | None, what: str) -> list:
     return objects
 
 
-def prepare_environment() -> None:
+def check_group_overrides(argv: Sequence[str]) -> None:
+    """One-line ConfigError for a command-line override that sets a config group to null
+    (``logger=null``), which Hydra rejects with a traceback: name the group's ``none`` option, or
+    ``~group`` to leave it out."""
+    from dcgmm.config import conf_dir
+
+    for arg in argv:
+        match = re.fullmatch(r"\+{0,2}([A-Za-z_][\w/]*)=(null|None|NULL|~)", arg)
+        if match is None or not (conf_dir() / match.group(1)).is_dir():
+            continue
+        group = match.group(1)
+        fix = f"{group}=none" if (conf_dir() / group / "none.yaml").exists() else f"~{group} (to leave the group out)"
+        options = sorted(path.stem for path in (conf_dir() / group).glob("*.yaml") if not path.stem.startswith("_"))
+        raise ConfigError(f"{arg}: a config group takes one of its options ({', '.join(options)}), not null; use {fix}")
+
+
+def prepare_environment(argv: Sequence[str] | None = None) -> None:
     """Settings every task needs before Hydra composes: project root, offline W&B that never waits,
-    the project's config resolvers (:mod:`dcgmm.resolvers`)."""
+    the project's config resolvers (:mod:`dcgmm.resolvers`). With ``argv`` (an entry point's
+    command line), a config group set to null stops the program with one line (exit status 2)."""
     from dcgmm.config import project_root
     from dcgmm.resolvers import register_resolvers
+
+    if argv is not None:
+        try:
+            check_group_overrides(argv)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
 
     register_resolvers()
     os.environ.setdefault("PROJECT_ROOT", str(project_root()))
