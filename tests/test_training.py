@@ -12,7 +12,7 @@ from dcgmm.data.datamodule import TensorBatchDataset, keep_batch
 from dcgmm.errors import TrainingDiverged
 from dcgmm.layers import GMMLayer
 from dcgmm.module import DCGMMModule
-from tests.conftest import ROOT
+from tests.conftest import ROOT, needs_mnist
 
 
 def grid_gmm_data(n_train: int, n_test: int, side: int = 3, cell: int = 2, std: float = 0.3):
@@ -149,3 +149,34 @@ def test_training_speed_splits_each_epoch_into_steps_and_the_rest():
     assert speed.overhead == pytest.approx(statistics.median(shares[1:]))
     record = speed.as_dict()
     assert record["overhead"] == speed.overhead and record["epoch_seconds"] == speed.epoch_seconds
+
+
+@needs_mnist
+def test_debug_overfit_trains_on_whole_batches(train_cfg):
+    """debug=overfit: Lightning swaps the loaders' samplers for sequential ones; the batches must
+    still be whole batches of data.batch_size (training) and data.eval_batch_size (validation)."""
+    from lightning.pytorch.callbacks import Callback
+
+    from dcgmm.tasks import train
+
+    shapes = {"train": set(), "val": set()}
+
+    class Shapes(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            shapes["train"].add((tuple(batch[0].shape), tuple(batch[1].shape)))
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            shapes["val"].add((tuple(batch[0].shape), tuple(batch[1].shape)))
+
+    cfg = train_cfg("debug=overfit", "trainer.max_epochs=2", "test=false", "logger=none", "callbacks=none", "model.K=4", "data.eval_batch_size=50")
+    from dcgmm import tasks
+
+    original = tasks.instantiate_group
+    tasks.instantiate_group = lambda node, what: original(node, what) + ([Shapes()] if what == "callback" else [])
+    try:
+        _, objects = train(cfg)
+    finally:
+        tasks.instantiate_group = original
+    assert objects["trainer"].global_step == 6  # 3 batches, 2 epochs
+    assert shapes["train"] == {((100, 1, 28, 28), (100,))}
+    assert shapes["val"] == {((50, 1, 28, 28), (50,))}

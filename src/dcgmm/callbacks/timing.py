@@ -66,17 +66,28 @@ class TrainingSpeed(Callback):
         )
 
     def _close_epoch(self) -> None:
-        """End the running epoch's wall-time measurement (at the next epoch's start or fit's end)."""
+        """End the running epoch's wall-time measurement (at the next epoch's start or training's end)."""
         if self._epoch_start is not None:
             self._collect()
             self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
             self.epoch_step_seconds.append(self.step_seconds - self._steps_at_epoch_start)
             self._epoch_start = None
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._close_epoch()
+    def _open_epoch(self) -> None:
         self._epoch_start = time.perf_counter()
         self._steps_at_epoch_start = self.step_seconds
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._open_epoch()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._collect()
+        if self._epoch_start is not None and self.step_seconds > self._steps_at_epoch_start:
+            self._close_epoch()  # the previous epoch (or the rest of one resumed mid-epoch)
+        self._open_epoch()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close_epoch()  # before the strategy's teardown, which fit's end follows
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.fit_seconds = self.step_seconds = 0.0

@@ -1,8 +1,8 @@
 """Lightning data modules for the registered image datasets, held entirely in memory.
 
-Each split is kept as one tensor and every batch is produced by a single
-fancy-indexing operation (``Dataset.__getitems__``), so that loading keeps up
-with models that process tens of thousands of images per second.
+Each split is kept as one tensor (and its uint8 pixels) and every batch is produced by a single
+indexing operation with an index tensor (:class:`EpochBatches`, ``TensorBatchDataset.__getitem__``),
+so that loading keeps up with models that process tens of thousands of images per second.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ SPLITS = ("train", "val", "test")
 class TensorBatchDataset(Dataset[Batch]):
     """In-memory dataset that returns whole batches with one indexing operation.
 
-    ``DataLoader`` calls ``__getitems__`` with the list of indices of a batch
-    (instead of calling ``__getitem__`` once per sample); the result is already
-    collated, so the loader must use ``collate_fn=keep_batch``.
+    The data module's loaders pass ``__getitem__`` one int64 index tensor per batch
+    (:class:`EpochBatches`); a ``DataLoader`` with a batch size calls ``__getitems__`` with the
+    list of a batch's indices. Either result is already collated, so the loader must use
+    ``collate_fn=keep_batch``.
 
     Args:
         x: images, float32 (N, C, H, W), values in [0, 1].
@@ -56,7 +57,7 @@ class TensorBatchDataset(Dataset[Batch]):
     def __getitem__(self, index: int | torch.Tensor) -> Batch:
         """One sample for an int, x (C, H, W) float32 and y () int64 (or None); a batch for an
         int64 index tensor (B,), x (B, C, H, W) and y (B,) (what :class:`EpochBatches` yields)."""
-        if isinstance(index, torch.Tensor):  # index_select: a third cheaper than x[index] for a batch
+        if isinstance(index, torch.Tensor) and index.ndim == 1 and index.dtype == torch.long:  # a batch; index_select: a third cheaper than x[index]
             if self.pixels is not None:  # a quarter of the memory traffic of cutting from x
                 x = self.pixels.index_select(0, index).to(torch.float32).div_(255.0)
             else:
@@ -242,7 +243,7 @@ class ImageDataModule(L.LightningDataModule):
             or a float fraction in [0, 1). 0 disables validation.
         classes: keep only these class ids (in train, val and test); None keeps all.
         batch_size: training batch size.
-        eval_batch_size: validation/test batch size; None means ``batch_size``.
+        eval_batch_size: validation/test batch size (500: fewer, larger batches cost less per image); None means ``batch_size``.
         num_workers: DataLoader worker processes (0 is fastest for in-memory data).
         seed: seed of the train/val split; the split depends only on ``seed``,
             ``val_size`` and ``classes``, never on the global RNG.
@@ -265,7 +266,7 @@ class ImageDataModule(L.LightningDataModule):
         val_size: int | float = 5000,
         classes: Sequence[int] | None = None,
         batch_size: int = 100,
-        eval_batch_size: int | None = None,
+        eval_batch_size: int | None = 500,
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
@@ -426,10 +427,15 @@ class ImageDataModule(L.LightningDataModule):
         if shuffle:
             self._set_shuffle_seed()
         order = EpochSeededSampler(len(dataset), self._shuffle_seed or 0, shuffle=shuffle)
+        if self.trainer is not None and self.trainer.overfit_batches:
+            # Lightning swaps the sampler of every loader for a sequential one of single indices
+            # and keeps the loader's batch size: here the batches must come from the batch size
+            batching = dict(batch_size=batch_size, sampler=order, drop_last=False)
+        else:  # the sampler yields whole batches (index tensors)
+            batching = dict(batch_size=None, sampler=EpochBatches(order, batch_size))
         return DataLoader(
             dataset,
-            batch_size=None,  # the sampler yields whole batches (index tensors)
-            sampler=EpochBatches(order, batch_size),
+            **batching,
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
