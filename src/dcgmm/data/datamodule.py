@@ -152,17 +152,9 @@ class StepIndex(tuple):
         return self[1]
 
 
-class EpochSteps(torch.utils.data.Sampler):
-    """Yields ``StepIndex(epoch, k)`` for the ``k``-th batch of an epoch of ``sampler``'s order."""
-
-    def __init__(self, sampler: EpochSeededSampler, batch_size: int) -> None:
-        self.sampler, self.batch_size = sampler, int(batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return -(-len(self.sampler) // self.batch_size)
+class EpochSteps(EpochBatches):
+    """Yields ``StepIndex(epoch, k)`` for the ``k``-th batch of an epoch of ``sampler``'s order
+    (the on-device path cuts the batch itself, from its copy of the epoch's order)."""
 
     def __iter__(self):
         return (StepIndex((self.sampler.epoch, k)) for k in range(len(self)))
