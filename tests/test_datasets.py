@@ -200,7 +200,7 @@ def test_svhn_wrong_array_is_a_one_line_error(tmp_path):
 
 def test_datamodule_gives_channel_first_batches_of_the_colour_pixels(tmp_path):
     parts = write_cifar(tmp_path, "binary-tar")
-    dm = ImageDataModule(name="cifar10", local_dir=tmp_path, data_dir=tmp_path / "data", val_size=0, batch_size=4)
+    dm = ImageDataModule(name="cifar10", local_dir=tmp_path, data_dir=tmp_path / "data", val_size=0, batch_size=4, eval_batch_size=None)
     dm.setup()
     assert dm.image_shape == (3, 32, 32) and dm.class_names[-1] == "truck"
     x, y = next(iter(dm.test_dataloader()))
