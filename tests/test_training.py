@@ -180,3 +180,14 @@ def test_debug_overfit_trains_on_whole_batches(train_cfg):
     assert objects["trainer"].global_step == 6  # 3 batches, 2 epochs
     assert shapes["train"] == {((100, 1, 28, 28), (100,))}
     assert shapes["val"] == {((50, 1, 28, 28), (50,))}
+
+
+@needs_mnist
+def test_debug_limit_runs_a_few_batches_of_every_stage(train_cfg):
+    """debug=limit: fractions of every loader, at least one batch each (with 500-image evaluation batches)."""
+    from dcgmm.tasks import train
+
+    metrics, objects = train(train_cfg("debug=limit", "trainer.max_epochs=1", "logger=none", "callbacks=none", "model.K=4"))
+    trainer = objects["trainer"]
+    assert trainer.global_step == 5 and trainer.num_val_batches == [1] and trainer.num_test_batches == [2]
+    assert "test/loss" in metrics and "val/loss" in metrics
