@@ -41,15 +41,14 @@ def measure_epochs(overrides: list[str], epochs: int, threads: int | None, data_
         _, objects = train(cfg)
         speed = next(cb for cb in objects["callbacks"] if isinstance(cb, TrainingSpeed))
         gemm = gemm_gflops()  # once, in the same process: the figure and the ratio built on it agree
-        later = slice(1, None) if len(speed.epoch_seconds) > 1 else slice(None)
         return dict(
             overrides=overrides,
             torch_threads=torch.get_num_threads(),
             train_steps_per_epoch=speed.train_steps // max(len(speed.epoch_seconds), 1),
             epoch_seconds=speed.epoch_seconds,
             epoch_step_seconds=speed.epoch_step_seconds,
-            epoch_seconds_median=statistics.median(speed.epoch_seconds[later]),
-            epoch_step_seconds_median=statistics.median(speed.epoch_step_seconds[later]),
+            epoch_seconds_median=statistics.median(speed.later_epochs(speed.epoch_seconds)),
+            epoch_step_seconds_median=statistics.median(speed.later_epochs(speed.epoch_step_seconds)),
             overhead=speed.overhead,
             gemm_gflops=gemm,
             train_images_per_s_per_gemm_gflops=speed.images_per_second / gemm,

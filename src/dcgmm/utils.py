@@ -80,6 +80,12 @@ def instantiate_group(group: DictConfig | None, what: str) -> list:
     return objects
 
 
+def exit_with_error(err: BaseException) -> None:
+    """End a command-line program on bad input: ``error: <message>`` on stderr, exit status 2."""
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
 def check_group_overrides(argv: Sequence[str]) -> None:
     """One-line ConfigError for a command-line override that sets a config group to null
     (``logger=null``), which Hydra rejects with a traceback: name the group's ``none`` option, or
@@ -107,8 +113,7 @@ def prepare_environment(argv: Sequence[str] | None = None) -> None:
         try:
             check_group_overrides(argv)
         except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            exit_with_error(err)
 
     register_resolvers()
     os.environ.setdefault("PROJECT_ROOT", str(project_root()))
@@ -240,8 +245,7 @@ class OptunaSearchSpaceCheck(Callback):
         try:
             check_optuna_search_space(config)
         except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            exit_with_error(err)
 
 
 def check_output_dir(path: str | os.PathLike, key: str = "paths.log_dir") -> None:
@@ -271,8 +275,7 @@ class OutputDirCheck(Callback):
         try:
             check_output_dir(folder)
         except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            exit_with_error(err)
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config, "run")
@@ -294,8 +297,7 @@ def run_entry_point(task: Callable, cfg: DictConfig):
         return task(cfg)
     except (ConfigError, DataError, TrainingDiverged) as err:
         log.error(f"{type(err).__name__}: {err}")
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_error(err)
 
 
 def build_trainer(cfg: DictConfig, model, callbacks: list, extra_hparams: dict | None = None):

@@ -52,11 +52,15 @@ class TrainingSpeed(Callback):
     def images_per_second(self) -> float:
         return self.train_images / self.step_seconds if self.step_seconds > 0 else float("nan")
 
+    @staticmethod
+    def later_epochs(values: list[float]) -> list[float]:
+        """Per-epoch ``values`` without the first epoch's (start-up), unless it is the only one."""
+        return values[1:] or values
+
     @property
     def overhead(self) -> float:
-        shares = [1.0 - steps / wall for steps, wall in zip(self.epoch_step_seconds, self.epoch_seconds) if wall > 0]
-        later = shares[1:] or shares
-        return statistics.median(later) if later else float("nan")
+        shares = self.later_epochs([1.0 - steps / wall for steps, wall in zip(self.epoch_step_seconds, self.epoch_seconds) if wall > 0])
+        return statistics.median(shares) if shares else float("nan")
 
     def as_dict(self) -> dict:
         return dict(
@@ -81,7 +85,6 @@ class TrainingSpeed(Callback):
         self._open_epoch()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._collect()
         if self._epoch_start is not None and self.step_seconds > self._steps_at_epoch_start:
             self._close_epoch()  # the previous epoch (or the rest of one resumed mid-epoch)
         self._open_epoch()
@@ -96,7 +99,6 @@ class TrainingSpeed(Callback):
         self._fit_start = time.perf_counter()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._close_epoch()
         self._collect()
         if self._fit_start is not None:
             self.fit_seconds = time.perf_counter() - self._fit_start

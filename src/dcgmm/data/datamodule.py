@@ -297,8 +297,7 @@ class ImageDataModule(L.LightningDataModule):
         self.save_hyperparameters()
 
         self._arrays: Arrays | None = None  # raw numpy arrays from load_dataset
-        self._uint8: dict[str, torch.Tensor] = {}  # split -> uint8 (N, C, H, W)
-        self._datasets: dict[str, TensorBatchDataset] = {}  # split -> float32 dataset
+        self._datasets: dict[str, TensorBatchDataset] = {}  # split -> float32 dataset (and its uint8 pixels)
         self._shuffle_seed: int | None = None  # seed of the training order (set at the first loader)
         self._train_sampler: EpochSeededSampler | None = None
         self._device_train: tuple[torch.Tensor, torch.Tensor] | None = None  # uint8 images, labels on the device
@@ -375,7 +374,6 @@ class ImageDataModule(L.LightningDataModule):
         }
         for split, (x, y) in raw.items():
             pixels = pixel_tensor(x)  # uint8 (N, C, H, W)
-            self._uint8[split] = pixels
             images = pixels.to(torch.float32).div_(255.0)
             self._datasets[split] = TensorBatchDataset(images, torch.from_numpy(np.ascontiguousarray(y)), pixels=pixels)
 
@@ -388,8 +386,7 @@ class ImageDataModule(L.LightningDataModule):
     def raw_pixels(self, split: str = "test") -> torch.Tensor:
         """8-bit pixels of ``split``: uint8 (N, C, H, W), values 0..255, same order as its loader
         (the training loader shuffles, so only val/test line up batch by batch)."""
-        self._check_split(split)
-        return self._uint8[split]
+        return self.dataset(split).pixels
 
     @property
     def test_pixels_uint8(self) -> torch.Tensor:
@@ -452,7 +449,8 @@ class ImageDataModule(L.LightningDataModule):
                 return batch  # already there (the CPU path): no walk over the batch per step
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
         if self._device_train is None or self._device_train[0].device != device:
-            self._device_train = (self._uint8["train"].to(device), self.dataset("train").y.to(device))  # once
+            train = self.dataset("train")
+            self._device_train = (train.pixels.to(device), train.y.to(device))  # once
             self._device_order = None
         if self._device_order is None or self._device_order[0] != batch.epoch:
             self._train_sampler.set_epoch(batch.epoch)
