@@ -152,11 +152,12 @@ def test_training_speed_splits_each_epoch_into_steps_and_the_rest():
 
 
 @needs_mnist
-def test_debug_overfit_trains_on_whole_batches(train_cfg):
+def test_debug_overfit_trains_on_whole_batches(train_cfg, monkeypatch):
     """debug=overfit: Lightning swaps the loaders' samplers for sequential ones; the batches must
     still be whole batches of data.batch_size (training) and data.eval_batch_size (validation)."""
     from lightning.pytorch.callbacks import Callback
 
+    from dcgmm import tasks
     from dcgmm.tasks import train
 
     shapes = {"train": set(), "val": set()}
@@ -169,14 +170,9 @@ def test_debug_overfit_trains_on_whole_batches(train_cfg):
             shapes["val"].add((tuple(batch[0].shape), tuple(batch[1].shape)))
 
     cfg = train_cfg("debug=overfit", "trainer.max_epochs=2", "test=false", "logger=none", "callbacks=none", "model.K=4", "data.eval_batch_size=50")
-    from dcgmm import tasks
-
     original = tasks.instantiate_group
-    tasks.instantiate_group = lambda node, what: original(node, what) + ([Shapes()] if what == "callback" else [])
-    try:
-        _, objects = train(cfg)
-    finally:
-        tasks.instantiate_group = original
+    monkeypatch.setattr(tasks, "instantiate_group", lambda node, what: original(node, what) + ([Shapes()] if what == "callback" else []))
+    _, objects = train(cfg)
     assert objects["trainer"].global_step == 6  # 3 batches, 2 epochs
     assert shapes["train"] == {((100, 1, 28, 28), (100,))}
     assert shapes["val"] == {((50, 1, 28, 28), (50,))}

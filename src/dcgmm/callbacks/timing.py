@@ -27,7 +27,7 @@ class TrainingSpeed(Callback):
             it, checkpointing and every callback.
         epoch_step_seconds: the part of each epoch spent inside its training steps.
         overhead: the share of the epochs' wall time spent outside the steps, median over the
-            epochs after the first (the first when there is one): ``1 - steps / wall``.
+            epochs after the first (the first alone when it is the only one): ``1 - steps / wall``.
 
     On a CUDA device the steps are timed with CUDA events, read once per epoch (one host sync per
     epoch, none per step); on the CPU with ``time.perf_counter``.
