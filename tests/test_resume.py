@@ -39,6 +39,20 @@ def test_resume_continues_exactly(tmp_path):
     assert straight.schedules[1].steps == 60
 
 
+def test_checkpoint_within_an_epoch_holds_the_schedules_of_its_step(tmp_path):
+    """A checkpoint written after step t (every_n_train_steps) holds the parameters after t's
+    update and the annealing schedules after t's loss: resuming from it replays no loss twice and
+    misses none."""
+    run(tmp_path, "s", "trainer.max_epochs=1", "+callbacks.model_checkpoint.every_n_train_steps=17",
+        "+callbacks.model_checkpoint.save_top_k=-1")
+    (path,) = (tmp_path / "train" / "runs" / "s" / "checkpoints").glob("*step=17*.ckpt")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 17
+    states = checkpoint["annealing"]
+    assert states[1]["steps"] == 17  # layer 1 learns from step 0 (layer 3 too: wait=0 above)
+    assert states[3]["steps"] == 17
+
+
 def test_ckpt_path_last_without_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="no last.ckpt of an earlier run"):
         run(tmp_path, "x", "ckpt_path=last")

@@ -19,6 +19,7 @@ from dcgmm.scoring import EvalOutputs
 
 LN2 = math.log(2.0)
 STAGES = ("val", "test")
+NEVER = torch.iinfo(torch.long).max  # "no such step" in the first-non-finite-step tensor
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -100,7 +101,6 @@ class DCGMMModule(L.LightningModule):
         self._bottom_up = self.stack.bottom_up  # compiled in configure_model (a spawned process cannot pickle it)
         self._last_losses: dict[int, torch.Tensor] = {}  # this step's losses, mean over processes (detached)
         self._weights: dict[tuple[bool, ...], torch.Tensor] = {}  # loss weights per waiting pattern, on the device
-        self._masks: dict[tuple[bool, ...], torch.Tensor] = {}  # which learning layers had a loss, per pattern
         self._learning_now: dict[int, bool] = {}  # which layers learned in the current step
         self._total_steps = 1  # set at the start of fit, for the wait fractions
 
@@ -109,12 +109,13 @@ class DCGMMModule(L.LightningModule):
         # sync; built from the losses averaged over data-parallel processes, so it is the same on
         # every process (and plain attributes, not buffers: DDP would overwrite buffers with rank
         # 0's at every forward). _device_state() moves it to the module's device.
-        # first global step at which each learning layer's loss was not finite (-1: never)
-        self.nonfinite_step = torch.full((len(learners),), -1, dtype=torch.long)
-        # running per-layer sum of the training losses over the epoch, and the number of steps
-        # that had each loss (a classifier has none in a step without labels)
+        # first global step at which each learning layer's loss was not finite (NEVER: none yet)
+        self.nonfinite_step = torch.full((len(learners),), NEVER, dtype=torch.long)
+        # running per-layer sum of the training losses over the epoch, and (on the host, no
+        # tensor op per step) the number of steps that had each loss (a classifier has none in a
+        # step without labels)
         self.train_loss_sum = torch.zeros(len(learners))
-        self.train_loss_steps = torch.zeros(len(learners))
+        self.train_loss_steps = [0] * len(learners)
         # sigma and learning rate of every annealing schedule, for logging without a host copy
         self.schedule_values = torch.tensor(self.annealing.values(), dtype=torch.float32).reshape(-1, 2)
         self._train_steps_in_epoch = 0
@@ -165,10 +166,9 @@ class DCGMMModule(L.LightningModule):
         every process would add its losses into one and the same buffer.
         """
         learners = len(self.stack.learning_layers)
-        self.nonfinite_step = torch.full((learners,), -1, dtype=torch.long, device=self.device)
+        self.nonfinite_step = torch.full((learners,), NEVER, dtype=torch.long, device=self.device)
         self.train_loss_sum = torch.zeros(learners, device=self.device)
-        self.train_loss_steps = torch.zeros(learners, device=self.device)
-        self._masks = {}
+        self.train_loss_steps = [0] * learners
         self.schedule_values = torch.zeros(len(self.schedules), 2, device=self.device)
         self._train_steps_in_epoch = 0
         self._weights = {}
@@ -218,7 +218,8 @@ class DCGMMModule(L.LightningModule):
         self._last_losses = {layer.index: shared[slot] for slot, layer in enumerate(learners) if present[slot]}
         self._track_nonfinite(shared)
         self.train_loss_sum += shared
-        self.train_loss_steps += self._device_mask(self._masks, present, shared)
+        for slot, has in enumerate(present):
+            self.train_loss_steps[slot] += has
         self._train_steps_in_epoch += 1
         learning = tuple(has and self._is_learning(layer) for has, layer in zip(present, learners))
         self._learning_now = {layer.index: on for layer, on in zip(learners, learning)}
@@ -236,8 +237,30 @@ class DCGMMModule(L.LightningModule):
         return cache[pattern]
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """One update: the SGD step (its closure runs :meth:`training_step`), the precision
+        clipping, then one step of every learning GMM layer's annealing schedule on this step's
+        losses (new sigma and lr apply from the next step).
+
+        The schedules step here, inside the update, so that whatever runs after it (a checkpoint
+        written by a callback after this batch, the next step) sees the parameters and the
+        schedules of the same step, and a window that closes on a non-finite loss stops training
+        before any callback can save it.
+        """
         optimizer.step(closure=optimizer_closure)
         self.stack.constrain_()  # precision clipping after every update
+        self._step_annealing(getattr(optimizer, "optimizer", optimizer))
+
+    def _step_annealing(self, optimizer: torch.optim.Optimizer) -> None:
+        """Step the schedules of the layers that learned in this step; apply new sigma / lr."""
+        window_closed = False
+        for index in self.annealing.schedules:
+            if not self._learning_now.get(index, True):
+                continue
+            if self.annealing.step(index, self._last_losses[index], optimizer):  # losses averaged over processes
+                self._refresh_schedule_values()
+            window_closed |= self.annealing.decided(index)
+        if window_closed:
+            self._raise_if_nonfinite()
 
     def _is_log_step(self) -> bool:
         """True on the steps whose values the logger records (every ``log_every_n_steps``).
@@ -252,17 +275,7 @@ class DCGMMModule(L.LightningModule):
         return self.global_step % every == 0
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        """Step every learning GMM layer's annealing schedule; apply new sigma / lr; log."""
-        optimizer = self.optimizers(use_pl_optimizer=False)
-        window_closed = False
-        for index in self.annealing.schedules:
-            if not self._learning_now.get(index, True):
-                continue
-            if self.annealing.step(index, self._last_losses[index], optimizer):  # losses averaged over processes
-                self._refresh_schedule_values()
-            window_closed |= self.annealing.decided(index)
-        if window_closed:
-            self._raise_if_nonfinite()
+        """Log the step's losses, sigma and lr (on the logger's steps only)."""
         if self._is_log_step():
             values = {}
             for index, layer_loss in self._last_losses.items():
@@ -279,15 +292,15 @@ class DCGMMModule(L.LightningModule):
         if self._train_steps_in_epoch:
             # one host read per epoch; the same numbers on every process (built from the losses
             # averaged over processes), so nothing is synchronised for logging
-            steps = self.train_loss_steps.tolist()
-            means = (self.train_loss_sum / self.train_loss_steps.clamp_min(1)).tolist()  # per learning layer
+            steps = self.train_loss_steps
+            means = [total / max(count, 1) for total, count in zip(self.train_loss_sum.tolist(), steps)]  # per learning layer
             learners = self.stack.learning_layers
             self.log("train/loss_epoch", sum(m for layer, m in zip(learners, means) if layer.is_density))
             for layer, value, count in zip(learners, means, steps):
                 if count:  # a layer that had a loss in this epoch
                     self.log(f"train/{layer.name}/loss_epoch", value)
             self.train_loss_sum.zero_()
-            self.train_loss_steps.zero_()
+            self.train_loss_steps = [0] * len(steps)
             self._train_steps_in_epoch = 0
 
     def _mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
@@ -304,14 +317,15 @@ class DCGMMModule(L.LightningModule):
 
     def _track_nonfinite(self, loss_vector: torch.Tensor) -> None:
         """Remember, on the device, the first step at which each layer's loss was NaN or inf."""
-        current = self.nonfinite_step
-        bad = ~torch.isfinite(loss_vector.detach()) & (current < 0)
-        self.nonfinite_step = torch.where(bad, torch.full_like(current, self.global_step), current)
+        # three small ops per step: this step's index where a loss is not finite, the minimum
+        # with the steps seen so far (in place)
+        step_if_bad = torch.where(torch.isfinite(loss_vector.detach()), NEVER, self.global_step)
+        torch.minimum(self.nonfinite_step, step_if_bad, out=self.nonfinite_step)
 
     def _raise_if_nonfinite(self) -> None:
         # built from the losses averaged over processes: a divergence on any process shows on all
         for layer, step in zip(self.stack.learning_layers, self.nonfinite_step.tolist()):
-            if step >= 0:
+            if step != NEVER:
                 raise TrainingDiverged(
                     f"{layer.name}: loss became NaN or infinite at step {step}; lower the learning rate "
                     f"(model.lr) or check the input data; no checkpoint was written after that step"
