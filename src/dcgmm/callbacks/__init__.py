@@ -6,13 +6,16 @@
   (``test/auroc``, ROC curve as PNG and in W&B); used by ``experiment=outliers_mnist|outliers_fashion``.
 * :class:`SampleQualityNDB`: NDB and JS divergence of samples drawn after testing (``test/ndb_ratio``,
   ``test/ndb_js``, sharpened as well); ``python evaluate.py ckpt_path=... 'callbacks=[eval,ndb]'``.
+* :class:`ProgressBar`: Lightning's tqdm bar, redrawn by time (``callbacks.progress_bar.refresh_seconds``)
+  instead of every N steps; in every run's default callbacks.
 * :class:`TrainingSpeed`: wall time of ``trainer.fit`` and training images per second (read as
   attributes after fit; ``callbacks=[default,train_speed]``); used by ``scripts/results_table.py``.
 """
 
 from dcgmm.callbacks.outliers import OutlierDetection
+from dcgmm.callbacks.progress import ProgressBar
 from dcgmm.callbacks.sample_quality import SampleQualityNDB
 from dcgmm.callbacks.timing import TrainingSpeed
 from dcgmm.callbacks.top_layer import TopLayerMetrics
 
-__all__ = ["OutlierDetection", "SampleQualityNDB", "TopLayerMetrics", "TrainingSpeed"]
+__all__ = ["OutlierDetection", "ProgressBar", "SampleQualityNDB", "TopLayerMetrics", "TrainingSpeed"]
