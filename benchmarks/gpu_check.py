@@ -4,21 +4,31 @@
     python -m benchmarks.gpu_check --device cpu --quick # the same checks on the CPU (CI, no GPU)
     bash benchmarks/gpu_check.sh                        # the whole check, as run on a lent GPU machine
 
-It needs the installed torch and lightning and the working tree; images are synthetic uint8 (the
-data cache is not needed). It writes a JSON file (``--out``) and prints a table:
+It needs the installed torch and lightning (plus hydra-core and omegaconf) and the working tree;
+images are MNIST's from the data cache (``--data-dir``) where it exists, synthetic uint8 otherwise.
+It runs these stages in order (``--stages`` picks some), writes the JSON file (``--out``) after
+each one, so that a run cut short keeps what it measured (``--budget`` skips the stages that would
+start too late), and prints a table:
 
-1. **parity**: 20 plain SGD steps of topology B from the same weights on the same batches, on the
-   CPU and on the device; the largest parameter difference (float32; GPU matrix products sum in
-   another order, so a few 1e-6 are expected) and the loss of the last step on both;
-2. **step time** of topologies A (flat K=100), B and E at batch 100 and 1,000: eager, compiled
-   (``model.compile=true``) and, on CUDA, ``model.compile=reduce-overhead`` (CUDA graphs of the
-   compiled pass) and graph-captured whole (``torch.cuda.CUDAGraph`` of forward, backward, SGD
-   step and precision clipping), timed with CUDA events (``perf_counter`` on the CPU), with the
-   images per second and the peak device memory;
-3. **Lightning epoch** of B and of the flat K=100 GMM: ``DCGMMModule`` and a trainer from
-   ``conf/trainer/`` (what ``train.py`` builds) on 60,000 synthetic images, no validation; the wall
-   time of ``trainer.fit`` and of its training steps;
-4. **data parallel**: ``trainer=ddp`` on every visible GPU when there is more than one.
+- **parity**: 20 plain SGD steps of topology B from the same weights on the same batches, on the
+  CPU and on the device; the largest parameter difference (float32; GPU products sum in another
+  order, so a few 1e-6 are expected) and the loss of the last step on both;
+- **eager, graph, compiled, reduce-overhead**: step time of topologies A (flat K=100), B and E at
+  batch 100 and 1,000: eager in IEEE float32 and with TF32 (``model.tf32=true``), graph-captured
+  whole (``torch.cuda.CUDAGraph`` of forward, backward, SGD step and precision clipping), compiled
+  (``model.compile=true``) and ``model.compile=reduce-overhead`` (CUDA graphs of the compiled
+  pass), timed with CUDA events (``perf_counter`` on the CPU), with the peak device memory;
+- **tf32**: how far TF32 products and convolutions move the top layer's log-likelihood of A, B and E
+  after 300 steps, and that ``dcgmm.runtime.exact_float32`` (evaluation) removes that;
+- **autocast**: the GMM layers' log-likelihood inside a bf16 autocast region against none;
+- **precision**: B trained one epoch at 32-true, 64-true, bf16-mixed and 16-mixed with a 5-step
+  annealing window (sigma changes inside the epoch);
+- **epochs**: one Lightning epoch of B and of the flat K=100 GMM on 60,000 images (no validation);
+- **train**: epochs through ``train.py``'s own path (``trainer=gpu data.on_device=true
+  logger=csv``, validation, checkpoints, progress bar, sample grids) of B, flat K=100 and the
+  default flat K=25: the epoch's wall time and the share outside the training steps;
+- **sample**: samples/s of B with 300 sharpening steps on the CPU and on the device;
+- **ddp**: ``trainer=ddp`` on every visible GPU when there is more than one.
 """
 
 from __future__ import annotations
@@ -119,18 +129,26 @@ def graph_step(module, optimizer, x, y):
     return replay
 
 
-def step_times(device: torch.device, batch_sizes: list[int], steps: int, modes: list[str]) -> list[dict]:
+def step_times(device: torch.device, batch_sizes: list[int], steps: int, modes: list[str], deadline: float = float("inf")) -> list[dict]:
+    """Median time of one plain SGD step per topology, batch size and mode (eager, eager-tf32,
+    compiled, reduce-overhead, graph), with the peak device memory; a row that would start after
+    ``deadline`` (``time.perf_counter()``) is skipped (compiling takes a while)."""
     from dcgmm.module import plain_sgd_step
+    from dcgmm.runtime import restore_tf32, set_tf32
 
     rows = []
     for letter, (name, overrides) in TOPOLOGIES.items():
         for batch_size in batch_sizes:
             data = batches(4, batch_size, device)
             for mode in modes:
+                if time.perf_counter() > deadline:
+                    rows.append(dict(topology=letter, model=name, batch=batch_size, mode=mode, error="skipped: past the time budget"))
+                    continue
                 module = build(name, overrides, device)
                 optimizer = module.configure_optimizers()
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
+                previous = set_tf32(mode == "eager-tf32")  # model.tf32=true's training steps
                 try:
                     if mode == "graph":
                         if device.type != "cuda":
@@ -155,13 +173,17 @@ def step_times(device: torch.device, batch_sizes: list[int], steps: int, modes: 
                                      images_per_s=batch_size / seconds, peak_mib=peak))
                 except Exception as err:  # a mode that fails is a finding, not the end of the check
                     rows.append(dict(topology=letter, model=name, batch=batch_size, mode=mode, error=f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"))
+                finally:
+                    restore_tf32(previous)
     return rows
 
 
-def lightning_epoch(device: torch.device, model: str, overrides: dict, images: int, trainer_name: str = "default", devices: int = 1) -> dict:
-    """One epoch of ``images`` synthetic images through ``DCGMMModule`` and a Lightning trainer
-    built from ``conf/trainer/<trainer_name>.yaml`` (no validation, no logger, no checkpoint):
-    wall time of ``trainer.fit`` and of its training steps (``TrainingSpeed``)."""
+def fit_module(device: torch.device, model: str, overrides: dict, images: int, trainer_name: str = "default", devices: int = 1,
+               precision: str = "32-true", pixels: torch.Tensor | None = None) -> dict:
+    """One epoch of ``images`` images (``pixels``, uint8 ``(N, 1, 28, 28)``; synthetic when ``None``)
+    through ``DCGMMModule`` and a Lightning trainer built from ``conf/trainer/<trainer_name>.yaml``
+    (no validation, no logger, no checkpoint) at ``precision``: wall time of ``trainer.fit`` and of
+    its training steps (``TrainingSpeed``), the last epoch's loss and every layer's sigma."""
     import lightning as L
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -171,9 +193,11 @@ def lightning_epoch(device: torch.device, model: str, overrides: dict, images: i
     from dcgmm.data.datamodule import EpochSeededSampler, TensorBatchDataset, keep_batch
 
     g = torch.Generator().manual_seed(0)
-    pixels = torch.randint(0, 256, (images, 1, 28, 28), generator=g, dtype=torch.uint8)
-    dataset = TensorBatchDataset(pixels.float().div_(255.0), torch.randint(0, 10, (images,), generator=g))
-    loader = DataLoader(dataset, batch_size=100, sampler=EpochSeededSampler(images, 0), collate_fn=keep_batch)
+    if pixels is None:
+        pixels = torch.randint(0, 256, (images, 1, 28, 28), generator=g, dtype=torch.uint8)
+    pixels = pixels[:images]
+    dataset = TensorBatchDataset(pixels.float().div_(255.0), torch.randint(0, 10, (len(pixels),), generator=g))
+    loader = DataLoader(dataset, batch_size=100, sampler=EpochSeededSampler(len(pixels), 0), collate_fn=keep_batch)
     strategy = "auto"
     if trainer_name != "default":  # the strategy of conf/trainer/<name>.yaml (e.g. ddp), spawned:
         # a re-launched script (DDP's default) would run the whole check again in every process
@@ -182,15 +206,24 @@ def lightning_epoch(device: torch.device, model: str, overrides: dict, images: i
     trainer = L.Trainer(
         max_epochs=1, accelerator="gpu" if device.type == "cuda" else "cpu", devices=devices, strategy=strategy, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        use_distributed_sampler=False, callbacks=[speed],
+        use_distributed_sampler=False, callbacks=[speed], precision=precision,
     )
     module = build(model, overrides, torch.device("cpu"))
     start = time.perf_counter()
     trainer.fit(module, loader)
     wall = time.perf_counter() - start
+    result = dict(model=model, images=len(pixels), devices=devices, precision=precision, wall_s=wall)
     if devices > 1:  # the step timings stay in the spawned processes: the wall time of fit only
-        return dict(model=model, images=images, devices=devices, wall_s=wall, fit_seconds=wall)
-    return dict(model=model, images=images, devices=devices, wall_s=wall, **speed.as_dict())
+        return dict(result, fit_seconds=wall)
+    loss = trainer.callback_metrics.get("train/loss_epoch")
+    sigmas = [float(layer.sigma) for layer in module.stack.gmm_layers if layer.sigma is not None]
+    dtype = str(next(module.stack.parameters()).dtype).replace("torch.", "")
+    return dict(result, loss_epoch=None if loss is None else float(loss), sigmas=sigmas, parameter_dtype=dtype, **speed.as_dict())
+
+
+def lightning_epoch(device: torch.device, model: str, overrides: dict, images: int, trainer_name: str = "default", devices: int = 1) -> dict:
+    """:func:`fit_module` at 32-bit precision on synthetic images (the epoch rows of the table)."""
+    return fit_module(device, model, overrides, images, trainer_name, devices)
 
 
 def ddp_epoch() -> dict | None:
@@ -198,6 +231,133 @@ def ddp_epoch() -> dict | None:
     if count < 2:
         return None
     return lightning_epoch(torch.device("cuda"), "dcgmm2", {}, 60_000, trainer_name="ddp", devices=count)
+
+
+def mnist_pixels(data_dir: Path, split: str = "train") -> torch.Tensor | None:
+    """MNIST's uint8 images ``(N, 1, 28, 28)`` from the data cache, or ``None`` when it is not there
+    (nothing is downloaded: the check runs on machines without a network)."""
+    if not (data_dir / "cache" / "mnist.npz").is_file():
+        return None
+    from dcgmm.data import load_dataset
+    from dcgmm.data.datamodule import pixel_tensor
+
+    return pixel_tensor(load_dataset("mnist", data_dir, download=False)[f"{split}_x"])
+
+
+def tf32_effect(device: torch.device, pixels: torch.Tensor | None, steps: int, images: int) -> list[dict]:
+    """What TF32 does to reported numbers: topologies A, B, E after ``steps`` SGD steps (IEEE float32),
+    the top layer's log-likelihood of ``images`` images with TF32 matrix products and convolutions
+    against IEEE float32 (nats per image), the share of changed top-layer assignments, and the same
+    difference through the estimator's scoring path (``exact_float32``: expected 0)."""
+    from dcgmm.module import plain_sgd_step
+    from dcgmm.runtime import exact_float32, restore_tf32, set_tf32
+    from dcgmm.scoring import EvalOutputs
+
+    data = [(x, y) for x, y in batches(steps, 100, device, seed=2)] if pixels is None else [
+        (pixels[i * 100 : (i + 1) * 100].to(device).float().div_(255.0), torch.zeros(100, dtype=torch.long, device=device)) for i in range(steps)]
+    test = (pixels[-images:] if pixels is not None else torch.randint(0, 256, (images, 1, 28, 28), dtype=torch.uint8)).to(device).float().div_(255.0)
+    rows = []
+    for letter, (name, overrides) in TOPOLOGIES.items():
+        module = build(name, overrides, device)
+        optimizer = module.configure_optimizers()
+        previous = set_tf32(False)
+        try:
+            for x, y in data:
+                plain_sgd_step(module, optimizer, x, y)
+            with torch.no_grad():
+                exact = EvalOutputs.of(module.stack, test)
+                set_tf32(True)
+                fast = EvalOutputs.of(module.stack, test)
+                with exact_float32():
+                    guarded = EvalOutputs.of(module.stack, test)
+                diff = (fast.top_log_likelihood - exact.top_log_likelihood).abs()
+                flips = (fast.clusters != exact.clusters).float().mean()
+                guarded_diff = (guarded.top_log_likelihood - exact.top_log_likelihood).abs().max()
+                rows.append(dict(topology=letter, model=name, images=images, loglik_mean=float(exact.top_log_likelihood.mean()),
+                                 tf32_abs_diff_median=float(diff.median()), tf32_abs_diff_max=float(diff.max()),
+                                 tf32_assignment_changes=float(flips), exact_float32_abs_diff_max=float(guarded_diff)))
+        finally:
+            restore_tf32(previous)
+    return rows
+
+
+def autocast_drift(device: torch.device, pixels: torch.Tensor | None, images: int) -> list[dict]:
+    """Top-layer log-likelihood of B and E under a bf16 (CUDA) autocast region against none: the GMM
+    layers compute in float32 inside it, so the difference stays at float32 rounding."""
+    from dcgmm.scoring import EvalOutputs
+
+    test = (pixels[-images:] if pixels is not None else torch.randint(0, 256, (images, 1, 28, 28), dtype=torch.uint8)).to(device).float().div_(255.0)
+    dtype = torch.bfloat16
+    rows = []
+    for letter in ("B", "E"):
+        name, overrides = TOPOLOGIES[letter]
+        module = build(name, overrides, device)
+        with torch.no_grad():
+            plain = EvalOutputs.of(module.stack, test).top_log_likelihood
+            with torch.autocast(device.type, dtype=dtype):
+                mixed = EvalOutputs.of(module.stack, test)
+                mixed_ll, mixed_dtype = mixed.top_log_likelihood, mixed.top_scores.dtype
+        diff = (mixed_ll.float() - plain).abs()
+        rows.append(dict(topology=letter, autocast=str(dtype).replace("torch.", ""), scores_dtype=str(mixed_dtype).replace("torch.", ""),
+                         abs_diff_median=float(diff.median()), abs_diff_max=float(diff.max())))
+    return rows
+
+
+def precisions(device: torch.device, images: int, pixels: torch.Tensor | None) -> list[dict]:
+    """Topology B trained one epoch at each trainer precision with a 5-step annealing window (so
+    sigma changes within the epoch): the loss, the sigmas and the parameters' dtype, or the error."""
+    names = ["32-true", "64-true"] + (["bf16-mixed", "16-mixed"] if device.type == "cuda" else ["bf16-mixed"])
+    rows = []
+    for precision in names:
+        try:
+            rows.append(fit_module(device, "dcgmm2", {"annealing.window": 5}, images, precision=precision, pixels=pixels))
+        except Exception as err:  # a precision that fails is a finding
+            rows.append(dict(model="dcgmm2", precision=precision, error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"))
+    return rows
+
+
+def train_path(device: torch.device, data_dir: Path, epochs: int, quick: bool) -> list[dict]:
+    """Epochs through ``train.py``'s own path (``benchmarks.epoch.measure_epochs``: the composed
+    config, the data module, validation after every epoch, checkpoints, the progress bar, sample
+    grids and the CSV logger) for B, flat K=100 and the default flat K=25; on CUDA with the training
+    images on the device (``data.on_device=true``)."""
+    from benchmarks.epoch import measure_epochs
+
+    if device.type == "cuda":
+        base = ["trainer=gpu", "data.on_device=true", "logger=csv"]
+    else:
+        base = ["trainer=cpu", "logger=csv"]
+    if quick:
+        base += ["+trainer.limit_train_batches=20", "+trainer.limit_val_batches=1"]
+    rows = []
+    for overrides in (["model=dcgmm2"], ["model=flat_gmm", "model.K=100"], ["model=flat_gmm"]):
+        try:
+            result = measure_epochs([*overrides, *base], epochs, None, str(data_dir))
+            rows.append(dict(overrides=overrides, **{k: result[k] for k in (
+                "train_steps_per_epoch", "epoch_seconds", "epoch_step_seconds", "epoch_seconds_median", "epoch_step_seconds_median", "overhead")}))
+        except Exception as err:
+            rows.append(dict(overrides=overrides, error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"))
+    return rows
+
+
+def sampling_speed(device: torch.device, n: int, iterations: int) -> list[dict]:
+    """Samples per second of topology B with ``iterations`` sharpening steps, on the CPU and on
+    ``device``, with the random generator on the sampling device (as ``sample.py device=...``)."""
+    from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
+
+    options = SamplingOptions(sharpening=SharpeningOptions(enabled=True, rate=0.1, iterations=iterations))
+    rows = []
+    for where in dict.fromkeys([torch.device("cpu"), device]):
+        module = build("dcgmm2", {}, where)
+        sampler = Sampler(module.stack, options, torch.Generator(device=where).manual_seed(0))
+        sampler.sample(2)  # warm-up
+        timer = Timer(where)
+        timer.start()
+        images = sampler.sample(n)
+        seconds = timer.stop()
+        rows.append(dict(device=str(where), n=n, sharpening_iterations=iterations, seconds=seconds, samples_per_s=n / seconds,
+                         finite=bool(torch.isfinite(images).all())))
+    return rows
 
 
 def describe(device: torch.device) -> dict:
@@ -210,48 +370,119 @@ def describe(device: torch.device) -> dict:
     return info
 
 
+STAGES = ("parity", "eager", "graph", "tf32", "autocast", "precision", "epochs", "train", "sample", "compiled", "reduce-overhead", "ddp")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:<i> or cpu")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps, batch 100 only, small epochs")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="what to run, in this order (default: all)")
+    parser.add_argument("--budget", type=float, default=float("inf"),
+                        help="seconds: a stage that would start later is skipped (the JSON says so), so a run with a hard time limit ends with its results")
+    parser.add_argument("--data-dir", default=str(REPO_ROOT / "data"), help="MNIST data cache for the train, tf32 and precision stages (synthetic images without it)")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "gpu_check.json"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA GPU is visible; use --device cpu", file=sys.stderr)
         return 2
-    torch.backends.cuda.matmul.allow_tf32 = False  # float32 products, as the reported numbers need
-    steps = 3 if args.quick else 50
-    result = dict(machine=describe(device), quick=args.quick)
-    result["parity"] = parity(device, 2 if args.quick else 20)
-    modes = ["eager", "compiled", "reduce-overhead", "graph"] if device.type == "cuda" else (["eager"] if args.quick else ["eager", "compiled"])
-    result["steps"] = step_times(device, [100] if args.quick else [100, 1000], steps, modes)
-    images = 2_000 if args.quick else 60_000
-    result["epochs"] = [lightning_epoch(device, m, o, images) for m, o in (("dcgmm2", {}), ("flat_gmm", {"K": 100}))]
-    result["ddp"] = None if args.quick or device.type != "cuda" else ddp_epoch()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    start = time.perf_counter()
+    quick, cuda = args.quick, device.type == "cuda"
+    steps = 3 if quick else 50
+    batch_sizes = [100] if quick else [100, 1000]
+    data_dir = Path(args.data_dir)
+    pixels = mnist_pixels(data_dir)
+    result = dict(machine=describe(device), quick=quick, data="mnist" if pixels is not None else "synthetic", stage_seconds={})
+    deadline = start + args.budget
+    stages = {
+        "parity": lambda: parity(device, 2 if quick else 20),
+        "eager": lambda: step_times(device, batch_sizes, steps, ["eager", "eager-tf32"] if cuda else ["eager"], deadline),
+        "graph": lambda: step_times(device, batch_sizes, steps, ["graph"], deadline) if cuda else None,
+        "tf32": lambda: tf32_effect(device, pixels, 5 if quick else 300, 200 if quick else 5000),
+        "autocast": lambda: autocast_drift(device, pixels, 200 if quick else 5000),
+        "precision": lambda: precisions(device, 1000 if quick else 6000, pixels),
+        "epochs": lambda: [lightning_epoch(device, m, o, 2_000 if quick else 60_000) for m, o in (("dcgmm2", {}), ("flat_gmm", {"K": 100}))],
+        "train": lambda: train_path(device, data_dir, 2 if quick else 4, quick) if pixels is not None else "skipped: no MNIST cache under --data-dir",
+        "sample": lambda: sampling_speed(device, 8 if quick else 64, 3 if quick else 300),
+        "compiled": lambda: step_times(device, batch_sizes, steps, ["compiled"], deadline) if cuda or not quick else None,
+        "reduce-overhead": lambda: step_times(device, batch_sizes, steps, ["reduce-overhead"], deadline) if cuda else None,
+        "ddp": lambda: None if quick or not cuda else ddp_epoch(),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from dcgmm.runtime import set_tf32
+
+    set_tf32(False)  # IEEE float32 products and convolutions unless a stage asks for TF32
+    for name in args.stages:
+        began = time.perf_counter()
+        if began - start > args.budget:
+            result[name] = f"skipped: past the time budget of {args.budget:.0f} s"
+        else:
+            try:
+                result[name] = stages[name]()
+            except Exception as err:  # a stage that fails is a finding, not the end of the check
+                result[name] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+            print(f"[{time.perf_counter() - start:6.1f} s] {name} done in {time.perf_counter() - began:.1f} s", flush=True)
+        result["stage_seconds"][name] = time.perf_counter() - began
+        out.write_text(json.dumps(result, indent=2) + "\n")  # after every stage: a run cut short keeps what it measured
     print(format_result(result))
     return 0
 
 
 def format_result(result: dict) -> str:
-    m, p = result["machine"], result["parity"]
-    lines = [f"device: {m.get('gpu', m['cpu'])} ({m['device']}), torch {m['torch']}",
-             f"parity, {p['steps']} SGD steps of B, CPU vs device: max |diff| {p['max_abs_diff']:.2e} ({p['worst_parameter']}); last loss {p['last_loss']}",
-             f"{'topology':<9}{'batch':>6}  {'mode':<9}{'ms/step':>9}{'images/s':>11}{'peak MiB':>10}"]
-    for row in result["steps"]:
+    """The JSON result as a text table; a stage that failed or was skipped shows its reason."""
+    m = result["machine"]
+    lines = [f"device: {m.get('gpu', m['cpu'])} ({m['device']}), torch {m['torch']}, images: {result.get('data')}"]
+
+    def listed(name: str):
+        value = result.get(name)
+        if isinstance(value, str):
+            lines.append(f"{name}: {value}")
+            return []
+        return value if isinstance(value, list) else []
+
+    p = result.get("parity")
+    if isinstance(p, dict):
+        lines.append(f"parity, {p['steps']} SGD steps of B, CPU vs device: max |diff| {p['max_abs_diff']:.2e} ({p['worst_parameter']}); last loss {p['last_loss']}")
+    elif p is not None:
+        lines.append(f"parity: {p}")
+    rows = [row for stage in ("eager", "graph", "compiled", "reduce-overhead") for row in listed(stage)]
+    if rows:
+        lines.append(f"{'topology':<9}{'batch':>6}  {'mode':<16}{'ms/step':>9}{'images/s':>11}{'peak MiB':>10}")
+    for row in rows:
         if "error" in row:
-            lines.append(f"{row['topology']:<9}{row['batch']:>6}  {row['mode']:<9}  failed: {row['error']}")
+            lines.append(f"{row['topology']:<9}{row['batch']:>6}  {row['mode']:<16}  failed: {row['error']}")
         else:
             peak = "" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
-            lines.append(f"{row['topology']:<9}{row['batch']:>6}  {row['mode']:<9}{row['ms_per_step']:>9.2f}{row['images_per_s']:>11,.0f}{peak:>10}")
-    for epoch in result["epochs"] + ([result["ddp"]] if result.get("ddp") else []):
-        if "error" in epoch:
-            lines.append(f"epoch {epoch['model']}: failed: {epoch['error']}")
+            lines.append(f"{row['topology']:<9}{row['batch']:>6}  {row['mode']:<16}{row['ms_per_step']:>9.2f}{row['images_per_s']:>11,.0f}{peak:>10}")
+    for row in listed("tf32"):
+        lines.append(f"tf32 {row['topology']}: top log-likelihood {row['loglik_mean']:.1f} nats; TF32 moves it by {row['tf32_abs_diff_median']:.3g} (median), "
+                     f"{row['tf32_abs_diff_max']:.3g} (max), changes {row['tf32_assignment_changes']:.2%} of assignments; exact_float32: {row['exact_float32_abs_diff_max']:.3g}")
+    for row in listed("autocast"):
+        lines.append(f"autocast {row['autocast']} {row['topology']}: GMM scores in {row['scores_dtype']}, log-likelihood moves by "
+                     f"{row['abs_diff_median']:.3g} (median), {row['abs_diff_max']:.3g} (max)")
+    for row in listed("precision"):
+        if "error" in row:
+            lines.append(f"precision {row['precision']}: failed: {row['error']}")
         else:
-            steps = f", of it steps {epoch['step_seconds']:.2f} s ({epoch['images_per_second']:,.0f} images/s)" if "step_seconds" in epoch else ""
-            lines.append(f"epoch {epoch['model']} ({epoch['images']:,} images, {epoch['devices']} device(s)): fit {epoch['fit_seconds']:.2f} s{steps}")
+            lines.append(f"precision {row['precision']}: parameters {row['parameter_dtype']}, loss {row['loss_epoch']}, sigmas {[round(v, 3) for v in row['sigmas']]}, "
+                         f"{row['images_per_second']:,.0f} images/s")
+    epochs = listed("epochs") + ([result["ddp"]] if isinstance(result.get("ddp"), dict) else [])
+    for epoch in epochs:
+        steps = f", of it steps {epoch['step_seconds']:.2f} s ({epoch['images_per_second']:,.0f} images/s)" if "step_seconds" in epoch else ""
+        lines.append(f"epoch {epoch['model']} ({epoch['images']:,} images, {epoch['devices']} device(s)): fit {epoch['fit_seconds']:.2f} s{steps}")
+    if isinstance(result.get("ddp"), str):
+        lines.append(f"ddp: {result['ddp']}")
+    for row in listed("train"):
+        if "error" in row:
+            lines.append(f"train.py {' '.join(row['overrides'])}: failed: {row['error']}")
+        else:
+            lines.append(f"train.py {' '.join(row['overrides'])}: epoch {row['epoch_seconds_median']:.2f} s, steps {row['epoch_step_seconds_median']:.2f} s, "
+                         f"outside the steps {row['overhead']:.0%} ({row['train_steps_per_epoch']} steps per epoch)")
+    for row in listed("sample"):
+        lines.append(f"sampling on {row['device']}: {row['n']} samples, {row['sharpening_iterations']} sharpening steps: {row['seconds']:.2f} s "
+                     f"({row['samples_per_s']:,.1f} samples/s)")
     return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ from dcgmm.config import TOPOLOGY_ALIASES, conf_dir, known_topologies, load_topo
 from dcgmm.data.arrays import as_images, as_labels, is_int, positive_int
 from dcgmm.errors import ConfigError
 from dcgmm.module import DCGMMModule
+from dcgmm.runtime import exact_float32
 from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
 from dcgmm.scoring import EvalOutputs
 
@@ -385,11 +386,12 @@ class DCGMMEstimator:
         images = self._images(X)
         batch_size = positive_int(batch_size, "batch_size")
         self.module.to(self.device).eval()
-        parts = [fn(images[i : i + batch_size].to(self.device)).cpu() for i in range(0, len(images), batch_size)]
-        if parts:
-            return torch.cat(parts)
-        # no images: run one empty-shaped batch through to get the result's trailing shape
-        return fn(images[:0].to(self.device)).cpu()
+        with exact_float32():  # reported scores in IEEE float32, never TF32 (dcgmm.runtime)
+            parts = [fn(images[i : i + batch_size].to(self.device)).cpu() for i in range(0, len(images), batch_size)]
+            if parts:
+                return torch.cat(parts)
+            # no images: run one empty-shaped batch through to get the result's trailing shape
+            return fn(images[:0].to(self.device)).cpu()
 
     def score_samples(self, X, batch_size: int = 1000) -> torch.Tensor:
         """Typicality of each image: the top GMM layer's objective, ``(N,)`` float32, higher = more typical.

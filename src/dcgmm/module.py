@@ -14,7 +14,7 @@ from dcgmm.annealing import Annealing, AnnealingSchedule, first_learning_step
 from dcgmm.errors import ConfigError, TrainingDiverged
 from dcgmm.model import DCGMM
 from dcgmm.policy import split_training
-from dcgmm.runtime import keep_freed_memory
+from dcgmm.runtime import keep_freed_memory, restore_tf32, set_tf32
 from dcgmm.scoring import EvalOutputs
 
 LN2 = math.log(2.0)
@@ -50,6 +50,10 @@ class DCGMMModule(L.LightningModule):
         compile: wrap the stack's bottom-up pass in ``torch.compile``: ``false``, ``true`` (the default
             mode) or a mode name, e.g. ``"reduce-overhead"`` (CUDA graphs of the compiled pass) or
             ``"max-autotune"``.
+        tf32: let the training steps' float32 matrix products and convolutions use TF32 on GPUs
+            that have it (faster, about 3 decimal digits). Evaluation (validation, test, predict)
+            runs in IEEE float32 either way, so reported log-likelihoods, bounds and bits/dim are
+            float32 numbers (:func:`dcgmm.runtime.exact_float32`). No effect on the CPU.
 
     Logged metrics (slash names): ``{stage}/loss`` (sum of the GMM layers' losses),
     ``{stage}/L<i>_<kind>/loss`` per learning layer, ``train/L<i>_gmm/sigma`` and ``.../lr`` at every
@@ -76,6 +80,7 @@ class DCGMMModule(L.LightningModule):
         optimizer: Callable | None = None,
         compile: bool | str = False,
         annealing: Callable | None = None,
+        tf32: bool = False,
     ) -> None:
         super().__init__()
         if lr is None or lr <= 0:
@@ -84,6 +89,8 @@ class DCGMMModule(L.LightningModule):
             raise ConfigError(f"model.lr_min={lr_min} must be > 0; try model.lr_min=0.01")
         if compile not in (False, True, None) and compile not in COMPILE_MODES:
             raise ConfigError(f"model.compile={compile!r} is unknown; use false, true or one of {', '.join(COMPILE_MODES)}")
+        if not isinstance(tf32, bool):
+            raise ConfigError(f"model.tf32={tf32!r} must be true or false")
         if K is not None and (isinstance(K, bool) or int(K) < 1):
             raise ConfigError(f"model.K={K} must be >= 1")
         self.save_hyperparameters(logger=False)
@@ -103,6 +110,7 @@ class DCGMMModule(L.LightningModule):
         self._weights: dict[tuple[bool, ...], torch.Tensor] = {}  # loss weights per waiting pattern, on the device
         self._learning_now: dict[int, bool] = {}  # which layers learned in the current step
         self._total_steps = 1  # set at the start of fit, for the wait fractions
+        self._tf32_outside_fit = self._tf32_outside_eval = None  # settings to restore (dcgmm.runtime.set_tf32)
 
         learners = self.stack.learning_layers
         # Per-step state of the training loop, on the device so that updating it costs no host
@@ -177,6 +185,40 @@ class DCGMMModule(L.LightningModule):
         self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         self._device_state()
         self._refresh_schedule_values()
+        # TF32 in the training steps only when asked; evaluation switches it off (_exact_evaluation)
+        self._tf32_outside_fit = set_tf32(bool(self.hparams.get("tf32", False)))
+
+    def on_fit_end(self) -> None:
+        restore_tf32(self._tf32_outside_fit)
+        self._tf32_outside_fit = None
+
+    # Evaluation in IEEE float32 whatever the process-wide setting or model.tf32: the GMM log-scores
+    # are products over hundreds of dimensions, and TF32 (cuDNN's default for float32
+    # convolutions) would move the reported log-likelihoods (docs/design.md section 6).
+    def _exact_evaluation(self) -> None:
+        self._tf32_outside_eval = set_tf32(False)
+
+    def _end_exact_evaluation(self) -> None:
+        restore_tf32(self._tf32_outside_eval)
+        self._tf32_outside_eval = None
+
+    def on_validation_start(self) -> None:
+        self._exact_evaluation()
+
+    def on_validation_end(self) -> None:
+        self._end_exact_evaluation()
+
+    def on_test_start(self) -> None:
+        self._exact_evaluation()
+
+    def on_test_end(self) -> None:
+        self._end_exact_evaluation()
+
+    def on_predict_start(self) -> None:
+        self._exact_evaluation()
+
+    def on_predict_end(self) -> None:
+        self._end_exact_evaluation()
 
     def _refresh_schedule_values(self) -> None:
         """Copy the schedules' sigma and lr to the device tensor that is logged (when they change)."""
