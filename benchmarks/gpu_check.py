@@ -107,26 +107,13 @@ def parity(device: torch.device, steps: int) -> dict:
 
 
 def graph_step(module, optimizer, x, y):
-    """Capture forward, backward, SGD step and clipping as one CUDA graph; returns ``replay``."""
-    from dcgmm.module import plain_sgd_step
+    """The whole step recorded as one CUDA graph (``model.cuda_graph=true``: forward, backward, SGD
+    update and clipping, :class:`dcgmm.graphstep.GraphedStep`); returns a step function."""
+    from dcgmm.graphstep import GraphedStep
 
-    static_x, static_y = x.clone(), y.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up on a side stream, as capture requires
-        for _ in range(3):
-            plain_sgd_step(module, optimizer, static_x, static_y, set_to_none=False)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        plain_sgd_step(module, optimizer, static_x, static_y, set_to_none=False)
-
-    def replay(xb, yb):
-        static_x.copy_(xb)
-        static_y.copy_(yb)
-        graph.replay()
-
-    return replay
+    step = GraphedStep(module.stack, optimizer, capture=True)
+    weights = torch.ones(len(module.stack.learning_layers), device=x.device)
+    return lambda xb, yb: step(xb, yb, weights)
 
 
 def step_times(device: torch.device, batch_sizes: list[int], steps: int, modes: list[str], deadline: float = float("inf")) -> list[dict]:
@@ -330,7 +317,10 @@ def train_path(device: torch.device, data_dir: Path, epochs: int, quick: bool) -
     if quick:
         base += ["+trainer.limit_train_batches=20", "+trainer.limit_val_batches=1"]
     rows = []
-    for overrides in (["model=dcgmm2"], ["model=flat_gmm", "model.K=100"], ["model=flat_gmm"]):
+    runs = [["model=dcgmm2"], ["model=flat_gmm", "model.K=100"], ["model=flat_gmm"]]
+    if device.type == "cuda":  # the same with the whole step as one CUDA graph
+        runs += [[*run, "model.cuda_graph=true"] for run in runs]
+    for overrides in runs:
         try:
             result = measure_epochs([*overrides, *base], epochs, None, str(data_dir))
             rows.append(dict(overrides=overrides, **{k: result[k] for k in (

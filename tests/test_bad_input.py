@@ -31,12 +31,19 @@ from tests.conftest import ROOT, needs_mnist
         ("data.batch_size=big", ConfigError, r"^data.batch_size='big' must be an integer"),
         ("model.layers.0.kernel_size=big", ConfigError, r"layer 0 \(folding\): kernel_size='big' must be a positive integer"),
         ("model.layers.2.num_classes=ten", ConfigError, r"layer 2 \(classifier\): num_classes='ten' must be an integer"),
-        ("+trainer.precision=bf16-true", ConfigError, r"trainer.precision=bf16-true is not supported.*32-true, 32, 64-true, 64, 16-mixed, bf16-mixed"),
-        ("+trainer.precision=16-true", ConfigError, r"trainer.precision=16-true is not supported"),
+        ("trainer.precision=bf16-true", ConfigError, r"trainer.precision=bf16-true is not supported.*32-true, 32, 64-true, 64, 16-mixed, bf16-mixed"),
+        ("trainer.precision=16-true", ConfigError, r"trainer.precision=16-true is not supported"),
+        ("model.tf32=sometimes", ConfigError, r"^model.tf32='sometimes' must be true or false"),
+        ("model.cuda_graph=yes_please", ConfigError, r"^model.cuda_graph='yes_please' must be true or false"),
+        ("model.cuda_graph=true trainer=ddp_sim", ConfigError, r"^model.cuda_graph=true trains in one process on one GPU; use trainer=gpu"),
+        ("model.cuda_graph=true trainer.precision=bf16-mixed", ConfigError, r"use trainer.precision=32-true or 64-true \(not bf16-mixed\)$"),
+        ("model.cuda_graph=true model.compile=true", ConfigError, r"drop model.compile"),
+        pytest.param("model.cuda_graph=true", ConfigError, r"model.cuda_graph=true records CUDA graphs but no CUDA GPU is available here",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
     ],
 )
 def test_bad_config_fails_before_training(train_cfg, tmp_path, override, error, match):
-    cfg = train_cfg(override, "logger=csv", "trainer.max_epochs=1")
+    cfg = train_cfg(*override.split(), "logger=csv", "trainer.max_epochs=1")
     with pytest.raises(error, match=match) as info:
         train(cfg)
     assert "\n" not in str(info.value)
@@ -91,7 +98,7 @@ def test_training_in_64_bit_and_mixed_precision_runs_through_sigma_changes(train
     the rebuilt smoothing kernels in float64; bf16-mixed keeps the GMM parameters in float32 and the
     losses finite (that the log-scores stay float32 under autocast is tested on the layer)."""
     cfg = train_cfg(
-        "model=dcgmm2", f"+trainer.precision={precision}", "logger=csv", "test=false", "trainer.max_epochs=1",
+        "model=dcgmm2", f"trainer.precision={precision}", "logger=csv", "test=false", "trainer.max_epochs=1",
         "+trainer.limit_train_batches=30", "+trainer.limit_val_batches=1", "+model.layers.1.window=3", "+model.layers.3.window=3",
     )
     metrics, objects = train(cfg)

@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from dcgmm.annealing import Annealing, AnnealingSchedule, first_learning_step
 from dcgmm.errors import ConfigError, TrainingDiverged
+from dcgmm.graphstep import GraphedStep
 from dcgmm.model import DCGMM
 from dcgmm.policy import split_training
 from dcgmm.runtime import keep_freed_memory, restore_tf32, set_tf32
@@ -20,6 +21,7 @@ from dcgmm.scoring import EvalOutputs
 LN2 = math.log(2.0)
 STAGES = ("val", "test")
 NEVER = torch.iinfo(torch.long).max  # "no such step" in the first-non-finite-step tensor
+GRAPH_AND_COMPILE = "model.cuda_graph=true records the whole step already; drop model.compile (or set model.cuda_graph=false)"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -50,6 +52,10 @@ class DCGMMModule(L.LightningModule):
         compile: wrap the stack's bottom-up pass in ``torch.compile``: ``false``, ``true`` (the default
             mode) or a mode name, e.g. ``"reduce-overhead"`` (CUDA graphs of the compiled pass) or
             ``"max-autotune"``.
+        cuda_graph: record the whole training step (forward, backward, SGD update, clipping) once
+            as a CUDA graph and replay it for every batch (:class:`dcgmm.graphstep.GraphedStep`):
+            one launch per step instead of hundreds. Needs plain SGD and one process; on the CPU
+            the same step runs without a graph.
         tf32: let the training steps' float32 matrix products and convolutions use TF32 on GPUs
             that have it (faster, about 3 decimal digits). Evaluation (validation, test, predict)
             runs in IEEE float32 either way, so reported log-likelihoods, bounds and bits/dim are
@@ -81,6 +87,7 @@ class DCGMMModule(L.LightningModule):
         compile: bool | str = False,
         annealing: Callable | None = None,
         tf32: bool = False,
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
         if lr is None or lr <= 0:
@@ -89,8 +96,8 @@ class DCGMMModule(L.LightningModule):
             raise ConfigError(f"model.lr_min={lr_min} must be > 0; try model.lr_min=0.01")
         if compile not in (False, True, None) and compile not in COMPILE_MODES:
             raise ConfigError(f"model.compile={compile!r} is unknown; use false, true or one of {', '.join(COMPILE_MODES)}")
-        if not isinstance(tf32, bool):
-            raise ConfigError(f"model.tf32={tf32!r} must be true or false")
+        if cuda_graph and compile:
+            raise ConfigError(GRAPH_AND_COMPILE)
         if K is not None and (isinstance(K, bool) or int(K) < 1):
             raise ConfigError(f"model.K={K} must be >= 1")
         self.save_hyperparameters(logger=False)
@@ -111,6 +118,9 @@ class DCGMMModule(L.LightningModule):
         self._learning_now: dict[int, bool] = {}  # which layers learned in the current step
         self._total_steps = 1  # set at the start of fit, for the wait fractions
         self._tf32_outside_fit = self._tf32_outside_eval = None  # settings to restore (dcgmm.runtime.set_tf32)
+        # model.cuda_graph: the module runs forward, backward and update itself (GraphedStep)
+        self.automatic_optimization = not cuda_graph
+        self._graphed: GraphedStep | None = None
 
         learners = self.stack.learning_layers
         # Per-step state of the training loop, on the device so that updating it costs no host
@@ -180,6 +190,7 @@ class DCGMMModule(L.LightningModule):
         self.schedule_values = torch.zeros(len(self.schedules), 2, device=self.device)
         self._train_steps_in_epoch = 0
         self._weights = {}
+        self._graphed = None  # recorded again for this fit's optimizer
 
     def on_fit_start(self) -> None:
         self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
@@ -230,13 +241,16 @@ class DCGMMModule(L.LightningModule):
         """False while a layer is still within its wait fraction of training."""
         return self.global_step >= first_learning_step(self.policies[layer.index].wait, self._total_steps)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         """The summed loss of the learning layers on one batch ``(images, labels)``.
 
         ``labels=None`` (unlabelled data): the layers whose loss reads labels (the classifier) have
         no loss in this step and stay as they are (their parameters get no gradient); the GMM
-        layers train as with labels.
+        layers train as with labels. With ``model.cuda_graph=true`` the step also updates the
+        parameters (:meth:`_graphed_training_step`) and returns nothing.
         """
+        if not self.automatic_optimization:
+            return self._graphed_training_step(batch)
         x, labels = batch
         _, raw = self._bottom_up(x)
         losses = self.stack.losses(raw, labels)
@@ -254,9 +268,21 @@ class DCGMMModule(L.LightningModule):
                 losses[layer.index] if layer.index in losses else (0.0 * raw[layer.index].sum() if keep_graph else zero)
                 for layer in learners
             ])
+        learning = self._record_step(loss_vector.detach(), present)
+        if all(learning):
+            return loss_vector.sum()
+        # a waiting layer's loss counts with weight 0: no update, yet every parameter stays in the
+        # graph, which data-parallel training needs; one host-to-device copy per waiting pattern
+        return (loss_vector * self._device_mask(self._weights, learning, loss_vector)).sum()
+
+    def _record_step(self, loss_vector: torch.Tensor, present: tuple[bool, ...]) -> tuple[bool, ...]:
+        """Per-step bookkeeping of the step's detached layer losses ``(L,)``: averaged over
+        processes, kept for annealing and logging, checked for NaN, summed for the epoch.
+        Returns which learning layers learn in this step (those present and not waiting)."""
+        learners = self.stack.learning_layers
         # the same numbers on every process: annealing, divergence checks and epoch losses agree
         # without any collective outside the step (a tiny all-reduce beside DDP's gradient one)
-        shared = self._mean_over_processes(loss_vector.detach())  # (number of learning layers,)
+        shared = self._mean_over_processes(loss_vector)  # (number of learning layers,)
         self._last_losses = {layer.index: shared[slot] for slot, layer in enumerate(learners) if present[slot]}
         self._track_nonfinite(shared)
         self.train_loss_sum += shared
@@ -265,11 +291,26 @@ class DCGMMModule(L.LightningModule):
         self._train_steps_in_epoch += 1
         learning = tuple(has and self._is_learning(layer) for has, layer in zip(present, learners))
         self._learning_now = {layer.index: on for layer, on in zip(learners, learning)}
-        if all(learning):
-            return loss_vector.sum()
-        # a waiting layer's loss counts with weight 0: no update, yet every parameter stays in the
-        # graph, which data-parallel training needs; one host-to-device copy per waiting pattern
-        return (loss_vector * self._device_mask(self._weights, learning, loss_vector)).sum()
+        return learning
+
+    def _graphed_training_step(self, batch) -> None:
+        """``model.cuda_graph=true``: forward, backward, SGD update and clipping as one replayed
+        CUDA graph (:class:`~dcgmm.graphstep.GraphedStep`), then the bookkeeping and annealing of
+        :meth:`training_step` and :meth:`optimizer_step`."""
+        x, labels = batch
+        optimizer = self.optimizers()
+        sgd = getattr(optimizer, "optimizer", optimizer)
+        if self._graphed is None:
+            self._graphed = GraphedStep(self.stack, sgd, capture=x.device.type == "cuda")
+        learners = self.stack.learning_layers
+        present = tuple(labels is not None or not layer.needs_labels for layer in learners)
+        learning = tuple(has and self._is_learning(layer) for has, layer in zip(present, learners))
+        weights = self._device_mask(self._weights, learning, self.train_loss_sum)  # (L,) 1: learns, 0: waits or has no loss
+        losses = self._graphed(x, labels, weights)  # the update is done
+        self._record_step(losses.clone(), present)
+        optimizer.step()  # no gradients are set, so this changes nothing; it counts the step (global_step)
+        self._step_annealing(sgd)
+        return None
 
     @staticmethod
     def _device_mask(cache: dict, pattern: tuple[bool, ...], like: torch.Tensor) -> torch.Tensor:

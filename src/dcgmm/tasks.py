@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from dcgmm.checkpoints import check_checkpoint_fits, load_module
 from dcgmm.errors import ConfigError
 from dcgmm.images import make_grid, save_png
+from dcgmm.module import GRAPH_AND_COMPILE
 from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
 from dcgmm.utils import apply_extras, build_trainer, instantiate, instantiate_group, task_wrapper
 
@@ -36,6 +37,28 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     newest = max(found, key=lambda p: p.stat().st_mtime)
     log.info(f"Resuming from the newest checkpoint: {newest}")
     return str(newest)
+
+
+def check_cuda_graph(model_cfg: DictConfig, trainer_cfg: DictConfig) -> None:
+    """``model.cuda_graph=true`` (dcgmm.graphstep): one-line errors, before anything is built, for
+    data-parallel training, mixed precision and a machine or trainer without a CUDA GPU."""
+    if model_cfg.get("cuda_graph") is not True:  # false, or a value the model's type check refuses
+        return
+    if model_cfg.get("compile"):
+        raise ConfigError(GRAPH_AND_COMPILE)
+    devices, nodes = trainer_cfg.get("devices"), trainer_cfg.get("num_nodes") or 1
+    if trainer_cfg.get("strategy") is not None or nodes != 1 or (isinstance(devices, int) and devices != 1) or not isinstance(devices, (int, type(None))):
+        raise ConfigError(
+            "model.cuda_graph=true trains in one process on one GPU; use trainer=gpu (trainer.devices=1), "
+            "or model.cuda_graph=false for data-parallel training"
+        )
+    precision = str(trainer_cfg.get("precision") or "32-true")
+    if precision.endswith("-mixed"):
+        raise ConfigError(f"model.cuda_graph=true records float32 or float64 steps; use trainer.precision=32-true or 64-true (not {precision})")
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator not in ("gpu", "cuda") or not torch.cuda.is_available():
+        where = "no CUDA GPU is available here" if not torch.cuda.is_available() else f"trainer.accelerator={accelerator}"
+        raise ConfigError(f"model.cuda_graph=true records CUDA graphs but {where}; use trainer=gpu on a GPU machine, or model.cuda_graph=false")
 
 
 def check_wandb_resume(cfg: DictConfig) -> None:
@@ -96,6 +119,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
     check_accelerator(cfg.trainer)
+    check_cuda_graph(cfg.model, cfg.trainer)
     check_wandb_resume(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"), "callback")  # first: they check settings other nodes derive from
     log.info(f"Instantiating datamodule <{cfg.data._target_}>")
