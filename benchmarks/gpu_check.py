@@ -452,24 +452,21 @@ def format_result(result: dict) -> str:
     for row in listed("autocast"):
         lines.append(f"autocast {row['autocast']} {row['topology']}: GMM scores in {row['scores_dtype']}, log-likelihood moves by "
                      f"{row['abs_diff_median']:.3g} (median), {row['abs_diff_max']:.3g} (max)")
-    for row in listed("precision"):
-        if "error" in row:
-            lines.append(f"precision {row['precision']}: failed: {row['error']}")
-        else:
-            lines.append(f"precision {row['precision']}: parameters {row['parameter_dtype']}, loss {row['loss_epoch']}, sigmas {[round(v, 3) for v in row['sigmas']]}, "
-                         f"{row['images_per_second']:,.0f} images/s")
+    def each(name: str, label, describe) -> None:  # one line per row of a stage; a row may hold an error
+        for row in listed(name):
+            lines.append(f"{label(row)}: " + (f"failed: {row['error']}" if "error" in row else describe(row)))
+
+    each("precision", lambda r: f"precision {r['precision']}",
+         lambda r: f"parameters {r['parameter_dtype']}, loss {r['loss_epoch']}, sigmas {[round(v, 3) for v in r['sigmas']]}, {r['images_per_second']:,.0f} images/s")
     epochs = listed("epochs") + ([result["ddp"]] if isinstance(result.get("ddp"), dict) else [])
     for epoch in epochs:
         steps = f", of it steps {epoch['step_seconds']:.2f} s ({epoch['images_per_second']:,.0f} images/s)" if "step_seconds" in epoch else ""
         lines.append(f"epoch {epoch['model']} ({epoch['images']:,} images, {epoch['devices']} device(s)): fit {epoch['fit_seconds']:.2f} s{steps}")
     if isinstance(result.get("ddp"), str):
         lines.append(f"ddp: {result['ddp']}")
-    for row in listed("train"):
-        if "error" in row:
-            lines.append(f"train.py {' '.join(row['overrides'])}: failed: {row['error']}")
-        else:
-            lines.append(f"train.py {' '.join(row['overrides'])}: epoch {row['epoch_seconds_median']:.2f} s, steps {row['epoch_step_seconds_median']:.2f} s, "
-                         f"outside the steps {row['overhead']:.0%} ({row['train_steps_per_epoch']} steps per epoch)")
+    each("train", lambda r: f"train.py {' '.join(r['overrides'])}",
+         lambda r: f"epoch {r['epoch_seconds_median']:.2f} s, steps {r['epoch_step_seconds_median']:.2f} s, "
+                   f"outside the steps {r['overhead']:.0%} ({r['train_steps_per_epoch']} steps per epoch)")
     for row in listed("sample"):
         lines.append(f"sampling on {row['device']}: {row['n']} samples, {row['sharpening_iterations']} sharpening steps: {row['seconds']:.2f} s "
                      f"({row['samples_per_s']:,.1f} samples/s)")
