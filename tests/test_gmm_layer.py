@@ -208,3 +208,23 @@ def test_sigma_change_keeps_the_kernel_dtype_and_address_in_float64():
     assert layer.smoothing.dtype == torch.float64 and layer.smoothing.data_ptr() == before
     scores = layer.log_scores(torch.rand(3, 4, 2, 2, dtype=torch.float64))
     assert scores.dtype == torch.float64 and layer.objective(scores).dtype == torch.float64
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 9), (4, 1, 16), (3, 7, 49)])
+def test_smoothed_max_gradient_is_the_winning_row_of_the_kernel(shape):
+    """SmoothedMax (the annealed objective's hand-written backward) against autograd through the
+    product and the max, in float64, and torch's gradcheck."""
+    from dcgmm.annealing import smoothing_kernel
+    from dcgmm.layers.gmm import SmoothedMax
+
+    k = shape[-1]
+    kernel = smoothing_kernel(k, 0.8).double()
+    scores = (torch.randn(*shape, dtype=torch.float64) * 5).requires_grad_()
+    reference = (scores @ kernel.t()).max(dim=-1).values
+    weights = torch.randn(shape[:-1], dtype=torch.float64)
+    (expected,) = torch.autograd.grad((reference * weights).sum(), scores)
+    values = SmoothedMax.apply(scores, kernel)
+    (got,) = torch.autograd.grad((values * weights).sum(), scores)
+    torch.testing.assert_close(values, reference)
+    torch.testing.assert_close(got, expected)
+    assert torch.autograd.gradcheck(lambda s: SmoothedMax.apply(s, kernel), (scores,))

@@ -44,6 +44,27 @@ MODES = ("shared", "independent")
 LOSSES = ("max_component", "logsumexp")
 
 
+class SmoothedMax(torch.autograd.Function):
+    """``max_k sum_j g_kj l_j`` over the last axis: scores ``(..., K)`` and kernel ``g (K, K)`` -> ``(...)``.
+
+    The gradient with respect to ``l`` is the winning component's row of ``g``: the backward
+    gathers that row (one pass over ``(..., K)``) instead of scattering the gradient into zeros
+    and multiplying them by ``g`` (a fill, a scatter and a matrix product). No gradient for ``g``.
+    """
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        values, winner = (scores @ kernel.t()).max(dim=-1)  # (...,): the smoothed max and its component
+        ctx.save_for_backward(winner, kernel)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        winner, kernel = ctx.saved_tensors
+        rows = kernel.index_select(0, winner.reshape(-1)).view(*winner.shape, kernel.shape[1])  # (..., K): g[winner]
+        return rows.mul_(grad.unsqueeze(-1).to(rows.dtype)), None
+
+
 class GMMLayer(Layer):
     """Mixture of ``K`` diagonal Gaussians over the ``D = C_in`` channels at each position.
 
@@ -282,9 +303,9 @@ class GMMLayer(Layer):
     def _objective(self, scores: torch.Tensor) -> torch.Tensor:
         if self.loss_kind == "logsumexp":
             return torch.logsumexp(scores, dim=-1).mean(dim=1)
-        if not self._smoothing_is_identity:
-            scores = scores @ self.smoothing.t()  # (N, P, K): sum_j g_kj l_j
-        return scores.max(dim=-1).values.mean(dim=1)  # max (not amax): a cheaper backward
+        if self._smoothing_is_identity:
+            return scores.max(dim=-1).values.mean(dim=1)  # max (not amax): a cheaper backward
+        return SmoothedMax.apply(scores, self.smoothing).mean(dim=1)  # (N,): max_k sum_j g_kj l_j
 
     def loss(self, scores: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar to minimise: minus the objective, averaged over the batch (labels unused)."""
