@@ -13,6 +13,7 @@ start too late), and prints a table:
 - **parity**: 20 plain SGD steps of topology B from the same weights on the same batches, on the
   CPU and on the device; the largest parameter difference (float32; GPU products sum in another
   order, so a few 1e-6 are expected) and the loss of the last step on both;
+- **tests**: the tests marked ``gpu`` (``pytest -m gpu``), which skip without a CUDA GPU;
 - **eager, graph, compiled, reduce-overhead**: step time of topologies A (flat K=100), B and E at
   batch 100 and 1,000: eager in IEEE float32 and with TF32 (``model.tf32=true``), graph-captured
   whole (``torch.cuda.CUDAGraph`` of forward, backward, SGD step and precision clipping), compiled
@@ -360,7 +361,21 @@ def describe(device: torch.device) -> dict:
     return info
 
 
-STAGES = ("parity", "eager", "graph", "tf32", "autocast", "precision", "epochs", "train", "sample", "compiled", "reduce-overhead", "ddp")
+def gpu_tests() -> dict:
+    """The tests marked ``gpu`` (they skip without a CUDA GPU), run by pytest in a subprocess from
+    the test files that use the marker: exit status and pytest's summary line."""
+    import subprocess
+
+    files = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "tests").glob("test_*.py")
+                   if "mark.gpu" in p.read_text() or "gpu_only" in p.read_text())
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    return dict(files=files, returncode=result.returncode, summary=lines[-1] if lines else result.stderr[-300:], failed=failed)
+
+
+STAGES = ("parity", "tests", "eager", "graph", "tf32", "autocast", "precision", "epochs", "train", "sample", "compiled", "reduce-overhead", "ddp")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = start + args.budget
     stages = {
         "parity": lambda: parity(device, 2 if quick else 20),
+        "tests": lambda: gpu_tests() if cuda else None,
         "eager": lambda: step_times(device, batch_sizes, steps, ["eager", "eager-tf32"] if cuda else ["eager"], deadline),
         "graph": lambda: step_times(device, batch_sizes, steps, ["graph"], deadline) if cuda else None,
         "tf32": lambda: tf32_effect(device, pixels, 5 if quick else 300, 200 if quick else 5000),
@@ -432,6 +448,11 @@ def format_result(result: dict) -> str:
             return []
         return value if isinstance(value, list) else []
 
+    tests = result.get("tests")
+    if isinstance(tests, dict):
+        lines.append(f"tests marked gpu ({', '.join(tests['files'])}): {tests['summary']}" + "".join(f"\n  {line}" for line in tests["failed"]))
+    elif tests is not None:
+        lines.append(f"tests: {tests}")
     p = result.get("parity")
     if isinstance(p, dict):
         lines.append(f"parity, {p['steps']} SGD steps of B, CPU vs device: max |diff| {p['max_abs_diff']:.2e} ({p['worst_parameter']}); last loss {p['last_loss']}")

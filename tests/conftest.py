@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import DictConfig, open_dict
 
 from dcgmm.config import compose
@@ -28,6 +29,9 @@ def needs(*names: str):
 
 needs_mnist = needs("mnist")  # the marker most tests use
 needs_both = needs("mnist", "fashion")
+# tests (or parameters: pytest.param(..., marks=gpu_only)) that run only on a CUDA GPU; the GPU
+# check runs them (`pytest -m gpu`, benchmarks/gpu_check.py's tests stage)
+gpu_only = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def compose_train(overrides: list[str], tmp_path: Path, config_name: str = "train.yaml") -> DictConfig:

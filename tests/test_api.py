@@ -409,6 +409,7 @@ def test_no_classifier_is_named_in_the_error():
     one_line(err)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_fit_and_scores_match_cpu():
     x, y = blobs(200)

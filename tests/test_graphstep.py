@@ -10,8 +10,9 @@ from dcgmm.config import build_model
 from dcgmm.data.datamodule import EpochSeededSampler, TensorBatchDataset, keep_batch
 from dcgmm.errors import ConfigError
 from dcgmm.graphstep import GraphedStep
+from tests.conftest import gpu_only
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=gpu_only)]
 
 
 def make(cuda_graph: bool, **overrides):
@@ -56,6 +57,7 @@ def test_the_graphed_step_trains_as_the_automatic_path(device, labels):
             torch.testing.assert_close(param.cpu(), dict(fresh.stack.classifier.named_parameters())[name])
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_cuda_run_records_few_graphs():
     module, _ = fit(True, "cuda")
