@@ -12,7 +12,8 @@ the batch, the loss weights of waiting layers, the learning rates (device tensor
 annealing changes a group's ``lr``), the smoothing kernels (rebuilt in place by
 :meth:`dcgmm.layers.GMMLayer.set_sigma`) and the parameters. What records a new graph: another
 batch shape, a step without labels, and a smoothing kernel that becomes the identity (the
-objective then skips its product). The graphs share one memory pool.
+objective then skips its product). Each graph keeps its own memory pool (a step's peak memory):
+graphs that shared one would have to be replayed in the order they were recorded.
 
 The update is plain SGD, ``p <- p - lr * grad`` per parameter group (the paper's optimiser and the
 default ``model.optimizer``); other optimisers are refused with a one-line error.
@@ -73,7 +74,6 @@ class GraphedStep:
         self._lr_values: list[float] | None = None  # the rates now in self._lr
         self._lr: list[torch.Tensor] = []  # one 0-dim device tensor per parameter group
         self._recorded: dict[tuple, _Recorded] = {}
-        self._pool = None  # the memory pool the graphs share
         self.recordings = 0  # graphs recorded so far (tests, benchmarks)
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor | None, weights: torch.Tensor) -> torch.Tensor:
@@ -139,8 +139,7 @@ class GraphedStep:
             for p, value in zip(params, saved):
                 p.copy_(value)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph):
             losses = self._step(static_x, static_labels, static_w)
-        self._pool = graph.pool()
         self.recordings += 1
         return _Recorded(graph, static_x, static_labels, static_w, losses)
