@@ -38,6 +38,8 @@ from tests.conftest import ROOT, needs_mnist
         ("model.cuda_graph=true trainer=ddp_sim", ConfigError, r"^model.cuda_graph=true trains in one process on one GPU; use trainer=gpu"),
         ("model.cuda_graph=true trainer.precision=bf16-mixed", ConfigError, r"use trainer.precision=32-true or 64-true \(not bf16-mixed\)$"),
         ("model.cuda_graph=true model.compile=true", ConfigError, r"drop model.compile"),
+        ("model.cuda_graph=true model.optimizer._target_=torch.optim.Adam", ConfigError, r"plain SGD, but model.optimizer is Adam; use the default"),
+        ("model.cuda_graph=true +model.optimizer.momentum=0.9", ConfigError, r"plain SGD, but the optimizer sets \{'momentum': 0.9\}"),
         pytest.param("model.cuda_graph=true", ConfigError, r"model.cuda_graph=true records CUDA graphs but no CUDA GPU is available here",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
     ],

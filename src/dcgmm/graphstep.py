@@ -28,21 +28,28 @@ import torch
 from dcgmm.errors import ConfigError
 from dcgmm.model import DCGMM
 
+SGD_EXTRAS = ("momentum", "weight_decay", "nesterov", "maximize")
+
+
+def plain_sgd_problem(name: str, settings: dict) -> str | None:
+    """Why an optimiser of class ``name`` (e.g. ``"SGD"``) with ``settings`` (its keyword
+    arguments or a parameter group) is not plain SGD, as a one-line error; ``None`` if it is."""
+    if name != "SGD":
+        return (f"model.cuda_graph=true updates the parameters by plain SGD, but model.optimizer is {name}; "
+                f"use the default optimizer (torch.optim.SGD) or model.cuda_graph=false")
+    extras = {k: settings[k] for k in SGD_EXTRAS if settings.get(k)}
+    if extras:
+        return f"model.cuda_graph=true updates the parameters by plain SGD, but the optimizer sets {extras}; drop them or use model.cuda_graph=false"
+    return None
+
 
 def check_plain_sgd(optimizer: torch.optim.Optimizer) -> None:
     """One-line error unless ``optimizer`` is plain SGD (no momentum, weight decay, nesterov or maximize)."""
-    if type(optimizer) is not torch.optim.SGD:
-        raise ConfigError(
-            f"model.cuda_graph=true updates the parameters by plain SGD, but model.optimizer is {type(optimizer).__name__}; "
-            f"use the default optimizer (torch.optim.SGD) or model.cuda_graph=false"
-        )
+    name = "SGD" if type(optimizer) is torch.optim.SGD else type(optimizer).__name__
     for group in optimizer.param_groups:
-        extras = {k: group.get(k) for k in ("momentum", "weight_decay", "nesterov", "maximize") if group.get(k)}
-        if extras:
-            raise ConfigError(
-                f"model.cuda_graph=true updates the parameters by plain SGD, but the optimizer sets {extras}; "
-                f"drop them or use model.cuda_graph=false"
-            )
+        problem = plain_sgd_problem(name, group)
+        if problem:
+            raise ConfigError(problem)
 
 
 @dataclass

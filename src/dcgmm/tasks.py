@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dcgmm.checkpoints import check_checkpoint_fits, load_module
 from dcgmm.errors import ConfigError
+from dcgmm.graphstep import plain_sgd_problem
 from dcgmm.images import make_grid, save_png
 from dcgmm.module import GRAPH_AND_COMPILE
 from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
@@ -46,6 +47,11 @@ def check_cuda_graph(model_cfg: DictConfig, trainer_cfg: DictConfig) -> None:
         return
     if model_cfg.get("compile"):
         raise ConfigError(GRAPH_AND_COMPILE)
+    optimizer = model_cfg.get("optimizer") or {}
+    target = str(optimizer.get("_target_", "torch.optim.SGD"))
+    problem = plain_sgd_problem("SGD" if target == "torch.optim.SGD" else target.rsplit(".", 1)[-1], dict(optimizer))
+    if problem:
+        raise ConfigError(problem)
     devices, nodes = trainer_cfg.get("devices"), trainer_cfg.get("num_nodes") or 1
     if trainer_cfg.get("strategy") is not None or nodes != 1 or (isinstance(devices, int) and devices != 1) or not isinstance(devices, (int, type(None))):
         raise ConfigError(
