@@ -2,7 +2,7 @@
 
     python -m benchmarks.gpu_check                      # on the first CUDA GPU
     python -m benchmarks.gpu_check --device cpu --quick # the same checks on the CPU (CI, no GPU)
-    bash benchmarks/gpu_check.sh                        # the whole check, as run on a lent GPU machine
+    bash benchmarks/gpu_check.sh                        # the whole check, on a GPU machine
 
 It needs the installed torch and lightning (plus hydra-core and omegaconf) and the working tree;
 images are MNIST's from the data cache (``--data-dir``) where it exists, synthetic uint8 otherwise.
