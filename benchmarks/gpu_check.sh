@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (benchmarks/gpu_check.py), as run on a lent GPU machine: needs only the machine's
+# The GPU check (benchmarks/gpu_check.py), as run on a GPU machine: needs only the machine's
 # torch and lightning (plus hydra-core and omegaconf) and this working tree; a few minutes.
 #   bash benchmarks/gpu_check.sh                 # on the first CUDA GPU
 #   bash benchmarks/gpu_check.sh --device cpu    # the same checks on the CPU
