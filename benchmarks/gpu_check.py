@@ -209,16 +209,11 @@ def fit_module(device: torch.device, model: str, overrides: dict, images: int, t
     return dict(result, loss_epoch=None if loss is None else float(loss), sigmas=sigmas, parameter_dtype=dtype, **speed.as_dict())
 
 
-def lightning_epoch(device: torch.device, model: str, overrides: dict, images: int, trainer_name: str = "default", devices: int = 1) -> dict:
-    """:func:`fit_module` at 32-bit precision on synthetic images (the epoch rows of the table)."""
-    return fit_module(device, model, overrides, images, trainer_name, devices)
-
-
 def ddp_epoch() -> dict | None:
     count = torch.cuda.device_count()
     if count < 2:
         return None
-    return lightning_epoch(torch.device("cuda"), "dcgmm2", {}, 60_000, trainer_name="ddp", devices=count)
+    return fit_module(torch.device("cuda"), "dcgmm2", {}, 60_000, trainer_name="ddp", devices=count)
 
 
 def mnist_pixels(data_dir: Path, split: str = "train") -> torch.Tensor | None:
@@ -408,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "tf32": lambda: tf32_effect(device, pixels, 5 if quick else 300, 200 if quick else 5000),
         "autocast": lambda: autocast_drift(device, pixels, 200 if quick else 5000),
         "precision": lambda: precisions(device, 1000 if quick else 6000, pixels),
-        "epochs": lambda: [lightning_epoch(device, m, o, 2_000 if quick else 60_000) for m, o in (("dcgmm2", {}), ("flat_gmm", {"K": 100}))],
+        "epochs": lambda: [fit_module(device, m, o, 2_000 if quick else 60_000) for m, o in (("dcgmm2", {}), ("flat_gmm", {"K": 100}))],
         "train": lambda: train_path(device, data_dir, 2 if quick else 4, quick) if pixels is not None else "skipped: no MNIST cache under --data-dir",
         "sample": lambda: sampling_speed(device, 8 if quick else 64, 3 if quick else 300),
         "compiled": lambda: step_times(device, batch_sizes, steps, ["compiled"], deadline) if cuda or not quick else None,

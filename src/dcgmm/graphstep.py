@@ -78,6 +78,7 @@ class GraphedStep:
         check_plain_sgd(optimizer)
         self.stack, self.optimizer, self.capture = stack, optimizer, bool(capture)
         self.learners = stack.learning_layers
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]  # in group order
         self._lr_values: list[float] | None = None  # the rates now in self._lr
         self._lr: list[torch.Tensor] = []  # one 0-dim device tensor per parameter group
         self._recorded: dict[tuple, _Recorded] = {}
@@ -120,11 +121,10 @@ class GraphedStep:
         losses = self.stack.losses(raw, labels)
         zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
         loss_vector = torch.stack([losses.get(layer.index, zero) for layer in self.learners])  # (L,)
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        grads = torch.autograd.grad((loss_vector * weights).sum(), params, allow_unused=True)
+        grads = torch.autograd.grad((loss_vector * weights).sum(), self.params, allow_unused=True)
         rates = [lr for lr, group in zip(self._lr, self.optimizer.param_groups) for _ in group["params"]]
         with torch.no_grad():
-            for p, grad, lr in zip(params, grads, rates):
+            for p, grad, lr in zip(self.params, grads, rates):
                 if grad is not None:  # None: a layer without a loss in this step (classifier, no labels)
                     p.addcmul_(grad, lr, value=-1.0)  # p - lr * grad
             self.stack.constrain_()
@@ -134,8 +134,7 @@ class GraphedStep:
         """Warm up on a side stream (as capture requires), put the parameters back, record."""
         static_x, static_w = x.clone(), weights.clone()
         static_labels = None if labels is None else labels.clone()
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        saved = [p.detach().clone() for p in params]
+        saved = [p.detach().clone() for p in self.params]
         stream = torch.cuda.Stream(device=x.device)
         stream.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(stream):
@@ -143,7 +142,7 @@ class GraphedStep:
                 self._step(static_x, static_labels, static_w)
         torch.cuda.current_stream(x.device).wait_stream(stream)
         with torch.no_grad():  # the warm-up steps trained: undo them
-            for p, value in zip(params, saved):
+            for p, value in zip(self.params, saved):
                 p.copy_(value)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):

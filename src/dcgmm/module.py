@@ -213,23 +213,8 @@ class DCGMMModule(L.LightningModule):
         restore_tf32(self._tf32_outside_eval)
         self._tf32_outside_eval = None
 
-    def on_validation_start(self) -> None:
-        self._exact_evaluation()
-
-    def on_validation_end(self) -> None:
-        self._end_exact_evaluation()
-
-    def on_test_start(self) -> None:
-        self._exact_evaluation()
-
-    def on_test_end(self) -> None:
-        self._end_exact_evaluation()
-
-    def on_predict_start(self) -> None:
-        self._exact_evaluation()
-
-    def on_predict_end(self) -> None:
-        self._end_exact_evaluation()
+    on_validation_start = on_test_start = on_predict_start = _exact_evaluation
+    on_validation_end = on_test_end = on_predict_end = _end_exact_evaluation
 
     def _refresh_schedule_values(self) -> None:
         """Copy the schedules' sigma and lr to the device tensor that is logged (when they change)."""
@@ -268,17 +253,22 @@ class DCGMMModule(L.LightningModule):
                 losses[layer.index] if layer.index in losses else (0.0 * raw[layer.index].sum() if keep_graph else zero)
                 for layer in learners
             ])
-        learning = self._record_step(loss_vector.detach(), present)
+        learning = self._learning(present)
+        self._record_step(loss_vector.detach(), present, learning)
         if all(learning):
             return loss_vector.sum()
         # a waiting layer's loss counts with weight 0: no update, yet every parameter stays in the
         # graph, which data-parallel training needs; one host-to-device copy per waiting pattern
         return (loss_vector * self._device_mask(self._weights, learning, loss_vector)).sum()
 
-    def _record_step(self, loss_vector: torch.Tensor, present: tuple[bool, ...]) -> tuple[bool, ...]:
+    def _learning(self, present: tuple[bool, ...]) -> tuple[bool, ...]:
+        """Which learning layers learn in this step: those with a loss (``present``) and not waiting."""
+        return tuple(has and self._is_learning(layer) for has, layer in zip(present, self.stack.learning_layers))
+
+    def _record_step(self, loss_vector: torch.Tensor, present: tuple[bool, ...], learning: tuple[bool, ...]) -> None:
         """Per-step bookkeeping of the step's detached layer losses ``(L,)``: averaged over
-        processes, kept for annealing and logging, checked for NaN, summed for the epoch.
-        Returns which learning layers learn in this step (those present and not waiting)."""
+        processes, kept for annealing and logging, checked for NaN, summed for the epoch; which
+        layers learn (``learning``) decides which schedules step."""
         learners = self.stack.learning_layers
         # the same numbers on every process: annealing, divergence checks and epoch losses agree
         # without any collective outside the step (a tiny all-reduce beside DDP's gradient one)
@@ -289,9 +279,7 @@ class DCGMMModule(L.LightningModule):
         for slot, has in enumerate(present):
             self.train_loss_steps[slot] += has
         self._train_steps_in_epoch += 1
-        learning = tuple(has and self._is_learning(layer) for has, layer in zip(present, learners))
         self._learning_now = {layer.index: on for layer, on in zip(learners, learning)}
-        return learning
 
     def _graphed_training_step(self, batch) -> None:
         """``model.cuda_graph=true``: forward, backward, SGD update and clipping as one replayed
@@ -304,10 +292,10 @@ class DCGMMModule(L.LightningModule):
             self._graphed = GraphedStep(self.stack, sgd, capture=x.device.type == "cuda")
         learners = self.stack.learning_layers
         present = tuple(labels is not None or not layer.needs_labels for layer in learners)
-        learning = tuple(has and self._is_learning(layer) for has, layer in zip(present, learners))
+        learning = self._learning(present)
         weights = self._device_mask(self._weights, learning, self.train_loss_sum)  # (L,) 1: learns, 0: waits or has no loss
         losses = self._graphed(x, labels, weights)  # the update is done
-        self._record_step(losses.clone(), present)
+        self._record_step(losses.clone(), present, learning)
         optimizer.step()  # no gradients are set, so this changes nothing; it counts the step (global_step)
         self._step_annealing(sgd)
         return None

@@ -79,11 +79,6 @@ def restore_tf32(previous: list[tuple[object, str, object]] | None) -> None:
         setattr(backend, name, value)
 
 
-def tf32_enabled() -> bool:
-    """True when float32 CUDA matrix products or cuDNN convolutions may use TF32 now."""
-    return any(getattr(backend, name) == tf32 for backend, name, tf32, _ in _tf32_switches())
-
-
 @contextlib.contextmanager
 def exact_float32() -> Iterator[None]:
     """IEEE float32 CUDA matrix products and convolutions inside the block (no TF32), whatever the

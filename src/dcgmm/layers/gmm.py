@@ -62,7 +62,7 @@ class SmoothedMax(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         winner, kernel = ctx.saved_tensors
         rows = kernel.index_select(0, winner.reshape(-1)).view(*winner.shape, kernel.shape[1])  # (..., K): g[winner]
-        return rows.mul_(grad.unsqueeze(-1).to(rows.dtype)), None
+        return rows.mul_(grad.unsqueeze(-1)), None
 
 
 class GMMLayer(Layer):
