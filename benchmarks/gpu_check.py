@@ -303,7 +303,8 @@ def train_path(device: torch.device, data_dir: Path, epochs: int, quick: bool) -
     """Epochs through ``train.py``'s own path (``benchmarks.epoch.measure_epochs``: the composed
     config, the data module, validation after every epoch, checkpoints, the progress bar, sample
     grids and the CSV logger) for B, flat K=100 and the default flat K=25; on CUDA with the training
-    images on the device (``data.on_device=true``)."""
+    images on the device (``data.on_device=true``), eager, as one CUDA graph per step, and as CUDA
+    graphs run 50 steps per call of Lightning's loop (``model.steps_per_call=50``)."""
     from benchmarks.epoch import measure_epochs
 
     if device.type == "cuda":
@@ -314,8 +315,11 @@ def train_path(device: torch.device, data_dir: Path, epochs: int, quick: bool) -
         base += ["+trainer.limit_train_batches=20", "+trainer.limit_val_batches=1"]
     rows = []
     runs = [["model=dcgmm2"], ["model=flat_gmm", "model.K=100"], ["model=flat_gmm"]]
-    if device.type == "cuda":  # the same with the whole step as one CUDA graph
+    if device.type == "cuda":  # the same with the whole step as one CUDA graph, then 50 such steps per loop call
         runs += [[*run, "model.cuda_graph=true"] for run in runs]
+        runs += [[*run, "model.cuda_graph=true", "model.steps_per_call=50", "trainer.log_every_n_steps=50"] for run in runs[:2]]
+    else:  # ten SGD steps per call of Lightning's loop
+        runs += [["model=flat_gmm", "model.steps_per_call=10"]]
     for overrides in runs:
         try:
             result = measure_epochs([*overrides, *base], epochs, None, str(data_dir))

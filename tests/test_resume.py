@@ -39,6 +39,20 @@ def test_resume_continues_exactly(tmp_path):
     assert straight.schedules[1].steps == 60
 
 
+def test_resume_with_groups_of_steps_continues_as_one_step_per_call(tmp_path):
+    """model.steps_per_call=5 (6 groups of 5 steps an epoch), 1 + 1 epochs with a resume, ends where
+    2 straight epochs of one step per call end."""
+    straight = run(tmp_path, "a", "trainer.max_epochs=2")
+    grouped = ["model.steps_per_call=5", "trainer.limit_train_batches=6"]
+    run(tmp_path, "g1", "trainer.max_epochs=1", *grouped)
+    resumed = run(tmp_path, "g2", "trainer.max_epochs=2", "ckpt_path=last", *grouped)
+    assert not resumed.automatic_optimization and resumed.global_step == straight.global_step == 60
+    for (name, p), (_, q) in zip(straight.named_parameters(), resumed.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6, msg=name)
+    for index, schedule in straight.schedules.items():
+        assert schedule.state_dict() == resumed.schedules[index].state_dict()
+
+
 def test_checkpoint_within_an_epoch_holds_the_schedules_of_its_step(tmp_path):
     """A checkpoint written after step t (every_n_train_steps) holds the parameters after t's
     update and the annealing schedules after t's loss: resuming from it replays no loss twice and

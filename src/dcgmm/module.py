@@ -11,6 +11,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from dcgmm.annealing import Annealing, AnnealingSchedule, first_learning_step
+from dcgmm.data.datamodule import BatchGroup, batches_of, sgd_steps
 from dcgmm.errors import ConfigError, TrainingDiverged
 from dcgmm.graphstep import GraphedStep
 from dcgmm.model import DCGMM
@@ -60,6 +61,15 @@ class DCGMMModule(L.LightningModule):
             that have it (faster, about 3 decimal digits). Evaluation (validation, test, predict)
             runs in IEEE float32 either way, so reported log-likelihoods, bounds and bits/dim are
             float32 numbers (:func:`dcgmm.runtime.exact_float32`). No effect on the CPU.
+        steps_per_call: SGD steps per call of Lightning's training loop. With ``S > 1`` the
+            training loader yields groups of ``S`` consecutive batches (``data.steps_per_call``
+            follows this setting; :class:`dcgmm.data.BatchGroup`) and one training step runs them
+            as ``S`` SGD steps in order, through Lightning's manual optimisation: the same updates,
+            annealing and waits as ``S = 1``, with Lightning's per-batch loop, hooks and logging
+            paid once per group. ``global_step``, ``trainer.max_steps`` and the logger's step
+            axis count SGD steps; ``trainer.limit_train_batches`` and an int
+            ``val_check_interval`` count groups. Metrics are logged after the groups that end on a
+            multiple of ``trainer.log_every_n_steps`` (make it a multiple of ``S``). One process only.
 
     Logged metrics (slash names): ``{stage}/loss`` (sum of the GMM layers' losses),
     ``{stage}/L<i>_<kind>/loss`` per learning layer, ``train/L<i>_gmm/sigma`` and ``.../lr`` at every
@@ -88,6 +98,7 @@ class DCGMMModule(L.LightningModule):
         annealing: Callable | None = None,
         tf32: bool = False,
         cuda_graph: bool = False,
+        steps_per_call: int = 1,
     ) -> None:
         super().__init__()
         if lr is None or lr <= 0:
@@ -98,6 +109,8 @@ class DCGMMModule(L.LightningModule):
             raise ConfigError(f"model.compile={compile!r} is unknown; use false, true or one of {', '.join(COMPILE_MODES)}")
         if cuda_graph and compile:
             raise ConfigError(GRAPH_AND_COMPILE)
+        if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 1:
+            raise ConfigError(f"model.steps_per_call={steps_per_call!r} must be a positive integer (SGD steps per training call)")
         if K is not None and (isinstance(K, bool) or int(K) < 1):
             raise ConfigError(f"model.K={K} must be >= 1")
         self.save_hyperparameters(logger=False)
@@ -118,8 +131,9 @@ class DCGMMModule(L.LightningModule):
         self._learning_now: dict[int, bool] = {}  # which layers learned in the current step
         self._total_steps = 1  # set at the start of fit, for the wait fractions
         self._tf32_outside_fit = self._tf32_outside_eval = None  # settings to restore (dcgmm.runtime.set_tf32)
-        # model.cuda_graph: the module runs forward, backward and update itself (GraphedStep)
-        self.automatic_optimization = not cuda_graph
+        # model.cuda_graph (GraphedStep) or several SGD steps per call: the module runs forward,
+        # backward and update itself (Lightning's manual optimisation)
+        self.automatic_optimization = not (cuda_graph or steps_per_call > 1)
         self._graphed: GraphedStep | None = None
 
         learners = self.stack.learning_layers
@@ -192,8 +206,22 @@ class DCGMMModule(L.LightningModule):
         self._weights = {}
         self._graphed = None  # recorded again for this fit's optimizer
 
+    def _training_steps(self) -> int:
+        """SGD steps of this fit, for the wait fractions: Lightning's estimate, in which a group of
+        batches (``steps_per_call > 1``) counts as one item unless ``trainer.max_steps`` is set."""
+        estimated = self.trainer.estimated_stepping_batches
+        if self.automatic_optimization or self.trainer.max_steps != -1 or not math.isfinite(estimated):
+            return int(estimated)
+        per_epoch = sgd_steps(self.trainer.train_dataloader, self.trainer.num_training_batches)
+        return per_epoch * int(self.trainer.max_epochs)
+
     def on_fit_start(self) -> None:
-        self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        if self.hparams.get("steps_per_call", 1) > 1 and self.trainer.world_size > 1:
+            raise ConfigError(
+                f"model.steps_per_call={self.hparams.steps_per_call} runs several SGD steps per call in one process; "
+                f"use model.steps_per_call=1 for data-parallel training"
+            )
+        self._total_steps = max(self._training_steps(), 1)
         self._device_state()
         self._refresh_schedule_values()
         # TF32 in the training steps only when asked; evaluation switches it off (_exact_evaluation)
@@ -231,11 +259,49 @@ class DCGMMModule(L.LightningModule):
 
         ``labels=None`` (unlabelled data): the layers whose loss reads labels (the classifier) have
         no loss in this step and stay as they are (their parameters get no gradient); the GMM
-        layers train as with labels. With ``model.cuda_graph=true`` the step also updates the
-        parameters (:meth:`_graphed_training_step`) and returns nothing.
+        layers train as with labels. With ``model.cuda_graph=true`` or ``steps_per_call > 1`` the
+        step also updates the parameters, once per batch of a :class:`~dcgmm.data.BatchGroup`
+        (:meth:`_manual_step`), and returns nothing.
         """
-        if not self.automatic_optimization:
-            return self._graphed_training_step(batch)
+        if self.automatic_optimization:
+            if isinstance(batch, BatchGroup):
+                raise ConfigError(
+                    f"the training loader yields groups of {len(batch)} batches but model.steps_per_call=1; "
+                    f"set model.steps_per_call to the loader's data.steps_per_call"
+                )
+            return self._step_loss(batch)
+        batches = batches_of(batch)
+        for one in batches:
+            self._manual_step(one)
+        self._count_logger_steps(len(batches) - 1)
+        return None
+
+    def _count_logger_steps(self, extra: int) -> None:
+        """Lightning's logger step (the x-axis of the logged metrics and the ``log_every_n_steps``
+        clock) counts calls of its training loop; after a group of batches add the group's other
+        SGD steps, so that it counts SGD steps as with one batch per call. Logging then happens
+        after the groups that end on a multiple of ``log_every_n_steps``."""
+        epoch_loop = getattr(getattr(self._trainer, "fit_loop", None), "epoch_loop", None)
+        if extra and hasattr(epoch_loop, "_batches_that_stepped"):
+            epoch_loop._batches_that_stepped += extra
+
+    def _manual_step(self, batch) -> None:
+        """One SGD step on ``batch`` in manual optimisation: the update and its bookkeeping as
+        :meth:`optimizer_step` does them (through the CUDA graph with ``model.cuda_graph=true``)."""
+        if self.hparams.get("cuda_graph"):
+            self._graphed_training_step(batch)
+            return
+        optimizer = self.optimizers()
+        loss = self._step_loss(batch)
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()  # counts the step (global_step)
+        self.stack.constrain_()
+        self._step_annealing(getattr(optimizer, "optimizer", optimizer))
+
+    def _step_loss(self, batch) -> torch.Tensor:
+        """The summed (weighted: 0 for a waiting layer) loss of the learning layers on one batch,
+        after the step's bookkeeping (:meth:`_record_step`)."""
         x, labels = batch
         _, raw = self._bottom_up(x)
         losses = self.stack.losses(raw, labels)
@@ -284,7 +350,7 @@ class DCGMMModule(L.LightningModule):
     def _graphed_training_step(self, batch) -> None:
         """``model.cuda_graph=true``: forward, backward, SGD update and clipping as one replayed
         CUDA graph (:class:`~dcgmm.graphstep.GraphedStep`), then the bookkeeping and annealing of
-        :meth:`training_step` and :meth:`optimizer_step`."""
+        :meth:`_step_loss` and :meth:`optimizer_step`."""
         x, labels = batch
         optimizer = self.optimizers()
         sgd = getattr(optimizer, "optimizer", optimizer)
@@ -355,7 +421,7 @@ class DCGMMModule(L.LightningModule):
                 values[f"train/{self.stack.layers[index].name}/sigma"] = self.schedule_values[row, 0]
                 values[f"train/{self.stack.layers[index].name}/lr"] = self.schedule_values[row, 1]
             gmm_total = torch.stack([self._last_losses[layer.index] for layer in self.stack.gmm_layers]).detach().sum()
-            self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
+            self.log_dict(values, on_step=True, on_epoch=False, batch_size=batches_of(batch)[-1][0].shape[0])
             self.log("train/loss", gmm_total, on_step=True, on_epoch=False, prog_bar=True)
 
     def on_train_epoch_end(self) -> None:

@@ -40,6 +40,23 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     return str(newest)
 
 
+def _one_process(trainer_cfg: DictConfig) -> bool:
+    """True when the trainer config trains in one process (no strategy, one device, one node)."""
+    devices, nodes = trainer_cfg.get("devices"), trainer_cfg.get("num_nodes") or 1
+    return trainer_cfg.get("strategy") is None and nodes == 1 and (devices is None or (isinstance(devices, int) and devices == 1))
+
+
+def check_steps_per_call(model_cfg: DictConfig, trainer_cfg: DictConfig) -> None:
+    """``model.steps_per_call > 1``: a one-line error, before anything is built, for data-parallel
+    training (DDP synchronises gradients once per forward of its wrapper, i.e. once per call)."""
+    steps = model_cfg.get("steps_per_call", 1)
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps > 1 and not _one_process(trainer_cfg):
+        raise ConfigError(
+            f"model.steps_per_call={steps} runs several SGD steps per call in one process; "
+            f"use model.steps_per_call=1 for data-parallel training (trainer=ddp, trainer.devices>1)"
+        )
+
+
 def check_cuda_graph(model_cfg: DictConfig, trainer_cfg: DictConfig) -> None:
     """``model.cuda_graph=true`` (dcgmm.graphstep): one-line errors, before anything is built, for
     data-parallel training, mixed precision and a machine or trainer without a CUDA GPU."""
@@ -52,8 +69,7 @@ def check_cuda_graph(model_cfg: DictConfig, trainer_cfg: DictConfig) -> None:
     problem = plain_sgd_problem("SGD" if target == "torch.optim.SGD" else target.rsplit(".", 1)[-1], dict(optimizer))
     if problem:
         raise ConfigError(problem)
-    devices, nodes = trainer_cfg.get("devices"), trainer_cfg.get("num_nodes") or 1
-    if trainer_cfg.get("strategy") is not None or nodes != 1 or (isinstance(devices, int) and devices != 1) or not isinstance(devices, (int, type(None))):
+    if not _one_process(trainer_cfg):
         raise ConfigError(
             "model.cuda_graph=true trains in one process on one GPU; use trainer=gpu (trainer.devices=1), "
             "or model.cuda_graph=false for data-parallel training"
@@ -126,6 +142,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
     check_accelerator(cfg.trainer)
     check_cuda_graph(cfg.model, cfg.trainer)
+    check_steps_per_call(cfg.model, cfg.trainer)
     check_wandb_resume(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"), "callback")  # first: they check settings other nodes derive from
     log.info(f"Instantiating datamodule <{cfg.data._target_}>")

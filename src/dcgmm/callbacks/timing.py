@@ -9,6 +9,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from dcgmm.data.datamodule import batches_of
+
 
 class TrainingSpeed(Callback):
     """Measures the cost of training, for tables and benchmarks (nothing is logged; read the
@@ -20,7 +22,7 @@ class TrainingSpeed(Callback):
         step_seconds: time spent inside the training steps (from ``on_train_batch_start`` to
             ``on_train_batch_end``: forward, backward, SGD step, annealing); validation excluded.
         train_images: training images processed (summed over epochs).
-        train_steps: training steps run.
+        train_steps: SGD steps run (a group of ``steps_per_call`` batches counts each).
         images_per_second: ``train_images / step_seconds``.
         epoch_seconds: wall time of each training epoch, from its start to the start of the next
             one (or the end of fit): its steps, loading the batches, the validation that follows
@@ -132,5 +134,6 @@ class TrainingSpeed(Callback):
             self._batch_start = None
         else:
             return
-        self.train_images += int(batch[0].shape[0])
-        self.train_steps += 1
+        batches = batches_of(batch)  # one, or a group of steps_per_call
+        self.train_images += sum(int(one[0].shape[0]) for one in batches)
+        self.train_steps += len(batches)

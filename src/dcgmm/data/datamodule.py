@@ -20,10 +20,22 @@ from dcgmm.data.arrays import is_int as _is_int
 from dcgmm.data.errors import DataError
 from dcgmm.data.sources import Arrays, canonical_name, dataset_info, load_dataset
 
-__all__ = ["FashionMNISTDataModule", "ImageDataModule", "MNISTDataModule", "TensorBatchDataset", "pixel_tensor"]
+__all__ = ["BatchGroup", "FashionMNISTDataModule", "ImageDataModule", "MNISTDataModule", "TensorBatchDataset", "pixel_tensor"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SPLITS = ("train", "val", "test")
+
+
+class BatchGroup(list):
+    """Consecutive training batches ``[(x, y), ...]`` that one training step runs as that many SGD
+    steps, in order (``data.steps_per_call``, docs/design.md section 6): one pass of Lightning's
+    loop, hooks and logging per group instead of per batch. The batches are those a loader with
+    ``steps_per_call=1`` yields, in the same order; the last group of an epoch may be shorter."""
+
+
+def batches_of(batch) -> list:
+    """The SGD batches of a training "batch": the batches of a :class:`BatchGroup`, else ``[batch]``."""
+    return list(batch) if isinstance(batch, BatchGroup) else [batch]
 
 
 class TensorBatchDataset(Dataset[Batch]):
@@ -54,9 +66,12 @@ class TensorBatchDataset(Dataset[Batch]):
     def __len__(self) -> int:
         return len(self.x)
 
-    def __getitem__(self, index: int | torch.Tensor) -> Batch:
+    def __getitem__(self, index: int | torch.Tensor | tuple[torch.Tensor, ...]) -> Batch | BatchGroup:
         """One sample for an int, x (C, H, W) float32 and y () int64 (or None); a batch for an
-        int64 index tensor (B,), x (B, C, H, W) and y (B,) (what :class:`EpochBatches` yields)."""
+        int64 index tensor (B,), x (B, C, H, W) and y (B,) (what :class:`EpochBatches` yields); a
+        :class:`BatchGroup` of such batches for a tuple of index tensors (``steps_per_call > 1``)."""
+        if isinstance(index, tuple) and all(isinstance(part, torch.Tensor) for part in index):
+            return BatchGroup(self[part] for part in index)
         if isinstance(index, torch.Tensor) and index.ndim == 1 and index.dtype == torch.long:  # a batch; index_select: a third cheaper than x[index]
             if self.pixels is not None:  # a quarter of the memory traffic of cutting from x
                 x = self.pixels.index_select(0, index).to(torch.float32).div_(255.0)
@@ -116,32 +131,57 @@ class EpochSeededSampler(torch.utils.data.Sampler[int]):
 
 class EpochBatches(torch.utils.data.Sampler):
     """The batches of an epoch of ``sampler``'s order as int64 index tensors ``(B,)`` (the last
-    one shorter when ``batch_size`` does not divide the epoch), cut from one permutation tensor.
+    one shorter when ``batch_size`` does not divide the epoch), cut from one permutation tensor;
+    with ``steps_per_call = S > 1``, tuples of ``S`` consecutive ones (the last tuple shorter when
+    ``S`` does not divide the epoch's batches), which the dataset turns into a :class:`BatchGroup`.
 
     Given to a ``DataLoader`` as its ``sampler`` with ``batch_size=None``, each index tensor reaches
     :meth:`TensorBatchDataset.__getitem__` whole: one indexing operation per batch and no Python
     list of indices (a ``BatchSampler`` over ``sampler`` builds one per batch, several times the
-    cost of cutting the batch).
+    cost of cutting the batch). Its length is the number of items it yields (groups, for ``S > 1``).
     """
 
-    def __init__(self, sampler: EpochSeededSampler, batch_size: int) -> None:
-        self.sampler, self.batch_size = sampler, int(batch_size)
+    def __init__(self, sampler: EpochSeededSampler, batch_size: int, steps_per_call: int = 1) -> None:
+        self.sampler, self.batch_size, self.steps_per_call = sampler, int(batch_size), int(steps_per_call)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
-    def __len__(self) -> int:
+    @property
+    def batches(self) -> int:
+        """SGD batches per epoch."""
         return -(-len(self.sampler) // self.batch_size)
+
+    def __len__(self) -> int:
+        return -(-self.batches // self.steps_per_call)
+
+    def steps_in(self, items: int) -> int:
+        """SGD batches in the first ``items`` items of an epoch (every group but the last is full)."""
+        return min(int(items) * self.steps_per_call, self.batches)
 
     def __iter__(self):
         # a generator: the order is drawn at the first batch, not when the iterator is made
         # (Lightning makes it before set_epoch when it resumes from a checkpoint)
-        yield from self.sampler.order().split(self.batch_size)
+        parts = self.sampler.order().split(self.batch_size)
+        if self.steps_per_call == 1:
+            yield from parts
+        else:
+            for first in range(0, len(parts), self.steps_per_call):
+                yield tuple(parts[first : first + self.steps_per_call])
+
+
+def sgd_steps(loader, items: int) -> int:
+    """SGD steps in the first ``items`` items of a training loader: ``items`` unless the loader
+    groups batches (:class:`EpochBatches` with ``steps_per_call > 1``)."""
+    sampler = getattr(loader, "sampler", None)
+    return sampler.steps_in(items) if isinstance(sampler, EpochBatches) else int(items)
 
 
 class StepIndex(tuple):
-    """``(epoch, step)``: the training "batch" of the on-device data path; the data module turns it
-    into images on the device (:meth:`ImageDataModule.transfer_batch_to_device`)."""
+    """``(epoch, step, count)``: the training "batch" of the on-device data path, the batches
+    ``step .. step + count - 1`` of an epoch; the data module turns it into images on the device
+    (:meth:`ImageDataModule.transfer_batch_to_device`): one batch for ``count`` 1 (no grouping),
+    else a :class:`BatchGroup`."""
 
     @property
     def epoch(self) -> int:
@@ -151,13 +191,21 @@ class StepIndex(tuple):
     def step(self) -> int:
         return self[1]
 
+    @property
+    def count(self) -> int:
+        return self[2]
+
 
 class EpochSteps(EpochBatches):
-    """Yields ``StepIndex(epoch, k)`` for the ``k``-th batch of an epoch of ``sampler``'s order
-    (the on-device path cuts the batch itself, from its copy of the epoch's order)."""
+    """Yields a :class:`StepIndex` for every item :class:`EpochBatches` would yield (a batch, or a
+    group of ``steps_per_call`` batches); the on-device path cuts the batches itself, from its
+    copy of the epoch's order."""
 
     def __iter__(self):
-        return (StepIndex((self.sampler.epoch, k)) for k in range(len(self)))
+        group, epoch = self.steps_per_call, self.sampler.epoch
+        if group == 1:
+            return (StepIndex((epoch, k, 1)) for k in range(self.batches))
+        return (StepIndex((epoch, k, min(group, self.batches - k))) for k in range(0, self.batches, group))
 
 
 class _Identity(Dataset):
@@ -184,6 +232,11 @@ def pixel_tensor(pixels: np.ndarray) -> torch.Tensor:
     ``(N, C, H, W)`` (contiguous)."""
     x = torch.from_numpy(np.ascontiguousarray(pixels))
     return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+
+
+def _on(batch: Any, device: torch.device) -> bool:
+    """True for a batch tuple whose tensors are all on ``device`` (labels may be ``None``)."""
+    return isinstance(batch, tuple) and all(t is None or (isinstance(t, torch.Tensor) and t.device == device) for t in batch)
 
 
 def keep_batch(batch: Batch) -> Batch:
@@ -247,6 +300,11 @@ class ImageDataModule(L.LightningDataModule):
             cut every batch there, in the order of the CPU path (:class:`EpochSeededSampler`):
             one host-to-device copy per epoch (the epoch's order) instead of one per step. Meant
             for GPUs; on the CPU it gives the same batches as the default path.
+        steps_per_call: training batches per training step: with ``S > 1`` the training loader
+            yields :class:`BatchGroup` s of ``S`` consecutive batches (the same batches in the same
+            order), and the module runs them as ``S`` SGD steps in one call of Lightning's loop.
+            Set it with ``model.steps_per_call`` (the data configs follow it); the module must run
+            groups (:class:`dcgmm.module.DCGMMModule` with ``steps_per_call > 1``).
     """
 
     def __init__(
@@ -264,6 +322,7 @@ class ImageDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         shuffle: bool = True,
         on_device: bool = False,
+        steps_per_call: int = 1,
     ) -> None:
         super().__init__()
         # Cheap argument checks, before any data is touched.
@@ -280,6 +339,8 @@ class ImageDataModule(L.LightningDataModule):
             raise DataError(f"data.val_size={val_size} as a fraction must lie in [0, 1); use an int for a count")
         if _is_int(val_size) and val_size < 0:
             raise DataError(f"data.val_size must be >= 0, got {val_size}")
+        if not _is_int(steps_per_call) or steps_per_call < 1:
+            raise DataError(f"data.steps_per_call must be a positive integer (SGD steps per training call), got {steps_per_call!r}")
         if not _is_int(num_workers) or num_workers < 0:
             raise DataError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
 
@@ -294,6 +355,7 @@ class ImageDataModule(L.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.shuffle = bool(shuffle)
         self.on_device = bool(on_device)
+        self.steps_per_call = int(steps_per_call)
         self.save_hyperparameters()
 
         self._arrays: Arrays | None = None  # raw numpy arrays from load_dataset
@@ -410,7 +472,7 @@ class ImageDataModule(L.LightningDataModule):
         if self._shuffle_seed is None:
             self._shuffle_seed = shared_seed(torch.initial_seed() % (2**31))
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool, steps_per_call: int = 1) -> DataLoader:
         dataset = self.dataset(split)
         # shuffled order: a function of (torch's seed at the first loader, epoch), see EpochSeededSampler
         if shuffle:
@@ -421,7 +483,7 @@ class ImageDataModule(L.LightningDataModule):
             # and keeps the loader's batch size: here the batches must come from the batch size
             batching = dict(batch_size=batch_size, sampler=order, drop_last=False)
         else:  # the sampler yields whole batches (index tensors)
-            batching = dict(batch_size=None, sampler=EpochBatches(order, batch_size))
+            batching = dict(batch_size=None, sampler=EpochBatches(order, batch_size, steps_per_call))
         return DataLoader(
             dataset,
             **batching,
@@ -435,17 +497,18 @@ class ImageDataModule(L.LightningDataModule):
         """Training batches: x float32 (B, C, H, W) in [0, 1], y int64 (B,); with ``on_device``
         the loader yields :class:`StepIndex` markers that become those batches on the device."""
         if not self.on_device:
-            return self._loader("train", self.batch_size, self.shuffle)
+            return self._loader("train", self.batch_size, self.shuffle, self.steps_per_call)
         if self.shuffle:
             self._set_shuffle_seed()
         self._train_sampler = EpochSeededSampler(len(self.dataset("train")), self._shuffle_seed or 0, shuffle=self.shuffle)
         self._device_train = self._device_order = None
-        return DataLoader(_Identity(), batch_size=None, sampler=EpochSteps(self._train_sampler, self.batch_size), collate_fn=keep_batch)
+        return DataLoader(_Identity(), batch_size=None, sampler=EpochSteps(self._train_sampler, self.batch_size, self.steps_per_call), collate_fn=keep_batch)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Lightning hook: a :class:`StepIndex` becomes its batch, cut from the images on ``device``."""
+        """Lightning hook: a :class:`StepIndex` becomes its batch (or :class:`BatchGroup`), cut from
+        the images on ``device``."""
         if not isinstance(batch, StepIndex):
-            if isinstance(batch, tuple) and all(t is None or (isinstance(t, torch.Tensor) and t.device == device) for t in batch):
+            if all(_on(one, device) for one in batches_of(batch)):
                 return batch  # already there (the CPU path): no walk over the batch per step
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
         if self._device_train is None or self._device_train[0].device != device:
@@ -456,7 +519,12 @@ class ImageDataModule(L.LightningDataModule):
             self._train_sampler.set_epoch(batch.epoch)
             order = self._train_sampler.order()
             self._device_order = (batch.epoch, order.to(device))  # one copy per epoch
-        index = self._device_order[1][batch.step * self.batch_size : (batch.step + 1) * self.batch_size]
+        cut = [self._cut_on_device(step) for step in range(batch.step, batch.step + batch.count)]
+        return BatchGroup(cut) if self.steps_per_call > 1 else cut[0]
+
+    def _cut_on_device(self, step: int) -> Batch:
+        """The ``step``-th training batch of the current epoch, from the images on the device."""
+        index = self._device_order[1][step * self.batch_size : (step + 1) * self.batch_size]
         pixels, labels = self._device_train
         return pixels[index].to(torch.float32).div_(255.0), labels[index]
 

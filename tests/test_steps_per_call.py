@@ -1,0 +1,154 @@
+"""model.steps_per_call: several SGD steps per call of Lightning's training loop give the updates,
+annealing decisions, waits and epoch losses of one step per call."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from dcgmm.callbacks import TrainingSpeed
+from dcgmm.config import build_model
+from dcgmm.data.datamodule import BatchGroup, EpochBatches, EpochSeededSampler, ImageDataModule, TensorBatchDataset, keep_batch
+from dcgmm.errors import ConfigError
+from tests.conftest import compose_train
+from tests.test_data import make_arrays, write_idx_folder
+
+STEPS, BATCH = 31, 50
+
+
+def make(steps_per_call: int, **overrides):
+    torch.manual_seed(0)
+    settings = {"annealing.window": 3, "annealing.delta": 100, "layers.3.wait": 0.34, "steps_per_call": steps_per_call, **overrides}
+    return build_model("dcgmm2", [f"model.{k}={v}" for k, v in settings.items()])
+
+
+def fit(steps_per_call: int, labels: bool = True, epochs: int = 1, speed: TrainingSpeed | None = None, **overrides):
+    """Topology B trained ``epochs`` epochs of 31 batches of 50 fixed random images (3-step annealing
+    windows whose threshold shrinks sigma and lr at every decision; layer 3 waits a third of the
+    run), with the loader grouping ``steps_per_call`` batches."""
+    module = make(steps_per_call, **overrides)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(STEPS * BATCH, 1, 28, 28, generator=g)
+    y = torch.randint(0, 10, (STEPS * BATCH,), generator=g) if labels else None
+    sampler = EpochBatches(EpochSeededSampler(len(x), 0), BATCH, steps_per_call)
+    loader = DataLoader(TensorBatchDataset(x, y), batch_size=None, sampler=sampler, collate_fn=keep_batch)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                        callbacks=[speed] if speed else None)
+    trainer.fit(module, loader)
+    return module, trainer
+
+
+@pytest.mark.parametrize("labels", [True, False])
+@pytest.mark.parametrize("overrides", [{}, {"cuda_graph": True}], ids=["eager", "graphed-step"])
+def test_groups_of_steps_train_as_one_step_per_call(labels, overrides):
+    one, one_trainer = fit(1, labels)
+    grouped, grouped_trainer = fit(4, labels, **overrides)  # 7 groups of 4 and one of 3
+    assert one.automatic_optimization and not grouped.automatic_optimization
+    assert grouped_trainer.global_step == one_trainer.global_step == STEPS  # SGD steps, not calls
+    assert grouped_trainer.num_training_batches == 8
+    assert grouped._total_steps == one._total_steps == STEPS  # the wait fraction counts SGD steps
+    assert grouped.annealing.values() == one.annealing.values()  # the same sigma / lr decisions
+    assert grouped.annealing.values()[0][0] < grouped.schedules[1].default_sigma0(49)  # and sigma did shrink
+    reference = dict(one.named_parameters())
+    for name, param in grouped.named_parameters():
+        torch.testing.assert_close(param, reference[name], rtol=1e-6, atol=1e-6, msg=name)
+    torch.testing.assert_close(grouped_trainer.callback_metrics["train/loss_epoch"], one_trainer.callback_metrics["train/loss_epoch"])
+
+
+def test_a_waiting_layer_starts_at_the_same_step_inside_a_group():
+    """Layer 3 waits 0.34 of 62 steps (2 epochs): it first learns at step 22, inside the 6th group of 4."""
+    one, _ = fit(1, epochs=2)
+    grouped, _ = fit(4, epochs=2)
+    assert grouped._total_steps == one._total_steps == 2 * STEPS
+    # the classifier reads layer 3 and layer 3 learned the same number of steps in both runs
+    torch.testing.assert_close(grouped.stack.layers[3].means, one.stack.layers[3].means, rtol=1e-6, atol=1e-6)
+
+
+def test_the_speed_callback_counts_the_steps_and_images_of_groups():
+    speed = TrainingSpeed()
+    fit(4, speed=speed)
+    assert speed.train_steps == STEPS and speed.train_images == STEPS * BATCH
+
+
+def test_a_group_reaching_a_module_of_one_step_per_call_is_refused():
+    module = make(1)
+    group = BatchGroup([(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))] * 2)
+    with pytest.raises(ConfigError, match="set model.steps_per_call to the loader's data.steps_per_call") as info:
+        module.training_step(group, 0)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("steps_per_call", [0, -2, 1.5, True])
+def test_steps_per_call_must_be_a_positive_integer(steps_per_call):
+    with pytest.raises(ConfigError, match="steps_per_call") as info:
+        build_model("flat_gmm", [f"model.steps_per_call={steps_per_call}"])
+    assert "\n" not in str(info.value)
+
+
+def test_batches_are_grouped_in_order(tmp_path):
+    """The loader of data.steps_per_call=3 yields the batches of the ungrouped loader, three at a time
+    (the last group shorter), also through the on-device path."""
+    folder = write_idx_folder(tmp_path / "idx", make_arrays(n_train=530))
+    loaders = {}
+    for steps, on_device in ((1, False), (3, False), (3, True)):
+        torch.manual_seed(5)  # the shuffling seed comes from torch's seed at the first loader
+        dm = ImageDataModule("mnist", data_dir=str(tmp_path / "data"), local_dir=str(folder), val_size=30, batch_size=64,
+                             steps_per_call=steps, on_device=on_device)
+        dm.setup("fit")
+        loaders[steps, on_device] = (dm, dm.train_dataloader())
+    assert len(loaders[1, False][1]) == 8 and len(loaders[3, False][1]) == len(loaders[3, True][1]) == math.ceil(8 / 3)
+    for epoch in (0, 1):
+        for _, loader in loaders.values():
+            loader.sampler.set_epoch(epoch)
+        single = list(loaders[1, False][1])
+        groups = list(loaders[3, False][1])
+        device_dm, device_loader = loaders[3, True]
+        markers = list(device_loader)
+        assert [len(group) for group in groups] == [3, 3, 2] and all(isinstance(group, BatchGroup) for group in groups)
+        flat = [batch for group in groups for batch in group]
+        on_device = [batch for marker in markers for batch in device_dm.transfer_batch_to_device(marker, torch.device("cpu"), 0)]
+        for reference, grouped, cut in zip(single, flat, on_device, strict=True):
+            for a, b, c in zip(reference, grouped, cut):
+                assert torch.equal(a, b) and torch.equal(a, c)
+        # a group already on the device passes the transfer hook as it is
+        assert loaders[3, False][0].transfer_batch_to_device(groups[0], torch.device("cpu"), 0) is groups[0]
+
+
+def test_the_data_config_follows_the_model_and_ddp_is_refused(tmp_path):
+    from dcgmm.tasks import check_steps_per_call
+
+    cfg = compose_train(["model.steps_per_call=5"], tmp_path)
+    assert cfg.data.steps_per_call == 5
+    check_steps_per_call(cfg.model, cfg.trainer)  # one process: fine
+    ddp = compose_train(["model.steps_per_call=5", "trainer=ddp_sim", "trainer.devices=2"], tmp_path)
+    with pytest.raises(ConfigError, match="model.steps_per_call=1 for data-parallel training") as info:
+        check_steps_per_call(ddp.model, ddp.trainer)
+    assert "\n" not in str(info.value)
+
+
+def test_the_logger_step_axis_counts_sgd_steps(tmp_path):
+    """Logged training metrics land on the same steps with the same values as with one step per call."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    rows = {}
+    for steps in (1, 5):
+        module = make(steps)
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.rand(40 * 20, 1, 28, 28, generator=g), torch.randint(0, 10, (40 * 20,), generator=g)
+        loader = DataLoader(TensorBatchDataset(x, y), batch_size=None, sampler=EpochBatches(EpochSeededSampler(len(x), 0), 20, steps),
+                            collate_fn=keep_batch)
+        logger = CSVLogger(tmp_path, name=f"s{steps}")
+        trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=10, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
+        trainer.fit(module, loader)
+        with open(f"{logger.log_dir}/metrics.csv") as f:
+            rows[steps] = [(r["step"], r["epoch"], r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert [r[0] for r in rows[1]] == [str(s) for s in range(9, 80, 10)]  # steps 10, 20, ..., 80 (0-based 9, 19, ...)
+    assert [r[:2] for r in rows[5]] == [r[:2] for r in rows[1]]
+    for (_, _, a), (_, _, b) in zip(rows[1], rows[5]):
+        assert math.isclose(float(a), float(b), rel_tol=1e-5)
