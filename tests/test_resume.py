@@ -43,7 +43,7 @@ def test_resume_with_groups_of_steps_continues_as_one_step_per_call(tmp_path):
     """model.steps_per_call=5 (6 groups of 5 steps an epoch), 1 + 1 epochs with a resume, ends where
     2 straight epochs of one step per call end."""
     straight = run(tmp_path, "a", "trainer.max_epochs=2")
-    grouped = ["model.steps_per_call=5", "trainer.limit_train_batches=6"]
+    grouped = ["model.steps_per_call=5"]  # limit_train_batches=30 (an int) counts SGD batches: 6 groups
     run(tmp_path, "g1", "trainer.max_epochs=1", *grouped)
     resumed = run(tmp_path, "g2", "trainer.max_epochs=2", "ckpt_path=last", *grouped)
     assert not resumed.automatic_optimization and resumed.global_step == straight.global_step == 60

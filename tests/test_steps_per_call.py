@@ -152,3 +152,19 @@ def test_the_logger_step_axis_counts_sgd_steps(tmp_path):
     assert [r[:2] for r in rows[5]] == [r[:2] for r in rows[1]]
     for (_, _, a), (_, _, b) in zip(rows[1], rows[5]):
         assert math.isclose(float(a), float(b), rel_tol=1e-5)
+
+
+def test_an_int_batch_limit_counts_sgd_batches(tmp_path):
+    """trainer.limit_train_batches=7 with groups of 3: 7 SGD steps an epoch, in groups of 3, 3 and 1,
+    also through the on-device path; the wait fractions see 14 steps in 2 epochs."""
+    folder = write_idx_folder(tmp_path / "idx", make_arrays(n_train=530))
+    for on_device in (False, True):
+        dm = ImageDataModule("mnist", data_dir=str(tmp_path / "data"), local_dir=str(folder), val_size=30, batch_size=20,
+                             steps_per_call=3, on_device=on_device)
+        module = build_model("flat_gmm", ["model.steps_per_call=3", "model.K=4", "model.anneal=false"])
+        speed = TrainingSpeed()
+        trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, limit_train_batches=7,
+                            limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False, callbacks=[speed])
+        trainer.fit(module, dm)
+        assert trainer.num_training_batches == 3 and trainer.global_step == 14 and module._total_steps == 14
+        assert speed.train_steps == 14 and speed.train_images == 14 * 20

@@ -66,9 +66,9 @@ class DCGMMModule(L.LightningModule):
             follows this setting; :class:`dcgmm.data.BatchGroup`) and one training step runs them
             as ``S`` SGD steps in order, through Lightning's manual optimisation: the same updates,
             annealing and waits as ``S = 1``, with Lightning's per-batch loop, hooks and logging
-            paid once per group. ``global_step``, ``trainer.max_steps`` and the logger's step
-            axis count SGD steps; ``trainer.limit_train_batches`` and an int
-            ``val_check_interval`` count groups. Metrics are logged after the groups that end on a
+            paid once per group. ``global_step``, ``trainer.max_steps``, an int
+            ``trainer.limit_train_batches`` and the logger's step axis count SGD steps; an int
+            ``val_check_interval`` counts groups. Metrics are logged after the groups that end on a
             multiple of ``trainer.log_every_n_steps`` (make it a multiple of ``S``). One process only.
 
     Logged metrics (slash names): ``{stage}/loss`` (sum of the GMM layers' losses),

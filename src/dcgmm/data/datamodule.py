@@ -141,16 +141,18 @@ class EpochBatches(torch.utils.data.Sampler):
     cost of cutting the batch). Its length is the number of items it yields (groups, for ``S > 1``).
     """
 
-    def __init__(self, sampler: EpochSeededSampler, batch_size: int, steps_per_call: int = 1) -> None:
+    def __init__(self, sampler: EpochSeededSampler, batch_size: int, steps_per_call: int = 1, max_batches: int | None = None) -> None:
         self.sampler, self.batch_size, self.steps_per_call = sampler, int(batch_size), int(steps_per_call)
+        self.max_batches = None if max_batches is None else int(max_batches)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
     @property
     def batches(self) -> int:
-        """SGD batches per epoch."""
-        return -(-len(self.sampler) // self.batch_size)
+        """SGD batches per epoch (the first ``max_batches`` when it is set)."""
+        batches = -(-len(self.sampler) // self.batch_size)
+        return batches if self.max_batches is None else min(batches, self.max_batches)
 
     def __len__(self) -> int:
         return -(-self.batches // self.steps_per_call)
@@ -162,7 +164,7 @@ class EpochBatches(torch.utils.data.Sampler):
     def __iter__(self):
         # a generator: the order is drawn at the first batch, not when the iterator is made
         # (Lightning makes it before set_epoch when it resumes from a checkpoint)
-        parts = self.sampler.order().split(self.batch_size)
+        parts = self.sampler.order().split(self.batch_size)[: self.batches]
         if self.steps_per_call == 1:
             yield from parts
         else:
@@ -483,7 +485,7 @@ class ImageDataModule(L.LightningDataModule):
             # and keeps the loader's batch size: here the batches must come from the batch size
             batching = dict(batch_size=batch_size, sampler=order, drop_last=False)
         else:  # the sampler yields whole batches (index tensors)
-            batching = dict(batch_size=None, sampler=EpochBatches(order, batch_size, steps_per_call))
+            batching = dict(batch_size=None, sampler=EpochBatches(order, batch_size, steps_per_call, self._batch_limit(steps_per_call)))
         return DataLoader(
             dataset,
             **batching,
@@ -492,6 +494,15 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _batch_limit(self, steps_per_call: int) -> int | None:
+        """An int ``trainer.limit_train_batches`` as SGD batches when the loader groups them
+        (``steps_per_call > 1``): the loader yields that many batches, in groups, and Lightning's
+        limit, which counts the groups, does not cut them again. ``None``: no such limit."""
+        limit = getattr(self.trainer, "limit_train_batches", None) if self.trainer is not None else None
+        if steps_per_call == 1 or isinstance(limit, bool) or not isinstance(limit, int):
+            return None
+        return limit
 
     def train_dataloader(self) -> DataLoader:
         """Training batches: x float32 (B, C, H, W) in [0, 1], y int64 (B,); with ``on_device``
@@ -502,7 +513,8 @@ class ImageDataModule(L.LightningDataModule):
             self._set_shuffle_seed()
         self._train_sampler = EpochSeededSampler(len(self.dataset("train")), self._shuffle_seed or 0, shuffle=self.shuffle)
         self._device_train = self._device_order = None
-        return DataLoader(_Identity(), batch_size=None, sampler=EpochSteps(self._train_sampler, self.batch_size, self.steps_per_call), collate_fn=keep_batch)
+        return DataLoader(_Identity(), batch_size=None, sampler=EpochSteps(self._train_sampler, self.batch_size, self.steps_per_call, self._batch_limit(self.steps_per_call)),
+                          collate_fn=keep_batch)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Lightning hook: a :class:`StepIndex` becomes its batch (or :class:`BatchGroup`), cut from
