@@ -24,7 +24,8 @@ def make(steps_per_call: int, **overrides):
     return build_model("dcgmm2", [f"model.{k}={v}" for k, v in settings.items()])
 
 
-def fit(steps_per_call: int, labels: bool = True, epochs: int = 1, speed: TrainingSpeed | None = None, **overrides):
+def fit(steps_per_call: int, labels: bool = True, epochs: int = 1, speed: TrainingSpeed | None = None, trainer_args: dict | None = None,
+        **overrides):
     """Topology B trained ``epochs`` epochs of 31 batches of 50 fixed random images (3-step annealing
     windows whose threshold shrinks sigma and lr at every decision; layer 3 waits a third of the
     run), with the loader grouping ``steps_per_call`` batches."""
@@ -34,9 +35,9 @@ def fit(steps_per_call: int, labels: bool = True, epochs: int = 1, speed: Traini
     y = torch.randint(0, 10, (STEPS * BATCH,), generator=g) if labels else None
     sampler = EpochBatches(EpochSeededSampler(len(x), 0), BATCH, steps_per_call)
     loader = DataLoader(TensorBatchDataset(x, y), batch_size=None, sampler=sampler, collate_fn=keep_batch)
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                        callbacks=[speed] if speed else None)
+    settings = dict(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, use_distributed_sampler=False, callbacks=[speed] if speed else None)
+    trainer = L.Trainer(**{**settings, **(trainer_args or {})})
     trainer.fit(module, loader)
     return module, trainer
 
@@ -168,3 +169,63 @@ def test_an_int_batch_limit_counts_sgd_batches(tmp_path):
         trainer.fit(module, dm)
         assert trainer.num_training_batches == 3 and trainer.global_step == 14 and module._total_steps == 14
         assert speed.train_steps == 14 and speed.train_images == 14 * 20
+
+
+def test_max_steps_stops_inside_a_group():
+    """max_steps=10 with groups of 4: the third group stops after its second batch, as one step per
+    call stops; the wait fractions count the 10 steps."""
+    one, one_trainer = fit(1, epochs=2, trainer_args={"max_steps": 10})
+    grouped, grouped_trainer = fit(4, epochs=2, trainer_args={"max_steps": 10})
+    assert grouped_trainer.global_step == one_trainer.global_step == 10
+    assert grouped._total_steps == one._total_steps == 10
+    for name, param in grouped.named_parameters():
+        torch.testing.assert_close(param, dict(one.named_parameters())[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_mixed_precision_groups_train_as_one_step_per_call():
+    """bf16-mixed: the backward runs outside the autocast region of the training step, as in the
+    automatic path, so groups give the same updates."""
+    one, _ = fit(1, trainer_args={"precision": "bf16-mixed"})
+    grouped, _ = fit(4, trainer_args={"precision": "bf16-mixed"})
+    for name, param in grouped.named_parameters():
+        torch.testing.assert_close(param, dict(one.named_parameters())[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_step_checkpoints_of_groups_are_those_of_one_step_per_call(tmp_path):
+    """every_n_train_steps=8 with groups of 4 saves after steps 8, 16 and 24, as one step per call does."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    saved = {}
+    for steps in (1, 4):
+        folder = tmp_path / f"s{steps}"
+        checkpoint = ModelCheckpoint(dirpath=folder, every_n_train_steps=8, save_top_k=-1, filename="{step}")
+        fit(steps, trainer_args={"enable_checkpointing": True, "callbacks": [checkpoint]})
+        saved[steps] = sorted(path.name for path in folder.glob("*.ckpt"))
+    assert saved[4] == saved[1] == ["step=16.ckpt", "step=24.ckpt", "step=8.ckpt"]
+
+
+@pytest.mark.parametrize("trainer_args, match", [
+    ({"limit_train_batches": 0.5}, "give an int number of batches"),
+    ({"val_check_interval": 0.5}, "validate at epoch ends"),
+    ({"val_check_interval": 3}, "validate at epoch ends"),
+    ({"callbacks": "every 6"}, "every_n_train_steps=6 is not a multiple of model.steps_per_call=4"),
+    ({"callbacks": "time"}, "train_time_interval does not save"),
+])
+def test_settings_that_would_count_groups_are_refused(trainer_args, match, tmp_path):
+    import datetime
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    if trainer_args.get("callbacks") == "every 6":
+        trainer_args = {"enable_checkpointing": True, "callbacks": [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=6)]}
+    elif trainer_args.get("callbacks") == "time":
+        trainer_args = {"enable_checkpointing": True,
+                        "callbacks": [ModelCheckpoint(dirpath=tmp_path, train_time_interval=datetime.timedelta(seconds=1))]}
+    with pytest.raises(ConfigError, match=match) as info:
+        fit(4, trainer_args=trainer_args)
+    assert "\n" not in str(info.value)
+
+
+def test_a_logging_cadence_groups_cannot_keep_is_warned_of():
+    with pytest.warns(UserWarning, match="log_every_n_steps=10 is not a multiple of model.steps_per_call=4"):
+        fit(4, trainer_args={"log_every_n_steps": 10})

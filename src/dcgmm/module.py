@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
@@ -66,10 +67,11 @@ class DCGMMModule(L.LightningModule):
             follows this setting; :class:`dcgmm.data.BatchGroup`) and one training step runs them
             as ``S`` SGD steps in order, through Lightning's manual optimisation: the same updates,
             annealing and waits as ``S = 1``, with Lightning's per-batch loop, hooks and logging
-            paid once per group. ``global_step``, ``trainer.max_steps``, an int
-            ``trainer.limit_train_batches`` and the logger's step axis count SGD steps; an int
-            ``val_check_interval`` counts groups. Metrics are logged after the groups that end on a
-            multiple of ``trainer.log_every_n_steps`` (make it a multiple of ``S``). One process only.
+            paid once per group. ``global_step``, ``trainer.max_steps`` (which stops inside a
+            group), an int ``trainer.limit_train_batches`` and the logger's step axis count SGD
+            steps. Metrics are logged after the groups that end on a multiple of
+            ``trainer.log_every_n_steps`` (make it a multiple of ``S``). Settings that would count
+            groups are refused (:meth:`_check_loop_settings`). One process only.
 
     Logged metrics (slash names): ``{stage}/loss`` (sum of the GMM layers' losses),
     ``{stage}/L<i>_<kind>/loss`` per learning layer, ``train/L<i>_gmm/sigma`` and ``.../lr`` at every
@@ -183,6 +185,10 @@ class DCGMMModule(L.LightningModule):
         torch.set_flush_denormal(True)
         # Freed tensors stay in the process: no fresh pages faulted in every step (dcgmm.runtime).
         keep_freed_memory()
+        # Lightning warns at every step-based checkpoint under manual optimisation that it holds
+        # the parameters after the step's update: so do the automatic path's checkpoints, with the
+        # annealing state of the same step (docs/design.md section 2)
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
 
     def configure_model(self) -> None:
         """Compile the bottom-up pass lazily (``model.compile=true``), in the process that trains."""
@@ -207,20 +213,62 @@ class DCGMMModule(L.LightningModule):
         self._graphed = None  # recorded again for this fit's optimizer
 
     def _training_steps(self) -> int:
-        """SGD steps of this fit, for the wait fractions: Lightning's estimate, in which a group of
-        batches (``steps_per_call > 1``) counts as one item unless ``trainer.max_steps`` is set."""
-        estimated = self.trainer.estimated_stepping_batches
-        if self.automatic_optimization or self.trainer.max_steps != -1 or not math.isfinite(estimated):
-            return int(estimated)
-        per_epoch = sgd_steps(self.trainer.train_dataloader, self.trainer.num_training_batches)
-        return per_epoch * int(self.trainer.max_epochs)
+        """SGD steps of this fit, for the wait fractions: Lightning's estimate, which counts a group
+        of batches (``steps_per_call > 1``) as one; for groups, the same estimate over their batches."""
+        trainer = self.trainer
+        estimated = trainer.estimated_stepping_batches
+        if self.automatic_optimization or trainer.max_epochs == -1 or not math.isfinite(trainer.num_training_batches):
+            return int(estimated) if math.isfinite(estimated) else 1
+        total = sgd_steps(trainer.train_dataloader, trainer.num_training_batches) * max(int(trainer.max_epochs), 1)
+        return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
 
-    def on_fit_start(self) -> None:
-        if self.hparams.get("steps_per_call", 1) > 1 and self.trainer.world_size > 1:
+    def _check_loop_settings(self) -> None:
+        """One-line errors for trainer and checkpoint settings that count calls of Lightning's loop
+        where they should count SGD steps (``steps_per_call > 1``), or that Lightning's manual
+        optimisation (also ``model.cuda_graph=true``) does not honour; a warning for a logging
+        cadence that groups of steps cannot keep."""
+        if self.automatic_optimization:
+            return
+        trainer, steps = self.trainer, int(self.hparams.get("steps_per_call", 1))
+        for callback in trainer.checkpoint_callbacks:
+            if getattr(callback, "_train_time_interval", None) is not None:
+                raise ConfigError(
+                    "callbacks.model_checkpoint.train_time_interval does not save under model.cuda_graph=true or "
+                    "model.steps_per_call>1 (Lightning's manual optimisation); use every_n_train_steps or every_n_epochs"
+                )
+            every = int(getattr(callback, "_every_n_train_steps", 0) or 0)
+            if every and every % steps:
+                raise ConfigError(
+                    f"callbacks.model_checkpoint.every_n_train_steps={every} is not a multiple of model.steps_per_call={steps}: "
+                    f"a checkpoint is written after a group of steps; use a multiple of {steps}"
+                )
+        if steps == 1:
+            return
+        if trainer.world_size > 1:
             raise ConfigError(
-                f"model.steps_per_call={self.hparams.steps_per_call} runs several SGD steps per call in one process; "
+                f"model.steps_per_call={steps} runs several SGD steps per call in one process; "
                 f"use model.steps_per_call=1 for data-parallel training"
             )
+        limit = trainer.limit_train_batches
+        if isinstance(limit, float) and limit != 1.0:
+            raise ConfigError(
+                f"trainer.limit_train_batches={limit} is a fraction of the groups of model.steps_per_call={steps} batches; "
+                f"give an int number of batches (e.g. trainer.limit_train_batches=100) or model.steps_per_call=1"
+            )
+        if trainer.val_check_interval != 1.0:
+            raise ConfigError(
+                f"trainer.val_check_interval={trainer.val_check_interval} would count groups of model.steps_per_call={steps} "
+                f"batches; with steps_per_call>1 validate at epoch ends (check_val_every_n_epoch) or use model.steps_per_call=1"
+            )
+        if trainer.log_every_n_steps % steps:
+            warnings.warn(
+                f"trainer.log_every_n_steps={trainer.log_every_n_steps} is not a multiple of model.steps_per_call={steps}: "
+                f"training metrics are logged only after the groups that end on a multiple of it",
+                stacklevel=2,
+            )
+
+    def on_fit_start(self) -> None:
+        self._check_loop_settings()
         self._total_steps = max(self._training_steps(), 1)
         self._device_state()
         self._refresh_schedule_values()
@@ -270,11 +318,19 @@ class DCGMMModule(L.LightningModule):
                     f"set model.steps_per_call to the loader's data.steps_per_call"
                 )
             return self._step_loss(batch)
-        batches = batches_of(batch)
-        for one in batches:
+        done = 0
+        for one in batches_of(batch):
+            if self._past_max_steps():  # Lightning checks trainer.max_steps between calls only
+                break
             self._manual_step(one)
-        self._count_logger_steps(len(batches) - 1)
+            done += 1
+        self._count_logger_steps(done - 1)
         return None
+
+    def _past_max_steps(self) -> bool:
+        """True once ``global_step`` has reached ``trainer.max_steps`` (when one is set)."""
+        limit = self.trainer.max_steps if self._trainer is not None else -1
+        return limit is not None and limit != -1 and self.global_step >= limit
 
     def _count_logger_steps(self, extra: int) -> None:
         """Lightning's logger step (the x-axis of the logged metrics and the ``log_every_n_steps``
@@ -294,8 +350,16 @@ class DCGMMModule(L.LightningModule):
         optimizer = self.optimizers()
         loss = self._step_loss(batch)
         optimizer.zero_grad()
-        self.manual_backward(loss)
+        # outside the precision plugin's autocast region, in which training_step runs: the
+        # automatic path runs its backward there too (mixed precision gives the same updates)
+        with torch.autocast(self.device.type, enabled=False):
+            self.manual_backward(loss)
         optimizer.step()  # counts the step (global_step)
+        self._after_update(optimizer)
+
+    def _after_update(self, optimizer) -> None:
+        """What follows every SGD update, in every path: the precision clipping, then one step of
+        the annealing schedules of the layers that learned (new sigma and lr apply from the next step)."""
         self.stack.constrain_()
         self._step_annealing(getattr(optimizer, "optimizer", optimizer))
 
@@ -384,8 +448,7 @@ class DCGMMModule(L.LightningModule):
         before any callback can save it.
         """
         optimizer.step(closure=optimizer_closure)
-        self.stack.constrain_()  # precision clipping after every update
-        self._step_annealing(getattr(optimizer, "optimizer", optimizer))
+        self._after_update(optimizer)
 
     def _step_annealing(self, optimizer: torch.optim.Optimizer) -> None:
         """Step the schedules of the layers that learned in this step; apply new sigma / lr."""
