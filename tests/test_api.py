@@ -90,6 +90,21 @@ def test_fit_on_synthetic_images_improves_and_records_history():
     assert est.history_[-1]["epoch"] == 6
 
 
+def test_fit_with_groups_of_steps_trains_as_one_step_per_call():
+    """steps_per_call=4: the estimator's loader yields the shuffled batches four at a time; the
+    module ends where one step per call ends (7 batches of 50 a epoch, groups of 4 and 3)."""
+    x, y = blobs(350)
+    fitted = []
+    for steps in (1, 4):
+        est = DCGMMEstimator(FLAT_8, input_shape=(1, 8, 8), seed=0, lambda_sigma=0.5, lambda_pi=0.5, lr=0.05, steps_per_call=steps)
+        est.fit(x, y, epochs=2, batch_size=50)
+        assert est._trainer.global_step == 14 and est._trainer.num_training_batches == (7 if steps == 1 else 2)
+        fitted.append(est)
+    for (name, a), (_, b) in zip(fitted[0].module.named_parameters(), fitted[1].module.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+    assert fitted[0].history_[-1]["train/loss"] == pytest.approx(fitted[1].history_[-1]["train/loss"], rel=1e-6)
+
+
 def test_input_forms_give_identical_scores():
     x, _ = blobs(20)
     pixels = (x * 255).round().to(torch.uint8)

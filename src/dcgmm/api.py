@@ -44,7 +44,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from dcgmm.checkpoints import load_module
 from dcgmm.config import TOPOLOGY_ALIASES, conf_dir, known_topologies, load_topology, module_arguments
@@ -302,6 +302,7 @@ class DCGMMEstimator:
             raise ConfigError(f"epochs={epochs!r} must be a positive integer")
         batch_size = positive_int(batch_size, "batch_size")
         generator = torch.Generator().manual_seed(self.seed + self._epochs) if self.seed is not None else None
+        group = int(self.module.hparams.get("steps_per_call", 1))  # SGD steps per call of Lightning's loop
         if isinstance(X, L.LightningDataModule):
             if y is not None or val is not None:
                 raise ConfigError("fit(datamodule) takes its labels and validation split from the data module; drop y= and val=")
@@ -317,11 +318,15 @@ class DCGMMEstimator:
             labelled = y is not None
             labels = self._labels(y, len(x)) if labelled else None  # None: unlabelled batches (x, None)
             x, labels, val_data = self._split_validation(x, labels, val)
-            from dcgmm.data.datamodule import TensorBatchDataset, keep_batch
+            from dcgmm.data.datamodule import GroupedBatches, TensorBatchDataset, keep_batch
 
-            train_loader = DataLoader(
-                TensorBatchDataset(x, labels), batch_size=batch_size, shuffle=True, collate_fn=keep_batch, generator=generator
-            )
+            dataset = TensorBatchDataset(x, labels)
+            if group > 1:  # the batches a shuffled loader would yield, steps_per_call at a time
+                batches = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=False)
+                train_loader = DataLoader(dataset, batch_size=None, sampler=GroupedBatches(batches, group), collate_fn=keep_batch,
+                                          generator=generator)  # the loader draws from it first, as a shuffling one does
+            else:
+                train_loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=keep_batch, generator=generator)
             data = dict(train_dataloaders=train_loader)
             if val_data is not None:
                 data["val_dataloaders"] = DataLoader(TensorBatchDataset(*val_data), batch_size=max(batch_size, 1000), collate_fn=keep_batch)
@@ -336,8 +341,8 @@ class DCGMMEstimator:
             options.update(accelerator="gpu", devices=[self.device.index or 0])
         else:
             options.update(accelerator="cpu", devices=1)
-        if steps is not None:
-            options["log_every_n_steps"] = max(1, min(50, steps))
+        if steps is not None:  # a multiple of steps_per_call (model.steps_per_call: logged after whole groups)
+            options["log_every_n_steps"] = max(group, min(50, steps) // group * group)
         options.update(trainer_kwargs)
         options["callbacks"] = [*user_callbacks, _History(self.history_, self._epochs)]
 

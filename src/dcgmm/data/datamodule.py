@@ -7,6 +7,7 @@ so that loading keeps up with models that process tens of thousands of images pe
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -172,11 +173,39 @@ class EpochBatches(torch.utils.data.Sampler):
                 yield tuple(parts[first : first + self.steps_per_call])
 
 
+class GroupedBatches(torch.utils.data.Sampler):
+    """The batches of a batch sampler (lists of indices), ``steps_per_call`` at a time, as tuples
+    of int64 index tensors (the last tuple shorter): what ``TensorBatchDataset`` turns into a
+    :class:`BatchGroup`, for a loader with ``batch_size=None``."""
+
+    def __init__(self, batches: torch.utils.data.Sampler, steps_per_call: int) -> None:
+        self.batches, self.steps_per_call = batches, int(steps_per_call)
+
+    def __len__(self) -> int:
+        return -(-len(self.batches) // self.steps_per_call)
+
+    def __iter__(self):
+        group = []
+        # len(batches) of them, without asking for one more: a RandomSampler draws a further
+        # permutation when asked past its end, which Lightning's loop, knowing the length, never does
+        for indices in itertools.islice(self.batches, len(self.batches)):
+            group.append(torch.as_tensor(indices, dtype=torch.long))
+            if len(group) == self.steps_per_call:
+                yield tuple(group)
+                group = []
+        if group:
+            yield tuple(group)
+
+
 def sgd_steps(loader, items: int) -> int:
     """SGD steps in the first ``items`` items of a training loader: ``items`` unless the loader
     groups batches (:class:`EpochBatches` with ``steps_per_call > 1``)."""
     sampler = getattr(loader, "sampler", None)
-    return sampler.steps_in(items) if isinstance(sampler, EpochBatches) else int(items)
+    if isinstance(sampler, EpochBatches):
+        return sampler.steps_in(items)
+    if isinstance(sampler, GroupedBatches):
+        return min(int(items) * sampler.steps_per_call, len(sampler.batches))
+    return int(items)
 
 
 class StepIndex(tuple):
