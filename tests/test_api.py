@@ -103,6 +103,8 @@ def test_fit_with_groups_of_steps_trains_as_one_step_per_call():
     for (name, a), (_, b) in zip(fitted[0].module.named_parameters(), fitted[1].module.named_parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
     assert fitted[0].history_[-1]["train/loss"] == pytest.approx(fitted[1].history_[-1]["train/loss"], rel=1e-6)
+    fitted[1].fit(x, y, epochs=1, batch_size=50, limit_train_batches=3)  # an int limit counts SGD batches
+    assert fitted[1]._trainer.global_step == 3
 
 
 def test_input_forms_give_identical_scores():

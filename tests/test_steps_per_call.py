@@ -25,14 +25,14 @@ def make(steps_per_call: int, **overrides):
 
 
 def fit(steps_per_call: int, labels: bool = True, epochs: int = 1, speed: TrainingSpeed | None = None, trainer_args: dict | None = None,
-        **overrides):
+        batches: int = STEPS, **overrides):
     """Topology B trained ``epochs`` epochs of 31 batches of 50 fixed random images (3-step annealing
     windows whose threshold shrinks sigma and lr at every decision; layer 3 waits a third of the
     run), with the loader grouping ``steps_per_call`` batches."""
     module = make(steps_per_call, **overrides)
     g = torch.Generator().manual_seed(1)
-    x = torch.rand(STEPS * BATCH, 1, 28, 28, generator=g)
-    y = torch.randint(0, 10, (STEPS * BATCH,), generator=g) if labels else None
+    x = torch.rand(batches * BATCH, 1, 28, 28, generator=g)
+    y = torch.randint(0, 10, (batches * BATCH,), generator=g) if labels else None
     sampler = EpochBatches(EpochSeededSampler(len(x), 0), BATCH, steps_per_call)
     loader = DataLoader(TensorBatchDataset(x, y), batch_size=None, sampler=sampler, collate_fn=keep_batch)
     settings = dict(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -192,14 +192,15 @@ def test_mixed_precision_groups_train_as_one_step_per_call():
 
 
 def test_step_checkpoints_of_groups_are_those_of_one_step_per_call(tmp_path):
-    """every_n_train_steps=8 with groups of 4 saves after steps 8, 16 and 24, as one step per call does."""
+    """every_n_train_steps=8 with groups of 4 in epochs of 12 batches saves after steps 8, 16 and 24,
+    as one step per call does."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     saved = {}
     for steps in (1, 4):
         folder = tmp_path / f"s{steps}"
         checkpoint = ModelCheckpoint(dirpath=folder, every_n_train_steps=8, save_top_k=-1, filename="{step}")
-        fit(steps, trainer_args={"enable_checkpointing": True, "callbacks": [checkpoint]})
+        fit(steps, epochs=2, batches=12, trainer_args={"enable_checkpointing": True, "callbacks": [checkpoint]})
         saved[steps] = sorted(path.name for path in folder.glob("*.ckpt"))
     assert saved[4] == saved[1] == ["step=16.ckpt", "step=24.ckpt", "step=8.ckpt"]
 
@@ -208,7 +209,11 @@ def test_step_checkpoints_of_groups_are_those_of_one_step_per_call(tmp_path):
     ({"limit_train_batches": 0.5}, "give an int number of batches"),
     ({"val_check_interval": 0.5}, "validate at epoch ends"),
     ({"val_check_interval": 3}, "validate at epoch ends"),
-    ({"callbacks": "every 6"}, "every_n_train_steps=6 is not a multiple of model.steps_per_call=4"),
+    ({"val_check_interval": 1}, "validate at epoch ends"),
+    ({"val_check_interval": "00:00:00:10"}, "validate at epoch ends"),
+    ({"limit_train_batches": 5}, "limit_train_batches=5 would count groups of this loader's batches"),
+    ({"callbacks": "every 6"}, "every_n_train_steps=6 does not fall on the ends of groups of model.steps_per_call=4 in epochs of 31"),
+    ({"callbacks": "every 8"}, "every_n_train_steps=8 does not fall on the ends"),  # 31 steps an epoch: group ends drift
     ({"callbacks": "time"}, "train_time_interval does not save"),
 ])
 def test_settings_that_would_count_groups_are_refused(trainer_args, match, tmp_path):
@@ -216,8 +221,9 @@ def test_settings_that_would_count_groups_are_refused(trainer_args, match, tmp_p
 
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    if trainer_args.get("callbacks") == "every 6":
-        trainer_args = {"enable_checkpointing": True, "callbacks": [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=6)]}
+    if str(trainer_args.get("callbacks")).startswith("every "):
+        every = int(trainer_args["callbacks"].split()[1])
+        trainer_args = {"enable_checkpointing": True, "callbacks": [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every)]}
     elif trainer_args.get("callbacks") == "time":
         trainer_args = {"enable_checkpointing": True,
                         "callbacks": [ModelCheckpoint(dirpath=tmp_path, train_time_interval=datetime.timedelta(seconds=1))]}
@@ -227,5 +233,7 @@ def test_settings_that_would_count_groups_are_refused(trainer_args, match, tmp_p
 
 
 def test_a_logging_cadence_groups_cannot_keep_is_warned_of():
-    with pytest.warns(UserWarning, match="log_every_n_steps=10 is not a multiple of model.steps_per_call=4"):
+    with pytest.warns(UserWarning, match="log_every_n_steps=10 does not fall on the ends of groups of model.steps_per_call=4"):
         fit(4, trainer_args={"log_every_n_steps": 10})
+    with pytest.warns(UserWarning, match="log_every_n_steps=8 does not fall on the ends"):  # 31 steps an epoch
+        fit(4, trainer_args={"log_every_n_steps": 8})

@@ -323,7 +323,9 @@ class DCGMMEstimator:
             dataset = TensorBatchDataset(x, labels)
             if group > 1:  # the batches a shuffled loader would yield, steps_per_call at a time
                 batches = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=False)
-                train_loader = DataLoader(dataset, batch_size=None, sampler=GroupedBatches(batches, group), collate_fn=keep_batch,
+                limit = trainer_kwargs.get("limit_train_batches")  # an int counts SGD batches, as with one per call
+                limit = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+                train_loader = DataLoader(dataset, batch_size=None, sampler=GroupedBatches(batches, group, limit), collate_fn=keep_batch,
                                           generator=generator)  # the loader draws from it first, as a shuffling one does
             else:
                 train_loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=keep_batch, generator=generator)
@@ -341,8 +343,9 @@ class DCGMMEstimator:
             options.update(accelerator="gpu", devices=[self.device.index or 0])
         else:
             options.update(accelerator="cpu", devices=1)
-        if steps is not None:  # a multiple of steps_per_call (model.steps_per_call: logged after whole groups)
-            options["log_every_n_steps"] = max(group, min(50, steps) // group * group)
+        if steps is not None:  # on the ends of groups of steps_per_call in every epoch (else: once an epoch)
+            every = min(50, steps)
+            options["log_every_n_steps"] = steps if group > 1 and (every % group or steps % group) else every
         options.update(trainer_kwargs)
         options["callbacks"] = [*user_callbacks, _History(self.history_, self._epochs)]
 

@@ -137,6 +137,7 @@ class DCGMMModule(L.LightningModule):
         # backward and update itself (Lightning's manual optimisation)
         self.automatic_optimization = not (cuda_graph or steps_per_call > 1)
         self._graphed: GraphedStep | None = None
+        self._warning_filters: list | None = None  # the process's warning filters before setup (manual optimisation)
 
         learners = self.stack.learning_layers
         # Per-step state of the training loop, on the device so that updating it costs no host
@@ -187,8 +188,18 @@ class DCGMMModule(L.LightningModule):
         keep_freed_memory()
         # Lightning warns at every step-based checkpoint under manual optimisation that it holds
         # the parameters after the step's update: so do the automatic path's checkpoints, with the
-        # annealing state of the same step (docs/design.md section 2)
-        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
+        # annealing state of the same step (docs/design.md section 2); until teardown
+        if not self.automatic_optimization and self._warning_filters is None:
+            self._warning_filters = list(warnings.filters)
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
+
+    def teardown(self, stage: str) -> None:
+        if self._warning_filters is not None:
+            warnings.filters[:] = self._warning_filters
+            mutated = getattr(warnings, "_filters_mutated", None)  # what filterwarnings calls (resets the caches)
+            if mutated is not None:
+                mutated()
+            self._warning_filters = None
 
     def configure_model(self) -> None:
         """Compile the bottom-up pass lazily (``model.compile=true``), in the process that trains."""
@@ -217,7 +228,7 @@ class DCGMMModule(L.LightningModule):
         of batches (``steps_per_call > 1``) as one; for groups, the same estimate over their batches."""
         trainer = self.trainer
         estimated = trainer.estimated_stepping_batches
-        if self.automatic_optimization or trainer.max_epochs == -1 or not math.isfinite(trainer.num_training_batches):
+        if self.automatic_optimization or trainer.max_epochs in (None, -1) or not math.isfinite(trainer.num_training_batches):
             return int(estimated) if math.isfinite(estimated) else 1
         total = sgd_steps(trainer.train_dataloader, trainer.num_training_batches) * max(int(trainer.max_epochs), 1)
         return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
@@ -236,12 +247,6 @@ class DCGMMModule(L.LightningModule):
                     "callbacks.model_checkpoint.train_time_interval does not save under model.cuda_graph=true or "
                     "model.steps_per_call>1 (Lightning's manual optimisation); use every_n_train_steps or every_n_epochs"
                 )
-            every = int(getattr(callback, "_every_n_train_steps", 0) or 0)
-            if every and every % steps:
-                raise ConfigError(
-                    f"callbacks.model_checkpoint.every_n_train_steps={every} is not a multiple of model.steps_per_call={steps}: "
-                    f"a checkpoint is written after a group of steps; use a multiple of {steps}"
-                )
         if steps == 1:
             return
         if trainer.world_size > 1:
@@ -255,21 +260,54 @@ class DCGMMModule(L.LightningModule):
                 f"trainer.limit_train_batches={limit} is a fraction of the groups of model.steps_per_call={steps} batches; "
                 f"give an int number of batches (e.g. trainer.limit_train_batches=100) or model.steps_per_call=1"
             )
-        if trainer.val_check_interval != 1.0:
+        interval = getattr(trainer, "val_check_interval", None)
+        if getattr(trainer, "_val_check_time_interval", None) is not None or isinstance(interval, int) or interval != 1.0:
             raise ConfigError(
-                f"trainer.val_check_interval={trainer.val_check_interval} would count groups of model.steps_per_call={steps} "
-                f"batches; with steps_per_call>1 validate at epoch ends (check_val_every_n_epoch) or use model.steps_per_call=1"
+                f"trainer.val_check_interval would count groups of model.steps_per_call={steps} batches; with "
+                f"steps_per_call>1 validate at epoch ends (check_val_every_n_epoch) or use model.steps_per_call=1"
             )
-        if trainer.log_every_n_steps % steps:
+
+    def _check_grouped_loader(self) -> None:
+        """With ``steps_per_call > 1``, after the loader is set up: an int batch limit must be one
+        the loader applies (it counts SGD batches there, groups elsewhere), and step checkpoints
+        and logging need group ends on their multiples in every epoch (S dividing an epoch's
+        batches, or an interval that is a multiple of the epoch)."""
+        steps = int(self.hparams.get("steps_per_call", 1))
+        if self.automatic_optimization or steps == 1:
+            return
+        trainer = self.trainer
+        sampler = getattr(trainer.train_dataloader, "sampler", None)
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int) and getattr(sampler, "max_batches", None) != limit:
+            raise ConfigError(
+                f"trainer.limit_train_batches={limit} would count groups of this loader's batches; with model.steps_per_call={steps} "
+                f"use the data module (dcgmm.data.ImageDataModule) or the estimator, or drop the limit"
+            )
+        per_epoch = sgd_steps(trainer.train_dataloader, trainer.num_training_batches)
+
+        def aligned(every: int) -> bool:  # group ends fall on every multiple of ``every`` in every epoch
+            return every % per_epoch == 0 or (every % steps == 0 and per_epoch % steps == 0)
+
+        for callback in trainer.checkpoint_callbacks:
+            every = int(getattr(callback, "_every_n_train_steps", 0) or 0)
+            if every and not aligned(every):
+                raise ConfigError(
+                    f"callbacks.model_checkpoint.every_n_train_steps={every} does not fall on the ends of groups of "
+                    f"model.steps_per_call={steps} in epochs of {per_epoch} steps; use a multiple of {steps} with a steps_per_call "
+                    f"that divides {per_epoch}, or a multiple of {per_epoch}"
+                )
+        if trainer.log_every_n_steps and not aligned(trainer.log_every_n_steps):
             warnings.warn(
-                f"trainer.log_every_n_steps={trainer.log_every_n_steps} is not a multiple of model.steps_per_call={steps}: "
-                f"training metrics are logged only after the groups that end on a multiple of it",
+                f"trainer.log_every_n_steps={trainer.log_every_n_steps} does not fall on the ends of groups of "
+                f"model.steps_per_call={steps} in epochs of {per_epoch} steps: training metrics are logged only after the "
+                f"groups that end on a multiple of it",
                 stacklevel=2,
             )
 
     def on_fit_start(self) -> None:
         self._check_loop_settings()
-        self._total_steps = max(self._training_steps(), 1)
+        self._total_steps = max(self._training_steps(), 1)  # sets up the training loader
+        self._check_grouped_loader()
         self._device_state()
         self._refresh_schedule_values()
         # TF32 in the training steps only when asked; evaluation switches it off (_exact_evaluation)
@@ -338,7 +376,7 @@ class DCGMMModule(L.LightningModule):
         SGD steps, so that it counts SGD steps as with one batch per call. Logging then happens
         after the groups that end on a multiple of ``log_every_n_steps``."""
         epoch_loop = getattr(getattr(self._trainer, "fit_loop", None), "epoch_loop", None)
-        if extra and hasattr(epoch_loop, "_batches_that_stepped"):
+        if extra > 0 and hasattr(epoch_loop, "_batches_that_stepped"):
             epoch_loop._batches_that_stepped += extra
 
     def _manual_step(self, batch) -> None:

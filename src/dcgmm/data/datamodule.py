@@ -174,21 +174,28 @@ class EpochBatches(torch.utils.data.Sampler):
 
 
 class GroupedBatches(torch.utils.data.Sampler):
-    """The batches of a batch sampler (lists of indices), ``steps_per_call`` at a time, as tuples
-    of int64 index tensors (the last tuple shorter): what ``TensorBatchDataset`` turns into a
-    :class:`BatchGroup`, for a loader with ``batch_size=None``."""
+    """The batches of a batch sampler (lists of indices; the first ``max_batches`` of them when it
+    is set), ``steps_per_call`` at a time, as tuples of int64 index tensors (the last tuple
+    shorter): what ``TensorBatchDataset`` turns into a :class:`BatchGroup`, for a loader with
+    ``batch_size=None``."""
 
-    def __init__(self, batches: torch.utils.data.Sampler, steps_per_call: int) -> None:
+    def __init__(self, batches: torch.utils.data.Sampler, steps_per_call: int, max_batches: int | None = None) -> None:
         self.batches, self.steps_per_call = batches, int(steps_per_call)
+        self.max_batches = None if max_batches is None else int(max_batches)
+
+    @property
+    def count(self) -> int:
+        """SGD batches per epoch (the first ``max_batches`` when it is set)."""
+        return len(self.batches) if self.max_batches is None else min(len(self.batches), self.max_batches)
 
     def __len__(self) -> int:
-        return -(-len(self.batches) // self.steps_per_call)
+        return -(-self.count // self.steps_per_call)
 
     def __iter__(self):
         group = []
         # len(batches) of them, without asking for one more: a RandomSampler draws a further
         # permutation when asked past its end, which Lightning's loop, knowing the length, never does
-        for indices in itertools.islice(self.batches, len(self.batches)):
+        for indices in itertools.islice(self.batches, self.count):
             group.append(torch.as_tensor(indices, dtype=torch.long))
             if len(group) == self.steps_per_call:
                 yield tuple(group)
@@ -204,7 +211,7 @@ def sgd_steps(loader, items: int) -> int:
     if isinstance(sampler, EpochBatches):
         return sampler.steps_in(items)
     if isinstance(sampler, GroupedBatches):
-        return min(int(items) * sampler.steps_per_call, len(sampler.batches))
+        return min(int(items) * sampler.steps_per_call, sampler.count)
     return int(items)
 
 
