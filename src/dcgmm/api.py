@@ -318,13 +318,12 @@ class DCGMMEstimator:
             labelled = y is not None
             labels = self._labels(y, len(x)) if labelled else None  # None: unlabelled batches (x, None)
             x, labels, val_data = self._split_validation(x, labels, val)
-            from dcgmm.data.datamodule import GroupedBatches, TensorBatchDataset, keep_batch
+            from dcgmm.data.datamodule import GroupedBatches, TensorBatchDataset, grouped_batch_limit, keep_batch
 
             dataset = TensorBatchDataset(x, labels)
             if group > 1:  # the batches a shuffled loader would yield, steps_per_call at a time
                 batches = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=False)
-                limit = trainer_kwargs.get("limit_train_batches")  # an int counts SGD batches, as with one per call
-                limit = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+                limit = grouped_batch_limit(trainer_kwargs.get("limit_train_batches"), group)  # an int counts SGD batches
                 train_loader = DataLoader(dataset, batch_size=None, sampler=GroupedBatches(batches, group, limit), collate_fn=keep_batch,
                                           generator=generator)  # the loader draws from it first, as a shuffling one does
             else:

@@ -23,6 +23,10 @@ from dcgmm.scoring import EvalOutputs
 LN2 = math.log(2.0)
 STAGES = ("val", "test")
 NEVER = torch.iinfo(torch.long).max  # "no such step" in the first-non-finite-step tensor
+STEPS_NEED_ONE_PROCESS = (
+    "model.steps_per_call={steps} runs several SGD steps per call in one process; use model.steps_per_call=1 "
+    "for data-parallel training (trainer=ddp, trainer.devices>1)"
+)
 GRAPH_AND_COMPILE = "model.cuda_graph=true records the whole step already; drop model.compile (or set model.cuda_graph=false)"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -69,9 +73,10 @@ class DCGMMModule(L.LightningModule):
             annealing and waits as ``S = 1``, with Lightning's per-batch loop, hooks and logging
             paid once per group. ``global_step``, ``trainer.max_steps`` (which stops inside a
             group), an int ``trainer.limit_train_batches`` and the logger's step axis count SGD
-            steps. Metrics are logged after the groups that end on a multiple of
-            ``trainer.log_every_n_steps`` (make it a multiple of ``S``). Settings that would count
-            groups are refused (:meth:`_check_loop_settings`). One process only.
+            steps. Metrics are logged, and step checkpoints written, after the groups that end on a
+            multiple of ``trainer.log_every_n_steps`` / ``every_n_train_steps`` (keep them multiples
+            of ``S``, with ``S`` dividing an epoch's batches). Settings that would count groups are
+            refused (:meth:`_check_loop_settings`, :meth:`_check_grouped_loader`). One process only.
 
     Logged metrics (slash names): ``{stage}/loss`` (sum of the GMM layers' losses),
     ``{stage}/L<i>_<kind>/loss`` per learning layer, ``train/L<i>_gmm/sigma`` and ``.../lr`` at every
@@ -234,10 +239,10 @@ class DCGMMModule(L.LightningModule):
         return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
 
     def _check_loop_settings(self) -> None:
-        """One-line errors for trainer and checkpoint settings that count calls of Lightning's loop
-        where they should count SGD steps (``steps_per_call > 1``), or that Lightning's manual
-        optimisation (also ``model.cuda_graph=true``) does not honour; a warning for a logging
-        cadence that groups of steps cannot keep."""
+        """One-line errors, before the training loader exists, for settings that Lightning's manual
+        optimisation (also ``model.cuda_graph=true``) does not honour, or that would count calls of
+        Lightning's loop where they should count SGD steps (``steps_per_call > 1``); the checks that
+        need the loader are :meth:`_check_grouped_loader`'s."""
         if self.automatic_optimization:
             return
         trainer, steps = self.trainer, int(self.hparams.get("steps_per_call", 1))
@@ -250,10 +255,7 @@ class DCGMMModule(L.LightningModule):
         if steps == 1:
             return
         if trainer.world_size > 1:
-            raise ConfigError(
-                f"model.steps_per_call={steps} runs several SGD steps per call in one process; "
-                f"use model.steps_per_call=1 for data-parallel training"
-            )
+            raise ConfigError(STEPS_NEED_ONE_PROCESS.format(steps=steps))
         limit = trainer.limit_train_batches
         if isinstance(limit, float) and limit != 1.0:
             raise ConfigError(

@@ -15,7 +15,7 @@ from dcgmm.checkpoints import check_checkpoint_fits, load_module
 from dcgmm.errors import ConfigError
 from dcgmm.graphstep import plain_sgd_problem
 from dcgmm.images import make_grid, save_png
-from dcgmm.module import GRAPH_AND_COMPILE
+from dcgmm.module import GRAPH_AND_COMPILE, STEPS_NEED_ONE_PROCESS
 from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
 from dcgmm.utils import apply_extras, build_trainer, instantiate, instantiate_group, task_wrapper
 
@@ -51,10 +51,7 @@ def check_steps_per_call(model_cfg: DictConfig, trainer_cfg: DictConfig) -> None
     training (DDP synchronises gradients once per forward of its wrapper, i.e. once per call)."""
     steps = model_cfg.get("steps_per_call", 1)
     if isinstance(steps, int) and not isinstance(steps, bool) and steps > 1 and not _one_process(trainer_cfg):
-        raise ConfigError(
-            f"model.steps_per_call={steps} runs several SGD steps per call in one process; "
-            f"use model.steps_per_call=1 for data-parallel training (trainer=ddp, trainer.devices>1)"
-        )
+        raise ConfigError(STEPS_NEED_ONE_PROCESS.format(steps=steps))
 
 
 def check_cuda_graph(model_cfg: DictConfig, trainer_cfg: DictConfig) -> None:

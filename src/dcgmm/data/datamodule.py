@@ -130,16 +130,53 @@ class EpochSeededSampler(torch.utils.data.Sampler[int]):
         return -(-self.size // world)
 
 
-class EpochBatches(torch.utils.data.Sampler):
+class _Grouping(torch.utils.data.Sampler):
+    """What the training samplers share: an epoch of :attr:`batches` SGD batches (the first
+    ``max_batches`` when it is set), yielded one by one or, with ``steps_per_call = S > 1``, as
+    tuples of ``S`` consecutive ones (the last tuple shorter), which the dataset turns into a
+    :class:`BatchGroup`. Its length is the number of items it yields."""
+
+    steps_per_call: int
+    max_batches: int | None
+
+    def _all_batches(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def batches(self) -> int:
+        """SGD batches per epoch (the first ``max_batches`` when it is set)."""
+        total = self._all_batches()
+        return total if self.max_batches is None else min(total, self.max_batches)
+
+    def __len__(self) -> int:
+        return -(-self.batches // self.steps_per_call)
+
+    def steps_in(self, items: int) -> int:
+        """SGD batches in the first ``items`` items of an epoch (every group but the last is full)."""
+        return min(int(items) * self.steps_per_call, self.batches)
+
+    def _grouped(self, parts):
+        """The first :attr:`batches` of ``parts`` (an iterable of index tensors), one by one or in
+        tuples of ``steps_per_call``; never asks ``parts`` for one more (a RandomSampler draws a
+        further permutation when asked past its end, which Lightning's loop, knowing the length,
+        never does)."""
+        parts = itertools.islice(parts, self.batches)
+        if self.steps_per_call == 1:
+            yield from parts
+            return
+        while group := tuple(itertools.islice(parts, self.steps_per_call)):
+            yield group
+
+
+class EpochBatches(_Grouping):
     """The batches of an epoch of ``sampler``'s order as int64 index tensors ``(B,)`` (the last
     one shorter when ``batch_size`` does not divide the epoch), cut from one permutation tensor;
-    with ``steps_per_call = S > 1``, tuples of ``S`` consecutive ones (the last tuple shorter when
-    ``S`` does not divide the epoch's batches), which the dataset turns into a :class:`BatchGroup`.
+    with ``steps_per_call > 1``, grouped (:class:`_Grouping`).
 
     Given to a ``DataLoader`` as its ``sampler`` with ``batch_size=None``, each index tensor reaches
     :meth:`TensorBatchDataset.__getitem__` whole: one indexing operation per batch and no Python
     list of indices (a ``BatchSampler`` over ``sampler`` builds one per batch, several times the
-    cost of cutting the batch). Its length is the number of items it yields (groups, for ``S > 1``).
+    cost of cutting the batch).
     """
 
     def __init__(self, sampler: EpochSeededSampler, batch_size: int, steps_per_call: int = 1, max_batches: int | None = None) -> None:
@@ -149,70 +186,44 @@ class EpochBatches(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
-    @property
-    def batches(self) -> int:
-        """SGD batches per epoch (the first ``max_batches`` when it is set)."""
-        batches = -(-len(self.sampler) // self.batch_size)
-        return batches if self.max_batches is None else min(batches, self.max_batches)
-
-    def __len__(self) -> int:
-        return -(-self.batches // self.steps_per_call)
-
-    def steps_in(self, items: int) -> int:
-        """SGD batches in the first ``items`` items of an epoch (every group but the last is full)."""
-        return min(int(items) * self.steps_per_call, self.batches)
+    def _all_batches(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self):
         # a generator: the order is drawn at the first batch, not when the iterator is made
         # (Lightning makes it before set_epoch when it resumes from a checkpoint)
-        parts = self.sampler.order().split(self.batch_size)[: self.batches]
-        if self.steps_per_call == 1:
-            yield from parts
-        else:
-            for first in range(0, len(parts), self.steps_per_call):
-                yield tuple(parts[first : first + self.steps_per_call])
+        yield from self._grouped(self.sampler.order().split(self.batch_size))
 
 
-class GroupedBatches(torch.utils.data.Sampler):
-    """The batches of a batch sampler (lists of indices; the first ``max_batches`` of them when it
-    is set), ``steps_per_call`` at a time, as tuples of int64 index tensors (the last tuple
-    shorter): what ``TensorBatchDataset`` turns into a :class:`BatchGroup`, for a loader with
-    ``batch_size=None``."""
+class GroupedBatches(_Grouping):
+    """The batches of a batch sampler (lists of indices), as int64 index tensors, grouped
+    (:class:`_Grouping`), for a loader with ``batch_size=None``."""
 
-    def __init__(self, batches: torch.utils.data.Sampler, steps_per_call: int, max_batches: int | None = None) -> None:
-        self.batches, self.steps_per_call = batches, int(steps_per_call)
+    def __init__(self, batch_sampler: torch.utils.data.Sampler, steps_per_call: int, max_batches: int | None = None) -> None:
+        self.batch_sampler, self.steps_per_call = batch_sampler, int(steps_per_call)
         self.max_batches = None if max_batches is None else int(max_batches)
 
-    @property
-    def count(self) -> int:
-        """SGD batches per epoch (the first ``max_batches`` when it is set)."""
-        return len(self.batches) if self.max_batches is None else min(len(self.batches), self.max_batches)
-
-    def __len__(self) -> int:
-        return -(-self.count // self.steps_per_call)
+    def _all_batches(self) -> int:
+        return len(self.batch_sampler)
 
     def __iter__(self):
-        group = []
-        # len(batches) of them, without asking for one more: a RandomSampler draws a further
-        # permutation when asked past its end, which Lightning's loop, knowing the length, never does
-        for indices in itertools.islice(self.batches, self.count):
-            group.append(torch.as_tensor(indices, dtype=torch.long))
-            if len(group) == self.steps_per_call:
-                yield tuple(group)
-                group = []
-        if group:
-            yield tuple(group)
+        yield from self._grouped(torch.as_tensor(indices, dtype=torch.long) for indices in self.batch_sampler)
+
+
+def grouped_batch_limit(limit: Any, steps_per_call: int) -> int | None:
+    """An int ``trainer.limit_train_batches`` that a grouping sampler applies itself, as SGD
+    batches (Lightning's limit, which counts the groups, then cuts nothing); ``None`` when the
+    batches are not grouped or the limit is not an int."""
+    if steps_per_call == 1 or isinstance(limit, bool) or not isinstance(limit, int):
+        return None
+    return limit
 
 
 def sgd_steps(loader, items: int) -> int:
-    """SGD steps in the first ``items`` items of a training loader: ``items`` unless the loader
-    groups batches (:class:`EpochBatches` with ``steps_per_call > 1``)."""
+    """SGD steps in the first ``items`` items of a training loader: ``items`` unless its sampler
+    groups batches (:class:`_Grouping`)."""
     sampler = getattr(loader, "sampler", None)
-    if isinstance(sampler, EpochBatches):
-        return sampler.steps_in(items)
-    if isinstance(sampler, GroupedBatches):
-        return min(int(items) * sampler.steps_per_call, sampler.count)
-    return int(items)
+    return sampler.steps_in(items) if isinstance(sampler, _Grouping) else int(items)
 
 
 class StepIndex(tuple):
@@ -510,7 +521,7 @@ class ImageDataModule(L.LightningDataModule):
         if self._shuffle_seed is None:
             self._shuffle_seed = shared_seed(torch.initial_seed() % (2**31))
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, steps_per_call: int = 1) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool, steps_per_call: int = 1, max_batches: int | None = None) -> DataLoader:
         dataset = self.dataset(split)
         # shuffled order: a function of (torch's seed at the first loader, epoch), see EpochSeededSampler
         if shuffle:
@@ -521,7 +532,7 @@ class ImageDataModule(L.LightningDataModule):
             # and keeps the loader's batch size: here the batches must come from the batch size
             batching = dict(batch_size=batch_size, sampler=order, drop_last=False)
         else:  # the sampler yields whole batches (index tensors)
-            batching = dict(batch_size=None, sampler=EpochBatches(order, batch_size, steps_per_call, self._batch_limit(steps_per_call)))
+            batching = dict(batch_size=None, sampler=EpochBatches(order, batch_size, steps_per_call, max_batches))
         return DataLoader(
             dataset,
             **batching,
@@ -531,25 +542,22 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def _batch_limit(self, steps_per_call: int) -> int | None:
-        """An int ``trainer.limit_train_batches`` as SGD batches when the loader groups them
-        (``steps_per_call > 1``): the loader yields that many batches, in groups, and Lightning's
-        limit, which counts the groups, does not cut them again. ``None``: no such limit."""
-        limit = getattr(self.trainer, "limit_train_batches", None) if self.trainer is not None else None
-        if steps_per_call == 1 or isinstance(limit, bool) or not isinstance(limit, int):
-            return None
-        return limit
+    def _batch_limit(self) -> int | None:
+        """The trainer's int ``limit_train_batches`` for the training sampler to apply, when it
+        groups batches (:func:`grouped_batch_limit`)."""
+        return grouped_batch_limit(getattr(self.trainer, "limit_train_batches", None) if self.trainer is not None else None,
+                                   self.steps_per_call)
 
     def train_dataloader(self) -> DataLoader:
         """Training batches: x float32 (B, C, H, W) in [0, 1], y int64 (B,); with ``on_device``
         the loader yields :class:`StepIndex` markers that become those batches on the device."""
         if not self.on_device:
-            return self._loader("train", self.batch_size, self.shuffle, self.steps_per_call)
+            return self._loader("train", self.batch_size, self.shuffle, self.steps_per_call, self._batch_limit())
         if self.shuffle:
             self._set_shuffle_seed()
         self._train_sampler = EpochSeededSampler(len(self.dataset("train")), self._shuffle_seed or 0, shuffle=self.shuffle)
         self._device_train = self._device_order = None
-        return DataLoader(_Identity(), batch_size=None, sampler=EpochSteps(self._train_sampler, self.batch_size, self.steps_per_call, self._batch_limit(self.steps_per_call)),
+        return DataLoader(_Identity(), batch_size=None, sampler=EpochSteps(self._train_sampler, self.batch_size, self.steps_per_call, self._batch_limit()),
                           collate_fn=keep_batch)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
