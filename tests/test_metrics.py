@@ -239,3 +239,79 @@ def test_predict_step_outputs_match_a_hand_computed_mixture():
     gamma = softmax(joint, axis=1)
     logits = gamma @ head.weight.detach().double().numpy().T + head.bias.detach().double().numpy()
     np.testing.assert_allclose(cat("class_probabilities"), softmax(logits, axis=1), atol=1e-5)
+
+
+def test_weighted_mean_matches_numpy_and_torchmetrics_over_unequal_batches():
+    """Batch means counted as their batch sizes (a short last batch), per-image values, boolean
+    values and tensor weights: the same means as numpy and torchmetrics' MeanMetric."""
+    from torchmetrics import MeanMetric
+
+    from dcgmm.metrics import WeightedMean
+
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(n, generator=g) * 3 + 1 for n in (100, 100, 37)]
+    everything = torch.cat(batches).double().numpy()
+    of_means, reference, per_image, correct = WeightedMean(), MeanMetric(), WeightedMean(), WeightedMean()
+    assert torch.isnan(of_means.compute())  # nothing seen yet
+    for b in batches:
+        of_means.update(b.mean(), weight=len(b))
+        reference.update(b.mean(), weight=len(b))
+        per_image.update(b)
+        correct.update(b > 1.0)
+    assert of_means.compute().item() == pytest.approx(everything.mean(), rel=1e-5)
+    assert of_means.compute().item() == pytest.approx(reference.compute().item(), rel=1e-6)
+    assert per_image.compute().item() == pytest.approx(everything.mean(), rel=1e-5)
+    assert correct.compute().item() == pytest.approx(float((everything > 1.0).mean()), rel=1e-6)
+    weights = torch.rand(237, generator=g)
+    weighted = WeightedMean()
+    weighted.update(torch.cat(batches), weight=weights)
+    assert weighted.compute().item() == pytest.approx(np.average(everything, weights=weights.double().numpy()), rel=1e-5)
+    weighted.reset()
+    assert torch.isnan(weighted.compute())
+
+
+def test_weighted_mean_lets_a_nan_through():
+    """A NaN makes the mean NaN (torchmetrics' MeanMetric drops it with a warning)."""
+    from dcgmm.metrics import WeightedMean
+
+    mean = WeightedMean()
+    mean.update(torch.tensor([1.0, 2.0]))
+    mean.update(torch.tensor(float("nan")), weight=5)
+    assert torch.isnan(mean.compute())
+
+
+def test_validation_metrics_equal_one_pass_over_all_images():
+    """trainer.validate over batches of 100, 100 and 37 images logs the same accuracy (against
+    scikit-learn), log-likelihood, bound and loss as one pass over all 237 images at once."""
+    import lightning as L
+    from sklearn.metrics import accuracy_score
+
+    from dcgmm.config import build_model
+    from dcgmm.data.datamodule import TensorBatchDataset, keep_batch
+    from dcgmm.scoring import EvalOutputs
+
+    torch.manual_seed(0)
+    module = build_model("dcgmm2", [])
+    with torch.no_grad():
+        for p in module.stack.classifier.parameters():
+            p.normal_()  # distinct logits, so that the predicted classes differ between images
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (237, 1, 28, 28), generator=g).float() / 255
+    y = torch.randint(0, 10, (237,), generator=g)
+    loader = torch.utils.data.DataLoader(TensorBatchDataset(x, y), batch_size=100, collate_fn=keep_batch)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    logged = trainer.validate(module, loader, verbose=False)[0]
+
+    module.eval()
+    with torch.no_grad():
+        _, raw = module.stack.bottom_up(x)
+        outputs = EvalOutputs(module.stack, raw, y)
+        losses = module.stack.losses(raw, y)
+        predicted = raw[module.stack.classifier.index].flatten(1).argmax(dim=1)
+    accuracy = accuracy_score(y.numpy(), predicted.numpy())
+    assert 0.02 < accuracy < 0.5  # neither all right nor one class for all
+    assert logged["val/acc"] == pytest.approx(accuracy, abs=1e-6)
+    assert logged["val/loglik"] == pytest.approx(outputs.top_log_likelihood.mean().item(), rel=1e-5)
+    assert logged["val/bound"] == pytest.approx(module.stack.top_gmm.max_component_bound(outputs.top_scores).mean().item(), rel=1e-5)
+    gmm_loss = sum(losses[layer.index] for layer in module.stack.gmm_layers).item()
+    assert logged["val/loss"] == pytest.approx(gmm_loss, rel=1e-5)

@@ -1,5 +1,7 @@
 """Evaluation metrics as torchmetrics objects (accumulate over batches, synchronise under DDP).
 
+* :class:`WeightedMean`: the (weighted) mean of a stream of values, with no host synchronisation
+  per update (the module's losses, log-likelihoods and accuracy).
 * :class:`ClusteringScores`: label-based scores of a clustering (docs/design.md section 4): cluster purity,
   normalised mutual information (NMI), adjusted Rand index (ARI) and the accuracy under the best
   one-to-one matching of clusters to classes (Hungarian matching).
@@ -24,7 +26,7 @@ from scipy.optimize import linear_sum_assignment
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC
 
-__all__ = ["ClusteringScores", "auroc_metric", "clustering_scores", "internal_indices", "outlier_auroc"]
+__all__ = ["ClusteringScores", "WeightedMean", "auroc_metric", "clustering_scores", "internal_indices", "outlier_auroc"]
 
 
 def clustering_scores(contingency: np.ndarray | torch.Tensor, hungarian: bool | None = None) -> dict[str, float]:
@@ -95,6 +97,35 @@ def _ari(table: np.ndarray) -> float:
     if fp == 0 and fn == 0:
         return 1.0
     return float(2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))
+
+
+class WeightedMean(Metric):
+    """Weighted mean ``sum(w * v) / sum(w)`` of the values passed to ``update``, summed over
+    data-parallel processes by ``compute``.
+
+    ``update(value, weight=1.0)``: ``value`` a float or a tensor of any shape (each element one
+    value), ``weight`` a float or a tensor that broadcasts to it (a batch's mean loss with
+    ``weight=batch size`` counts as that many values). Unlike torchmetrics' ``MeanMetric``, whose
+    NaN check reads every update back to the host (a GPU synchronisation per batch), nothing is
+    checked: a NaN or infinite value makes the mean NaN or infinite, which is what gets logged.
+    The sums are kept in float32 on the metric's device; ``compute`` is NaN before any update.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: float | torch.Tensor, weight: float | torch.Tensor = 1.0) -> None:
+        value = torch.as_tensor(value, device=self.total.device).to(self.total.dtype)
+        weight = torch.broadcast_to(torch.as_tensor(weight, device=self.total.device).to(self.total.dtype), value.shape)
+        self.total += (value * weight).sum()
+        self.weight += weight.sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.weight
 
 
 class ClusteringScores(Metric):

@@ -8,13 +8,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
 import torch
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from dcgmm.annealing import Annealing, AnnealingSchedule, first_learning_step
 from dcgmm.data.datamodule import BatchGroup, batches_of, sgd_steps
 from dcgmm.errors import ConfigError, TrainingDiverged
 from dcgmm.graphstep import GraphedStep
+from dcgmm.metrics import WeightedMean
 from dcgmm.model import DCGMM
 from dcgmm.policy import split_training
 from dcgmm.runtime import keep_freed_memory, restore_tf32, set_tf32
@@ -159,12 +158,9 @@ class DCGMMModule(L.LightningModule):
         # sigma and learning rate of every annealing schedule, for logging without a host copy
         self.schedule_values = torch.tensor(self.annealing.values(), dtype=torch.float32).reshape(-1, 2)
         self._train_steps_in_epoch = 0
-        names = ["loss", "loglik", "bound", "bpd"] + [layer.name for layer in learners]
-        self.metrics = torch.nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in STAGES for name in names})
-        classifier = self.stack.classifier
-        self.accuracy = torch.nn.ModuleDict(
-            {stage: MulticlassAccuracy(classifier.num_classes, average="micro") for stage in STAGES} if classifier else {}
-        )
+        # running means over an evaluation pass, with no host synchronisation per batch
+        names = ["loss", "loglik", "bound", "bpd"] + (["acc"] if self.stack.classifier is not None else []) + [layer.name for layer in learners]
+        self.metrics = torch.nn.ModuleDict({f"{stage}_{name}": WeightedMean() for stage in STAGES for name in names})
 
     @property
     def schedules(self) -> dict[int, AnnealingSchedule]:
@@ -589,8 +585,9 @@ class DCGMMModule(L.LightningModule):
         outputs = EvalOutputs(self.stack, raw, labels)
         self.metrics[f"{stage}_loglik"].update(outputs.top_log_likelihood)
         self.metrics[f"{stage}_bound"].update(self.stack.top_gmm.max_component_bound(outputs.top_scores))
-        if self.stack.classifier is not None and labels is not None:
-            self.accuracy[stage].update(raw[self.stack.classifier.index], labels)
+        if self.stack.classifier is not None and labels is not None:  # share of images whose most likely class is their label
+            predicted = raw[self.stack.classifier.index].flatten(1).argmax(dim=1)
+            self.metrics[f"{stage}_acc"].update(predicted == labels)
         if stage == "test" and self.stack.is_pixel_density:
             self.metrics["test_bpd"].update(self.bits_per_dim(x))
         return outputs
@@ -612,11 +609,8 @@ class DCGMMModule(L.LightningModule):
             if key.startswith(stage + "_") and metric.update_called:
                 name = key[len(stage) + 1 :]
                 label = f"{stage}/{name}/loss" if name in layer_names else f"{stage}/{name}"
-                self.log(label, metric.compute(), prog_bar=name == "loss")
+                self.log(label, metric.compute(), prog_bar=name in ("loss", "acc"))
                 self._reset(metric)
-        if stage in self.accuracy and self.accuracy[stage].update_called:
-            self.log(f"{stage}/acc", self.accuracy[stage].compute(), prog_bar=True)
-            self._reset(self.accuracy[stage])
 
     @staticmethod
     def _reset(metric) -> None:

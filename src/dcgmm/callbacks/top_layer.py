@@ -5,10 +5,9 @@ from __future__ import annotations
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torchmetrics import MeanMetric
 
 from dcgmm.errors import ConfigError
-from dcgmm.metrics import ClusteringScores, internal_indices
+from dcgmm.metrics import ClusteringScores, WeightedMean, internal_indices
 from dcgmm.scoring import EvalOutputs
 
 STAGES = ("val", "test")
@@ -51,7 +50,7 @@ class TopLayerMetrics(Callback):
         self._images: list[torch.Tensor] = []
         self._ids: list[torch.Tensor] = []
         self._clusters: ClusteringScores | None = None
-        self._loss: MeanMetric | None = None
+        self._loss: WeightedMean | None = None
 
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage not in self.stages or trainer.sanity_checking:
@@ -62,7 +61,7 @@ class TopLayerMetrics(Callback):
             raise ConfigError("TopLayerMetrics needs the number of classes: set callbacks.top_layer.num_classes")
         with torch.inference_mode(False):  # fresh states, usable by the next fit as well
             self._clusters = ClusteringScores(pl_module.stack.top_gmm.K, int(num_classes)).to(pl_module.device)
-            self._loss = MeanMetric().to(pl_module.device)
+            self._loss = WeightedMean().to(pl_module.device)
         self._images, self._ids = [], []
 
     def _update(self, pl_module: L.LightningModule, batch, outputs=None) -> None:

@@ -575,14 +575,17 @@ class ImageDataModule(L.LightningDataModule):
             self._train_sampler.set_epoch(batch.epoch)
             order = self._train_sampler.order()
             self._device_order = (batch.epoch, order.to(device))  # one copy per epoch
-        cut = [self._cut_on_device(step) for step in range(batch.step, batch.step + batch.count)]
+        cut = self._cut_on_device(batch.step, batch.count)
         return BatchGroup(cut) if self.steps_per_call > 1 else cut[0]
 
-    def _cut_on_device(self, step: int) -> Batch:
-        """The ``step``-th training batch of the current epoch, from the images on the device."""
-        index = self._device_order[1][step * self.batch_size : (step + 1) * self.batch_size]
+    def _cut_on_device(self, first: int, count: int) -> list[Batch]:
+        """The training batches ``first .. first + count - 1`` of the current epoch, from the
+        images on the device: one gather and one conversion for all of them (a few kernels per
+        group, not per batch); the batches are consecutive views of the result."""
+        index = self._device_order[1][first * self.batch_size : (first + count) * self.batch_size]  # (count * B,)
         pixels, labels = self._device_train
-        return pixels[index].to(torch.float32).div_(255.0), labels[index]
+        x = pixels[index].to(torch.float32).div_(255.0)  # (count * B, C, H, W) in [0, 1]
+        return list(zip(x.split(self.batch_size), labels[index].split(self.batch_size)))
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches in a fixed order (an empty list when ``val_size`` is 0)."""
