@@ -46,7 +46,7 @@ def test_the_graphed_step_trains_as_the_automatic_path(device, labels):
     assert graphed.annealing.values()[0][0] < graphed.schedules[1].default_sigma0(49)  # and sigma did shrink
     reference = dict(auto.named_parameters())
     for name, param in graphed.named_parameters():
-        torch.testing.assert_close(param, reference[name], rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(param, reference[name], rtol=1e-5, atol=1e-5, msg=lambda message, name=name: f"{name}: {message}")
     # a layer that waits (layer 3, the first third) or has no loss (the classifier without labels)
     # is not moved by the zero-weighted update
     auto_metrics, graphed_metrics = auto_trainer.callback_metrics, graphed_trainer.callback_metrics
