@@ -39,8 +39,11 @@ def fit(cuda_graph: bool, device: str, labels: bool = True, steps: int = 30, **o
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("labels", [True, False])
 def test_the_graphed_step_trains_as_the_automatic_path(device, labels):
-    auto, auto_trainer = fit(False, device, labels)
-    graphed, graphed_trainer = fit(True, device, labels)
+    # cuDNN's deterministic algorithms on a GPU: its default weight-gradient algorithms may sum in
+    # a different order at every run, which alone can move parameters by more than the tolerance
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+        auto, auto_trainer = fit(False, device, labels)
+        graphed, graphed_trainer = fit(True, device, labels)
     assert graphed_trainer.global_step == auto_trainer.global_step == 30  # every step counted
     assert graphed.annealing.values() == auto.annealing.values()  # the same sigma / lr decisions
     assert graphed.annealing.values()[0][0] < graphed.schedules[1].default_sigma0(49)  # and sigma did shrink
