@@ -36,12 +36,16 @@ def fit(cuda_graph: bool, device: str, labels: bool = True, steps: int = 30, **o
     return module, trainer
 
 
+def deterministic_cudnn():
+    """cuDNN's deterministic algorithms (on a GPU): its default weight-gradient algorithms may sum
+    in another order at every run, which alone can move parameters by more than a test's tolerance."""
+    return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("labels", [True, False])
 def test_the_graphed_step_trains_as_the_automatic_path(device, labels):
-    # cuDNN's deterministic algorithms on a GPU: its default weight-gradient algorithms may sum in
-    # a different order at every run, which alone can move parameters by more than the tolerance
-    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+    with deterministic_cudnn():
         auto, auto_trainer = fit(False, device, labels)
         graphed, graphed_trainer = fit(True, device, labels)
     assert graphed_trainer.global_step == auto_trainer.global_step == 30  # every step counted
@@ -49,7 +53,13 @@ def test_the_graphed_step_trains_as_the_automatic_path(device, labels):
     assert graphed.annealing.values()[0][0] < graphed.schedules[1].default_sigma0(49)  # and sigma did shrink
     reference = dict(auto.named_parameters())
     for name, param in graphed.named_parameters():
-        torch.testing.assert_close(param, reference[name], rtol=1e-5, atol=1e-5, msg=lambda message, name=name: f"{name}: {message}")
+        try:
+            torch.testing.assert_close(param, reference[name], rtol=1e-5, atol=1e-5)
+        except AssertionError as error:  # how far a second automatic run lands says whether this is run-to-run noise
+            with deterministic_cudnn():
+                again, _ = fit(False, device, labels)
+            noise = (dict(again.named_parameters())[name] - reference[name]).abs().max().item()
+            raise AssertionError(f"{name}: {error}; a second automatic run differs from the first by up to {noise:.3g}") from None
     # a layer that waits (layer 3, the first third) or has no loss (the classifier without labels)
     # is not moved by the zero-weighted update
     auto_metrics, graphed_metrics = auto_trainer.callback_metrics, graphed_trainer.callback_metrics
