@@ -1,6 +1,8 @@
 """model.cuda_graph=true (dcgmm.graphstep.GraphedStep): the module's own SGD step gives what the
 automatic path gives. On the CPU the step runs without a graph; a CUDA GPU records and replays it."""
 
+import contextlib
+
 import lightning as L
 import pytest
 import torch
@@ -36,10 +38,17 @@ def fit(cuda_graph: bool, device: str, labels: bool = True, steps: int = 30, **o
     return module, trainer
 
 
+@contextlib.contextmanager
 def deterministic_cudnn():
     """cuDNN's deterministic algorithms (on a GPU): its default weight-gradient algorithms may sum
     in another order at every run, which alone can move parameters by more than a test's tolerance."""
-    return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True)
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved
 
 
 @pytest.mark.parametrize("device", DEVICES)

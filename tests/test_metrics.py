@@ -268,6 +268,33 @@ def test_weighted_mean_matches_numpy_and_torchmetrics_over_unequal_batches():
     assert weighted.compute().item() == pytest.approx(np.average(everything, weights=weights.double().numpy()), rel=1e-5)
     weighted.reset()
     assert torch.isnan(weighted.compute())
+    numbers = WeightedMean()  # Python numbers, alone and with tensors
+    numbers.update(2.0, weight=3)
+    numbers.update(torch.tensor([4.0, 6.0]), weight=0.5)
+    numbers.update(1.0)
+    assert numbers.compute().item() == pytest.approx(np.average([2.0, 4.0, 6.0, 1.0], weights=[3, 0.5, 0.5, 1]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_weighted_mean_updates_do_not_synchronise_with_the_gpu():
+    """Batch means with a batch-size weight, per-image values and booleans on the GPU: no update
+    waits for the device (torch's sync debug mode turns a synchronisation into an error)."""
+    from dcgmm.metrics import WeightedMean
+
+    mean = WeightedMean().to("cuda")
+    values = torch.rand(100, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mean.update(values.mean(), weight=100)
+        mean.update(values)
+        mean.update(values > 0.5)
+        mean.update(values, weight=torch.ones(100, device="cuda"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    expected = (values.mean() * 100 + values.sum() + (values > 0.5).sum() + values.sum()) / 400
+    assert mean.compute().item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_weighted_mean_lets_a_nan_through():

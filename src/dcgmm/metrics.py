@@ -119,10 +119,20 @@ class WeightedMean(Metric):
         self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, value: float | torch.Tensor, weight: float | torch.Tensor = 1.0) -> None:
+        # a Python number enters as a kernel argument: made into a device tensor it would be a
+        # blocking host-to-device copy, i.e. the synchronisation this metric exists to avoid
+        if not isinstance(value, torch.Tensor) and not isinstance(weight, torch.Tensor):
+            self.total += float(value) * float(weight)
+            self.weight += float(weight)
+            return
         value = torch.as_tensor(value, device=self.total.device).to(self.total.dtype)
-        weight = torch.broadcast_to(torch.as_tensor(weight, device=self.total.device).to(self.total.dtype), value.shape)
-        self.total += (value * weight).sum()
-        self.weight += weight.sum()
+        if isinstance(weight, torch.Tensor):
+            weight = torch.broadcast_to(weight.to(device=self.total.device, dtype=self.total.dtype), value.shape)
+            self.total += (value * weight).sum()
+            self.weight += weight.sum()
+        else:
+            self.total += value.sum() * float(weight)
+            self.weight += value.numel() * float(weight)
 
     def compute(self) -> torch.Tensor:
         return self.total / self.weight
