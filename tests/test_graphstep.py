@@ -23,13 +23,15 @@ def make(cuda_graph: bool, **overrides):
     return build_model("dcgmm2", [f"model.{k}={v}" for k, v in settings.items()])
 
 
-def fit(cuda_graph: bool, device: str, labels: bool = True, steps: int = 30, **overrides):
+def fit(cuda_graph: bool, device: str, labels: bool = True, steps: int = 30, nudge: float = 0.0, **overrides):
     """Topology B trained ``steps`` steps of batch 50 on fixed random images (3-step annealing windows
     with a threshold that shrinks sigma and lr at every decision;
-    layer 3 waits a third of the run)."""
+    layer 3 waits a third of the run); ``nudge``: relative noise added to the images."""
     module = make(cuda_graph, **overrides)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(steps * 50, 1, 28, 28, generator=g)
+    if nudge:
+        x = x * (1 + nudge * torch.randn(x.shape, generator=torch.Generator().manual_seed(2)))
     y = torch.randint(0, 10, (steps * 50,), generator=g) if labels else None
     loader = DataLoader(TensorBatchDataset(x, y), batch_size=50, sampler=EpochSeededSampler(len(x), 0), collate_fn=keep_batch)
     trainer = L.Trainer(max_epochs=1, accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -61,14 +63,19 @@ def test_the_graphed_step_trains_as_the_automatic_path(device, labels):
     assert graphed.annealing.values() == auto.annealing.values()  # the same sigma / lr decisions
     assert graphed.annealing.values()[0][0] < graphed.schedules[1].default_sigma0(49)  # and sigma did shrink
     reference = dict(auto.named_parameters())
+    # On the CPU both paths run the same kernels and agree bit for bit. A GPU's eager and captured
+    # kernels may round differently, and this run amplifies rounding: images nudged by one part in
+    # 1e7 move the top layer's means by about 6e-5 after these 30 steps on the CPU (layer 1's by
+    # 1e-6; the max-component objective switches winners). There the paths must agree as closely
+    # as the automatic path agrees with itself on images nudged by one float32 rounding.
+    nudged = {}
+    if device == "cuda":
+        with deterministic_cudnn():
+            nudged = dict(fit(False, device, labels, nudge=1e-7)[0].named_parameters())
     for name, param in graphed.named_parameters():
-        try:
-            torch.testing.assert_close(param, reference[name], rtol=1e-5, atol=1e-5)
-        except AssertionError as error:  # how far a second automatic run lands says whether this is run-to-run noise
-            with deterministic_cudnn():
-                again, _ = fit(False, device, labels)
-            noise = (dict(again.named_parameters())[name] - reference[name]).abs().max().item()
-            raise AssertionError(f"{name}: {error}; a second automatic run differs from the first by up to {noise:.3g}") from None
+        slack = 4 * (nudged[name] - reference[name]).abs().max().item() if nudged else 0.0
+        torch.testing.assert_close(param, reference[name], rtol=1e-5, atol=1e-5 + slack,
+                                   msg=lambda message, name=name, slack=slack: f"{name} (slack for rounding {slack:.3g}): {message}")
     # a layer that waits (layer 3, the first third) or has no loss (the classifier without labels)
     # is not moved by the zero-weighted update
     auto_metrics, graphed_metrics = auto_trainer.callback_metrics, graphed_trainer.callback_metrics
