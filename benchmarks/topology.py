@@ -95,7 +95,7 @@ def measure_topology(name: str, steps: int, epochs: int, dataset: str, data_dir:
         "train_images_per_s_per_gemm_gflops": statistics.median(rates) / gemm,
         "model": name,
         "parameters": sum(p.numel() for p in module.parameters()),
-        "macs_per_image": sum(row["flops"] for row in module.stack.summary()),
+        "macs_per_image": sum(row["macs"] for row in module.stack.summary()),
         "torch_threads": torch.get_num_threads(),
         "epoch_seconds": timer.seconds,
         "train_images_per_s_median": statistics.median(rates),

@@ -40,6 +40,22 @@ SPEC_SHAPES = {
 }
 
 
+@pytest.mark.parametrize("name", sorted(SPEC_SHAPES))
+def test_the_summary_counts_the_multiply_adds_torch_counts(name):
+    """The summary's MACs per image against torch's FLOP counter (2 FLOPs per multiply-add) over
+    one image's bottom-up pass (the matrix products and convolutions; pooling and softmax are not
+    counted by either)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    stack = build_model(name).stack
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        stack.bottom_up(torch.rand(1, 1, 28, 28))
+    assert 2 * sum(row["macs"] for row in stack.summary()) == counter.get_total_flops()
+    # B by hand: 121 patches x 49 components x 64 pixels x 2 products, 36 x 5,929 x 2, 36 x 10
+    if name == "dcgmm2":
+        assert [row["macs"] for row in stack.summary()] == [0, 758_912, 0, 426_888, 360]
+
+
 def load_model(name: str, **overrides) -> DCGMMModule:
     cfg = model_config(name)
     for key, value in overrides.items():

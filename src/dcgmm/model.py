@@ -212,7 +212,7 @@ class DCGMM(nn.Module):
                     in_shape=layer.in_shape,
                     out_shape=layer.out_shape,
                     params=sum(p.numel() for p in layer.parameters()),
-                    flops=layer.flops_per_image(),
+                    macs=layer.macs_per_image(),
                 )
             )
         return rows
@@ -224,10 +224,10 @@ class DCGMM(nn.Module):
         for row in self.summary():
             out = "x".join(str(v) for v in row["out_shape"])
             lines.append(
-                f"{row['index']:>2}  {row['layer']:<16}{row['detail'][:43]:<44}{out:<18}{row['params']:>10,}{row['flops']:>14,}"
+                f"{row['index']:>2}  {row['layer']:<16}{row['detail'][:43]:<44}{out:<18}{row['params']:>10,}{row['macs']:>14,}"
             )
         total_p = sum(r["params"] for r in self.summary())
-        total_f = sum(r["flops"] for r in self.summary())
+        total_m = sum(r["macs"] for r in self.summary())
         lines.append("-" * len(header))
-        lines.append(f"{'':>2}  {'total':<16}{'':<44}{'':<18}{total_p:>10,}{total_f:>14,}")
+        lines.append(f"{'':>2}  {'total':<16}{'':<44}{'':<18}{total_p:>10,}{total_m:>14,}")
         return "\n".join(lines)

@@ -161,7 +161,7 @@ class Layer(nn.Module):
     def check_top_down(self, context: TopDownContext) -> None:
         """Raise a one-line ConfigError if this layer cannot run top-down with ``context``."""
 
-    def flops_per_image(self) -> int:
+    def macs_per_image(self) -> int:
         """Multiply-adds of one bottom-up pass for one image (for the stack summary)."""
         return 0
 

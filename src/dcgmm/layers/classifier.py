@@ -82,7 +82,7 @@ class LinearClassifier(Layer):
         prior = prior - prior.min(dim=1, keepdim=True).values
         return prior.reshape(signal.shape[0], *self.in_shape)
 
-    def flops_per_image(self) -> int:
+    def macs_per_image(self) -> int:
         return self.num_classes * math.prod(self.in_shape)
 
     def extra_repr(self) -> str:

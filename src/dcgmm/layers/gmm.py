@@ -375,8 +375,8 @@ class GMMLayer(Layer):
         if not context.divisor > 0:
             raise ConfigError(f"divisor={context.divisor} must be > 0 (published values: 5 to 20)")
 
-    def flops_per_image(self) -> int:
-        return 4 * self.P * self.K * self.D  # two products of (P, D) x (D, K), docs/design.md section 6
+    def macs_per_image(self) -> int:
+        return 2 * self.P * self.K * self.D  # two products of (P, D) x (D, K), docs/design.md section 6
 
     def extra_repr(self) -> str:
         return f"K={self.K}, mode={self.mode}, loss={self.loss_kind}, " + super().extra_repr()
