@@ -34,8 +34,16 @@ def build_module(name: str):
     return build_model(name)
 
 
-def profile_steps(module, batch, steps: int = 10, top: int = 8) -> list[dict]:
-    """The ``top`` operations by self CPU time over ``steps`` training steps (forward, backward, SGD)."""
+# the matrix products and convolutions among torch's operators (their self CPU time, forward and backward)
+PRODUCT_OPS = frozenset({
+    "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution",
+    "aten::convolution_backward", "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward",
+})
+
+
+def profile_steps(module, batch, steps: int = 10, top: int = 8) -> dict:
+    """Over ``steps`` training steps (forward, backward, SGD): the ``top`` operations by self CPU
+    time (``ops``) and the share of the matrix products and convolutions (``products_share``)."""
     from torch.profiler import ProfilerActivity, profile
 
     from dcgmm.module import plain_sgd_step
@@ -48,10 +56,32 @@ def profile_steps(module, batch, steps: int = 10, top: int = 8) -> list[dict]:
             plain_sgd_step(module, optimizer, x, y)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
-    return [
-        {"op": e.key, "share": e.self_cpu_time_total / total, "ms_per_step": e.self_cpu_time_total / 1000 / steps}
-        for e in events[:top]
-    ]
+    products = sum(e.self_cpu_time_total for e in events if e.key in PRODUCT_OPS)
+    return {
+        "ops": [
+            {"op": e.key, "share": e.self_cpu_time_total / total, "ms_per_step": e.self_cpu_time_total / 1000 / steps}
+            for e in events[:top]
+        ],
+        "products_share": products / total,
+        "products_seconds_per_step": products / 1e6 / steps,  # profiler time is in microseconds
+    }
+
+
+def product_flops_per_image(stack) -> int:
+    """FLOPs of a training step's matrix products and convolutions, per image: every learning
+    layer's forward products and as many again for its parameters' gradients (inputs are detached:
+    no input gradients), plus the smoothing product ``P K^2`` of every GMM layer that smooths now.
+    ``1e9 / this`` is the images/s per GEMM-GFLOP/s of a step made of these products alone, each
+    running at the machine's GEMM speed: a ceiling for the ratio the benchmark reports."""
+    from dcgmm.annealing import is_identity_width
+
+    flops = 0
+    for layer, row in zip(stack.layers, stack.summary()):
+        if layer.learns:
+            flops += 2 * 2 * row["macs"]  # 2 FLOPs per multiply-add, forward and parameter gradient
+        if layer.is_density and getattr(layer, "annealable", False) and not is_identity_width(layer.sigma):
+            flops += 2 * layer.P * layer.K * layer.K
+    return flops
 
 
 def measure_topology(name: str, steps: int, epochs: int, dataset: str, data_dir: str, batch_size: int, seed: int, threads: int | None) -> dict:
@@ -89,6 +119,8 @@ def measure_topology(name: str, steps: int, epochs: int, dataset: str, data_dir:
             inference.append(len(test_x) / (time.perf_counter() - start))
     module.train()
     train_x, train_y = datamodule.dataset("train").x[:batch_size], datamodule.dataset("train").y[:batch_size]
+    profile = profile_steps(module, (train_x, train_y))
+    flops = product_flops_per_image(module.stack)  # sigma as training left it, as in the profiled steps
     gemm = gemm_gflops()  # the machine's own yardstick, in the same process and conditions
     return {
         "gemm_gflops": gemm,
@@ -105,7 +137,11 @@ def measure_topology(name: str, steps: int, epochs: int, dataset: str, data_dir:
         "rss_after_setup_mib": rss_setup,
         "peak_rss_training_mib": rss_train,
         "peak_rss_mib": peak_rss_mib(),
-        "profile": profile_steps(module, (train_x, train_y)),
+        "profile": profile,
+        "product_flops_per_image": flops,
+        "ratio_ceiling": 1e9 / flops,  # images/s per GEMM-GFLOP/s if the step were its products at GEMM speed
+        # the products' own speed in the profiled steps, GFLOP/s (profiler overhead included)
+        "products_gflops": flops * batch_size / profile["products_seconds_per_step"] / 1e9,
     }
 
 
@@ -172,8 +208,14 @@ def format_topology(result: dict) -> str:
         )
     for r in result["results"]:
         lines += ["", f"where the time goes, {r['model']} (self CPU time over 10 training steps):"]
-        for p in r["profile"]:
+        for p in r["profile"]["ops"]:
             lines.append(f"  {p['op']:<40}{100 * p['share']:>6.1f} %{p['ms_per_step']:>9.2f} ms/step")
+        lines.append(
+            f"  matrix products and convolutions: {100 * r['profile']['products_share']:.0f} % of the step, "
+            f"{r['product_flops_per_image'] / 1e6:.2f} MFLOP per image at {r['products_gflops']:.0f} GFLOP/s "
+            f"(GEMM {r['gemm_gflops']:.0f}); made of them alone at GEMM speed, the step would give "
+            f"{r['ratio_ceiling']:.0f} images/s per GEMM-GFLOP/s"
+        )
     if result["targets"]:
         lines += ["", "Targets"]
         for name, t in result["targets"].items():

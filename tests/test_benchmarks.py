@@ -1,8 +1,12 @@
-"""The benchmark command line runs its measurements end to end (tiny settings; no timing asserted)."""
+"""The benchmark command line runs its measurements end to end (tiny settings; no timing asserted),
+and the FLOP count behind the topology benchmark's ratio ceiling."""
 
 import json
 import subprocess
 import sys
+
+import pytest
+import torch
 
 from tests.conftest import ROOT, needs_mnist
 
@@ -22,3 +26,23 @@ def test_epoch_benchmark_splits_train_py_epochs_into_steps_and_the_rest(tmp_path
     shares = sorted(1 - s / w for s, w in zip(run["epoch_step_seconds"][1:], run["epoch_seconds"][1:]))
     assert 0 < run["overhead"] < 1 and min(shares) <= run["overhead"] <= max(shares)
     assert record["target"]["met"] == (run["overhead"] < record["target"]["bound"])
+
+
+@pytest.mark.parametrize("name", ["flat_gmm", "dcgmm2", "dcgmm3", "dcgmm2_pool", "dcgmm4_pool"])
+@pytest.mark.parametrize("sigma", [None, 1.0])
+def test_the_ratio_ceiling_counts_the_products_of_a_training_step(name, sigma):
+    """benchmarks.topology's FLOPs of a training step's products against torch's FLOP counter over
+    one real step (forward, backward, SGD) of three images, with and without smoothing."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.topology import product_flops_per_image
+    from dcgmm.config import build_model
+    from dcgmm.module import plain_sgd_step
+
+    module = build_model(name)
+    for layer in module.stack.gmm_layers:
+        layer.set_sigma(sigma)
+    x, y = torch.rand(3, 1, 28, 28), torch.randint(0, 10, (3,))
+    with FlopCounterMode(display=False) as counter:
+        plain_sgd_step(module, module.configure_optimizers(), x, y)
+    assert 3 * product_flops_per_image(module.stack) == counter.get_total_flops()
