@@ -46,3 +46,17 @@ def test_the_ratio_ceiling_counts_the_products_of_a_training_step(name, sigma):
     with FlopCounterMode(display=False) as counter:
         plain_sgd_step(module, module.configure_optimizers(), x, y)
     assert 3 * product_flops_per_image(module.stack) == counter.get_total_flops()
+
+
+def test_the_operator_clock_sees_the_products_of_a_training_step():
+    """benchmarks.topology.profile_steps times the operators a step dispatches, forward and backward."""
+    from benchmarks.topology import PRODUCT_OPS, profile_steps
+    from dcgmm.config import build_model
+
+    module = build_model("dcgmm2")
+    result = profile_steps(module, (torch.rand(20, 1, 28, 28), torch.randint(0, 10, (20,))), steps=2, top=50)
+    seen = {row["op"] for row in result["ops"]}
+    assert {"aten.convolution", "aten.convolution_backward", "aten.addmm", "aten.mm"} <= seen  # B's products, both passes
+    assert 0 < result["products_seconds_per_step"] and 0 < result["products_share"]
+    products = sum(row["ms_per_step"] for row in result["ops"] if row["op"] in PRODUCT_OPS) / 1000
+    assert result["products_seconds_per_step"] == pytest.approx(products)
