@@ -208,35 +208,19 @@ class GMMLayer(Layer):
     def _log_scores(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         x = x.reshape(n, self.D, self.P).transpose(1, 2)  # (N, P, D); a view for channels-last input
+        s2 = self.inv_std * self.inv_std  # (G, K, D)
+        quad_weight = -0.5 * s2  # (G, K, D)
+        lin_weight = self.means * s2  # (G, K, D)
+        bias = self._bias()  # (G, K)
         if self.mode == "shared":
-            _, _, s2, lin_weight, bias = self._terms()  # (K, D) x 2, (K,)
             flat = x.reshape(n * self.P, self.D)  # (N*P, D)
-            scores = torch.addmm(bias, flat * flat, s2.t(), alpha=-0.5)  # (N*P, K): bias - 1/2 (x*x) @ (s^2)^T
-            scores = torch.addmm(scores, flat, lin_weight.t())
+            scores = torch.addmm(bias[0], flat * flat, quad_weight[0].t())  # (N*P, K)
+            scores = torch.addmm(scores, flat, lin_weight[0].t())
             return scores.view(n, self.P, self.K)
-        _, _, s2, lin_weight, bias = self._terms()  # (P, K, D) x 2, (P, K)
         per_position = x.transpose(0, 1)  # (P, N, D)
-        scores = torch.baddbmm(bias.unsqueeze(1), per_position * per_position, s2.transpose(1, 2), alpha=-0.5)  # (P, N, K)
+        scores = torch.baddbmm(bias.unsqueeze(1), per_position * per_position, quad_weight.transpose(1, 2))  # (P, N, K)
         scores = torch.baddbmm(scores, per_position, lin_weight.transpose(1, 2))
         return scores.transpose(0, 1)  # (N, P, K)
-
-    def _terms(self) -> tuple[torch.Tensor, ...]:
-        """``mu``, ``s``, ``s^2``, the linear weight ``mu * s^2`` and the bias of the log-scores, of
-        every position group: ``(K, D)`` each and ``(K,)`` in shared mode (views of the parameters,
-        so their gradients need no copy), ``(G, K, D)`` and ``(G, K)`` in independent mode."""
-        means, inv_std, logits = self.means, self.inv_std, self.mixture_logits
-        if self.mode == "shared":
-            means, inv_std, logits = means.squeeze(0), inv_std.squeeze(0), logits.squeeze(0)
-        s2 = inv_std * inv_std
-        lin_weight = means * s2
-        # sum_d (mu s)^2 as sum_d mu * (mu s^2): one product fewer, forward and backward
-        bias = (
-            torch.log_softmax(logits, dim=-1)
-            + torch.log(inv_std).sum(-1)
-            - 0.5 * (means * lin_weight).sum(-1)
-            - 0.5 * self.D * LOG_2PI
-        )
-        return means, inv_std, s2, lin_weight, bias
 
     def bottom_up(self, x: torch.Tensor, detach: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-scores ``(N, P, K)`` (raw output) and responsibilities ``(N, K, H, W)`` of ``x (N, D, H, W)``."""
@@ -271,18 +255,27 @@ class GMMLayer(Layer):
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(self.means.dtype)
             (kh, kw), channels = fold.kernel_size, x.shape[1]
-            _, _, s2, lin_weight, bias = self._terms()  # (K, D) x 2, (K,)
-            weight = torch.stack((-0.5 * s2, lin_weight), dim=1)  # (K, 2, D): [quadratic, linear]
+            s2 = self.inv_std[0] * self.inv_std[0]  # (K, D)
+            weight = torch.stack((-0.5 * s2, self.means[0] * s2), dim=1)  # (K, 2, D): [quadratic, linear]
             # (K, 2, D) with D in (i, j, c) order -> (K, 2C, kh, kw), channels-last memory
             weight = weight.view(self.K, 2, kh, kw, channels).permute(0, 1, 4, 2, 3).reshape(self.K, 2 * channels, kh, kw)
             stacked = torch.cat((x * x, x), dim=1)  # (N, 2C, H, W)
             scores = F.conv2d(
                 stacked.contiguous(memory_format=torch.channels_last),
                 weight.contiguous(memory_format=torch.channels_last),
-                bias,
+                self._bias()[0],
                 stride=fold.stride,
             )  # (N, K, H', W'), channels-last memory
             return scores.permute(0, 2, 3, 1).reshape(x.shape[0], self.P, self.K)  # a view
+
+    def _bias(self) -> torch.Tensor:
+        """The per-component constant of the log-scores: ``(G, K)``."""
+        return (
+            torch.log_softmax(self.mixture_logits, dim=-1)
+            + torch.log(self.inv_std).sum(-1)
+            - 0.5 * (self.means * self.inv_std).pow(2).sum(-1)
+            - 0.5 * self.D * LOG_2PI
+        )
 
     def responsibilities(self, scores: torch.Tensor) -> torch.Tensor:
         """Posteriors as a map: ``(N, P, K) -> (N, K, H, W)`` (a channels-last view, no copy)."""
