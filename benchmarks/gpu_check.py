@@ -362,16 +362,26 @@ def describe(device: torch.device) -> dict:
 
 def gpu_tests() -> dict:
     """The tests marked ``gpu`` (they skip without a CUDA GPU), run by pytest in a subprocess from
-    the test files that use the marker: exit status and pytest's summary line."""
+    the test files that use the marker: exit status, pytest's summary line, and for a failure
+    the lines that say why (:func:`pytest_outcome`)."""
     import subprocess
 
     files = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "tests").glob("test_*.py")
                    if "mark.gpu" in p.read_text() or "gpu_only" in p.read_text())
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    return dict(files=files, **pytest_outcome(result))
+
+
+def pytest_outcome(result, max_reasons: int = 40) -> dict:
+    """Exit status, summary line, failed tests and the first ``max_reasons`` error lines (pytest's
+    ``E``-prefixed lines: the assertion and its message) of a finished ``pytest -q`` subprocess,
+    so that a run on a lent machine keeps what a failure said."""
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
-    return dict(files=files, returncode=result.returncode, summary=lines[-1] if lines else result.stderr[-300:], failed=failed)
+    reasons = [line[:300] for line in lines if line.startswith("E ")][:max_reasons]
+    summary = lines[-1] if lines else result.stderr[-300:]
+    return dict(returncode=result.returncode, summary=summary, failed=failed, reasons=reasons)
 
 
 STAGES = ("parity", "tests", "eager", "graph", "tf32", "autocast", "precision", "epochs", "train", "sample", "compiled", "reduce-overhead", "ddp")
@@ -449,7 +459,8 @@ def format_result(result: dict) -> str:
 
     tests = result.get("tests")
     if isinstance(tests, dict):
-        lines.append(f"tests marked gpu ({', '.join(tests['files'])}): {tests['summary']}" + "".join(f"\n  {line}" for line in tests["failed"]))
+        lines.append(f"tests marked gpu ({', '.join(tests['files'])}): {tests['summary']}"
+                     + "".join(f"\n  {line}" for line in tests["failed"] + tests.get("reasons", [])))
     elif tests is not None:
         lines.append(f"tests: {tests}")
     p = result.get("parity")

@@ -59,3 +59,20 @@ def test_gpu_check_without_a_gpu_is_a_one_line_error(tmp_path):
     result = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable})
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: --device cuda but no CUDA GPU")
+
+
+def test_a_failing_test_keeps_what_it_said(tmp_path):
+    """The tests stage keeps a failure's assertion lines, not only its name: a lent machine's run
+    is often the only one."""
+    from benchmarks.gpu_check import pytest_outcome
+
+    (tmp_path / "test_sample.py").write_text(
+        "def test_passes():\n    assert True\n\n"
+        "def test_fails():\n    assert 1 + 1 == 3, 'stack.layers.3.means differ by 7e-5'\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_sample.py"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    outcome = pytest_outcome(result)
+    assert outcome["returncode"] == 1 and "1 failed, 1 passed" in outcome["summary"]
+    assert outcome["failed"] and outcome["failed"][0].startswith("FAILED test_sample.py::test_fails")
+    assert any("stack.layers.3.means differ by 7e-5" in line for line in outcome["reasons"])
