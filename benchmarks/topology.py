@@ -44,8 +44,10 @@ def profile_steps(module, batch, steps: int = 10, top: int = 8) -> dict:
 
     Each operator the step dispatches is timed on its own (a ``TorchDispatchMode`` reads the clock
     around it, so the time is the operator's, nested calls included, without the Python between
-    operators). On a 2-core CPU this clock gave B's products 13.5-13.8 ms per step in two rounds
-    where ``torch.profiler`` in the same process gave 14.3 and 18.3 ms. Returns the ``top`` operators (``ops``), the plain step time without the timing
+    operators). On a 2-core AMD EPYC this clock gave B's products 13.5-13.8 ms per step in two
+    rounds where ``torch.profiler`` in the same process gave 14.3 and 18.3 ms.
+
+    Returns the ``top`` operators (``ops``), the plain step time without the timing
     (``seconds_per_step``), and the matrix products' and convolutions' time per step and share of
     the plain step (``products_seconds_per_step``, ``products_share``)."""
     import collections
