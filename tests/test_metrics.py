@@ -273,6 +273,10 @@ def test_weighted_mean_matches_numpy_and_torchmetrics_over_unequal_batches():
     numbers.update(torch.tensor([4.0, 6.0]), weight=0.5)
     numbers.update(1.0)
     assert numbers.compute().item() == pytest.approx(np.average([2.0, 4.0, 6.0, 1.0], weights=[3, 0.5, 0.5, 1]))
+    number_weighted = WeightedMean()  # a Python number with tensor weights: the number once per weight
+    number_weighted.update(5.0, weight=torch.tensor([1.0, 2.0]))
+    number_weighted.update(torch.tensor([1.0]), weight=torch.tensor([3.0]))
+    assert number_weighted.compute().item() == pytest.approx(np.average([5.0, 5.0, 1.0], weights=[1, 2, 3]))
 
 
 @pytest.mark.gpu
@@ -291,9 +295,10 @@ def test_weighted_mean_updates_do_not_synchronise_with_the_gpu():
         mean.update(values)
         mean.update(values > 0.5)
         mean.update(values, weight=torch.ones(100, device="cuda"))
+        mean.update(0.5, weight=torch.ones(100, device="cuda"))
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    expected = (values.mean() * 100 + values.sum() + (values > 0.5).sum() + values.sum()) / 400
+    expected = (values.mean() * 100 + values.sum() + (values > 0.5).sum() + values.sum() + 0.5 * 100) / 500
     assert mean.compute().item() == pytest.approx(expected.item(), rel=1e-5)
 
 

@@ -121,11 +121,16 @@ class WeightedMean(Metric):
     def update(self, value: float | torch.Tensor, weight: float | torch.Tensor = 1.0) -> None:
         # a Python number enters as a kernel argument: made into a device tensor it would be a
         # blocking host-to-device copy, i.e. the synchronisation this metric exists to avoid
-        if not isinstance(value, torch.Tensor) and not isinstance(weight, torch.Tensor):
-            self.total += float(value) * float(weight)
-            self.weight += float(weight)
+        if not isinstance(value, torch.Tensor):
+            if not isinstance(weight, torch.Tensor):
+                self.total += float(value) * float(weight)
+                self.weight += float(weight)
+                return
+            weights = weight.to(device=self.total.device, dtype=self.total.dtype).sum()  # the value once per weight
+            self.total += weights * float(value)
+            self.weight += weights
             return
-        value = torch.as_tensor(value, device=self.total.device).to(self.total.dtype)
+        value = value.to(device=self.total.device, dtype=self.total.dtype)
         if isinstance(weight, torch.Tensor):
             weight = torch.broadcast_to(weight.to(device=self.total.device, dtype=self.total.dtype), value.shape)
             self.total += (value * weight).sum()
