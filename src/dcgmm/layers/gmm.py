@@ -212,10 +212,10 @@ class GMMLayer(Layer):
         quad_weight = -0.5 * s2  # (G, K, D)
         lin_weight = self.means * s2  # (G, K, D)
         bias = self._bias()  # (G, K)
-        if self.mode == "shared":
+        if self.mode == "shared":  # views of the one group (a view's backward is a view; an index's is a copy)
             flat = x.reshape(n * self.P, self.D)  # (N*P, D)
-            scores = torch.addmm(bias[0], flat * flat, quad_weight[0].t())  # (N*P, K)
-            scores = torch.addmm(scores, flat, lin_weight[0].t())
+            scores = torch.addmm(bias.view(self.K), flat * flat, quad_weight.view(self.K, self.D).t())  # (N*P, K)
+            scores = torch.addmm(scores, flat, lin_weight.view(self.K, self.D).t())
             return scores.view(n, self.P, self.K)
         per_position = x.transpose(0, 1)  # (P, N, D)
         scores = torch.baddbmm(bias.unsqueeze(1), per_position * per_position, quad_weight.transpose(1, 2))  # (P, N, K)
@@ -255,15 +255,16 @@ class GMMLayer(Layer):
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(self.means.dtype)
             (kh, kw), channels = fold.kernel_size, x.shape[1]
-            s2 = self.inv_std[0] * self.inv_std[0]  # (K, D)
-            weight = torch.stack((-0.5 * s2, self.means[0] * s2), dim=1)  # (K, 2, D): [quadratic, linear]
+            inv_std, means = self.inv_std.view(self.K, -1), self.means.view(self.K, -1)  # (K, D): views of the one group
+            s2 = inv_std * inv_std  # (K, D)
+            weight = torch.stack((-0.5 * s2, means * s2), dim=1)  # (K, 2, D): [quadratic, linear]
             # (K, 2, D) with D in (i, j, c) order -> (K, 2C, kh, kw), channels-last memory
             weight = weight.view(self.K, 2, kh, kw, channels).permute(0, 1, 4, 2, 3).reshape(self.K, 2 * channels, kh, kw)
             stacked = torch.cat((x * x, x), dim=1)  # (N, 2C, H, W)
             scores = F.conv2d(
                 stacked.contiguous(memory_format=torch.channels_last),
                 weight.contiguous(memory_format=torch.channels_last),
-                self._bias()[0],
+                self._bias().view(self.K),
                 stride=fold.stride,
             )  # (N, K, H', W'), channels-last memory
             return scores.permute(0, 2, 3, 1).reshape(x.shape[0], self.P, self.K)  # a view
