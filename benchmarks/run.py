@@ -633,6 +633,7 @@ def _register_more() -> None:
     """Benchmarks that live in their own modules; imported when the parser is built, since they
     import this module's helpers themselves."""
     from benchmarks.epoch import add_epoch_arguments, format_epoch, run_epoch
+    from benchmarks.products import add_products_arguments, format_products, run_products
     from benchmarks.topology import add_topology_arguments, format_topology, run_topology
 
     SUBCOMMANDS["topology"] = Subcommand(
@@ -640,6 +641,12 @@ def _register_more() -> None:
         add_arguments=add_topology_arguments,
         run=run_topology,
         format=format_topology,
+    )
+    SUBCOMMANDS["products"] = Subcommand(
+        help="each GMM layer's matrix products alone, in every formulation that gives the same numbers",
+        add_arguments=add_products_arguments,
+        run=run_products,
+        format=format_products,
     )
     SUBCOMMANDS["epoch"] = Subcommand(
         help="an epoch of python train.py [overrides]: wall time against time in the steps (overhead)",

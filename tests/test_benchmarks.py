@@ -60,3 +60,95 @@ def test_the_operator_clock_sees_the_products_of_a_training_step():
     assert 0 < result["products_seconds_per_step"] and 0 < result["products_share"]
     products = sum(row["ms_per_step"] for row in result["ops"] if row["op"] in PRODUCT_OPS) / 1000
     assert result["products_seconds_per_step"] == pytest.approx(products)
+
+
+def _reference_gradient(layer, inp, fold):
+    """The layer's own scores through its real path, the gradient of its real loss with respect to
+    them, and from that gradient the weight-term gradient in float64 (patches cut by hand)."""
+    import torch.nn.functional as F
+
+    convolves = fold is not None and layer.convolves(fold)
+    scores = layer.log_scores_of_patches(inp, fold) if convolves else layer.log_scores(inp)  # (N, P, K)
+    scores.retain_grad()
+    layer.loss(scores).backward()
+    grad = scores.grad.double()  # (N, P, K)
+    x = inp.double()
+    if convolves:
+        cols = F.unfold(torch.cat((x * x, x), dim=1), fold.kernel_size, stride=fold.stride)  # (N, 2C*kh*kw, P)
+        weight_grad = torch.einsum("npk,nfp->kf", grad, cols).view(layer.K, 2 * x.shape[1], *fold.kernel_size)
+    else:
+        rows = x.reshape(x.shape[0], layer.D, layer.P).transpose(1, 2)  # (N, P, D)
+        weight_grad = torch.stack([torch.einsum("npk,npd->kd", grad, r) for r in (rows * rows, rows)])
+    return scores.detach(), scores.grad, weight_grad
+
+
+@pytest.mark.parametrize("name", ["dcgmm2", "dcgmm3", "dcgmm2_pool"])
+@pytest.mark.parametrize("sigma", [None, 1.0])
+def test_every_product_formulation_gives_the_layers_scores_and_gradients(name, sigma):
+    """benchmarks.products times only formulations that compute what the layers compute: their scores
+    equal the layer's own, their weight gradient equals one from the layer's real loss (float64,
+    patches cut by hand), the score gradient they are given is that loss's, and the separable
+    smoothing product equals the full one."""
+    from benchmarks.products import conv_formulations, layer_inputs, row_formulations, score_gradient, smoothing_formulations
+    from dcgmm.config import build_model
+
+    torch.manual_seed(0)
+    stack = build_model(name).stack
+    for layer in stack.gmm_layers:
+        layer.set_sigma(sigma)
+    inputs = layer_inputs(stack, torch.rand(4, 1, 28, 28))
+    assert sorted(inputs) == [layer.index for layer in stack.gmm_layers]
+    kinds = set()
+    for index, (inp, fold) in inputs.items():
+        layer = stack.layers[index]
+        scores, score_grad, weight_grad = _reference_gradient(layer, inp, fold)
+        grad, _, _ = score_gradient(scores, layer.smoothing)
+        torch.testing.assert_close(grad, score_grad, rtol=1e-5, atol=1e-9)
+        if fold is not None and layer.convolves(fold):
+            formulations, _ = conv_formulations(layer, fold, inp, layer.smoothing)
+        else:
+            formulations, _ = row_formulations(layer, inp, layer.smoothing)
+        kinds |= set(formulations)
+        for form, run in formulations.items():
+            out_scores, out_grad = run()
+            scale = weight_grad.abs().max()
+            assert (out_grad.double() - weight_grad).abs().max() <= 1e-5 * scale, (name, index, form)
+            torch.testing.assert_close(out_scores, scores, rtol=1e-5, atol=1e-5 * float(scores.abs().max())), (name, index, form)
+        if sigma is not None and layer.K == round(layer.K**0.5) ** 2:
+            smoothing = smoothing_formulations(layer, scores.reshape(-1, layer.K))
+            full = smoothing["full"]()
+            assert (smoothing["separable"]() - full).abs().max() <= 1e-5 * full.abs().max()
+    assert {"convolution", "patches", "sparse_gradient", "addmm", "transposed"} <= kinds
+    assert ("space_to_depth" in kinds) == (name != "dcgmm2_pool")  # stride 2 foldings only in B and E
+
+
+def test_row_formulations_of_a_layer_with_many_positions():
+    """The row formulations where a GMM layer reads a map of several positions (no folding below)."""
+    from benchmarks.products import row_formulations
+    from dcgmm.layers import GMMLayer
+
+    torch.manual_seed(1)
+    layer = GMMLayer((4, 3, 5), K=9)
+    layer.set_sigma(0.8)
+    inp = torch.rand(6, 4, 3, 5)
+    scores, _, weight_grad = _reference_gradient(layer, inp, None)
+    formulations, flops = row_formulations(layer, inp, layer.smoothing)
+    assert flops == 2 * 2 * 6 * (2 * 15 * 9 * 4)
+    for form, run in formulations.items():
+        out_scores, out_grad = run()
+        torch.testing.assert_close(out_scores, scores, rtol=1e-5, atol=1e-5)
+        assert (out_grad.double() - weight_grad).abs().max() <= 1e-5 * weight_grad.abs().max(), form
+
+
+def test_products_benchmark_runs_end_to_end(tmp_path):
+    out = tmp_path / "products.json"
+    command = [sys.executable, "-m", "benchmarks.run", "products", "--models", "dcgmm2", "--rounds", "1", "--repeats", "1", "--json", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fastest formulation" in result.stdout and "GEMM" in result.stdout
+    run = json.loads(out.read_text())["results"][0]
+    timed = [row for row in run["layers"] if "seconds" in row]
+    assert [row["layer"] for row in timed] == [1, 3] and run["ratio_target"] == 92
+    assert all(row["own"] in row["seconds"] for row in timed) and all("smoothing_seconds" in row for row in timed)
+    assert 0 < run["products_seconds_best"] <= run["products_seconds_own"]
+    assert run["ratio_ceiling_best"] == pytest.approx(100 / run["products_seconds_best"] / run["gemm_gflops"])
