@@ -257,7 +257,7 @@ def measure_products(name: str, batch_size: int, rounds: int, repeats: int, thre
     import torch
 
     from benchmarks.topology import build_module, gemm_gflops
-    from dcgmm.annealing import AnnealingSchedule
+    from dcgmm.annealing import AnnealingSchedule, is_identity_width
     from dcgmm.runtime import keep_freed_memory
 
     quiet_libraries()
@@ -294,7 +294,7 @@ def measure_products(name: str, batch_size: int, rounds: int, repeats: int, thre
             "layer": index, "K": layer.K, "D": layer.D, "P": layer.P, "own": own, "flops": flops,
             "seconds": seconds, "relative_difference": differences,
         }
-        if not layer._smoothing_is_identity:
+        if layer.annealable and not is_identity_width(layer.sigma):  # the layer smooths: time its smoothing product
             scores = reference[0].reshape(-1, layer.K).contiguous()
             smoothing = smoothing_formulations(layer, scores)
             with torch.no_grad():
