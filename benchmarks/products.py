@@ -4,10 +4,10 @@
 
 A training step of a GMM layer runs two kinds of products: the log-scores (forward) with the
 gradient of the parameters (backward), and, while the layer anneals, the smoothing product
-``scores @ g^T``. This benchmark takes each shared-mode GMM layer of a topology at its real input
-(a batch of MNIST-shaped images through the stack) and times these products alone, in the layer's
-own formulation and in the others that compute the same numbers (checked here to float32
-rounding; their largest relative difference is recorded):
+``scores @ g^T``. This benchmark takes each shared-mode GMM layer of a topology at the input it
+receives from a batch of random 8-bit images (MNIST-shaped) passed through the stack, and times
+these products alone, in the layer's own formulation and in the others that compute the same
+numbers (checked here to float32 rounding; their largest relative difference is recorded):
 
 ``convolution`` (a layer above a folding, what the layer runs)
     ``conv([x*x, x], [-s^2/2, mu*s^2])`` (oneDNN, channels last) and its weight gradient.
@@ -302,7 +302,8 @@ def measure_products(name: str, batch_size: int, rounds: int, repeats: int, thre
                 row["smoothing_seconds"] = time_formulations(smoothing, rounds, repeats)
             row["smoothing_flops"] = 2 * scores.shape[0] * layer.K * layer.K
         layers.append(row)
-    gemm = statistics.median([gemm_before, gemm_gflops()])
+    gemm_after = gemm_gflops()
+    gemm = statistics.median([gemm_before, gemm_after])
     timed = [row for row in layers if "seconds" in row]
     own_seconds = sum(row["seconds"][row["own"]] + row.get("smoothing_seconds", {}).get("full", 0.0) for row in timed)
     best_seconds = sum(min(row["seconds"].values()) + min(row.get("smoothing_seconds", {"-": 0.0}).values()) for row in timed)
@@ -312,7 +313,7 @@ def measure_products(name: str, batch_size: int, rounds: int, repeats: int, thre
         "batch_size": batch_size,
         "torch_threads": torch.get_num_threads(),
         "gemm_gflops": gemm,
-        "gemm_gflops_before_after": [gemm_before, gemm],
+        "gemm_gflops_before_after": [gemm_before, gemm_after],
         "layers": layers,
         "products_seconds_own": own_seconds,
         "products_seconds_best": best_seconds,

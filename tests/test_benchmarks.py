@@ -113,7 +113,7 @@ def test_every_product_formulation_gives_the_layers_scores_and_gradients(name, s
             out_scores, out_grad = run()
             scale = weight_grad.abs().max()
             assert (out_grad.double() - weight_grad).abs().max() <= 1e-5 * scale, (name, index, form)
-            torch.testing.assert_close(out_scores, scores, rtol=1e-5, atol=1e-5 * float(scores.abs().max())), (name, index, form)
+            torch.testing.assert_close(out_scores, scores, rtol=1e-5, atol=1e-5 * float(scores.abs().max()), msg=f"{name} layer {index} {form}")
         if sigma is not None and layer.K == round(layer.K**0.5) ** 2:
             smoothing = smoothing_formulations(layer, scores.reshape(-1, layer.K))
             full = smoothing["full"]()
