@@ -233,6 +233,9 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(int(cfg.get("seed") or 0))
     sampler = Sampler(stack, sampling_options(cfg), generator)
     output_dir = Path(cfg.paths.output_dir)
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    for logger in loggers:  # first: a logger that cannot start (W&B online without credentials) stops the run before sampling
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     start = time.perf_counter()
     rows: list[torch.Tensor]
@@ -273,10 +276,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     torch.save(images, output_dir / f"{mode}.pt")
     log.info(f"{len(images)} {mode} samples in {seconds:.2f} s ({len(images) / seconds:.1f} samples/s) -> {path}")
 
-    loggers = instantiate_group(cfg.get("logger"), "logger")
     for logger in loggers:
         if hasattr(logger, "log_image"):
             logger.log_image(key=f"samples/{mode}", images=[grid], caption=[f"{mode}, n={n}"])
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         logger.finalize("success")
     return {"path": path, "images": images, "seconds": seconds}

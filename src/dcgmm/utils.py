@@ -103,7 +103,7 @@ def check_group_overrides(argv: Sequence[str]) -> None:
 
 
 def prepare_environment(argv: Sequence[str] | None = None) -> None:
-    """Settings every task needs before Hydra composes: project root, offline W&B that never waits,
+    """Settings every task needs before Hydra composes: project root, W&B that waits at most 30 s,
     the project's config resolvers (:mod:`dcgmm.resolvers`). With ``argv`` (an entry point's
     command line), a config group set to null stops the program with one line (exit status 2)."""
     from dcgmm.config import project_root
@@ -117,11 +117,10 @@ def prepare_environment(argv: Sequence[str] | None = None) -> None:
 
     register_resolvers()
     os.environ.setdefault("PROJECT_ROOT", str(project_root()))
-    os.environ.setdefault("WANDB_MODE", "offline")
+    # W&B's mode (offline by default) comes from the logger's config (dcgmm.loggers.WandbLogger)
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_DISABLE_GIT", "true")
     os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
-    os.environ.setdefault("WANDB__DISABLE_STATS", "true")
 
 
 def apply_extras(cfg: DictConfig) -> None:
