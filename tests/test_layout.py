@@ -1,4 +1,4 @@
-"""The README's layout section names every module, config group, script and benchmark of the tree."""
+"""The design document's layout section (docs/design.md) names every module, config group, script and benchmark of the tree."""
 
 import re
 from pathlib import Path
@@ -7,9 +7,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def layout_section() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "design.md").read_text()
     match = re.search(r"^## Layout\n(.*?)^## ", text, flags=re.S | re.M)
-    assert match, "README.md has no '## Layout' section"
+    assert match, "docs/design.md has no '## Layout' section followed by another section"
     return match.group(1)
 
 
@@ -33,7 +33,7 @@ def test_layout_names_every_file_of_the_tree():
             if path.is_file() and path.suffix in (".py", ".sh") and path.name != "__init__.py":
                 if path.stem not in line:
                     missing.append(f"{folder}/{path.name}")
-    assert not missing, f"README layout section lacks: {', '.join(missing)}"
+    assert not missing, f"docs/design.md layout section lacks: {', '.join(missing)}"
 
 
 def test_layout_names_no_file_that_does_not_exist():
@@ -41,4 +41,4 @@ def test_layout_names_no_file_that_does_not_exist():
     named = re.findall(r"\b((?:layers|data)/\w+\.py|\w+\.py)\b", section)
     pkg = ROOT / "src" / "dcgmm"
     absent = [name for name in named if not ((pkg / name).exists() or (ROOT / name).exists() or list(ROOT.glob(f"*/{name}")))]
-    assert not absent, f"README layout section names files that do not exist: {', '.join(absent)}"
+    assert not absent, f"docs/design.md layout section names files that do not exist: {', '.join(absent)}"
