@@ -4,14 +4,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup data train test test-full bench results clean help
+.PHONY: setup data train test test-full bench results docs notebook clean help
 
 help:
-	@echo "make train      set up, then train the default model (flat GMM on MNIST)"
+	@echo "make train      set up, then train the default model (topology C on MNIST, 5 epochs) and print its test metrics"
 	@echo "make test       set up, then run the fast tests"
 	@echo "make test-full  set up, then run all tests, slow ones included"
 	@echo "make bench      set up, then run the benchmarks"
 	@echo "make results    set up, then train and write the comparison table (results/RESULTS.md)"
+	@echo "make docs       set up, then build the documentation site into site/ (mkdocs, checks every link)"
+	@echo "make notebook   set up, then run notebooks/walkthrough.ipynb and store its outputs in it"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,8 +38,15 @@ test-full: setup
 bench: setup
 	$(PY) -m benchmarks.run $(ARGS)
 
+docs: setup
+	@$(PY) -c "import mkdocs, material" 2>/dev/null || { echo "error: the docs site needs the extra 'docs': pip install -e '.[docs]'" >&2; exit 2; }
+	$(PY) -m mkdocs build --strict --site-dir site
+
+notebook: setup
+	$(PY) scripts/run_notebook.py notebooks/walkthrough.ipynb
+
 clean:
-	rm -rf logs .pytest_cache
+	rm -rf logs site .pytest_cache
 
 # the comparison table of the paper: `make results` (preset small, < 1 h on a 2-core CPU),
 # `make results PRESET=tiny ARGS="--out /tmp/table"`; see scripts/results_table.py

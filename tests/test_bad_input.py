@@ -16,7 +16,7 @@ from tests.conftest import ROOT, needs_mnist
 @pytest.mark.parametrize(
     "override, error, match",
     [
-        ("model.K=10", ConfigError, r"K=10 is not a perfect square.*use K=9 or K=16"),
+        ("model=flat_gmm model.K=10", ConfigError, r"K=10 is not a perfect square.*use K=9 or K=16"),
         ("model.K=0", ConfigError, r"model.K=0 must be >= 1"),
         ("model.lr=0", ConfigError, r"model.lr=0 must be > 0"),
         ("model.lr=-0.5", ConfigError, r"model.lr=-0.5 must be > 0"),
@@ -30,7 +30,7 @@ from tests.conftest import ROOT, needs_mnist
         ("model.anneal=maybe", ConfigError, r"^model.anneal='maybe' must be true or false"),
         ("data.batch_size=big", ConfigError, r"^data.batch_size='big' must be an integer"),
         ("model.layers.0.kernel_size=big", ConfigError, r"layer 0 \(folding\): kernel_size='big' must be a positive integer"),
-        ("model.layers.2.num_classes=ten", ConfigError, r"layer 2 \(classifier\): num_classes='ten' must be an integer"),
+        ("model=flat_gmm model.layers.2.num_classes=ten", ConfigError, r"layer 2 \(classifier\): num_classes='ten' must be an integer"),
         ("trainer.precision=bf16-true", ConfigError, r"trainer.precision=bf16-true is not supported.*32-true, 32, 64-true, 64, 16-mixed, bf16-mixed"),
         ("trainer.precision=16-true", ConfigError, r"trainer.precision=16-true is not supported"),
         ("model.tf32=sometimes", ConfigError, r"^model.tf32='sometimes' must be true or false"),
@@ -64,13 +64,13 @@ def test_batch_larger_than_training_set(train_cfg, tmp_path):
 def test_non_square_K_is_fine_without_annealing(train_cfg):
     from hydra.utils import instantiate
 
-    assert instantiate(train_cfg("model.K=10", "model.anneal=false").model).stack.top_gmm.K == 10
+    assert instantiate(train_cfg("model=flat_gmm", "model.K=10", "model.anneal=false").model).stack.top_gmm.K == 10
 
 
 @pytest.mark.parametrize("override", ["model.K=10", "data.name=cifar", "model.K=abc"])
 def test_cli_prints_one_line_error_and_exits_2(tmp_path, override):
     result = subprocess.run(
-        [sys.executable, "train.py", override, f"paths.log_dir={tmp_path}", "logger=csv"],
+        [sys.executable, "train.py", "model=flat_gmm", override, f"paths.log_dir={tmp_path}", "logger=csv"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2

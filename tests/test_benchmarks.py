@@ -15,7 +15,7 @@ from tests.conftest import ROOT, needs_mnist
 def test_epoch_benchmark_splits_train_py_epochs_into_steps_and_the_rest(tmp_path):
     out = tmp_path / "epoch.json"
     command = [sys.executable, "-m", "benchmarks.run", "epoch", "--epochs", "3", "--threads", "1", "--json", str(out), "--",
-               "+trainer.limit_train_batches=7", "+trainer.limit_val_batches=2", "logger=none", "model.K=9"]
+               "+trainer.limit_train_batches=7", "+trainer.limit_val_batches=2", "logger=none", "model=flat_gmm", "model.K=9"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "outside" in result.stdout and "GEMM" in result.stdout

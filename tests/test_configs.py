@@ -63,7 +63,7 @@ def test_every_experiment_config_instantiates(train_cfg, experiment):
 
 
 def test_overrides_reach_the_objects(train_cfg):
-    cfg = train_cfg("model.K=49", "model.lr=0.02", "data.batch_size=50", "trainer.max_epochs=7", "seed=3")
+    cfg = train_cfg("model=flat_gmm", "model.K=49", "model.lr=0.02", "data.batch_size=50", "trainer.max_epochs=7", "seed=3")
     module = instantiate(cfg.model)
     assert module.stack.top_gmm.K == 49 and module.policies[module.stack.top_gmm.index].lr == 0.02
     assert instantiate(cfg.data).batch_size == 50
@@ -75,9 +75,11 @@ def test_overrides_reach_the_objects(train_cfg):
 def test_fast_dev_run_trains_and_tests(train_cfg, data, tmp_path):
     if not dataset_available(data):
         pytest.skip(f"{data} cache missing: run `make setup`")
-    cfg = train_cfg(f"data={data}", "++trainer.fast_dev_run=true", "logger=csv")
+    cfg = train_cfg(f"data={data}", "++trainer.fast_dev_run=true", "logger=csv")  # the default job: topology C
     metrics, objects = train(cfg)
-    for key in ("test/loglik", "test/bound", "test/bpd", "test/loss"):
+    kinds = [layer.kind for layer in objects["model"].stack.layers]
+    assert kinds == ["folding", "gmm", "pooling", "folding", "gmm", "classifier"], kinds
+    for key in ("test/loglik", "test/bound", "test/loss", "test/acc"):
         assert key in metrics, key
     assert metrics["test/bound"] <= metrics["test/loglik"] + 1e-3  # the bound is a lower bound
 
@@ -91,7 +93,7 @@ def test_train_cli_writes_checkpoint_csv_wandb_and_metrics(tmp_path):
     """One short real run: logs/<task>/runs/<date>_<time>/ with .hydra, last.ckpt, csv, wandb, log file."""
     result = run_cli(
         f"paths.log_dir={tmp_path}", "trainer.max_epochs=1", "+trainer.limit_train_batches=20",
-        "+trainer.limit_val_batches=5", "+trainer.limit_test_batches=5", "trainer.log_every_n_steps=5", "logger=many_loggers", "model.K=9",
+        "+trainer.limit_val_batches=5", "+trainer.limit_test_batches=5", "trainer.log_every_n_steps=5", "logger=many_loggers", "model=flat_gmm", "model.K=9",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "train" / "runs").iterdir()
@@ -109,7 +111,7 @@ def test_train_cli_writes_checkpoint_csv_wandb_and_metrics(tmp_path):
 
 @needs_mnist
 def test_multirun_sweeps_into_separate_folders(tmp_path):
-    result = run_cli("-m", f"paths.log_dir={tmp_path}", "model.K=4,9", "++trainer.fast_dev_run=true", "logger=csv")
+    result = run_cli("-m", f"paths.log_dir={tmp_path}", "model=flat_gmm", "model.K=4,9", "++trainer.fast_dev_run=true", "logger=csv")
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())

@@ -45,7 +45,7 @@ def checkpoint(tmp_path_factory) -> Path:
     log_dir = tmp_path_factory.mktemp("train")
     result = run(
         "train.py", f"paths.log_dir={log_dir}", "trainer.max_epochs=1", "+trainer.limit_train_batches=5",
-        "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=1", "model.K=9", "logger=csv",
+        "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=1", "model=flat_gmm", "model.K=9", "logger=csv",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = log_dir.rglob("last.ckpt")
@@ -155,7 +155,7 @@ def test_bad_input_is_a_one_line_error_with_exit_status_2(tmp_path, script, args
 )
 @needs_both
 def test_outlier_experiment_fast_dev_run(train_cfg, tmp_path, overrides, inliers, outlier_dataset, outlier_classes):
-    cfg = train_cfg(*overrides, "++trainer.fast_dev_run=true", "logger=csv", "model.K=9")
+    cfg = train_cfg(*overrides, "++trainer.fast_dev_run=true", "logger=csv", "model=flat_gmm", "model.K=9")
     assert (None if cfg.data.classes is None else list(cfg.data.classes)) == inliers  # derived from outlier.*
     metrics, objects = train(cfg)
     assert 0.0 <= float(metrics["test/auroc"]) <= 1.0
@@ -226,7 +226,7 @@ def test_bad_outlier_config_fails_before_training(train_cfg, tmp_path, override,
 def test_outlier_multirun_holds_out_each_class_in_turn(tmp_path):
     result = run(
         "train.py", "-m", "experiment=outliers_mnist", "outlier.held_out=0,7", f"paths.log_dir={tmp_path}",
-        "++trainer.fast_dev_run=true", "logger=csv", "model.K=4",
+        "++trainer.fast_dev_run=true", "logger=csv", "model=flat_gmm", "model.K=4",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
@@ -237,7 +237,7 @@ def test_outlier_multirun_holds_out_each_class_in_turn(tmp_path):
 @needs_mnist
 def test_outlier_roc_is_logged_to_wandb(tmp_path):
     result = run(
-        "train.py", "experiment=outliers_mnist", f"paths.log_dir={tmp_path}", "logger=wandb", "model.K=4",
+        "train.py", "experiment=outliers_mnist", f"paths.log_dir={tmp_path}", "logger=wandb", "model=flat_gmm", "model.K=4",
         "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=2",
     )
     assert result.returncode == 0, result.stderr[-3000:]

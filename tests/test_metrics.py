@@ -120,7 +120,7 @@ INVERTED_AUROC_BOUND = 0.999
 @needs_mnist
 def test_inverted_images_are_obvious_outliers(train_cfg):
     cfg = train_cfg(
-        "model.K=9", "trainer.max_epochs=1", "+trainer.limit_train_batches=30", "data.val_size=0",
+        "model=flat_gmm", "model.K=9", "trainer.max_epochs=1", "+trainer.limit_train_batches=30", "data.val_size=0",
         "test=false", "callbacks=none", "logger=csv", "++trainer.enable_checkpointing=false",
     )
     _, objects = train(cfg)

@@ -56,7 +56,7 @@ def test_search_space_counts_only_parameters_left_to_search(train_cfg):
     # a command-line value fixes a parameter of hydra.sweeper.params
     assert optuna_search_space(train_cfg("hparams_search=flat_mnist_optuna", "model.K=49")) == ["model.lr"]
     assert optuna_search_space(train_cfg("hparams_search=flat_mnist_optuna", "model.K=49", "model.lr=0.02")) == []
-    assert optuna_search_space(train_cfg("model.K=49")) is None  # not an Optuna sweep
+    assert optuna_search_space(train_cfg("model=flat_gmm", "model.K=49")) is None  # not an Optuna sweep
 
 
 def test_metric_value_for_sweepers():
@@ -68,7 +68,7 @@ def test_metric_value_for_sweepers():
 
 
 def test_empty_search_space_is_a_one_line_error_before_training(tmp_path):
-    result = run_cli("-m", "hparams_search=flat_mnist_optuna", "model.K=25", "model.lr=0.01", f"paths.log_dir={tmp_path}", "logger=csv")
+    result = run_cli("-m", "hparams_search=flat_mnist_optuna", "model=flat_gmm", "model.K=25", "model.lr=0.01", f"paths.log_dir={tmp_path}", "logger=csv")
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
     assert result.stderr.startswith("error: the Optuna search space is empty")
@@ -109,7 +109,7 @@ def test_failed_trial_does_not_stop_the_search(tmp_path):
 
 @needs_mnist
 def test_joblib_launcher_runs_two_jobs(tmp_path):
-    result = run_cli("-m", "hydra/launcher=joblib", "model.K=4,9", *TINY, f"paths.log_dir={tmp_path}")
+    result = run_cli("-m", "hydra/launcher=joblib", "model=flat_gmm", "model.K=4,9", *TINY, f"paths.log_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     assert "validated against ConfigStore schema" not in result.stderr

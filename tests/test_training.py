@@ -169,7 +169,7 @@ def test_debug_overfit_trains_on_whole_batches(train_cfg, monkeypatch):
         def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
             shapes["val"].add((tuple(batch[0].shape), tuple(batch[1].shape)))
 
-    cfg = train_cfg("debug=overfit", "trainer.max_epochs=2", "test=false", "logger=none", "callbacks=none", "model.K=4", "data.eval_batch_size=50")
+    cfg = train_cfg("debug=overfit", "trainer.max_epochs=2", "test=false", "logger=none", "callbacks=none", "model=flat_gmm", "model.K=4", "data.eval_batch_size=50")
     original = tasks.instantiate_group
     monkeypatch.setattr(tasks, "instantiate_group", lambda node, what: original(node, what) + ([Shapes()] if what == "callback" else []))
     _, objects = train(cfg)
@@ -183,7 +183,7 @@ def test_debug_limit_runs_a_few_batches_of_every_stage(train_cfg):
     """debug=limit: fractions of every loader, at least one batch each (with 500-image evaluation batches)."""
     from dcgmm.tasks import train
 
-    metrics, objects = train(train_cfg("debug=limit", "trainer.max_epochs=1", "logger=none", "callbacks=none", "model.K=4"))
+    metrics, objects = train(train_cfg("debug=limit", "trainer.max_epochs=1", "logger=none", "callbacks=none", "model=flat_gmm", "model.K=4"))
     trainer = objects["trainer"]
     assert trainer.global_step == 5 and trainer.num_val_batches == [1] and trainer.num_test_batches == [2]
     assert "test/loss" in metrics and "val/loss" in metrics

@@ -51,7 +51,7 @@ def test_the_mode_that_reaches_wandb_init_is_the_configs(tmp_path, monkeypatch, 
     monkeypatch.setenv("WANDB_MODE", opposite)  # a process-wide setting must not decide it
     logger = instantiate(cfg.logger.wandb)
     assert isinstance(logger, WandbLogger)
-    logger.experiment
+    _ = logger.experiment
     (kwargs,) = calls
     assert kwargs["mode"] == mode
     assert kwargs["settings"]["x_disable_stats"] is (mode == "offline")  # system metrics when online
@@ -88,7 +88,7 @@ def test_a_failed_online_start_is_one_config_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(wandb, "init", refuse)
     with pytest.raises(ConfigError) as caught:
-        WandbLogger(offline=False, save_dir=str(tmp_path)).experiment
+        _ = WandbLogger(offline=False, save_dir=str(tmp_path)).experiment
     message = str(caught.value)
     assert "\n" not in message and "No API key configured. Use `wandb login`" in message
     assert "logger.wandb.offline=true" in message

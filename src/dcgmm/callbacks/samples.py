@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -10,6 +11,8 @@ from lightning.pytorch.callbacks import Callback
 
 from dcgmm.images import make_grid, save_png
 from dcgmm.sampling import Sampler, SamplingOptions
+
+log = logging.getLogger(__name__)
 
 
 class SampleImages(Callback):
@@ -58,7 +61,9 @@ class SampleImages(Callback):
         pl_module.train(was_training)
         folder = Path(self.output_dir or trainer.default_root_dir) / "images"
         for name, grid in grids.items():
-            save_png(grid, folder / f"epoch_{epoch:03d}_{name.replace('/', '_')}.png")
+            path = save_png(grid, folder / f"epoch_{epoch:03d}_{name.replace('/', '_')}.png")
+            if name == "samples":
+                log.info(f"Sample grid after epoch {epoch}: {path}")
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):  # W&B
                 for name, grid in grids.items():
