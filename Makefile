@@ -39,8 +39,7 @@ bench: setup
 	$(PY) -m benchmarks.run $(ARGS)
 
 docs: setup
-	@$(PY) -c "import mkdocs, material" 2>/dev/null || { echo "error: the docs site needs the extra 'docs': pip install -e '.[docs]'" >&2; exit 2; }
-	$(PY) -m mkdocs build --strict --site-dir site
+	$(PY) scripts/build_docs.py site
 
 notebook: setup
 	$(PY) scripts/run_notebook.py notebooks/walkthrough.ipynb
