@@ -1,6 +1,6 @@
 """Evaluate a trained DCGMM on a test set: `python evaluate.py ckpt_path=<ckpt> [data=fashion]`. See README.md."""
 
-from dcgmm.entrypoints.evaluate import main
+from dcgmm.app.entrypoints.evaluate import main
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 """Draw samples from a trained DCGMM: `python sample.py ckpt_path=<ckpt> n=64 [mode=...]`. See README.md."""
 
-from dcgmm.entrypoints.sample import main
+from dcgmm.app.entrypoints.sample import main
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 """Train a DCGMM: `python train.py model=dcgmm3 data=fashion`, sweeps with `-m`. See README.md."""
 
-from dcgmm.entrypoints.train import main
+from dcgmm.app.entrypoints.train import main
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,7 @@
 
     python -m benchmarks.convolutions [dcgmm2 dcgmm2_pool dcgmm3 dcgmm4_pool] [--threads 1]
 
-For each topology, plain SGD steps of batch 100 (``dcgmm.module.plain_sgd_step``) with the
+For each topology, plain SGD steps of batch 100 (``dcgmm.app.module.plain_sgd_step``) with the
 convolution path switched off and on, alternately, three times; the best time of each and their
 ratio are printed (absolute times on a shared CPU vary, the ratio much less).
 """
@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from benchmarks.topology import build_module
-from dcgmm.layers import GMMLayer
-from dcgmm.module import plain_sgd_step
+from benchmarks.common import build_module
+from dcgmm.app.module import plain_sgd_step
+from dcgmm.core.layers import GMMLayer
 
 
 def step_ms(name: str, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:

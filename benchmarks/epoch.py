@@ -4,8 +4,8 @@
 
 One fresh process composes ``conf/train.yaml`` with the overrides (none: the defaults a bare
 ``python train.py`` uses, i.e. the flat GMM K=25 on MNIST with validation, checkpoints, progress bar,
-sample grids and the offline W&B logger), adds the :class:`~dcgmm.callbacks.TrainingSpeed`
-callback and runs ``dcgmm.tasks.train`` without the test pass. An epoch's wall time runs from its
+sample grids and the offline W&B logger), adds the :class:`~dcgmm.app.callbacks.TrainingSpeed`
+callback and runs ``dcgmm.app.tasks.train`` without the test pass. An epoch's wall time runs from its
 start to the next epoch's start (its steps, the loading of its batches, the validation after it,
 checkpointing, every callback); its step time is the time inside the training steps (forward,
 backward, SGD, from the ``on_train_batch_start`` to the ``on_train_batch_end`` of the timing
@@ -19,8 +19,7 @@ import argparse
 import statistics
 import tempfile
 
-from benchmarks.run import machine_info, quiet_libraries, run_isolated
-from benchmarks.topology import gemm_gflops
+from benchmarks.common import gemm_gflops, machine_info, quiet_libraries, run_isolated
 
 TARGET_OVERHEAD = 0.20  # at most this share of an epoch outside the steps, at the default settings
 
@@ -29,14 +28,14 @@ def measure_epochs(overrides: list[str], epochs: int, threads: int | None, data_
     """Train ``epochs`` epochs of ``python train.py <overrides>`` (no test pass) in this process."""
     import torch
 
-    from dcgmm.callbacks import TrainingSpeed
-    from dcgmm.config import compose
-    from dcgmm.tasks import train
+    from dcgmm.app.callbacks import TrainingSpeed
+    from dcgmm.app.config import compose
+    from dcgmm.app.tasks import train
 
     quiet_libraries()
     with tempfile.TemporaryDirectory() as out:
         settings = [f"trainer.max_epochs={epochs}", "test=false", *([f"torch_threads={threads}"] if threads else [])]
-        cfg = compose("train", [*settings, *overrides, "+callbacks.epoch_timing._target_=dcgmm.callbacks.TrainingSpeed"],
+        cfg = compose("train", [*settings, *overrides, "+callbacks.epoch_timing._target_=dcgmm.app.callbacks.TrainingSpeed"],
                       output_dir=out, data_dir=data_dir)
         _, objects = train(cfg)
         speed = next(cb for cb in objects["callbacks"] if isinstance(cb, TrainingSpeed))

@@ -20,7 +20,7 @@ start too late), and prints a table:
   (``model.compile=true``) and ``model.compile=reduce-overhead`` (CUDA graphs of the compiled
   pass), timed with CUDA events (``perf_counter`` on the CPU), with the peak device memory;
 - **tf32**: how far TF32 products and convolutions move the top layer's log-likelihood of A, B and E
-  after 300 steps, and that ``dcgmm.runtime.exact_float32`` (evaluation) removes that;
+  after 300 steps, and that ``dcgmm.training.runtime.exact_float32`` (evaluation) removes that;
 - **autocast**: the GMM layers' log-likelihood inside a bf16 autocast region against none;
 - **precision**: B trained one epoch at 32-true, 64-true, bf16-mixed and 16-mixed with a 5-step
   annealing window (sigma changes inside the epoch);
@@ -44,13 +44,15 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import machine_info
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOPOLOGIES = {"A": ("flat_gmm", {"K": 100}), "B": ("dcgmm2", {}), "E": ("dcgmm3", {})}
 
 
 def build(name: str, overrides: dict, device: torch.device, seed: int = 0):
-    """``model=<name>`` with model-wide ``overrides`` (dcgmm.config.build_model) on ``device``."""
-    from dcgmm.config import build_model
+    """``model=<name>`` with model-wide ``overrides`` (dcgmm.app.config.build_model) on ``device``."""
+    from dcgmm.app.config import build_model
 
     torch.manual_seed(seed)
     return build_model(name, [f"model.{key}={value}" for key, value in overrides.items()]).to(device)
@@ -90,7 +92,7 @@ class Timer:
 
 def parity(device: torch.device, steps: int) -> dict:
     """The same SGD steps on the CPU and on ``device``: the largest parameter difference."""
-    from dcgmm.module import plain_sgd_step
+    from dcgmm.app.module import plain_sgd_step
 
     cpu_module, dev_module = build("dcgmm2", {}, torch.device("cpu")), build("dcgmm2", {}, device)
     dev_module.load_state_dict(cpu_module.state_dict())
@@ -109,8 +111,8 @@ def parity(device: torch.device, steps: int) -> dict:
 
 def graph_step(module, optimizer, x, y):
     """The whole step recorded as one CUDA graph (``model.cuda_graph=true``: forward, backward, SGD
-    update and clipping, :class:`dcgmm.graphstep.GraphedStep`); returns a step function."""
-    from dcgmm.graphstep import GraphedStep
+    update and clipping, :class:`dcgmm.training.graphstep.GraphedStep`); returns a step function."""
+    from dcgmm.training.graphstep import GraphedStep
 
     step = GraphedStep(module.stack, optimizer, capture=True)
     weights = torch.ones(len(module.stack.learning_layers), device=x.device)
@@ -121,8 +123,8 @@ def step_times(device: torch.device, batch_sizes: list[int], steps: int, modes: 
     """Median time of one plain SGD step per topology, batch size and mode (eager, eager-tf32,
     compiled, reduce-overhead, graph), with the peak device memory; a row that would start after
     ``deadline`` (``time.perf_counter()``) is skipped (compiling takes a while)."""
-    from dcgmm.module import plain_sgd_step
-    from dcgmm.runtime import restore_tf32, set_tf32
+    from dcgmm.app.module import plain_sgd_step
+    from dcgmm.training.runtime import restore_tf32, set_tf32
 
     rows = []
     for letter, (name, overrides) in TOPOLOGIES.items():
@@ -177,7 +179,7 @@ def fit_module(device: torch.device, model: str, overrides: dict, images: int, t
     from omegaconf import OmegaConf
     from torch.utils.data import DataLoader
 
-    from dcgmm.callbacks import TrainingSpeed
+    from dcgmm.app.callbacks import TrainingSpeed
     from dcgmm.data.datamodule import EpochSeededSampler, TensorBatchDataset, keep_batch
 
     g = torch.Generator().manual_seed(0)
@@ -232,9 +234,9 @@ def tf32_effect(device: torch.device, pixels: torch.Tensor | None, steps: int, i
     the top layer's log-likelihood of ``images`` images with TF32 matrix products and convolutions
     against IEEE float32 (nats per image), the share of changed top-layer assignments, and the same
     difference through the estimator's scoring path (``exact_float32``: expected 0)."""
-    from dcgmm.module import plain_sgd_step
-    from dcgmm.runtime import exact_float32, restore_tf32, set_tf32
-    from dcgmm.scoring import EvalOutputs
+    from dcgmm.app.module import plain_sgd_step
+    from dcgmm.core.scoring import EvalOutputs
+    from dcgmm.training.runtime import exact_float32, restore_tf32, set_tf32
 
     data = [(x, y) for x, y in batches(steps, 100, device, seed=2)] if pixels is None else [
         (pixels[i * 100 : (i + 1) * 100].to(device).float().div_(255.0), torch.zeros(100, dtype=torch.long, device=device)) for i in range(steps)]
@@ -267,7 +269,7 @@ def tf32_effect(device: torch.device, pixels: torch.Tensor | None, steps: int, i
 def autocast_drift(device: torch.device, pixels: torch.Tensor | None, images: int) -> list[dict]:
     """Top-layer log-likelihood of B and E under a bf16 (CUDA) autocast region against none: the GMM
     layers compute in float32 inside it, so the difference stays at float32 rounding."""
-    from dcgmm.scoring import EvalOutputs
+    from dcgmm.core.scoring import EvalOutputs
 
     test = (pixels[-images:] if pixels is not None else torch.randint(0, 256, (images, 1, 28, 28), dtype=torch.uint8)).to(device).float().div_(255.0)
     dtype = torch.bfloat16
@@ -333,7 +335,7 @@ def train_path(device: torch.device, data_dir: Path, epochs: int, quick: bool) -
 def sampling_speed(device: torch.device, n: int, iterations: int) -> list[dict]:
     """Samples per second of topology B with ``iterations`` sharpening steps, on the CPU and on
     ``device``, with the random generator on the sampling device (as ``sample.py device=...``)."""
-    from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
+    from dcgmm.core.sampling import Sampler, SamplingOptions, SharpeningOptions
 
     options = SamplingOptions(sharpening=SharpeningOptions(enabled=True, rate=0.1, iterations=iterations))
     rows = []
@@ -351,8 +353,6 @@ def sampling_speed(device: torch.device, n: int, iterations: int) -> list[dict]:
 
 
 def describe(device: torch.device) -> dict:
-    from benchmarks.run import machine_info
-
     info = dict(device=str(device), torch=torch.__version__, python=platform.python_version(), cpu=machine_info()["cpu_model"])
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from dcgmm.runtime import set_tf32
+    from dcgmm.training.runtime import set_tf32
 
     set_tf32(False)  # IEEE float32 products and convolutions unless a stage asks for TF32
     for name in args.stages:

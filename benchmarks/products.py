@@ -46,7 +46,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from benchmarks.run import machine_info, quiet_libraries, run_isolated
+from benchmarks.common import build_module, gemm_gflops, machine_info, quiet_libraries, run_isolated
 
 # images/s per GEMM-GFLOP/s that the project asks of a training step (twice the ratios the code gave
 # before its convolution path: about 46 for B and 11 for E)
@@ -98,7 +98,7 @@ def separable_factor(layer):
     """``a`` of side ``sqrt(K)`` with ``layer.smoothing == kron(a, a)`` (the toroidal Gaussian)."""
     import torch
 
-    from dcgmm.annealing import grid_side
+    from dcgmm.core.layers.smoothing import grid_side
 
     side = grid_side(layer.K)
     d = torch.arange(side)
@@ -256,9 +256,9 @@ def measure_products(name: str, batch_size: int, rounds: int, repeats: int, thre
     """Time every GMM layer's products of topology ``name`` (runs in its own process)."""
     import torch
 
-    from benchmarks.topology import build_module, gemm_gflops
-    from dcgmm.annealing import AnnealingSchedule, is_identity_width
-    from dcgmm.runtime import keep_freed_memory
+    from dcgmm.core.layers.smoothing import is_identity_width
+    from dcgmm.training.annealing import AnnealingSchedule
+    from dcgmm.training.runtime import keep_freed_memory
 
     quiet_libraries()
     keep_freed_memory()

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from dcgmm.checkpoints import load_module
+from dcgmm.app.checkpoints import load_module
+from dcgmm.app.ndb import NDB
+from dcgmm.core.sampling import Sampler, SamplingOptions, SharpeningOptions
 from dcgmm.data import load_dataset
 from dcgmm.data.datamodule import pixel_tensor
-from dcgmm.ndb import NDB
-from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
 
 
 def draw(stack, n: int, sharpen_iterations: int, seed: int, divisor: float = 5.0, top_s: int = 1, batch: int = 500) -> tuple[torch.Tensor, float]:

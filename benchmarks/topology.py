@@ -15,24 +15,12 @@ import argparse
 import statistics
 import time
 
-from benchmarks.run import (
-    epoch_timer,
-    load_images,
-    machine_info,
-    peak_rss_mib,
-    quiet_libraries,
-    run_isolated,
-)
+from benchmarks.common import build_module, epoch_timer, gemm_gflops, load_images, machine_info, peak_rss_mib, quiet_libraries, run_isolated
 
 TOPOLOGIES = ("flat_gmm", "dcgmm2", "dcgmm2_pool", "dcgmm3", "dcgmm3_pool", "dcgmm4", "dcgmm4_pool")
 TARGETS = {"dcgmm2": {"images_per_s": 6000.0, "peak_rss_mib": 2048.0}}
 
 
-def build_module(name: str):
-    """``DCGMMModule`` of ``model=<name>`` as shipped (dcgmm.config.build_model)."""
-    from dcgmm.config import build_model
-
-    return build_model(name)
 
 
 # the matrix products and convolutions among the operators a training step dispatches (forward and backward)
@@ -54,7 +42,7 @@ def profile_steps(module, batch, steps: int = 10, top: int = 8) -> dict:
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from dcgmm.module import plain_sgd_step
+    from dcgmm.app.module import plain_sgd_step
 
     class OperatorClock(TorchDispatchMode):
         def __init__(self) -> None:
@@ -96,7 +84,7 @@ def product_flops_per_image(stack) -> int:
     no input gradients), plus the smoothing product ``P K^2`` of every GMM layer that smooths now.
     ``1e9 / this`` is the images/s per GEMM-GFLOP/s of a step made of these products alone, each
     running at the machine's GEMM speed: a ceiling for the ratio the benchmark reports."""
-    from dcgmm.annealing import is_identity_width
+    from dcgmm.core.layers.smoothing import is_identity_width
 
     flops = 0
     for layer, row in zip(stack.layers, stack.summary()):
@@ -168,24 +156,6 @@ def measure_topology(name: str, steps: int, epochs: int, dataset: str, data_dir:
     }
 
 
-def gemm_gflops(size: int = 1024, repeats: int = 20) -> float:
-    """fp32 GEMM speed of this process's torch threads, GFLOP/s (best of three timings).
-
-    Training speeds are also reported as images/s per GEMM-GFLOP/s measured in the same run, so
-    that figures from different machines, or from one machine under different load, compare.
-    """
-    import torch
-
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(3):
-        a @ b
-    best = 0.0
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = max(best, repeats * 2 * size**3 / (time.perf_counter() - start) / 1e9)
-    return best
 
 
 def add_topology_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,16 +18,16 @@ on top of each run's experiment config. For every dataset and every DCGMM topolo
   the outlier model's top layer);
 * ``flat_same_params``: a flat GMM with about as many parameters as the DCGMM (counted on the
   built models, K the nearest perfect square, as the annealing grid needs);
-* ``em_same_k``: ``dcgmm.baselines.em_baseline`` (scikit-learn EM, diagonal) with the same K.
+* ``em_same_k``: ``dcgmm.results.baselines.em_baseline`` (scikit-learn EM, diagonal) with the same K.
 * ``circuit``: a probabilistic-circuit peer, one row per dataset (not per topology):
-  ``dcgmm.peers.circuit_baseline`` (spflow's RAT-SPN, the ``circuit:`` settings of the preset),
+  ``dcgmm.results.peers.circuit_baseline`` (spflow's RAT-SPN, the ``circuit:`` settings of the preset),
   trained on all classes and once per held-out class. It needs the extra ``peers``
   (``pip install -e '.[peers]'``; ``make results`` installs it); without it the preset is refused
   with a one-line error before anything trains.
 
 Every SGD row runs once per seed of its dataset (``seeds`` in the preset; the table shows mean ±
 standard deviation). Every training run composes ``conf/train.yaml`` with Hydra's compose API and
-calls ``dcgmm.tasks.train``; its outputs (checkpoint, CSV log, ROC curve, sample grids) go to
+calls ``dcgmm.app.tasks.train``; its outputs (checkpoint, CSV log, ROC curve, sample grids) go to
 ``<runs>/<dataset>/<run>/`` (``logs/results/<preset>/`` or ``<out>/runs/``). Its numbers go to a
 run record, ``results/runs/<preset>/<dataset>/<run>.json`` (``<out>/records/`` with ``--out``),
 written when the run finishes and meant to be committed: ``--resume`` skips the runs whose records
@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without an install too
-from dcgmm.verdict import verdict_markdown  # noqa: E402
+from dcgmm.results.verdict import verdict_markdown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "conf"
@@ -138,7 +138,7 @@ def load_preset(name: str) -> dict:
     unknown = [c for c in preset["compare"] if c not in COMPARISONS]
     if unknown:
         raise PresetError(f"{shown}: compare {unknown} unknown; use any of {list(COMPARISONS)}")
-    from dcgmm.peers import CircuitSettings
+    from dcgmm.results.peers import CircuitSettings
 
     try:
         preset["circuit"] = CircuitSettings(**(preset.get("circuit") or {})).__dict__
@@ -167,7 +167,7 @@ class Composer:
         self.runs_dir = runs_dir
 
     def __call__(self, overrides: list[str], output_dir: Path | None = None):
-        from dcgmm.config import compose
+        from dcgmm.app.config import compose
 
         return compose("train", overrides, output_dir=output_dir or self.runs_dir / "_plan", root_dir=ROOT, log_dir=self.runs_dir)
 
@@ -177,7 +177,7 @@ def count_params(module) -> int:
 
 
 def build_model(cfg):
-    from dcgmm.utils import instantiate
+    from dcgmm.app.utils import instantiate
 
     return instantiate(cfg.model)
 
@@ -315,12 +315,12 @@ class Planner:
                     elif comparison == "em_same_k":
                         m = [self.add_run(RunSpec(dataset, f"em_k{k_main}", "main", "em", K=k_main))]
                         outs = {c: [self.add_run(RunSpec(dataset, f"em_k{k_out}_held{c}", "outliers", "em", K=k_out, held_out=c))] for c in held_out}
-                        self.rows.append(RowSpec(dataset, f"em_same_k:{topology}", f"EM (sklearn), K as {letter}", "em", m, outs, f"dcgmm.baselines.em_baseline K={k_main}, {k_out}"))
+                        self.rows.append(RowSpec(dataset, f"em_same_k:{topology}", f"EM (sklearn), K as {letter}", "em", m, outs, f"dcgmm.results.baselines.em_baseline K={k_main}, {k_out}"))
             for peer, label in PEER_ROWS.items():
                 if peer in self.preset["compare"]:
                     m = [self.add_run(RunSpec(dataset, peer, "main", peer))]
                     outs = {c: [self.add_run(RunSpec(dataset, f"{peer}_held{c}", "outliers", peer, held_out=c))] for c in held_out}
-                    self.rows.append(RowSpec(dataset, peer, label, peer, m, outs, f"dcgmm.peers.{peer}_baseline"))
+                    self.rows.append(RowSpec(dataset, peer, label, peer, m, outs, f"dcgmm.results.peers.{peer}_baseline"))
 
     def ordered_runs(self) -> list[RunSpec]:
         """The runs in the order they are trained: every row's first seed before any second seed,
@@ -357,7 +357,7 @@ class NDBCache:
         if dataset not in self._ndb:
             import torch
 
-            from dcgmm.ndb import training_bins
+            from dcgmm.app.ndb import training_bins
 
             n = self.cfg.get("train_images")
             bins, kms = int(self.cfg.get("bins", 100)), int(self.cfg.get("kmeans_samples", 20000))
@@ -378,17 +378,17 @@ def _float(value) -> float:
 
 
 def save_grid(images, path: Path) -> None:
-    from dcgmm.images import make_grid, save_png
+    from dcgmm.core.images import make_grid, save_png
 
     save_png(make_grid(images[:64], nrow=8), path)
 
 
 def run_sgd(spec: RunSpec, run_dir: Path, compose: Composer, ndb: NDBCache, ndb_cfg: dict) -> dict:
-    """Train and test one configuration with dcgmm.tasks.train; NDB of samples for main runs."""
+    """Train and test one configuration with dcgmm.app.tasks.train; NDB of samples for main runs."""
 
-    from dcgmm.callbacks import TrainingSpeed
-    from dcgmm.ndb import sample_quality
-    from dcgmm.tasks import train
+    from dcgmm.app.callbacks import TrainingSpeed
+    from dcgmm.app.ndb import sample_quality
+    from dcgmm.app.tasks import train
 
     cfg = compose(spec.overrides, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -461,7 +461,7 @@ def sample_em(gmm, n: int, ndb_cfg: dict, seed: int = 0):
 
 
 def run_em(spec: RunSpec, run_dir: Path, data_dir: Path, em_cfg: dict, ndb: NDBCache, ndb_cfg: dict, datamodule=None) -> dict:
-    from dcgmm.baselines import em_baseline
+    from dcgmm.results.baselines import em_baseline
 
     start = time.perf_counter()
     result = em_baseline(
@@ -488,8 +488,8 @@ def run_em(spec: RunSpec, run_dir: Path, data_dir: Path, em_cfg: dict, ndb: NDBC
 
 
 def run_circuit(spec: RunSpec, run_dir: Path, data_dir: Path, settings: dict, ndb: NDBCache, ndb_cfg: dict, datamodule=None) -> dict:
-    """The probabilistic-circuit peer (:func:`dcgmm.peers.circuit_baseline`) as a run record."""
-    from dcgmm.peers import CircuitSettings, circuit_baseline
+    """The probabilistic-circuit peer (:func:`dcgmm.results.peers.circuit_baseline`) as a run record."""
+    from dcgmm.results.peers import CircuitSettings, circuit_baseline
 
     samples = int(ndb_cfg.get("samples", 1000)) if spec.kind == "main" else 0
     result = circuit_baseline(spec.dataset, data_dir, spec.held_out, CircuitSettings(**settings), samples=samples)
@@ -527,7 +527,7 @@ def dry_run(planner: Planner, compose: Composer) -> None:
     """Print the plan with a time estimate from a few timed SGD steps per model on random images."""
     from omegaconf import OmegaConf
 
-    from dcgmm.utils import instantiate
+    from dcgmm.app.utils import instantiate
 
     step_cost: dict[str, float] = {}
     batches: dict[tuple, int] = {}
@@ -579,7 +579,7 @@ def time_sgd_steps(module, batch_size: int, steps: int = 5) -> float:
     torch.set_flush_denormal(True)
     x = torch.rand(batch_size, *module.stack.input_shape, generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, 10, (batch_size,))
-    from dcgmm.module import plain_sgd_step
+    from dcgmm.app.module import plain_sgd_step
 
     optimizer = module.configure_optimizers()
     plain_sgd_step(module, optimizer, x, y)
@@ -782,7 +782,7 @@ def data_description(dataset: str, rows: list[RowSpec], records: dict, preset: d
 
 
 def verdict_rule(preset: dict) -> str:
-    from dcgmm.verdict import CLAIMS
+    from dcgmm.results.verdict import CLAIMS
 
     floors = ", ".join(f"{c.label} {c.floor}" for c in CLAIMS)
     return (
@@ -975,7 +975,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not (args.report_only or args.dry_run):  # a peer that would train needs its library, checked before anything runs
         from dcgmm.errors import ConfigError
-        from dcgmm.peers import require_peer
+        from dcgmm.results.peers import require_peer
 
         for peer in [c for c in preset["compare"] if c in PEER_ROWS and (not chosen or c in chosen)]:
             try:
@@ -1001,7 +1001,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from dcgmm.utils import prepare_environment
+    from dcgmm.app.utils import prepare_environment
 
     prepare_environment()
     threads_before = torch.get_num_threads()
@@ -1152,7 +1152,7 @@ def run(args, preset: dict, datasets: list[str], report_dir: Path, runs_dir: Pat
 
 def all_classes_data(compose: Composer, planner: Planner, dataset: str):
     """The set-up datamodule of ``dataset`` with all classes, as the runs on all classes see it."""
-    from dcgmm.utils import instantiate
+    from dcgmm.app.utils import instantiate
 
     datamodule = instantiate(compose(planner.sgd_overrides(FLAT_MAIN_BASE, dataset, "main", [])).data)
     datamodule.setup("fit")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from omegaconf import DictConfig, open_dict
 
-from dcgmm.config import compose
-from dcgmm.utils import prepare_environment
+from dcgmm.app.config import compose
+from dcgmm.app.utils import prepare_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "conf"
@@ -35,7 +35,7 @@ gpu_only = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), r
 
 
 def compose_train(overrides: list[str], tmp_path: Path, config_name: str = "train.yaml") -> DictConfig:
-    """Compose conf/<config_name> like `python train.py OVERRIDES` (dcgmm.config.compose, the one
+    """Compose conf/<config_name> like `python train.py OVERRIDES` (dcgmm.app.config.compose, the one
     way every caller composes), writing only below tmp_path."""
     cfg = compose(config_name, overrides, output_dir=tmp_path, root_dir=ROOT, data_dir=DATA_DIR, log_dir=tmp_path)
     with open_dict(cfg):

@@ -8,9 +8,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from dcgmm.annealing import Annealing, AnnealingSchedule, smoothing_kernel, toroidal_sq_distances
+from dcgmm.app.module import DCGMMModule
+from dcgmm.core.layers.smoothing import smoothing_kernel, toroidal_sq_distances
 from dcgmm.errors import ConfigError
-from dcgmm.module import DCGMMModule
+from dcgmm.training.annealing import Annealing, AnnealingSchedule
 
 
 @pytest.mark.parametrize("K, sigma", [(9, 0.7), (25, 2.0), (100, 3.5)])
@@ -84,7 +85,7 @@ def test_schedule_follows_a_hand_worked_sequence():
 @pytest.mark.parametrize("wait, total, first", [(0.0, 20, 0), (0.5, 20, 11), (0.1, 9, 1), (0.1, 5500, 551), (1.0, 20, 21)])
 def test_first_learning_step_counts_the_fraction_of_total_plus_one(wait, total, first):
     # step t counts as t / (T + 1) of training: the layer learns once that reaches wait
-    from dcgmm.annealing import first_learning_step
+    from dcgmm.training.annealing import first_learning_step
 
     assert first_learning_step(wait, total) == first
 
@@ -95,7 +96,7 @@ def test_waiting_layer_schedule_starts_counting_when_its_wait_ends(tmp_path):
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
-    from dcgmm.module import DCGMMModule
+    from dcgmm.app.module import DCGMMModule
 
     torch.manual_seed(0)
     layers = [

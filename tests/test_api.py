@@ -1,4 +1,4 @@
-"""The scikit-learn style estimator (dcgmm.api): building, fitting, scores, sampling, persistence, bad input."""
+"""The scikit-learn style estimator (dcgmm.app.api): building, fitting, scores, sampling, persistence, bad input."""
 
 import lightning as L
 import numpy as np
@@ -7,12 +7,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from sklearn.mixture import GaussianMixture
 
-from dcgmm.api import DCGMMEstimator, known_topologies
-from dcgmm.checkpoints import load_module
-from dcgmm.config import build_model
+from dcgmm.app.api import DCGMMEstimator, known_topologies
+from dcgmm.app.checkpoints import load_module
+from dcgmm.app.config import build_model
+from dcgmm.app.module import DCGMMModule
+from dcgmm.app.tasks import sample as sample_task
 from dcgmm.errors import ConfigError
-from dcgmm.module import DCGMMModule
-from dcgmm.tasks import sample as sample_task
 from tests.conftest import CONFIG_DIR, compose_train, needs_mnist
 
 # small models on 1x8x8 images, so that every test runs in about a second
@@ -157,7 +157,7 @@ def test_unsupervised_fit_trains_the_gmm_layers_exactly_as_a_labelled_one():
 def test_unlabelled_validation_gives_the_label_free_top_layer_metrics():
     """fit(x, val=0.1) without labels: the top-layer callback logs the loss and the label-free
     indices of the validation images, no label-based scores, and no error."""
-    from dcgmm.callbacks import TopLayerMetrics
+    from dcgmm.app.callbacks import TopLayerMetrics
 
     x, _ = blobs(200)
     est = DCGMMEstimator(FLAT_8, input_shape=(1, 8, 8), seed=0)
@@ -297,7 +297,7 @@ def test_sample_py_reads_a_saved_estimator(tmp_path):
 
 @needs_mnist
 def test_evaluate_py_reads_a_saved_estimator(tmp_path):
-    from dcgmm.evaluation import evaluate
+    from dcgmm.app.evaluation import evaluate
 
     path = DCGMMEstimator("flat_gmm", K=9, seed=0).save(tmp_path / "m.ckpt")
     cfg = compose_train([f"ckpt_path={path}", "+trainer.limit_test_batches=1"], tmp_path, "evaluate.yaml")

@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
+from dcgmm.app.tasks import train
 from dcgmm.data import DataError
 from dcgmm.errors import ConfigError
-from dcgmm.tasks import train
 from tests.conftest import ROOT, needs_mnist
 
 

@@ -36,8 +36,8 @@ def test_the_ratio_ceiling_counts_the_products_of_a_training_step(name, sigma):
     from torch.utils.flop_counter import FlopCounterMode
 
     from benchmarks.topology import product_flops_per_image
-    from dcgmm.config import build_model
-    from dcgmm.module import plain_sgd_step
+    from dcgmm.app.config import build_model
+    from dcgmm.app.module import plain_sgd_step
 
     module = build_model(name)
     for layer in module.stack.gmm_layers:
@@ -51,7 +51,7 @@ def test_the_ratio_ceiling_counts_the_products_of_a_training_step(name, sigma):
 def test_the_operator_clock_sees_the_products_of_a_training_step():
     """benchmarks.topology.profile_steps times the operators a step dispatches, forward and backward."""
     from benchmarks.topology import PRODUCT_OPS, profile_steps
-    from dcgmm.config import build_model
+    from dcgmm.app.config import build_model
 
     module = build_model("dcgmm2")
     result = profile_steps(module, (torch.rand(20, 1, 28, 28), torch.randint(0, 10, (20,))), steps=2, top=50)
@@ -90,7 +90,7 @@ def test_every_product_formulation_gives_the_layers_scores_and_gradients(name, s
     patches cut by hand), the score gradient they are given is that loss's, and the separable
     smoothing product equals the full one."""
     from benchmarks.products import conv_formulations, layer_inputs, row_formulations, score_gradient, smoothing_formulations
-    from dcgmm.config import build_model
+    from dcgmm.app.config import build_model
 
     torch.manual_seed(0)
     stack = build_model(name).stack
@@ -125,7 +125,7 @@ def test_every_product_formulation_gives_the_layers_scores_and_gradients(name, s
 def test_row_formulations_of_a_layer_with_many_positions():
     """The row formulations where a GMM layer reads a map of several positions (no folding below)."""
     from benchmarks.products import row_formulations
-    from dcgmm.layers import GMMLayer
+    from dcgmm.core.layers import GMMLayer
 
     torch.manual_seed(1)
     layer = GMMLayer((4, 3, 5), K=9)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from dcgmm.tasks import train
+from dcgmm.app.tasks import train
 from tests.conftest import CONFIG_DIR, ROOT, dataset_available, needs_mnist
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("[!_]*.yaml"))
@@ -183,13 +183,14 @@ def test_model_files_share_the_common_header():
 
 def test_a_non_editable_install_finds_its_configs(tmp_path):
     """The configs ship in the wheel (src/dcgmm/conf); imported from an unpacked wheel, away from
-    the checkout, dcgmm.config composes a task and builds a topology from the package's files."""
+    the checkout, dcgmm.app.config composes a task and builds a topology from the package's files."""
     import zipfile
 
     pytest.importorskip("setuptools", reason="building the wheel needs setuptools in the environment")
     source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
     shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "local"))
-    shutil.copy(ROOT / "pyproject.toml", source)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(source)],
                            capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
@@ -198,9 +199,9 @@ def test_a_non_editable_install_finds_its_configs(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     assert (site / "dcgmm" / "conf" / "train.yaml").is_file() and (site / "dcgmm" / "conf" / "model" / "_common.yaml").is_file()
     code = (
-        "import json, dcgmm.config as c; cfg = c.compose('train', ['model=dcgmm2', 'data=cifar10']);"
+        "import json, dcgmm.app.config as c, dcgmm.app.locations as loc; cfg = c.compose('train', ['model=dcgmm2', 'data=cifar10']);"
         "m = c.build_model('dcgmm2', ['model.layers.1.K=16']);"
-        "print(json.dumps([str(c.CONF_DIR), list(cfg.model.input_shape), m.stack.layers[1].K, str(c.project_root())]))"
+        "print(json.dumps([str(loc.CONF_DIR), list(cfg.model.input_shape), m.stack.layers[1].K, str(loc.project_root())]))"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PROJECT_ROOT", "DCGMM_CONF_DIR")}
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(site)})

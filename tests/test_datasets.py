@@ -13,10 +13,10 @@ import torch
 from omegaconf import open_dict
 from scipy.io import savemat
 
+from dcgmm.app.resolvers import cross_outliers
+from dcgmm.app.tasks import train
 from dcgmm.data import DATASETS, DataError, DatasetInfo, ImageDataModule, SourceUnavailable, load_dataset, register_dataset, sources
 from dcgmm.errors import ConfigError
-from dcgmm.resolvers import cross_outliers
-from dcgmm.tasks import train
 
 RNG = np.random.default_rng(0)
 N_BATCH, N_TEST = 4, 6  # images per CIFAR training batch (5 batches), test images
@@ -240,7 +240,7 @@ def test_cross_dataset_outliers_of_another_shape_are_refused_before_training(tra
 def test_every_topology_builds_scores_and_samples_colour_images(train_cfg, model):
     from hydra.utils import instantiate
 
-    from dcgmm.sampling import Sampler, SamplingOptions
+    from dcgmm.core.sampling import Sampler, SamplingOptions
 
     cfg = train_cfg("data=cifar10", f"model={model}")
     stack = instantiate(cfg.model).stack

@@ -17,7 +17,7 @@ def run_train(tmp_path, name, *overrides):
         sys.executable, "train.py", f"paths.log_dir={folder / 'logs'}", "logger=csv", "test=false", "seed=0",
         "trainer.max_epochs=1", "+trainer.limit_train_batches=24", "+trainer.limit_val_batches=2",
         "model=dcgmm2", "+model.layers.1.window=10", "+model.layers.3.window=10", "model.layers.3.wait=0.0",
-        "+callbacks.snapshot._target_=dcgmm.callbacks.snapshot.ParameterSnapshot", f"+callbacks.snapshot.folder={folder}",
+        "+callbacks.snapshot._target_=dcgmm.app.callbacks.snapshot.ParameterSnapshot", f"+callbacks.snapshot.folder={folder}",
         *overrides,
     ]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from dcgmm.app.evaluation import evaluate
+from dcgmm.app.module import DCGMMModule
+from dcgmm.app.tasks import train
 from dcgmm.data import DataError
 from dcgmm.errors import ConfigError
-from dcgmm.evaluation import evaluate
-from dcgmm.module import DCGMMModule
-from dcgmm.tasks import train
 from tests.conftest import ROOT, compose_train, dataset_available, needs_both, needs_mnist
 
 NINE = "[1,2,3,4,5,6,7,8,9]"
@@ -95,9 +95,9 @@ def test_evaluate_with_outliers(checkpoint, tmp_path):
 @needs_mnist
 def test_evaluate_with_the_ndb_callback_logs_the_results_tables_measurement(checkpoint, tmp_path):
     """'callbacks=[eval,ndb]': test/ndb_ratio and test/ndb_js equal the shared measurement
-    (dcgmm.ndb.training_bins + sample_quality, as the results table makes it) recomputed here, and
+    (dcgmm.app.ndb.training_bins + sample_quality, as the results table makes it) recomputed here, and
     the sample grid is written."""
-    from dcgmm.ndb import sample_quality, training_bins
+    from dcgmm.app.ndb import sample_quality, training_bins
 
     settings = ["callbacks.ndb.samples=200", "callbacks.ndb.bins=10", "callbacks.ndb.kmeans_samples=1000", "callbacks.ndb.train_images=3000", "callbacks.ndb.cache_dir=null"]
     cfg = compose_eval([f"ckpt_path={checkpoint}", "callbacks=[eval,ndb]", "+trainer.limit_test_batches=2", *settings], tmp_path)

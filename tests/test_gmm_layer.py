@@ -7,9 +7,9 @@ import pytest
 import torch
 from sklearn.mixture import GaussianMixture
 
+from dcgmm.app.module import DCGMMModule
+from dcgmm.core.layers import Folding, GMMLayer
 from dcgmm.errors import ConfigError
-from dcgmm.layers import Folding, GMMLayer
-from dcgmm.module import DCGMMModule
 
 
 def random_params_(layer: GMMLayer, seed: int = 0) -> None:
@@ -214,8 +214,8 @@ def test_sigma_change_keeps_the_kernel_dtype_and_address_in_float64():
 def test_smoothed_max_gradient_is_the_winning_row_of_the_kernel(shape):
     """SmoothedMax (the annealed objective's hand-written backward) against autograd through the
     product and the max, in float64, and torch's gradcheck."""
-    from dcgmm.annealing import smoothing_kernel
-    from dcgmm.layers.gmm import SmoothedMax
+    from dcgmm.core.layers.gmm import SmoothedMax
+    from dcgmm.core.layers.smoothing import smoothing_kernel
 
     k = shape[-1]
     kernel = smoothing_kernel(k, 0.8).double()

@@ -1,4 +1,4 @@
-"""model.cuda_graph=true (dcgmm.graphstep.GraphedStep): the module's own SGD step gives what the
+"""model.cuda_graph=true (dcgmm.training.graphstep.GraphedStep): the module's own SGD step gives what the
 automatic path gives. On the CPU the step runs without a graph; a CUDA GPU records and replays it."""
 
 import contextlib
@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dcgmm.config import build_model
+from dcgmm.app.config import build_model
 from dcgmm.data.datamodule import EpochSeededSampler, TensorBatchDataset, keep_batch
 from dcgmm.errors import ConfigError
-from dcgmm.graphstep import GraphedStep
+from dcgmm.training.graphstep import GraphedStep
 from tests.conftest import gpu_only
 
 DEVICES = ["cpu", pytest.param("cuda", marks=gpu_only)]

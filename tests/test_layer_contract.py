@@ -6,14 +6,14 @@ import math
 import lightning as L
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-
-from dcgmm.errors import ConfigError
 from dcgmm.layers import LAYER_KINDS, Layer, TopDownContext, register_layer, unregister_layer
 from dcgmm.model import DCGMM
 from dcgmm.module import DCGMMModule
 from dcgmm.sampling import Sampler, SamplingOptions
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from dcgmm.errors import ConfigError
 
 
 class Standardise(Layer):

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dcgmm.core.layers import Folding, LinearClassifier, MaxPooling, TopDownContext
 from dcgmm.errors import ConfigError
-from dcgmm.layers import Folding, LinearClassifier, MaxPooling, TopDownContext
 
 
 def sliced_patches(x: torch.Tensor, kh: int, kw: int, sh: int, sw: int) -> torch.Tensor:

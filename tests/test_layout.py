@@ -16,12 +16,14 @@ def layout_section() -> str:
 def test_layout_names_every_file_of_the_tree():
     section = layout_section()
     missing = []
-    for path in sorted((ROOT / "src" / "dcgmm").rglob("*.py")):
-        rel = path.relative_to(ROOT / "src" / "dcgmm")
-        if rel.name == "__init__.py" and rel.parent != Path("layers"):
+    package = ROOT / "src" / "dcgmm"
+    callbacks_line = section.split("app/callbacks/", 1)[1].splitlines()[0]
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package)
+        if rel.name == "__init__.py" and rel.parent != Path("core/layers"):
             continue
-        if rel.parent == Path("callbacks"):
-            if rel.stem not in section.split("callbacks/", 1)[1].splitlines()[0]:
+        if rel.parent == Path("app/callbacks"):
+            if rel.stem not in callbacks_line:
                 missing.append(str(rel))
         elif str(rel) not in section:
             missing.append(str(rel))
@@ -38,7 +40,7 @@ def test_layout_names_every_file_of_the_tree():
 
 def test_layout_names_no_file_that_does_not_exist():
     section = layout_section()
-    named = re.findall(r"\b((?:layers|data)/\w+\.py|\w+\.py)\b", section)
-    pkg = ROOT / "src" / "dcgmm"
-    absent = [name for name in named if not ((pkg / name).exists() or (ROOT / name).exists() or list(ROOT.glob(f"*/{name}")))]
+    named = re.findall(r"(?<![\w/.])((?:[a-z_]+/)*[a-z_]+\.py)\b", section)
+    package = ROOT / "src" / "dcgmm"
+    absent = [name for name in named if not ((package / name).exists() or (ROOT / name).exists() or list(ROOT.glob(f"*/{name}")))]
     assert not absent, f"docs/design.md layout section names files that do not exist: {', '.join(absent)}"

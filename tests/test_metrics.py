@@ -8,9 +8,9 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, roc_auc_score
 from sklearn.metrics.cluster import contingency_matrix
 
-from dcgmm.metrics import ClusteringScores, auroc_metric, clustering_scores, outlier_auroc
-from dcgmm.scoring import cluster_ids, typicality
-from dcgmm.tasks import train
+from dcgmm.app.tasks import train
+from dcgmm.core.metrics import ClusteringScores, auroc_metric, clustering_scores, outlier_auroc
+from dcgmm.core.scoring import cluster_ids, typicality
 from tests.conftest import DATA_DIR, needs_mnist
 
 
@@ -135,7 +135,7 @@ def test_inverted_images_are_obvious_outliers(train_cfg):
 
 @needs_mnist
 def test_em_baseline_reports_clustering_density_and_outliers():
-    from dcgmm.baselines import em_baseline
+    from dcgmm.results.baselines import em_baseline
 
     result = em_baseline("mnist", K=9, data_dir=DATA_DIR, held_out=0, n_train=1000, max_iter=5)
     assert result["train_images"] == 1000 and result["outliers"] == 980  # MNIST has 980 test zeros
@@ -153,7 +153,7 @@ def test_internal_indices_by_hand_and_against_sklearn():
     (0.5 + 1) / 4.5 = 1/3 for both clusters."""
     from sklearn.metrics import davies_bouldin_score
 
-    from dcgmm.metrics import internal_indices
+    from dcgmm.core.metrics import internal_indices
 
     points = torch.tensor([[0.0], [1.0], [4.0], [6.0]])
     result = internal_indices(points, torch.tensor([7, 7, 2, 2]))
@@ -174,9 +174,9 @@ def test_evaluation_callbacks_read_the_test_steps_pass_and_agree_with_a_pass_of_
     """One bottom-up pass per test batch: with the clustering and the outlier callbacks on, neither
     runs the stack on the test images again (their own scoring functions would raise here), and
     what the step returns equals a separate pass (top-layer scores, every layer's typicality)."""
-    import dcgmm.callbacks.outliers as outliers_cb
-    import dcgmm.callbacks.top_layer as top_layer_cb
-    from dcgmm.scoring import layer_typicalities, top_scores
+    import dcgmm.app.callbacks.outliers as outliers_cb
+    import dcgmm.app.callbacks.top_layer as top_layer_cb
+    from dcgmm.core.scoring import layer_typicalities, top_scores
 
     cfg = train_cfg("model=dcgmm2", "++trainer.fast_dev_run=true", "logger=csv", "callbacks=[default,top_layer]",
                     "+outlier=default", "outlier.extra=[]")
@@ -209,8 +209,8 @@ def test_predict_step_outputs_match_a_hand_computed_mixture():
     from scipy.special import logsumexp, softmax
     from scipy.stats import norm
 
-    from dcgmm.module import DCGMMModule
-    from dcgmm.scoring import EvalOutputs
+    from dcgmm.app.module import DCGMMModule
+    from dcgmm.core.scoring import EvalOutputs
 
     torch.manual_seed(0)
     module = DCGMMModule(layers=[{"kind": "folding", "kernel_size": 3}, {"kind": "gmm", "K": 4, "loss": "logsumexp"},
@@ -246,7 +246,7 @@ def test_weighted_mean_matches_numpy_and_torchmetrics_over_unequal_batches():
     values and tensor weights: the same means as numpy and torchmetrics' MeanMetric."""
     from torchmetrics import MeanMetric
 
-    from dcgmm.metrics import WeightedMean
+    from dcgmm.core.metrics import WeightedMean
 
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(n, generator=g) * 3 + 1 for n in (100, 100, 37)]
@@ -284,7 +284,7 @@ def test_weighted_mean_matches_numpy_and_torchmetrics_over_unequal_batches():
 def test_weighted_mean_updates_do_not_synchronise_with_the_gpu():
     """Batch means with a batch-size weight, per-image values and booleans on the GPU: no update
     waits for the device (torch's sync debug mode turns a synchronisation into an error)."""
-    from dcgmm.metrics import WeightedMean
+    from dcgmm.core.metrics import WeightedMean
 
     mean = WeightedMean().to("cuda")
     values = torch.rand(100, device="cuda")
@@ -304,7 +304,7 @@ def test_weighted_mean_updates_do_not_synchronise_with_the_gpu():
 
 def test_weighted_mean_lets_a_nan_through():
     """A NaN makes the mean NaN (torchmetrics' MeanMetric drops it with a warning)."""
-    from dcgmm.metrics import WeightedMean
+    from dcgmm.core.metrics import WeightedMean
 
     mean = WeightedMean()
     mean.update(torch.tensor([1.0, 2.0]))
@@ -318,9 +318,9 @@ def test_validation_metrics_equal_one_pass_over_all_images():
     import lightning as L
     from sklearn.metrics import accuracy_score
 
-    from dcgmm.config import build_model
+    from dcgmm.app.config import build_model
+    from dcgmm.core.scoring import EvalOutputs
     from dcgmm.data.datamodule import TensorBatchDataset, keep_batch
-    from dcgmm.scoring import EvalOutputs
 
     torch.manual_seed(0)
     module = build_model("dcgmm2", [])

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from dcgmm.app.ndb import NDB, js_divergence
 from dcgmm.data import load_dataset
-from dcgmm.ndb import NDB, js_divergence
 from tests.conftest import DATA_DIR, needs_mnist
 
 

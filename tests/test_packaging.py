@@ -87,7 +87,7 @@ def test_the_wheel_lists_dependencies_extras_and_console_scripts(wheel):
     extra_of = {canonicalize_name(r.name): str(r.marker) for r in requires if r.marker is not None}
     assert 'extra == "peers"' in extra_of["spflow"] and 'extra == "docs"' in extra_of["mkdocs"] and 'extra == "dev"' in extra_of["pytest"]
     for script, module in SCRIPTS.items():
-        assert re.search(rf"^{script} = dcgmm\.entrypoints\.{module}:main$", entries, flags=re.M), f"{script} is not a console script"
+        assert re.search(rf"^{script} = dcgmm\.app\.entrypoints\.{module}:main$", entries, flags=re.M), f"{script} is not a console script"
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "LICENSE is not in the wheel"
 
 

@@ -1,4 +1,4 @@
-"""The probabilistic-circuit peer (dcgmm.peers, the extra 'peers'): its adapter on a tiny model,
+"""The probabilistic-circuit peer (dcgmm.results.peers, the extra 'peers'): its adapter on a tiny model,
 its verdict in plain words, and the one-line refusal when the library is missing."""
 
 import importlib.util
@@ -23,7 +23,7 @@ TINY = dict(depth=1, region_nodes=3, leaves=3, repetitions=2, epochs=1, batch_si
 def test_circuit_is_a_normalised_density_over_its_pixels():
     """Two pixels, two classes: exp(log p(x)) of the adapter integrates to 1 over the plane
     (a Riemann sum on a grid wide enough for leaves of std 0.5 around [0, 1])."""
-    from dcgmm.peers import CircuitSettings, build_circuit, log_likelihood
+    from dcgmm.results.peers import CircuitSettings, build_circuit, log_likelihood
 
     torch.manual_seed(0)
     circuit, _ = build_circuit(2, 2, CircuitSettings(depth=1, region_nodes=2, leaves=3, repetitions=2), torch.rand(50, 2))
@@ -41,8 +41,8 @@ def test_circuit_adapter_on_a_tiny_model_gives_a_record_the_table_reads(tmp_path
     circuit; the AUROC equals scikit-learn's on the model's own log-likelihoods; accuracy, the std
     floor and the bits/dim identity hold; the samples have the images' shape; the run record fills
     the table's density, classifier, NDB and outlier columns and leaves the clustering empty."""
-    from dcgmm.baselines import split_for_baseline
-    from dcgmm.peers import CircuitSettings, circuit_baseline, class_log_joint, log_likelihood
+    from dcgmm.results.baselines import split_for_baseline
+    from dcgmm.results.peers import CircuitSettings, circuit_baseline, class_log_joint, log_likelihood
 
     untrained = circuit_baseline("mnist", DATA_DIR, held_out=0, settings=CircuitSettings(**{**TINY, "epochs": 0}))
     result = circuit_baseline("mnist", DATA_DIR, held_out=0, settings=CircuitSettings(**TINY), samples=12)
@@ -70,7 +70,7 @@ def test_verdict_against_the_circuit_in_plain_words():
     """Every DCGMM row is compared with the dataset's circuit row; a circuit has no clusters, so
     clustering is 'not applicable' against it (not 'not measured'), and the summary line of the
     flat-GMM comparisons does not count the circuit."""
-    from dcgmm.verdict import verdict_markdown
+    from dcgmm.results.verdict import verdict_markdown
 
     rows = [
         dict(row_id="dcgmm2", label="B", method="sgd", nmi=0.5, ndb_ratio=0.6, auroc_mean=0.9, seeds=1),
@@ -90,10 +90,10 @@ def test_verdict_against_the_circuit_in_plain_words():
 def test_compare_circuit_without_the_library_is_one_line(results_table, tmp_path, monkeypatch, capsys):
     """A preset whose compare names the circuit while spflow is missing: one line naming the extra,
     exit status 2, before anything is trained or written."""
-    import dcgmm.peers
+    import dcgmm.results.peers
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(dcgmm.peers.importlib.util, "find_spec", lambda name, *a: None if name == "spflow" else real(name, *a))
+    monkeypatch.setattr(dcgmm.results.peers.importlib.util, "find_spec", lambda name, *a: None if name == "spflow" else real(name, *a))
     presets = tmp_path / "presets"
     presets.mkdir()
     tiny = (results_table.PRESET_DIR / "tiny.yaml").read_text().replace("compare: [flat_same_k, em_same_k]", "compare: [flat_same_k, circuit]")
@@ -106,7 +106,7 @@ def test_compare_circuit_without_the_library_is_one_line(results_table, tmp_path
     assert len(err) == 1 and "needs the library spflow, which is not installed" in err[0] and "pip install -e '.[peers]'" in err[0], err
     assert not out.exists()
     with pytest.raises(ConfigError, match=r"^the peer row 'circuit' needs the library spflow"):
-        dcgmm.peers.require_peer("circuit")
+        dcgmm.results.peers.require_peer("circuit")
 
 
 def test_dry_run_lists_the_circuit_without_a_step_estimate(results_table, tmp_path, monkeypatch, capsys):

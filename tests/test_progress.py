@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dcgmm.callbacks import ProgressBar
-from dcgmm.callbacks import progress as progress_module
+from dcgmm.app.callbacks import ProgressBar
+from dcgmm.app.callbacks import progress as progress_module
+from dcgmm.app.module import DCGMMModule
 from dcgmm.data.datamodule import TensorBatchDataset, keep_batch
 from dcgmm.errors import ConfigError
-from dcgmm.module import DCGMMModule
 
 
 def test_redraws_when_refresh_seconds_have_passed_and_at_the_last_batch(monkeypatch):

@@ -177,7 +177,7 @@ def test_report_from_records_states_where_dcgmm_loses(results_table, tiny_plan, 
 
 
 def test_verdict_margin_uses_the_spread_over_seeds():
-    from dcgmm.verdict import CLAIMS, compare
+    from dcgmm.results.verdict import CLAIMS, compare
 
     nmi = CLAIMS[0]
     dcgmm = dict(nmi=0.60, nmi_sd=0.03, seeds=2)

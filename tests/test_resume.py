@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from dcgmm.app.tasks import train
 from dcgmm.errors import ConfigError
-from dcgmm.tasks import train
 from tests.conftest import compose_train, needs_mnist
 
 pytestmark = needs_mnist

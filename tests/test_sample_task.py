@@ -9,10 +9,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from dcgmm.checkpoints import load_module
-from dcgmm.config import model_config
+from dcgmm.app.checkpoints import load_module
+from dcgmm.app.config import model_config
+from dcgmm.app.tasks import sample
 from dcgmm.errors import ConfigError
-from dcgmm.tasks import sample
 from tests.conftest import ROOT, needs_mnist
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dcgmm.config import build_model
+from dcgmm.app.config import build_model
+from dcgmm.core.model import DCGMM
+from dcgmm.core.sampling import Sampler, SamplingOptions, SharpeningOptions
 from dcgmm.errors import ConfigError
-from dcgmm.model import DCGMM
-from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
 
 
 def hand_set_flat_gmm(weights, means, stds) -> DCGMM:

@@ -7,12 +7,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from dcgmm.config import build_model, model_config
+from dcgmm.app.config import build_model, model_config
+from dcgmm.app.module import DCGMMModule
+from dcgmm.core.layers import GMMLayer
+from dcgmm.core.model import DCGMM
 from dcgmm.data.datamodule import TensorBatchDataset, keep_batch
 from dcgmm.errors import ConfigError
-from dcgmm.layers import GMMLayer
-from dcgmm.model import DCGMM
-from dcgmm.module import DCGMMModule
 from tests.conftest import CONFIG_DIR
 
 # docs/design.md section 5: (layer kind, output C x H x W) for every layer, input 1 x 28 x 28
@@ -258,7 +258,7 @@ def test_convolution_path_respects_cuts_and_readers(monkeypatch):
 
 
 def test_freed_memory_stays_in_the_process():
-    """dcgmm.runtime.keep_freed_memory (called by the module's setup): under glibc's defaults the
+    """dcgmm.training.runtime.keep_freed_memory (called by the module's setup): under glibc's defaults the
     training steps of topology E fault in thousands of fresh pages each (freed tensors go back to
     the kernel); once freed memory is kept they fault in almost none. Counted by getrusage in a
     fresh process, 3 steps each, after warm-up steps; kept memory is judged by the quietest of three
@@ -268,9 +268,9 @@ def test_freed_memory_stays_in_the_process():
 
     code = (
         "import resource, torch\n"
-        "from dcgmm.config import build_model\n"
-        "from dcgmm.module import plain_sgd_step\n"
-        "from dcgmm.runtime import keep_freed_memory\n"
+        "from dcgmm.app.config import build_model\n"
+        "from dcgmm.app.module import plain_sgd_step\n"
+        "from dcgmm.training.runtime import keep_freed_memory\n"
         "torch.set_num_threads(1); torch.manual_seed(0)\n"
         "module = build_model('dcgmm3')\n"
         "optimizer = torch.optim.SGD(module.parameters(), lr=0.001)\n"

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dcgmm.callbacks import TrainingSpeed
-from dcgmm.config import build_model
+from dcgmm.app.callbacks import TrainingSpeed
+from dcgmm.app.config import build_model
 from dcgmm.data.datamodule import BatchGroup, EpochBatches, EpochSeededSampler, ImageDataModule, TensorBatchDataset, keep_batch
 from dcgmm.errors import ConfigError
 from tests.conftest import compose_train
@@ -119,7 +119,7 @@ def test_batches_are_grouped_in_order(tmp_path):
 
 
 def test_the_data_config_follows_the_model_and_ddp_is_refused(tmp_path):
-    from dcgmm.tasks import check_steps_per_call
+    from dcgmm.app.tasks import check_steps_per_call
 
     cfg = compose_train(["model.steps_per_call=5"], tmp_path)
     assert cfg.data.steps_per_call == 5

@@ -1,4 +1,4 @@
-"""The DDP strategy of conf/trainer/ddp*.yaml builds under any torch (dcgmm.strategy)."""
+"""The DDP strategy of conf/trainer/ddp*.yaml builds under any torch (dcgmm.app.strategy)."""
 
 import inspect
 
@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from dcgmm.strategy import buffer_sync_argument
+from dcgmm.app.strategy import buffer_sync_argument
 from tests.conftest import ROOT
 
 

@@ -10,10 +10,10 @@ from hydra.plugins.launcher import Launcher
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
-from dcgmm.utils import metric_value, optuna_search_space
+from dcgmm.app.utils import metric_value, optuna_search_space
 from tests.conftest import CONFIG_DIR, ROOT, needs_mnist
 
-# conf/hydra/launcher/joblib.yaml shares its name with the plugin's config on purpose (dcgmm.utils filters
+# conf/hydra/launcher/joblib.yaml shares its name with the plugin's config on purpose (dcgmm.app.utils filters
 # this warning on import, but the filters set while pytest collects are undone for the tests)
 pytestmark = pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/joblib' is validated against ConfigStore schema:UserWarning")
 SEARCHES = sorted(p.stem for p in (CONFIG_DIR / "hparams_search").glob("*.yaml"))

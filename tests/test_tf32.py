@@ -1,4 +1,4 @@
-"""TF32 (dcgmm.runtime): reported numbers in IEEE float32 whatever the process-wide setting;
+"""TF32 (dcgmm.training.runtime): reported numbers in IEEE float32 whatever the process-wide setting;
 training steps in TF32 only with model.tf32=true; the setting is put back afterwards. The switches
 are process-wide flags, so the CPU can check who sets them when."""
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dcgmm.config import build_model
+from dcgmm.app.config import build_model
 from dcgmm.data.datamodule import EpochSeededSampler, TensorBatchDataset, keep_batch
-from dcgmm.runtime import _tf32_switches, exact_float32, restore_tf32, set_tf32
+from dcgmm.training.runtime import _tf32_switches, exact_float32, restore_tf32, set_tf32
 
 
 def tf32_now() -> tuple:

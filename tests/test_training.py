@@ -6,12 +6,12 @@ import torch
 from sklearn.mixture import GaussianMixture
 from torch.utils.data import DataLoader
 
-from dcgmm.config import build_model
+from dcgmm.app.config import build_model
+from dcgmm.app.module import DCGMMModule
+from dcgmm.core.layers import GMMLayer
 from dcgmm.data import ImageDataModule
 from dcgmm.data.datamodule import TensorBatchDataset, keep_batch
 from dcgmm.errors import TrainingDiverged
-from dcgmm.layers import GMMLayer
-from dcgmm.module import DCGMMModule
 from tests.conftest import ROOT, needs_mnist
 
 
@@ -131,7 +131,7 @@ def test_training_speed_splits_each_epoch_into_steps_and_the_rest():
 
     from lightning.pytorch.callbacks import Callback
 
-    from dcgmm.callbacks import TrainingSpeed
+    from dcgmm.app.callbacks import TrainingSpeed
 
     class SlowEpochEnd(Callback):  # 50 ms outside the steps in every epoch
         def on_train_epoch_end(self, trainer, pl_module):
@@ -158,7 +158,7 @@ def test_debug_overfit_trains_on_whole_batches(train_cfg, monkeypatch):
     from lightning.pytorch.callbacks import Callback
 
     from dcgmm import tasks
-    from dcgmm.tasks import train
+    from dcgmm.app.tasks import train
 
     shapes = {"train": set(), "val": set()}
 
@@ -181,7 +181,7 @@ def test_debug_overfit_trains_on_whole_batches(train_cfg, monkeypatch):
 @needs_mnist
 def test_debug_limit_runs_a_few_batches_of_every_stage(train_cfg):
     """debug=limit: fractions of every loader, at least one batch each (with 500-image evaluation batches)."""
-    from dcgmm.tasks import train
+    from dcgmm.app.tasks import train
 
     metrics, objects = train(train_cfg("debug=limit", "trainer.max_epochs=1", "logger=none", "callbacks=none", "model=flat_gmm", "model.K=4"))
     trainer = objects["trainer"]

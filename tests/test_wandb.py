@@ -16,8 +16,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import open_dict, read_write
 
+from dcgmm.app.loggers import WandbLogger
 from dcgmm.errors import ConfigError
-from dcgmm.loggers import WandbLogger
 from tests.conftest import ROOT, compose_train, needs_mnist
 
 
@@ -62,7 +62,7 @@ def test_the_mode_that_reaches_wandb_init_is_the_configs(tmp_path, monkeypatch, 
 def test_train_evaluate_and_sample_log_to_one_project(tmp_path):
     loggers = {name: compose_train(["logger=wandb"], tmp_path / name, f"{name}.yaml").logger.wandb for name in ("train", "evaluate", "sample")}
     assert {cfg.project for cfg in loggers.values()} == {"dcgmm"}
-    assert {cfg._target_ for cfg in loggers.values()} == {"dcgmm.loggers.WandbLogger"}
+    assert {cfg._target_ for cfg in loggers.values()} == {"dcgmm.app.loggers.WandbLogger"}
     assert [cfg.job_type for cfg in loggers.values()] == ["train", "eval", "sample"]
     assert all(cfg.offline is True for cfg in loggers.values())
 

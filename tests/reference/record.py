@@ -33,13 +33,13 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from dcgmm.api import DCGMMEstimator
-from dcgmm.checkpoints import load_module
-from dcgmm.config import build_model
+from dcgmm.app.api import DCGMMEstimator
+from dcgmm.app.checkpoints import load_module
+from dcgmm.app.config import build_model
+from dcgmm.app.tasks import inpainting_mask
+from dcgmm.core.sampling import Sampler, SamplingOptions, SharpeningOptions
+from dcgmm.core.scoring import EvalOutputs
 from dcgmm.data.datamodule import EpochBatches, EpochSeededSampler, TensorBatchDataset, keep_batch
-from dcgmm.sampling import Sampler, SamplingOptions, SharpeningOptions
-from dcgmm.scoring import EvalOutputs
-from dcgmm.tasks import inpainting_mask
 
 FOLDER = Path(__file__).resolve().parent
 VALUES = FOLDER / "values.json"

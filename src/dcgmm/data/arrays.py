@@ -1,6 +1,6 @@
 """Images and labels given as tensors or arrays, checked and converted (one-line errors).
 
-Used by :class:`dcgmm.api.DCGMMEstimator` for everything it is handed: images ``(N, C, H, W)``,
+Used by :class:`dcgmm.app.api.DCGMMEstimator` for everything it is handed: images ``(N, C, H, W)``,
 ``(N, H, W)`` (one channel) or ``(N, C*H*W)`` as ``uint8`` pixels (divided by 255), booleans or
 floats in ``[0, 1]``; labels as one integer class id per image.
 """

@@ -353,7 +353,7 @@ class ImageDataModule(L.LightningDataModule):
             yields :class:`BatchGroup` s of ``S`` consecutive batches (the same batches in the same
             order), and the module runs them as ``S`` SGD steps in one call of Lightning's loop.
             Set it with ``model.steps_per_call`` (the data configs follow it); the module must run
-            groups (:class:`dcgmm.module.DCGMMModule` with ``steps_per_call > 1``).
+            groups (:class:`dcgmm.app.module.DCGMMModule` with ``steps_per_call > 1``).
     """
 
     def __init__(

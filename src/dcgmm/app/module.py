@@ -1,0 +1,670 @@
+"""LightningModule: trains a DCGMM stack with layer-local SGD and per-layer annealing."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+
+import lightning as L
+import torch
+
+from dcgmm.core.metrics import WeightedMean
+from dcgmm.core.model import DCGMM
+from dcgmm.core.scoring import EvalOutputs
+from dcgmm.data.datamodule import BatchGroup, batches_of, sgd_steps
+from dcgmm.errors import ConfigError, TrainingDiverged
+from dcgmm.training.annealing import Annealing, AnnealingSchedule, first_learning_step
+from dcgmm.training.graphstep import GraphedStep
+from dcgmm.training.policy import split_training
+from dcgmm.training.runtime import keep_freed_memory, restore_tf32, set_tf32
+
+LN2 = math.log(2.0)
+STAGES = ("val", "test")
+NEVER = torch.iinfo(torch.long).max  # "no such step" in the first-non-finite-step tensor
+STEPS_NEED_ONE_PROCESS = (
+    "model.steps_per_call={steps} runs several SGD steps per call in one process; use model.steps_per_call=1 "
+    "for data-parallel training (trainer=ddp, trainer.devices>1)"
+)
+GRAPH_AND_COMPILE = "model.cuda_graph=true records the whole step already; drop model.compile (or set model.cuda_graph=false)"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class DCGMMModule(L.LightningModule):
+    """A DCGMM stack, its SGD optimiser, the training policy of its learning layers and their annealing.
+
+    Every learning layer (GMM layers, the optional classifier) reads a detached input, so one
+    optimiser step on the sum of the layer losses gives each layer the gradient of its own loss
+    alone. A GMM layer with ``wait = w`` starts learning after the fraction ``w`` of all training
+    steps (its loss is left out of the sum and its schedule does not step until then).
+
+    A layer spec holds the layer's math and how it learns (``lr``, ``wait``, lambdas, annealing
+    overrides); :func:`dcgmm.training.policy.split_training` separates the two, so the stack holds only the
+    math and the module keeps :attr:`policies` (one :class:`~dcgmm.training.policy.LayerTraining` per learning
+    layer) and :attr:`annealing` (the :class:`~dcgmm.training.annealing.Annealing` component).
+
+    Args:
+        layers: the topology, a list of layer specs (``kind`` + parameters), see :mod:`dcgmm.core.model`.
+        input_shape: ``[C, H, W]`` of the images.
+        K, lr, lr_min, lambda_mu, lambda_sigma, lambda_pi, mode, loss, anneal, precision_max:
+            model-wide values for every GMM layer whose spec does not set them (``None``: the
+            layer's own default).
+        optimizer: a partial optimiser (Hydra ``_partial_: true``) called with the parameter
+            groups; default plain SGD.
+        annealing: a partial :class:`~dcgmm.training.annealing.Annealing` (Hydra ``_partial_: true``, the
+            model-wide ``sigma0``, ``sigma_min``, ``gamma``, ``window``, ``delta``) called with the
+            stack and the training policy; default ``Annealing`` with its defaults.
+        compile: wrap the stack's bottom-up pass in ``torch.compile``: ``false``, ``true`` (the default
+            mode) or a mode name, e.g. ``"reduce-overhead"`` (CUDA graphs of the compiled pass) or
+            ``"max-autotune"``.
+        cuda_graph: record the whole training step (forward, backward, SGD update, clipping) once
+            as a CUDA graph and replay it for every batch (:class:`dcgmm.training.graphstep.GraphedStep`):
+            one launch per step instead of hundreds. Needs plain SGD and one process; on the CPU
+            the same step runs without a graph.
+        tf32: let the training steps' float32 matrix products and convolutions use TF32 on GPUs
+            that have it (faster, about 3 decimal digits). Evaluation (validation, test, predict)
+            runs in IEEE float32 either way, so reported log-likelihoods, bounds and bits/dim are
+            float32 numbers (:func:`dcgmm.training.runtime.exact_float32`). No effect on the CPU.
+        steps_per_call: SGD steps per call of Lightning's training loop. With ``S > 1`` the
+            training loader yields groups of ``S`` consecutive batches (``data.steps_per_call``
+            follows this setting; :class:`dcgmm.data.BatchGroup`) and one training step runs them
+            as ``S`` SGD steps in order, through Lightning's manual optimisation: the same updates,
+            annealing and waits as ``S = 1``, with Lightning's per-batch loop, hooks and logging
+            paid once per group. ``global_step``, ``trainer.max_steps`` (which stops inside a
+            group), an int ``trainer.limit_train_batches`` and the logger's step axis count SGD
+            steps. Metrics are logged, and step checkpoints written, after the groups that end on a
+            multiple of ``trainer.log_every_n_steps`` / ``every_n_train_steps`` (keep them multiples
+            of ``S``, with ``S`` dividing an epoch's batches). Settings that would count groups are
+            refused (:meth:`_check_loop_settings`, :meth:`_check_grouped_loader`). One process only.
+
+    Logged metrics (slash names): ``{stage}/loss`` (sum of the GMM layers' losses),
+    ``{stage}/L<i>_<kind>/loss`` per learning layer, ``train/L<i>_gmm/sigma`` and ``.../lr`` at every
+    logged step, ``{val,test}/loglik`` (exact log-likelihood of the top GMM layer per image, nats),
+    ``{val,test}/bound`` (its max-component bound), ``{val,test}/acc`` (classifier accuracy) and
+    ``test/bpd`` (bits per dimension with uniform dequantisation, for stacks that are densities
+    over pixels, e.g. the flat GMM).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Mapping],
+        input_shape: Sequence[int] = (1, 28, 28),
+        K: int | None = None,
+        lr: float = 0.011,
+        lr_min: float = 0.01,
+        lambda_mu: float | None = None,
+        lambda_sigma: float | None = None,
+        lambda_pi: float | None = None,
+        mode: str | None = None,
+        loss: str | None = None,
+        anneal: bool | None = None,
+        precision_max: float | None = None,
+        optimizer: Callable | None = None,
+        compile: bool | str = False,
+        annealing: Callable | None = None,
+        tf32: bool = False,
+        cuda_graph: bool = False,
+        steps_per_call: int = 1,
+    ) -> None:
+        super().__init__()
+        if lr is None or lr <= 0:
+            raise ConfigError(f"model.lr={lr} must be > 0; try model.lr=0.01")
+        if lr_min is None or lr_min <= 0:
+            raise ConfigError(f"model.lr_min={lr_min} must be > 0; try model.lr_min=0.01")
+        if compile not in (False, True, None) and compile not in COMPILE_MODES:
+            raise ConfigError(f"model.compile={compile!r} is unknown; use false, true or one of {', '.join(COMPILE_MODES)}")
+        if cuda_graph and compile:
+            raise ConfigError(GRAPH_AND_COMPILE)
+        if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 1:
+            raise ConfigError(f"model.steps_per_call={steps_per_call!r} must be a positive integer (SGD steps per training call)")
+        if K is not None and (isinstance(K, bool) or int(K) < 1):
+            raise ConfigError(f"model.K={K} must be >= 1")
+        self.save_hyperparameters(logger=False)
+        layers = [dict(spec) if isinstance(spec, Mapping) else spec for spec in layers] if layers is not None else []
+        for index, spec in enumerate(layers):
+            if isinstance(spec, Mapping) and spec.get("kind") == "gmm" and spec.get("K") is None and K is None:
+                raise ConfigError(f"layer {index} (gmm): K is not set; set model.K or the layer's K")
+        training_defaults = dict(
+            lr=lr, lr_min=lr_min, lambda_mu=lambda_mu, lambda_sigma=lambda_sigma, lambda_pi=lambda_pi, anneal=anneal
+        )
+        specs, self.policies = split_training(layers, training_defaults)
+        self.stack = DCGMM(specs, tuple(input_shape), dict(K=K, mode=mode, loss=loss, precision_max=precision_max))
+        # one annealing schedule per learning density layer, the sigma of each and its lr
+        self.annealing: Annealing = (annealing or Annealing)(self.stack, self.policies)
+        self._bottom_up = self.stack.bottom_up  # compiled in configure_model (a spawned process cannot pickle it)
+        self._last_losses: dict[int, torch.Tensor] = {}  # this step's losses, mean over processes (detached)
+        self._weights: dict[tuple[bool, ...], torch.Tensor] = {}  # loss weights per waiting pattern, on the device
+        self._learning_now: dict[int, bool] = {}  # which layers learned in the current step
+        self._total_steps = 1  # set at the start of fit, for the wait fractions
+        self._tf32_outside_fit = self._tf32_outside_eval = None  # settings to restore (dcgmm.training.runtime.set_tf32)
+        # model.cuda_graph (GraphedStep) or several SGD steps per call: the module runs forward,
+        # backward and update itself (Lightning's manual optimisation)
+        self.automatic_optimization = not (cuda_graph or steps_per_call > 1)
+        self._graphed: GraphedStep | None = None
+        self._warning_filters: list | None = None  # the process's warning filters before setup (manual optimisation)
+
+        learners = self.stack.learning_layers
+        # Per-step state of the training loop, on the device so that updating it costs no host
+        # sync; built from the losses averaged over data-parallel processes, so it is the same on
+        # every process (and plain attributes, not buffers: DDP would overwrite buffers with rank
+        # 0's at every forward). _device_state() moves it to the module's device.
+        # first global step at which each learning layer's loss was not finite (NEVER: none yet)
+        self.nonfinite_step = torch.full((len(learners),), NEVER, dtype=torch.long)
+        # running per-layer sum of the training losses over the epoch, and (on the host, no
+        # tensor op per step) the number of steps that had each loss (a classifier has none in a
+        # step without labels)
+        self.train_loss_sum = torch.zeros(len(learners))
+        self.train_loss_steps = [0] * len(learners)
+        # sigma and learning rate of every annealing schedule, for logging without a host copy
+        self.schedule_values = torch.tensor(self.annealing.values(), dtype=torch.float32).reshape(-1, 2)
+        self._train_steps_in_epoch = 0
+        # running means over an evaluation pass, with no host synchronisation per batch
+        names = ["loss", "loglik", "bound", "bpd"] + (["acc"] if self.stack.classifier is not None else []) + [layer.name for layer in learners]
+        self.metrics = torch.nn.ModuleDict({f"{stage}_{name}": WeightedMean() for stage in STAGES for name in names})
+
+    @property
+    def schedules(self) -> dict[int, AnnealingSchedule]:
+        """``{layer index: annealing schedule}`` of the learning GMM layers (the annealing component's)."""
+        return self.annealing.schedules
+
+    # ------------------------------------------------------------------------------- training
+    def configure_optimizers(self):
+        groups = []
+        for layer in self.stack.learning_layers:
+            policy = self.policies[layer.index]
+            annealed = self.annealing.lr(layer.index)
+            base_lr = policy.lr if annealed is None else annealed  # the annealed rate, when fit goes on
+            for name, params, own in layer.parameter_groups():
+                factor = own * policy.factor(name)
+                groups.append(dict(params=params, lr=base_lr * factor, factor=factor, layer=layer.index, name=f"{layer.name}/{name}"))
+        make = self.hparams.optimizer or torch.optim.SGD
+        return make(groups)
+
+    def setup(self, stage: str) -> None:
+        # Responsibilities far below 1e-38 are subnormal floats, on which CPU arithmetic is many
+        # times slower; flushing them to zero changes no result beyond 1e-38 (measured: topology B
+        # training steps 1.4x faster on CPU).
+        torch.set_flush_denormal(True)
+        # Freed tensors stay in the process: no fresh pages faulted in every step (dcgmm.training.runtime).
+        keep_freed_memory()
+        # Lightning warns at every step-based checkpoint under manual optimisation that it holds
+        # the parameters after the step's update: so do the automatic path's checkpoints, with the
+        # annealing state of the same step (docs/design.md section 2); until teardown
+        if not self.automatic_optimization and self._warning_filters is None:
+            self._warning_filters = list(warnings.filters)
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
+
+    def teardown(self, stage: str) -> None:
+        if self._warning_filters is not None:
+            warnings.filters[:] = self._warning_filters
+            mutated = getattr(warnings, "_filters_mutated", None)  # what filterwarnings calls (resets the caches)
+            if mutated is not None:
+                mutated()
+            self._warning_filters = None
+
+    def configure_model(self) -> None:
+        """Compile the bottom-up pass lazily (``model.compile=true``), in the process that trains."""
+        mode = self.hparams.compile
+        if mode and self._bottom_up == self.stack.bottom_up:
+            self._bottom_up = torch.compile(self.stack.bottom_up, **({} if mode is True else {"mode": str(mode)}))
+
+    def _device_state(self) -> None:
+        """Fresh training-loop state on the module's device (once per fit, in every process).
+
+        New tensors, not ``.to(device)`` of the ones made in ``__init__``: a spawned strategy
+        pickles the module into its processes with CPU tensors in shared memory, so on the CPU
+        every process would add its losses into one and the same buffer.
+        """
+        learners = len(self.stack.learning_layers)
+        self.nonfinite_step = torch.full((learners,), NEVER, dtype=torch.long, device=self.device)
+        self.train_loss_sum = torch.zeros(learners, device=self.device)
+        self.train_loss_steps = [0] * learners
+        self.schedule_values = torch.zeros(len(self.schedules), 2, device=self.device)
+        self._train_steps_in_epoch = 0
+        self._weights = {}
+        self._graphed = None  # recorded again for this fit's optimizer
+
+    def _training_steps(self) -> int:
+        """SGD steps of this fit, for the wait fractions: Lightning's estimate, which counts a group
+        of batches (``steps_per_call > 1``) as one; for groups, the same estimate over their batches."""
+        trainer = self.trainer
+        estimated = trainer.estimated_stepping_batches
+        if self.automatic_optimization or trainer.max_epochs in (None, -1) or not math.isfinite(trainer.num_training_batches):
+            return int(estimated) if math.isfinite(estimated) else 1
+        total = sgd_steps(trainer.train_dataloader, trainer.num_training_batches) * max(int(trainer.max_epochs), 1)
+        return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
+
+    def _check_loop_settings(self) -> None:
+        """One-line errors, before the training loader exists, for settings that Lightning's manual
+        optimisation (also ``model.cuda_graph=true``) does not honour, or that would count calls of
+        Lightning's loop where they should count SGD steps (``steps_per_call > 1``); the checks that
+        need the loader are :meth:`_check_grouped_loader`'s."""
+        if self.automatic_optimization:
+            return
+        trainer, steps = self.trainer, int(self.hparams.get("steps_per_call", 1))
+        for callback in trainer.checkpoint_callbacks:
+            if getattr(callback, "_train_time_interval", None) is not None:
+                raise ConfigError(
+                    "callbacks.model_checkpoint.train_time_interval does not save under model.cuda_graph=true or "
+                    "model.steps_per_call>1 (Lightning's manual optimisation); use every_n_train_steps or every_n_epochs"
+                )
+        if steps == 1:
+            return
+        if trainer.world_size > 1:
+            raise ConfigError(STEPS_NEED_ONE_PROCESS.format(steps=steps))
+        limit = trainer.limit_train_batches
+        if isinstance(limit, float) and limit != 1.0:
+            raise ConfigError(
+                f"trainer.limit_train_batches={limit} is a fraction of the groups of model.steps_per_call={steps} batches; "
+                f"give an int number of batches (e.g. trainer.limit_train_batches=100) or model.steps_per_call=1"
+            )
+        interval = getattr(trainer, "val_check_interval", None)
+        if getattr(trainer, "_val_check_time_interval", None) is not None or isinstance(interval, int) or interval != 1.0:
+            raise ConfigError(
+                f"trainer.val_check_interval would count groups of model.steps_per_call={steps} batches; with "
+                f"steps_per_call>1 validate at epoch ends (check_val_every_n_epoch) or use model.steps_per_call=1"
+            )
+
+    def _check_grouped_loader(self) -> None:
+        """With ``steps_per_call > 1``, after the loader is set up: an int batch limit must be one
+        the loader applies (it counts SGD batches there, groups elsewhere), and step checkpoints
+        and logging need group ends on their multiples in every epoch (S dividing an epoch's
+        batches, or an interval that is a multiple of the epoch)."""
+        steps = int(self.hparams.get("steps_per_call", 1))
+        if self.automatic_optimization or steps == 1:
+            return
+        trainer = self.trainer
+        sampler = getattr(trainer.train_dataloader, "sampler", None)
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int) and getattr(sampler, "max_batches", None) != limit:
+            raise ConfigError(
+                f"trainer.limit_train_batches={limit} would count groups of this loader's batches; with model.steps_per_call={steps} "
+                f"use the data module (dcgmm.data.ImageDataModule) or the estimator, or drop the limit"
+            )
+        per_epoch = sgd_steps(trainer.train_dataloader, trainer.num_training_batches)
+
+        def aligned(every: int) -> bool:  # group ends fall on every multiple of ``every`` in every epoch
+            return every % per_epoch == 0 or (every % steps == 0 and per_epoch % steps == 0)
+
+        for callback in trainer.checkpoint_callbacks:
+            every = int(getattr(callback, "_every_n_train_steps", 0) or 0)
+            if every and not aligned(every):
+                raise ConfigError(
+                    f"callbacks.model_checkpoint.every_n_train_steps={every} does not fall on the ends of groups of "
+                    f"model.steps_per_call={steps} in epochs of {per_epoch} steps; use a multiple of {steps} with a steps_per_call "
+                    f"that divides {per_epoch}, or a multiple of {per_epoch}"
+                )
+        if trainer.log_every_n_steps and not aligned(trainer.log_every_n_steps):
+            warnings.warn(
+                f"trainer.log_every_n_steps={trainer.log_every_n_steps} does not fall on the ends of groups of "
+                f"model.steps_per_call={steps} in epochs of {per_epoch} steps: training metrics are logged only after the "
+                f"groups that end on a multiple of it",
+                stacklevel=2,
+            )
+
+    def on_fit_start(self) -> None:
+        self._check_loop_settings()
+        self._total_steps = max(self._training_steps(), 1)  # sets up the training loader
+        self._check_grouped_loader()
+        self._device_state()
+        self._refresh_schedule_values()
+        # TF32 in the training steps only when asked; evaluation switches it off (_exact_evaluation)
+        self._tf32_outside_fit = set_tf32(bool(self.hparams.get("tf32", False)))
+
+    def on_fit_end(self) -> None:
+        restore_tf32(self._tf32_outside_fit)
+        self._tf32_outside_fit = None
+
+    # Evaluation in IEEE float32 whatever the process-wide setting or model.tf32: the GMM log-scores
+    # are products over hundreds of dimensions, and TF32 (cuDNN's default for float32
+    # convolutions) would move the reported log-likelihoods (docs/design.md section 6).
+    def _exact_evaluation(self) -> None:
+        self._tf32_outside_eval = set_tf32(False)
+
+    def _end_exact_evaluation(self) -> None:
+        restore_tf32(self._tf32_outside_eval)
+        self._tf32_outside_eval = None
+
+    on_validation_start = on_test_start = on_predict_start = _exact_evaluation
+    on_validation_end = on_test_end = on_predict_end = _end_exact_evaluation
+
+    def _refresh_schedule_values(self) -> None:
+        """Copy the schedules' sigma and lr to the device tensor that is logged (when they change)."""
+        values = self.annealing.values()
+        if values:
+            self.schedule_values.copy_(torch.tensor(values, dtype=self.schedule_values.dtype))
+
+    def _is_learning(self, layer) -> bool:
+        """False while a layer is still within its wait fraction of training."""
+        return self.global_step >= first_learning_step(self.policies[layer.index].wait, self._total_steps)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        """The summed loss of the learning layers on one batch ``(images, labels)``.
+
+        ``labels=None`` (unlabelled data): the layers whose loss reads labels (the classifier) have
+        no loss in this step and stay as they are (their parameters get no gradient); the GMM
+        layers train as with labels. With ``model.cuda_graph=true`` or ``steps_per_call > 1`` the
+        step also updates the parameters, once per batch of a :class:`~dcgmm.data.BatchGroup`
+        (:meth:`_manual_step`), and returns nothing.
+        """
+        if self.automatic_optimization:
+            if isinstance(batch, BatchGroup):
+                raise ConfigError(
+                    f"the training loader yields groups of {len(batch)} batches but model.steps_per_call=1; "
+                    f"set model.steps_per_call to the loader's data.steps_per_call"
+                )
+            return self._step_loss(batch)
+        done = 0
+        for one in batches_of(batch):
+            if self._past_max_steps():  # Lightning checks trainer.max_steps between calls only
+                break
+            self._manual_step(one)
+            done += 1
+        self._count_logger_steps(done - 1)
+        return None
+
+    def _past_max_steps(self) -> bool:
+        """True once ``global_step`` has reached ``trainer.max_steps`` (when one is set)."""
+        limit = self.trainer.max_steps if self._trainer is not None else -1
+        return limit is not None and limit != -1 and self.global_step >= limit
+
+    def _count_logger_steps(self, extra: int) -> None:
+        """Lightning's logger step (the x-axis of the logged metrics and the ``log_every_n_steps``
+        clock) counts calls of its training loop; after a group of batches add the group's other
+        SGD steps, so that it counts SGD steps as with one batch per call. Logging then happens
+        after the groups that end on a multiple of ``log_every_n_steps``."""
+        epoch_loop = getattr(getattr(self._trainer, "fit_loop", None), "epoch_loop", None)
+        if extra > 0 and hasattr(epoch_loop, "_batches_that_stepped"):
+            epoch_loop._batches_that_stepped += extra
+
+    def _manual_step(self, batch) -> None:
+        """One SGD step on ``batch`` in manual optimisation: the update and its bookkeeping as
+        :meth:`optimizer_step` does them (through the CUDA graph with ``model.cuda_graph=true``)."""
+        if self.hparams.get("cuda_graph"):
+            self._graphed_training_step(batch)
+            return
+        optimizer = self.optimizers()
+        loss = self._step_loss(batch)
+        optimizer.zero_grad()
+        # outside the precision plugin's autocast region, in which training_step runs: the
+        # automatic path runs its backward there too (mixed precision gives the same updates)
+        with torch.autocast(self.device.type, enabled=False):
+            self.manual_backward(loss)
+        optimizer.step()  # counts the step (global_step)
+        self._after_update(optimizer)
+
+    def _after_update(self, optimizer) -> None:
+        """What follows every SGD update, in every path: the precision clipping, then one step of
+        the annealing schedules of the layers that learned (new sigma and lr apply from the next step)."""
+        self.stack.constrain_()
+        self._step_annealing(getattr(optimizer, "optimizer", optimizer))
+
+    def _step_loss(self, batch) -> torch.Tensor:
+        """The summed (weighted: 0 for a waiting layer) loss of the learning layers on one batch,
+        after the step's bookkeeping (:meth:`_record_step`)."""
+        x, labels = batch
+        _, raw = self._bottom_up(x)
+        losses = self.stack.losses(raw, labels)
+        learners = self.stack.learning_layers
+        present = tuple(layer.index in losses for layer in learners)
+        if all(present):
+            loss_vector = torch.stack(list(losses.values()))  # (number of learning layers,)
+        else:  # the slot of a layer without a loss (a classifier in a step without labels)
+            # one process: a constant zero, so its parameters get no gradient at all (None: any
+            # optimiser leaves them alone); data parallel: a zero that keeps them in the graph,
+            # which DDP's gradient reduction needs (plain SGD then leaves them unchanged)
+            keep_graph = self._trainer is not None and self.trainer.world_size > 1
+            zero = torch.zeros((), device=x.device)
+            loss_vector = torch.stack([
+                losses[layer.index] if layer.index in losses else (0.0 * raw[layer.index].sum() if keep_graph else zero)
+                for layer in learners
+            ])
+        learning = self._learning(present)
+        self._record_step(loss_vector.detach(), present, learning)
+        if all(learning):
+            return loss_vector.sum()
+        # a waiting layer's loss counts with weight 0: no update, yet every parameter stays in the
+        # graph, which data-parallel training needs; one host-to-device copy per waiting pattern
+        return (loss_vector * self._device_mask(self._weights, learning, loss_vector)).sum()
+
+    def _learning(self, present: tuple[bool, ...]) -> tuple[bool, ...]:
+        """Which learning layers learn in this step: those with a loss (``present``) and not waiting."""
+        return tuple(has and self._is_learning(layer) for has, layer in zip(present, self.stack.learning_layers))
+
+    def _record_step(self, loss_vector: torch.Tensor, present: tuple[bool, ...], learning: tuple[bool, ...]) -> None:
+        """Per-step bookkeeping of the step's detached layer losses ``(L,)``: averaged over
+        processes, kept for annealing and logging, checked for NaN, summed for the epoch; which
+        layers learn (``learning``) decides which schedules step."""
+        learners = self.stack.learning_layers
+        # the same numbers on every process: annealing, divergence checks and epoch losses agree
+        # without any collective outside the step (a tiny all-reduce beside DDP's gradient one)
+        shared = self._mean_over_processes(loss_vector)  # (number of learning layers,)
+        self._last_losses = {layer.index: shared[slot] for slot, layer in enumerate(learners) if present[slot]}
+        self._track_nonfinite(shared)
+        self.train_loss_sum += shared
+        for slot, has in enumerate(present):
+            self.train_loss_steps[slot] += has
+        self._train_steps_in_epoch += 1
+        self._learning_now = {layer.index: on for layer, on in zip(learners, learning)}
+
+    def _graphed_training_step(self, batch) -> None:
+        """``model.cuda_graph=true``: forward, backward, SGD update and clipping as one replayed
+        CUDA graph (:class:`~dcgmm.training.graphstep.GraphedStep`), then the bookkeeping and annealing of
+        :meth:`_step_loss` and :meth:`optimizer_step`."""
+        x, labels = batch
+        optimizer = self.optimizers()
+        sgd = getattr(optimizer, "optimizer", optimizer)
+        if self._graphed is None:
+            self._graphed = GraphedStep(self.stack, sgd, capture=x.device.type == "cuda")
+        learners = self.stack.learning_layers
+        present = tuple(labels is not None or not layer.needs_labels for layer in learners)
+        learning = self._learning(present)
+        weights = self._device_mask(self._weights, learning, self.train_loss_sum)  # (L,) 1: learns, 0: waits or has no loss
+        losses = self._graphed(x, labels, weights)  # the update is done
+        self._record_step(losses.clone(), present, learning)
+        optimizer.step()  # no gradients are set, so this changes nothing; it counts the step (global_step)
+        self._step_annealing(sgd)
+        return None
+
+    @staticmethod
+    def _device_mask(cache: dict, pattern: tuple[bool, ...], like: torch.Tensor) -> torch.Tensor:
+        """``pattern`` as a 0/1 tensor on ``like``'s device, made once per pattern (no per-step copy)."""
+        if pattern not in cache:
+            cache[pattern] = torch.tensor(pattern, dtype=like.dtype, device=like.device)
+        return cache[pattern]
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """One update: the SGD step (its closure runs :meth:`training_step`), the precision
+        clipping, then one step of every learning GMM layer's annealing schedule on this step's
+        losses (new sigma and lr apply from the next step).
+
+        The schedules step here, inside the update, so that whatever runs after it (a checkpoint
+        written by a callback after this batch, the next step) sees the parameters and the
+        schedules of the same step, and a window that closes on a non-finite loss stops training
+        before any callback can save it.
+        """
+        optimizer.step(closure=optimizer_closure)
+        self._after_update(optimizer)
+
+    def _step_annealing(self, optimizer: torch.optim.Optimizer) -> None:
+        """Step the schedules of the layers that learned in this step; apply new sigma / lr."""
+        window_closed = False
+        for index in self.annealing.schedules:
+            if not self._learning_now.get(index, True):
+                continue
+            if self.annealing.step(index, self._last_losses[index], optimizer):  # losses averaged over processes
+                self._refresh_schedule_values()
+            window_closed |= self.annealing.decided(index)
+        if window_closed:
+            self._raise_if_nonfinite()
+
+    def _is_log_step(self) -> bool:
+        """True on the steps whose values the logger records (every ``log_every_n_steps``).
+
+        Logging only there keeps Lightning's per-call logging cost out of the other steps;
+        ``trainer.log_every_n_steps=1`` records sigma, lr and the losses at every step.
+        """
+        connector = getattr(self.trainer, "_logger_connector", None)
+        if connector is not None and hasattr(connector, "should_update_logs"):
+            return bool(connector.should_update_logs) or bool(self.trainer.fast_dev_run)
+        every = max(int(self.trainer.log_every_n_steps), 1)
+        return self.global_step % every == 0
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Log the step's losses, sigma and lr (on the logger's steps only)."""
+        if self._is_log_step():
+            values = {}
+            for index, layer_loss in self._last_losses.items():
+                values[f"train/{self.stack.layers[index].name}/loss"] = layer_loss.detach()
+            for row, index in enumerate(self.schedules):  # device values: no host-to-device copy
+                values[f"train/{self.stack.layers[index].name}/sigma"] = self.schedule_values[row, 0]
+                values[f"train/{self.stack.layers[index].name}/lr"] = self.schedule_values[row, 1]
+            gmm_total = torch.stack([self._last_losses[layer.index] for layer in self.stack.gmm_layers]).detach().sum()
+            self.log_dict(values, on_step=True, on_epoch=False, batch_size=batches_of(batch)[-1][0].shape[0])
+            self.log("train/loss", gmm_total, on_step=True, on_epoch=False, prog_bar=True)
+
+    def on_train_epoch_end(self) -> None:
+        self._raise_if_nonfinite()  # before ModelCheckpoint saves the epoch
+        if self._train_steps_in_epoch:
+            # one host read per epoch; the same numbers on every process (built from the losses
+            # averaged over processes), so nothing is synchronised for logging
+            steps = self.train_loss_steps
+            means = [total / max(count, 1) for total, count in zip(self.train_loss_sum.tolist(), steps)]  # per learning layer
+            learners = self.stack.learning_layers
+            self.log("train/loss_epoch", sum(m for layer, m in zip(learners, means) if layer.is_density))
+            for layer, value, count in zip(learners, means, steps):
+                if count:  # a layer that had a loss in this epoch
+                    self.log(f"train/{layer.name}/loss_epoch", value)
+            self.train_loss_sum.zero_()
+            self.train_loss_steps = [0] * len(steps)
+            self._train_steps_in_epoch = 0
+
+    def _mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
+        """Mean over data-parallel processes (identity on one process), on a copy of ``value``.
+
+        A plain all-reduce (sum, then divided by the number of processes: gloo has no average):
+        unlike the strategy's ``reduce`` it runs no barrier, so it does not block the host.
+        """
+        if self._trainer is None or self.trainer.world_size == 1:
+            return value
+        shared = value.detach().clone()
+        torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.SUM)
+        return shared.div_(self.trainer.world_size)
+
+    def _track_nonfinite(self, loss_vector: torch.Tensor) -> None:
+        """Remember, on the device, the first step at which each layer's loss was NaN or inf."""
+        # three small ops per step: this step's index where a loss is not finite, the minimum
+        # with the steps seen so far (in place)
+        step_if_bad = torch.where(torch.isfinite(loss_vector.detach()), NEVER, self.global_step)
+        torch.minimum(self.nonfinite_step, step_if_bad, out=self.nonfinite_step)
+
+    def _raise_if_nonfinite(self) -> None:
+        # built from the losses averaged over processes: a divergence on any process shows on all
+        for layer, step in zip(self.stack.learning_layers, self.nonfinite_step.tolist()):
+            if step != NEVER:
+                raise TrainingDiverged(
+                    f"{layer.name}: loss became NaN or infinite at step {step}; lower the learning rate "
+                    f"(model.lr) or check the input data; no checkpoint was written after that step"
+                )
+
+    def on_validation_epoch_start(self) -> None:
+        self._raise_if_nonfinite()
+
+    # ------------------------------------------------------------------------------- evaluation
+    def _evaluate(self, batch, stage: str) -> EvalOutputs:
+        """The stage's metrics of one batch from one bottom-up pass, whose raw outputs are returned
+        for the callbacks (:class:`dcgmm.core.scoring.EvalOutputs`)."""
+        x, labels = batch
+        n = x.shape[0]
+        _, raw = self._bottom_up(x)
+        losses = self.stack.losses(raw, labels)
+        gmm_losses = [losses[layer.index] for layer in self.stack.gmm_layers]
+        self.metrics[f"{stage}_loss"].update(torch.stack(gmm_losses).sum(), weight=n)
+        for index, layer_loss in losses.items():
+            self.metrics[f"{stage}_{self.stack.layers[index].name}"].update(layer_loss, weight=n)
+        outputs = EvalOutputs(self.stack, raw, labels)
+        self.metrics[f"{stage}_loglik"].update(outputs.top_log_likelihood)
+        self.metrics[f"{stage}_bound"].update(self.stack.top_gmm.max_component_bound(outputs.top_scores))
+        if self.stack.classifier is not None and labels is not None:  # share of images whose most likely class is their label
+            predicted = raw[self.stack.classifier.index].flatten(1).argmax(dim=1)
+            self.metrics[f"{stage}_acc"].update(predicted == labels)
+        if stage == "test" and self.stack.is_pixel_density:
+            self.metrics["test_bpd"].update(self.bits_per_dim(x))
+        return outputs
+
+    def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
+        """Bits per dimension of 8-bit images given as ``x = u8 / 255`` in ``[0, 1]``: ``(N,)``.
+
+        Uniform dequantisation: ``x' = (u8 + u) / 256`` with ``u ~ U[0, 1)``; the probability of the
+        8-bit image is ``p(x') / 256^D``, so ``bpd = 8 - log p(x') / (D ln 2)``.
+        """
+        pixels = torch.round(x * 255.0)
+        dequantised = (pixels + torch.rand_like(pixels)) / 256.0
+        dims = x[0].numel()
+        return 8.0 - self.stack.log_likelihood(dequantised) / (dims * LN2)
+
+    def _log_metrics(self, stage: str) -> None:
+        layer_names = {layer.name for layer in self.stack.learning_layers}
+        for key, metric in self.metrics.items():
+            if key.startswith(stage + "_") and metric.update_called:
+                name = key[len(stage) + 1 :]
+                label = f"{stage}/{name}/loss" if name in layer_names else f"{stage}/{name}"
+                self.log(label, metric.compute(), prog_bar=name in ("loss", "acc"))
+                self._reset(metric)
+
+    @staticmethod
+    def _reset(metric) -> None:
+        """Reset a metric with normal (not inference-mode) state tensors, so that a run of
+        ``trainer.validate`` (inference mode) can be followed by ``trainer.fit`` (no_grad)."""
+        with torch.inference_mode(False):
+            metric.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> EvalOutputs:
+        return self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def test_step(self, batch, batch_idx: int) -> EvalOutputs:
+        return self._evaluate(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int = 0, dataloader_idx: int = 0) -> EvalOutputs:
+        """One bottom-up pass of a batch (images, or ``(images, labels)``) for ``trainer.predict``:
+        its :class:`~dcgmm.core.scoring.EvalOutputs` (typicalities per layer, cluster ids, component and
+        class probabilities, log-likelihood), read on first use."""
+        if isinstance(batch, (tuple, list)):  # (images, labels), or [images] from a TensorDataset of images
+            x, labels = batch[0], batch[1] if len(batch) > 1 else None
+        else:
+            x, labels = batch, None
+        # the eager pass, not a compiled one: the outputs are read after later batches ran, which
+        # a CUDA-graph-compiled pass ("reduce-overhead") would have overwritten
+        _, raw = self.stack.bottom_up(x)
+        return EvalOutputs(self.stack, raw, labels)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    # ------------------------------------------------------------------------------- state
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # no collective here: a checkpoint may be written on some processes only; the schedules
+        # are the same on every process (they step on losses averaged over processes)
+        checkpoint["annealing"] = self.annealing.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.annealing.load_state_dict(checkpoint.get("annealing", {}))
+
+
+def plain_sgd_step(
+    module: DCGMMModule, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor, set_to_none: bool = True
+) -> torch.Tensor:
+    """One training step without Lightning (for timing and profiling): the summed layer-local
+    losses, one optimiser step and the precision clipping. No annealing, waiting or logging.
+    The bottom-up pass is the module's (compiled after ``configure_model`` with ``compile=true``);
+    ``set_to_none=False`` keeps the gradient tensors in place (for CUDA-graph capture)."""
+    _, raw = module._bottom_up(x)
+    loss = torch.stack(list(module.stack.losses(raw, labels).values())).sum()
+    optimizer.zero_grad(set_to_none=set_to_none)
+    loss.backward()
+    optimizer.step()
+    module.stack.constrain_()
+    return loss.detach()

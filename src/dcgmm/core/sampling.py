@@ -1,0 +1,285 @@
+"""Top-down sampling from a DCGMM stack, with sharpening (docs/design.md section 3).
+
+The sampler runs the layers' ``top_down`` methods from a chosen top layer down to the pixels:
+a GMM layer draws a component per position (top-S of its prior) and a Gaussian sample in its
+input space, a folding layer averages overlapping patches, a pooling layer copies its values
+back into its windows, and the classifier maps a target class distribution to a prior over the
+layer it reads. Everything is batched over images and positions.
+
+Sharpening improves the map ``X0`` that the top-down pass produces below a folding layer by
+gradient ascent on ``L_t(X) - w_rec * mean((X - X0)^2)``, ``L_t`` being the objective of a target
+GMM layer above, computed by running the layers in between forward. The model's parameters are
+never changed (gradients are taken with respect to ``X`` only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from dcgmm.core.layers import Folding, TopDownContext
+from dcgmm.core.model import DCGMM
+from dcgmm.errors import ConfigError
+
+
+@dataclass
+class SharpeningOptions:
+    """Gradient-ascent sharpening below folding layers (docs/design.md section 3).
+
+    Attributes:
+        enabled: run sharpening at all.
+        rate: step size of the ascent (published: 0.1 to 0.2); one number, or a mapping from
+            folding layer index to its rate (the published topology C sharpens below layer 0 at
+            0.2 and below layer 3 at 0.1).
+        iterations: number of ascent steps (published: 300).
+        reconstruction: weight ``w_rec`` of the penalty ``mean((X - X0)^2)`` (published: 0 to 0.1);
+            one number or a mapping from folding layer index to its weight, like ``rate``.
+        layers: folding layer indices to sharpen below; ``None``: every folding whose patches overlap.
+        target: GMM layer whose objective is ascended; ``None``: the GMM layer right above each folding.
+        progress: show a per-iteration progress bar.
+    """
+
+    enabled: bool = False
+    rate: float | dict[int, float] = 0.1
+    iterations: int = 300
+    reconstruction: float | dict[int, float] = 0.0
+
+    def value(self, name: str, fold_index: int) -> float:
+        """``rate`` or ``reconstruction`` below folding ``fold_index`` (a number, or its mapping entry)."""
+        setting = getattr(self, name)
+        if isinstance(setting, dict):
+            return float(setting[int(fold_index)])
+        return float(setting)
+    layers: list[int] | None = None
+    target: int | None = None
+    progress: bool = False
+
+
+@dataclass
+class SamplingOptions:
+    """Options of the top-down pass.
+
+    Attributes:
+        top_s: each GMM layer draws among the ``top_s`` largest entries of its prior (>= 1).
+        divisor: GMM standard deviations are divided by this (> 0; published 5 to 20).
+        pooling_mode: ``"dense"`` or ``"sparse"`` top-down of pooling layers.
+        clamp: clip the final images to ``[0, 1]``.
+        sharpening: see :class:`SharpeningOptions`.
+    """
+
+    top_s: int = 1
+    divisor: float = 5.0
+    pooling_mode: str = "dense"
+    clamp: bool = True
+    sharpening: SharpeningOptions = field(default_factory=SharpeningOptions)
+
+
+class Sampler:
+    """Draws images from a :class:`~dcgmm.core.model.DCGMM` top-down.
+
+    Args:
+        stack: the model.
+        options: :class:`SamplingOptions`; validated against the stack at construction.
+        generator: torch random generator for reproducible draws (on the model's device).
+    """
+
+    def __init__(self, stack: DCGMM, options: SamplingOptions | None = None, generator: torch.Generator | None = None):
+        self.stack = stack
+        self.options = options or SamplingOptions()
+        self.generator = generator
+        self._validate()
+
+    # ------------------------------------------------------------------------------ checks
+    def _validate(self) -> None:
+        opts = self.options
+        context = self.context()
+        for layer in self.stack.layers:
+            layer.check_top_down(context)
+        sharp = opts.sharpening
+        if sharp.enabled:
+            foldings = self.sharpened_foldings()
+            for name in ("rate", "reconstruction"):
+                setting = getattr(sharp, name)
+                if isinstance(setting, dict):
+                    setting = {int(k): float(v) for k, v in setting.items()}
+                    setattr(sharp, name, setting)
+                    missing = sorted(set(foldings) - set(setting))
+                    if missing:
+                        raise ConfigError(f"sharpening {name}={setting} sets no value for the sharpened folding layer(s) {missing}; give one per layer in {foldings}")
+            for fold_index in foldings:
+                rate, weight = sharp.value("rate", fold_index), sharp.value("reconstruction", fold_index)
+                if sharp.iterations < 0 or not rate > 0 or weight < 0:
+                    raise ConfigError(
+                        f"sharpening needs iterations >= 0, rate > 0 and reconstruction >= 0 "
+                        f"(got {sharp.iterations}, {rate}, {weight} below layer {fold_index})"
+                    )
+                self.sharpening_target(fold_index)  # raises on a bad target
+
+    def sharpened_foldings(self) -> list[int]:
+        """Indices of the folding layers below which sharpening runs."""
+        sharp = self.options.sharpening
+        foldings = [layer.index for layer in self.stack.layers if layer.sharpenable]
+        if sharp.layers is None:
+            return [i for i in foldings if self.stack.layers[i].patches_overlap]
+        for index in sharp.layers:
+            if index not in foldings:
+                raise ConfigError(f"sharpening layers={list(sharp.layers)}: layer {index} is not a folding layer; folding layers: {foldings}")
+        return list(sharp.layers)
+
+    def sharpening_target(self, fold_index: int) -> int:
+        """The GMM layer whose objective sharpening ascends below folding ``fold_index``."""
+        target = self.options.sharpening.target
+        above = [layer.index for layer in self.stack.gmm_layers if layer.index > fold_index]
+        if target is None:
+            if not above:
+                raise ConfigError(f"sharpening below layer {fold_index}: there is no gmm layer above it")
+            return above[0]
+        if target not in [layer.index for layer in self.stack.gmm_layers]:
+            raise ConfigError(
+                f"sharpening target={target} is not a gmm layer; gmm layers: {[g.index for g in self.stack.gmm_layers]}"
+            )
+        if target <= fold_index:
+            raise ConfigError(f"sharpening target={target} lies below folding layer {fold_index}; use a gmm layer above it: {above}")
+        return target
+
+    # ------------------------------------------------------------------------------ sampling
+    @property
+    def device(self) -> torch.device:
+        return next(self.stack.parameters()).device
+
+    def context(self, n: int | None = None) -> TopDownContext:
+        """The :class:`~dcgmm.core.layers.TopDownContext` every layer of a pass receives."""
+        opts = self.options
+        return TopDownContext(n=n, top_s=opts.top_s, divisor=opts.divisor, pooling_mode=opts.pooling_mode, generator=self.generator)
+
+    def top_down(self, start: int, signal: torch.Tensor | None, n: int | None = None) -> torch.Tensor:
+        """Run ``top_down`` from layer ``start`` (given its output-space signal) to the pixels,
+        each layer handing its result to the layer it reads (``input_layer``).
+
+        ``signal=None`` at a GMM layer means its mixture weights at every position.
+        Returns images ``(N, C, H, W)``.
+        """
+        opts = self.options
+        sharpen = set(self.sharpened_foldings()) if opts.sharpening.enabled else set()
+        context = self.context(n)
+        x, layer = signal, self.stack.layers[start]
+        with torch.no_grad():
+            while True:
+                x = layer.top_down(x, context)
+                if layer.index in sharpen:
+                    x = self.sharpen(x, layer.index)
+                if layer.input_layer < 0:
+                    break
+                layer = self.stack.layers[layer.input_layer]
+        return x.clamp(0.0, 1.0) if opts.clamp else x
+
+    def sharpen(self, x0: torch.Tensor, fold_index: int) -> torch.Tensor:
+        """Gradient ascent on the input map ``x0`` of folding ``fold_index`` (see module docstring)."""
+        sharp = self.options.sharpening
+        target = self.sharpening_target(fold_index)
+        x = x0.detach().clone()
+        steps = range(int(sharp.iterations))
+        rate = sharp.value("rate", fold_index)
+        if sharp.progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc=f"sharpening below L{fold_index} (target L{target})", leave=False)
+        with torch.enable_grad():
+            for _ in steps:
+                x.requires_grad_(True)
+                gain = self.sharpening_objective(x, x0, fold_index, target)
+                (grad,) = torch.autograd.grad(gain, x)
+                x = (x + rate * grad).detach()
+        return x
+
+    def sharpening_objective(self, x: torch.Tensor, x0: torch.Tensor, fold_index: int, target: int) -> torch.Tensor:
+        """``L_t(x) - w_rec * mean((x - x0)^2)``, ``L_t`` = target layer's mean objective over the batch."""
+        _, raw = self.stack.bottom_up(x, start=fold_index, until=target, detach=False)
+        objective = self.stack.layers[target].objective(raw[target]).mean()
+        weight = self.options.sharpening.value("reconstruction", fold_index)
+        return objective - weight * (x - x0.detach()).pow(2).mean() if weight else objective
+
+    def sample(self, n: int, top: int | None = None) -> torch.Tensor:
+        """``n`` unconditional samples from GMM layer ``top`` (default: the top GMM layer) down."""
+        if n is None or int(n) < 1:
+            raise ConfigError(f"n={n} must be a positive number of samples")
+        top = self.stack.top_gmm.index if top is None else top
+        if not self.stack.layers[top].is_density:
+            raise ConfigError(f"sampling starts at a gmm layer; layer {top} is a {self.stack.layers[top].kind}")
+        return self.top_down(top, None, n=int(n))
+
+    def conditional(self, classes: torch.Tensor | list[int], confidence: float = 0.95) -> torch.Tensor:
+        """One sample per entry of ``classes``, drawn through the classifier's transposed map."""
+        classifier = self.stack.classifier
+        if classifier is None:
+            raise ConfigError("conditional sampling needs a model with a classifier layer; use mode=unconditional")
+        classes = torch.as_tensor(classes, dtype=torch.long, device=self.device).flatten()
+        if len(classes) == 0:
+            raise ConfigError("conditional sampling needs at least one class")
+        bad = sorted({int(c) for c in classes if not 0 <= int(c) < classifier.num_classes})
+        if bad:
+            raise ConfigError(f"classes {bad} are not among the classifier's classes 0..{classifier.num_classes - 1}")
+        return self.top_down(classifier.index, classifier.target_distribution(classes, confidence))
+
+    def variants(self, images: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """Variants of real images: their responsibilities at GMM ``layer`` as the top-down prior."""
+        layer = self.stack.top_gmm.index if layer is None else layer
+        if layer not in [g.index for g in self.stack.gmm_layers]:
+            raise ConfigError(f"variants start at a gmm layer; layer {layer} is not one (gmm layers: {[g.index for g in self.stack.gmm_layers]})")
+        with torch.no_grad():
+            responsibilities, _ = self.stack.bottom_up(images.to(self.device), until=layer)
+        return self.top_down(layer, responsibilities)
+
+    def inpaint(self, images: torch.Tensor, known: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """Fill the unknown pixels (``known`` False) of ``images`` by variant generation.
+
+        The masked region is set to 0 before the bottom-up pass; the known pixels of the result
+        are the input's, bit for bit.
+        """
+        images = images.to(self.device)
+        known = known.to(self.device).expand_as(images)
+        masked = torch.where(known, images, torch.zeros_like(images))
+        filled = self.variants(masked, layer)
+        return torch.where(known, images, filled)
+
+    def prototypes(self, layer: int) -> torch.Tensor:
+        """What each component of GMM ``layer`` looks like in pixel space: ``(K, C, H, W)``.
+
+        A patch model right above the pixels shows its means as patches ``(K, C, kh, kw)``.
+        Otherwise: top-down from a one-hot prior on component k at every position, with
+        ``top_s=1`` and standard deviations 0 at every layer below (every layer draws its mean).
+        """
+        gmm = self.stack.layers[layer]
+        if not gmm.is_density:
+            raise ConfigError(f"prototypes are defined for gmm layers; layer {layer} is a {gmm.kind}")
+        below = self.stack.layers[layer - 1] if layer > 0 else None
+        if gmm.P > 1 and isinstance(below, Folding) and below.index == 0:
+            # a patch model right above the pixels: its means are image patches
+            means = gmm.means.detach().mean(dim=0) if gmm.mode == "independent" else gmm.means.detach()[0]
+            patches = means.view(gmm.K, *below.kernel_size, self.stack.input_shape[0]).permute(0, 3, 1, 2)  # (K, C, kh, kw)
+            return patches.clamp(0.0, 1.0) if self.options.clamp else patches
+        prior = torch.eye(gmm.K, device=self.device).view(gmm.K, gmm.K, 1, 1).expand(gmm.K, *gmm.out_shape)
+        saved = self.options
+        self.options = SamplingOptions(top_s=1, divisor=float("inf"), pooling_mode="dense", clamp=saved.clamp)
+        try:
+            return self.top_down(layer, prior.contiguous())
+        finally:
+            self.options = saved
+
+    def variance_images(self, layer: int) -> torch.Tensor:
+        """Per-component variances of GMM ``layer`` shown in pixel geometry: ``(K, 1, H, W)``.
+
+        The variances live in the layer's input space; a folding directly below maps them onto
+        its input grid (averaging overlaps). Maps whose channels are not pixels (responsibility
+        channels of a lower layer) are averaged over channels.
+        """
+        gmm = self.stack.layers[layer]
+        if not gmm.is_density:
+            raise ConfigError(f"variance images are defined for gmm layers; layer {layer} is a {gmm.kind}")
+        variances = gmm.variances.mean(dim=0) if gmm.mode == "independent" else gmm.variances[0]  # (K, D)
+        maps = variances.view(gmm.K, gmm.D, 1, 1).expand(gmm.K, *gmm.in_shape)  # (K, D, H, W)
+        below = self.stack.layers[layer - 1] if layer > 0 else None
+        if isinstance(below, Folding):
+            maps = below.top_down(maps.contiguous())
+        return maps.mean(dim=1, keepdim=True)
