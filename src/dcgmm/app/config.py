@@ -69,7 +69,6 @@ def compose(
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-
     prepare_environment()
     name = config_name if config_name.endswith(".yaml") else f"{config_name}.yaml"
     GlobalHydra.instance().clear()

@@ -154,7 +154,6 @@ def sharpened_options(stack, options, sharpening: dict | None):
     none is asked for or the stack has no folding whose patches overlap (nothing to sharpen)."""
     import dataclasses
 
-
     if not sharpening:
         return None
     sharp = SharpeningOptions(enabled=True, **{k: v for k, v in sharpening.items() if k in ("rate", "iterations", "reconstruction")})
@@ -179,7 +178,6 @@ def sample_quality(stack, binning: NDB, samples: int = 1000, top_s: int | None =
     overlapping foldings) when ``sharpening`` is given and the stack has such foldings. Used by
     :class:`dcgmm.app.callbacks.SampleQualityNDB` and the results pipeline alike."""
     import time
-
 
     device = next(stack.parameters()).device
     plain = sampling_options(stack, top_s, divisor)

@@ -58,7 +58,6 @@ def check_node(conf) -> None:
         return
     from hydra._internal.utils import _locate
 
-
     try:
         target = _locate(str(conf._target_))
     except Exception:  # noqa: BLE001 - Hydra reports an unknown target itself

@@ -65,7 +65,6 @@ class SampleQualityNDB(Callback):
         self.result: dict[str, dict] = {}  # the last test's NDB results, by "plain" / "sharpened"
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-
         if trainer.sanity_checking or trainer.datamodule is None:
             return
         self.result = {}
@@ -79,7 +78,6 @@ class SampleQualityNDB(Callback):
             for name, part in quality.items():
                 self.result[name] = dict(part.result.as_dict(), samples=len(part.samples), top_s=part.options.top_s, seconds=part.seconds)
                 if self.output_dir is not None:
-
                     suffix = "" if name == "plain" else f"_{name}"
                     Path(self.output_dir).mkdir(parents=True, exist_ok=True)
                     save_png(make_grid(part.samples[:64].cpu(), nrow=8), Path(self.output_dir) / f"ndb_samples{suffix}.png")
