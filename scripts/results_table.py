@@ -424,8 +424,8 @@ def run_sgd(spec: RunSpec, run_dir: Path, compose: Composer, ndb: NDBCache, ndb_
         module.eval()
         binning = ndb.get(spec.dataset, datamodule)
         sharpening = ndb_cfg.get("sharpening")
-        quality = sample_quality(module.stack, binning, samples=int(ndb_cfg.get("samples", 1000)), top_s=ndb_cfg.get("top_s"),
-                                 divisor=float(ndb_cfg.get("divisor", 1.0)), sharpening=sharpening, seed=0)
+        options = {key: ndb_cfg[key] for key in ("top_s", "divisor") if ndb_cfg.get(key) is not None}
+        quality = sample_quality(module.stack, binning, samples=int(ndb_cfg.get("samples", 1000)), options=options, sharpening=sharpening, seed=0)
         plain = quality["plain"]
         save_grid(plain.samples, run_dir / "samples.png")
         record["ndb"] = dict(plain.result.as_dict(), samples=len(plain.samples), top_s=plain.options.top_s, divisor=plain.options.divisor,

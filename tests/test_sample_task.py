@@ -96,3 +96,29 @@ def test_auto_device_samples_where_the_model_is(sample_cfg, tmp_path):
     ckpt = write_checkpoint(tmp_path / "m.ckpt")
     out = sample(sample_cfg(f"ckpt_path={ckpt}", "logger=none", "device=auto", "n=8"))
     assert out["images"].device.type == "cpu" and out["images"].shape[0] == 8
+
+
+@needs_mnist
+@pytest.mark.parametrize("mask", [["mask=right_half"], ["mask=top_half"], ["mask=box", "box=[8,8,12,12]"]], ids=["right_half", "top_half", "box"])
+def test_inpainting_through_sample_py_and_the_estimator_gives_the_same_pixels(sample_cfg, tmp_path, mask):
+    """One mask convention (True = missing, dcgmm.core.sampling.missing_pixels) and one sampler
+    behind both faces: the same checkpoint, images, mask and seed give the same pixels."""
+    from dcgmm import DCGMMEstimator
+    from dcgmm.data import load_dataset
+    from tests.reference.record import CHECKPOINT
+
+    result = sample(sample_cfg(f"ckpt_path={CHECKPOINT}", "n=5", "mode=inpaint", "seed=3", "logger=none", *mask))
+    images = torch.from_numpy(load_dataset("mnist", str(ROOT / "data"))["test_x"][:5]).unsqueeze(1).float() / 255
+    settings = dict(item.split("=", 1) for item in mask)
+    box = [int(v) for v in settings["box"].strip("[]").split(",")] if "box" in settings else None
+    filled = DCGMMEstimator.load(CHECKPOINT, device="cpu").inpaint(images, settings["mask"], box=box, seed=3)
+    assert torch.equal(result["images"], filled)
+    missing = torch.zeros(1, 1, 28, 28, dtype=torch.bool)
+    if settings["mask"] == "right_half":
+        missing[..., 14:] = True
+    elif settings["mask"] == "top_half":
+        missing[..., :14, :] = True
+    else:
+        missing[..., 8:20, 8:20] = True
+    assert torch.equal(filled[~missing.expand_as(filled)], images[~missing.expand_as(images)])  # the known pixels, bit for bit
+    assert not torch.equal(filled[missing.expand_as(filled)], images[missing.expand_as(images)])

@@ -8,7 +8,7 @@ import torch
 
 from dcgmm.app.config import build_model
 from dcgmm.core.model import DCGMM
-from dcgmm.core.sampling import Sampler, SamplingOptions, SharpeningOptions
+from dcgmm.core.sampling import Sampler, SamplingOptions, SharpeningOptions, missing_pixels
 from dcgmm.errors import ConfigError
 
 
@@ -168,9 +168,10 @@ def test_bad_sample_requests():
 def test_inpainting_keeps_known_pixels_bit_identical():
     stack = b_like_stack()
     images = torch.rand(8, 1, 12, 12)
-    known = torch.ones(1, 1, 12, 12, dtype=torch.bool)
-    known[..., 6:] = False  # right half unknown
-    filled = Sampler(stack, generator=torch.Generator().manual_seed(0)).inpaint(images, known, layer=1)
+    missing = torch.zeros(1, 1, 12, 12, dtype=torch.bool)
+    missing[..., 6:] = True  # the right half is missing (True = missing, as missing_pixels makes it)
+    assert torch.equal(missing, missing_pixels("right_half", (1, 12, 12)))
+    filled = Sampler(stack, generator=torch.Generator().manual_seed(0)).inpaint(images, missing, layer=1)
     assert torch.equal(filled[..., :6], images[..., :6])
     assert not torch.equal(filled[..., 6:], images[..., 6:])
 
@@ -221,3 +222,41 @@ def test_conditional_samples_after_a_short_run_are_classified_as_requested():
     x = Sampler(module.stack, SamplingOptions(top_s=1, divisor=5.0), torch.Generator().manual_seed(0)).conditional(classes)
     agreement = (module.stack(x).argmax(1) == classes).float().mean().item()
     assert agreement >= 0.3, agreement  # chance: 0.1
+
+
+def test_sampling_options_have_one_home():
+    """The defaults live in SamplingOptions; sample.py's config, the estimator and the training-time
+    sample grids take them from there; every check is SamplingOptions.parse's."""
+    from omegaconf import OmegaConf
+
+    from dcgmm.app.callbacks.samples import SampleImages
+    from tests.conftest import CONFIG_DIR
+
+    assert SamplingOptions.parse({}) == SamplingOptions() == SampleImages().options
+    sample_yaml = OmegaConf.load(CONFIG_DIR / "sample.yaml")
+    defaults = SamplingOptions()
+    assert (sample_yaml.top_s, sample_yaml.divisor, sample_yaml.pooling_mode) == (defaults.top_s, defaults.divisor, defaults.pooling_mode)
+    sharp = SharpeningOptions()
+    assert {k: sample_yaml.sharpening[k] for k in ("enabled", "rate", "iterations", "reconstruction", "layers", "target")} == {
+        k: getattr(sharp, k) for k in ("enabled", "rate", "iterations", "reconstruction", "layers", "target")}
+    parsed = SamplingOptions.parse({"top_s": 3, "divisor": 20, "sharpening": {"rate": {0: 0.2, 3: 0.1}, "iterations": 5}})
+    assert parsed.top_s == 3 and parsed.divisor == 20.0 and parsed.sharpening.enabled and parsed.sharpening.rate == {0: 0.2, 3: 0.1}
+    assert SamplingOptions.parse({"sharpening": {"enabled": False, "rate": 0.3}}).sharpening.enabled is False
+    for bad, message in [({"top_s": 0}, "top_s=0 must be a positive integer"), ({"divisor": True}, "divisor=True must be a number > 0"),
+                         ({"divisor": -1}, "divisor=-1.0 must be > 0"), ({"pooling_mode": "max"}, "pooling_mode='max' is unknown"),
+                         ({"colour": 1}, "unknown sampling option(s) colour"), ({"sharpening": {"speed": 1}}, "has unknown keys (speed)")]:
+        with pytest.raises(ConfigError) as info:
+            SamplingOptions.parse(bad)
+        assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("mask", "box", "where"), [
+    ("right_half", None, (slice(None), slice(14, None))), ("left_half", None, (slice(None), slice(None, 14))),
+    ("top_half", None, (slice(None, 14), slice(None))), ("bottom_half", None, (slice(14, None), slice(None))),
+    ("box", [8, 4, 12, 6], (slice(8, 20), slice(4, 10))),
+])
+def test_mask_presets_mark_the_missing_pixels(mask, box, where):
+    expected = torch.zeros(1, 1, 28, 28, dtype=torch.bool)
+    expected[0, 0][where] = True
+    assert torch.equal(missing_pixels(mask, (1, 28, 28), box=box), expected)
+    assert torch.equal(missing_pixels(expected[0, 0].numpy().astype(int), (1, 28, 28)), expected)  # 0/1 arrays: 1 = missing

@@ -30,14 +30,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from dcgmm.app.api import DCGMMEstimator
 from dcgmm.app.checkpoints import load_module
 from dcgmm.app.config import build_model
-from dcgmm.app.tasks import inpainting_mask
-from dcgmm.core.sampling import Sampler, SamplingOptions, SharpeningOptions
+from dcgmm.core.sampling import Sampler, SamplingOptions, SharpeningOptions, missing_pixels
 from dcgmm.core.scoring import EvalOutputs
 from dcgmm.data.datamodule import EpochBatches, EpochSeededSampler, TensorBatchDataset, keep_batch
 
@@ -119,9 +117,9 @@ def inpaint_faces(module) -> dict[str, torch.Tensor]:
     """The right half of 8 fixed images filled through the Hydra task's mask and sampler (as
     ``sample.py mode=inpaint`` does it) and through the estimator, from the same seed."""
     x = images(8, seed=4)
-    known = inpainting_mask(OmegaConf.create({"mask": "right_half"}), (1, 28, 28))
+    missing = missing_pixels("right_half", (1, 28, 28))  # as sample.py mode=inpaint mask=right_half builds it
     torch.manual_seed(5)
-    task = Sampler(module.stack.eval(), SamplingOptions(), torch.Generator().manual_seed(5)).inpaint(x, known)
+    task = Sampler(module.stack.eval(), SamplingOptions(), torch.Generator().manual_seed(5)).inpaint(x, missing)
     estimator = DCGMMEstimator.from_module(module, device="cpu").inpaint(x, "right_half", seed=5)
     return {"task": task, "estimator": estimator}
 

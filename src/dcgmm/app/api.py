@@ -50,7 +50,7 @@ from dcgmm.app.checkpoints import load_module
 from dcgmm.app.config import TOPOLOGY_ALIASES, known_topologies, load_topology, module_arguments
 from dcgmm.app.locations import conf_dir
 from dcgmm.app.module import DCGMMModule
-from dcgmm.core.sampling import Sampler, SamplingOptions, SharpeningOptions
+from dcgmm.core.sampling import Sampler, SamplingOptions, missing_pixels
 from dcgmm.core.scoring import EvalOutputs
 from dcgmm.data.arrays import as_images, as_labels, is_int, positive_int
 from dcgmm.data.datamodule import GroupedBatches, TensorBatchDataset, grouped_batch_limit, keep_batch
@@ -59,8 +59,6 @@ from dcgmm.training.runtime import exact_float32
 
 __all__ = ["DCGMMEstimator", "TOPOLOGY_ALIASES", "conf_dir", "known_topologies", "load_topology"]  # all but the first from dcgmm.app.config
 
-INPAINT_PRESETS = ("right_half", "left_half", "top_half", "bottom_half")
-SAMPLING_OPTIONS = tuple(SamplingOptions.__dataclass_fields__)  # top_s, divisor, pooling_mode, clamp, sharpening
 CHECKPOINT_KEY = "dcgmm_estimator"  # extra entry of the checkpoints this class writes
 _RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 
@@ -480,36 +478,13 @@ class DCGMMEstimator:
 
     # ------------------------------------------------------------------------- sampling
     def _sampler(self, seed: int | None, **options: Any) -> Sampler:
-        unknown = sorted(set(options) - set(SAMPLING_OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown sampling option(s) {', '.join(unknown)}; known: {', '.join(SAMPLING_OPTIONS)}, seed")
-        top_s, divisor = options.get("top_s", 1), options.get("divisor", 5.0)
-        pooling_mode, clamp, sharpening = options.get("pooling_mode", "dense"), options.get("clamp", True), options.get("sharpening")
-        if not is_int(top_s):
-            raise ConfigError(f"top_s={top_s!r} must be a positive integer")
-        if isinstance(divisor, bool) or not isinstance(divisor, (int, float, np.integer, np.floating)):
-            raise ConfigError(f"divisor={divisor!r} must be a number > 0 (published values: 5 to 20)")
-        if isinstance(sharpening, SharpeningOptions):
-            sharp = sharpening
-        elif sharpening is None or sharpening is False:
-            sharp = SharpeningOptions(enabled=False)
-        elif sharpening is True:
-            sharp = SharpeningOptions(enabled=True)
-        elif isinstance(sharpening, Mapping):
-            settings = {"enabled": True, **sharpening}
-            try:
-                sharp = SharpeningOptions(**settings)
-            except TypeError:
-                known = ", ".join(SharpeningOptions.__dataclass_fields__)
-                raise ConfigError(f"sharpening={dict(sharpening)!r} has unknown keys; known: {known}") from None
-        else:
-            raise ConfigError(f"sharpening={sharpening!r} must be True/False, a dict of SharpeningOptions fields or SharpeningOptions")
+        """A sampler with :meth:`SamplingOptions.parse` of ``options`` and a generator seeded with ``seed``."""
+        parsed = SamplingOptions.parse(options)
         if seed is not None and not is_int(seed):
             raise ConfigError(f"seed={seed!r} must be an integer or None")
         generator = torch.Generator(device=self.device).manual_seed(int(seed)) if seed is not None else None
         self.module.to(self.device).eval()
-        options = SamplingOptions(top_s=top_s, divisor=divisor, pooling_mode=pooling_mode, clamp=clamp, sharpening=sharp)
-        return Sampler(self.stack, options, generator)
+        return Sampler(self.stack, parsed, generator)
 
     def sample(self, n: int, *, layer: int | None = None, seed: int | None = None, **options: Any) -> torch.Tensor:
         """``n`` unconditional samples ``(n, C, H, W)``, top-down from GMM ``layer`` (default: the top).
@@ -542,60 +517,27 @@ class DCGMMEstimator:
         sampler = self._sampler(seed, **options)
         return sampler.variants(images, index).cpu()
 
-    def _missing(self, mask, n: int) -> torch.Tensor:
-        """The missing-pixel mask as bool ``(N or 1, C, H, W)``."""
-        channels, height, width = self.input_shape
-        if isinstance(mask, str):
-            missing = torch.zeros(1, channels, height, width, dtype=torch.bool)
-            if mask == "right_half":
-                missing[..., width // 2 :] = True
-            elif mask == "left_half":
-                missing[..., : width // 2] = True
-            elif mask == "bottom_half":
-                missing[..., height // 2 :, :] = True
-            elif mask == "top_half":
-                missing[..., : height // 2, :] = True
-            else:
-                raise ConfigError(f"mask={mask!r} is unknown; use one of {', '.join(INPAINT_PRESETS)} or a boolean array")
-            return missing
-        tensor = mask.detach().cpu() if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
-        if tensor.dtype != torch.bool:
-            if tensor.is_complex() or not bool(((tensor == 0) | (tensor == 1)).all()):
-                raise ConfigError("mask must be boolean (True = missing pixel) or hold only 0 and 1")
-            tensor = tensor != 0
-        shape = tuple(tensor.shape)
-        if shape == (height, width):
-            tensor = tensor.view(1, 1, height, width).expand(1, channels, height, width)
-        elif shape == (channels, height, width):
-            tensor = tensor.unsqueeze(0)
-        elif len(shape) == 3 and channels == 1 and shape[1:] == (height, width) and shape[0] in (1, n):
-            tensor = tensor.unsqueeze(1)
-        elif not (len(shape) == 4 and shape[1:] == (channels, height, width) and shape[0] in (1, n)):
-            raise ConfigError(
-                f"mask has shape {shape}; give ({height}, {width}), ({channels}, {height}, {width}) or "
-                f"({n}, {channels}, {height}, {width}), True where pixels are missing"
-            )
-        return tensor
-
-    def inpaint(self, X, mask="right_half", *, layer: int | None = None, seed: int | None = None, **options: Any) -> torch.Tensor:
+    def inpaint(self, X, mask="right_half", *, box=None, layer: int | None = None, seed: int | None = None, **options: Any) -> torch.Tensor:
         """Fill the missing pixels of images by variant generation (docs/design.md section 3).
 
         Args:
             X: images.
             mask: True (or 1) where a pixel is *missing* and is to be filled: ``(H, W)``,
-                ``(C, H, W)`` or ``(N, C, H, W)``; or ``"right_half"``, ``"left_half"``,
-                ``"top_half"``, ``"bottom_half"``. Missing pixels are set to 0 before the
-                bottom-up pass; known pixels are returned unchanged.
+                ``(C, H, W)`` or ``(N, C, H, W)``; or a preset, ``"right_half"``, ``"left_half"``,
+                ``"top_half"``, ``"bottom_half"`` or ``"box"`` (the same masks as ``sample.py
+                mode=inpaint``: :func:`dcgmm.core.sampling.missing_pixels`). Missing pixels are
+                set to 0 before the bottom-up pass; known pixels are returned unchanged.
+            box: ``[top, left, height, width]`` in pixels, for ``mask="box"``.
             layer: GMM layer whose responsibilities are the top-down prior (default: the top).
             seed, options: as in :meth:`sample`.
         Returns:
             ``(N, C, H, W)``.
         """
         images = self._images(X)
-        missing = self._missing(mask, len(images))
+        missing = missing_pixels(mask, self.input_shape, len(images), box=box)
         index = self._gmm_index(layer)
         sampler = self._sampler(seed, **options)
-        return sampler.inpaint(images, ~missing.expand_as(images), index).cpu()
+        return sampler.inpaint(images, missing, index).cpu()
 
     def prototypes(self, layer: int | None = None, clamp: bool = True) -> torch.Tensor:
         """What each component of GMM ``layer`` (default: the top) looks like in pixel space.

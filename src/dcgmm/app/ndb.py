@@ -11,6 +11,7 @@ reported beside it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,13 +141,16 @@ def training_bins(datamodule, bins: int = 100, kmeans_samples: int = 20000, trai
     return NDB(images, bins=int(bins), kmeans_samples=int(kmeans_samples), seed=0, cache=cache)
 
 
-def sampling_options(stack, top_s: int | None = None, divisor: float = 1.0):
-    """The sampling options of the NDB protocol: every GMM layer draws among its ``top_s`` largest
-    prior entries (``None``: the smallest K of the stack, i.e. from the whole prior of that layer),
-    standard deviations divided by ``divisor``."""
-
+def sampling_options(stack, options: Mapping | None = None) -> SamplingOptions:
+    """The sampling options of an NDB measurement: :meth:`SamplingOptions.parse` of ``options``,
+    except that ``top_s`` absent or ``None`` means the stack's smallest K (every GMM layer draws from
+    its whole prior, as the results presets do) and a larger one is cut to it."""
+    given = dict(options or {})
+    top_s = given.pop("top_s", None)
+    parsed = SamplingOptions.parse(given if top_s is None else {**given, "top_s": top_s})
     smallest = min(layer.K for layer in stack.gmm_layers)
-    return SamplingOptions(top_s=smallest if top_s is None else min(int(top_s), smallest), divisor=float(divisor))
+    parsed.top_s = smallest if top_s is None else min(parsed.top_s, smallest)
+    return parsed
 
 
 def sharpened_options(stack, options, sharpening: dict | None):
@@ -172,15 +176,17 @@ class SampleQuality:
     seconds: float
 
 
-def sample_quality(stack, binning: NDB, samples: int = 1000, top_s: int | None = None, divisor: float = 1.0, sharpening: dict | None = None, seed: int = 0) -> dict[str, SampleQuality]:
-    """NDB of ``samples`` images drawn from ``stack`` (generator seeded with ``seed`` on the stack's
-    device): ``{"plain": ...}``, and ``"sharpened"`` (the same draws, then sharpened below the
-    overlapping foldings) when ``sharpening`` is given and the stack has such foldings. Used by
-    :class:`dcgmm.app.callbacks.SampleQualityNDB` and the results pipeline alike."""
+def sample_quality(stack, binning: NDB, samples: int = 1000, options: Mapping | None = None, sharpening: dict | None = None,
+                   seed: int = 0) -> dict[str, SampleQuality]:
+    """NDB of ``samples`` images drawn from ``stack`` with the sampling ``options`` (:func:`sampling_options`;
+    generator seeded with ``seed`` on the stack's device): ``{"plain": ...}``, and ``"sharpened"``
+    (the same draws, then sharpened below the overlapping foldings) when ``sharpening`` is given and
+    the stack has such foldings. Used by :class:`dcgmm.app.callbacks.SampleQualityNDB` and the
+    results pipeline alike."""
     import time
 
     device = next(stack.parameters()).device
-    plain = sampling_options(stack, top_s, divisor)
+    plain = sampling_options(stack, options)
     out = {}
     for name, options in (("plain", plain), ("sharpened", sharpened_options(stack, plain, sharpening))):
         if options is None:

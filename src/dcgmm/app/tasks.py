@@ -15,7 +15,7 @@ from dcgmm.app.checkpoints import check_checkpoint_fits, load_module
 from dcgmm.app.module import GRAPH_AND_COMPILE, STEPS_NEED_ONE_PROCESS
 from dcgmm.app.utils import apply_extras, build_trainer, instantiate, instantiate_group, task_wrapper
 from dcgmm.core.images import make_grid, save_png
-from dcgmm.core.sampling import Sampler, SamplingOptions, SharpeningOptions
+from dcgmm.core.sampling import Sampler, SamplingOptions, missing_pixels
 from dcgmm.errors import ConfigError
 from dcgmm.training.graphstep import plain_sgd_problem
 
@@ -170,33 +170,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def sampling_options(cfg: DictConfig) -> SamplingOptions:
-    """:class:`SamplingOptions` from the top-down keys of a sample config."""
-    sharp = OmegaConf.to_container(cfg.get("sharpening") or {}, resolve=True)
-    return SamplingOptions(
-        top_s=int(cfg.get("top_s", 1)),
-        divisor=float(cfg.get("divisor", 5.0)),
-        pooling_mode=str(cfg.get("pooling_mode", "dense")),
-        sharpening=SharpeningOptions(**sharp),
-    )
-
-
-def inpainting_mask(cfg: DictConfig, image_shape: tuple[int, int, int]) -> torch.Tensor:
-    """Known-pixel mask ``(1, C, H, W)`` (True = known) from ``cfg.mask`` / ``cfg.box``."""
-    channels, height, width = image_shape
-    known = torch.ones(1, channels, height, width, dtype=torch.bool)
-    if cfg.mask == "right_half":
-        known[..., width // 2 :] = False
-    elif cfg.mask == "box":
-        box = cfg.get("box")
-        if box is None or len(box) != 4:
-            raise ConfigError("mask=box needs box=[top, left, height, width] in pixels, e.g. box=[8,8,12,12]")
-        top, left, h, w = (int(v) for v in box)
-        if h < 1 or w < 1 or not (0 <= top < height and 0 <= left < width):
-            raise ConfigError(f"box={list(box)} does not lie inside the {height}x{width} image")
-        known[..., top : top + h, left : left + w] = False
-    else:
-        raise ConfigError(f"mask={cfg.mask!r} is unknown; use right_half or box")
-    return known
+    """:class:`SamplingOptions` from the top-down keys of a sample config (``conf/sample.yaml``)."""
+    keys = [key for key in ("top_s", "divisor", "pooling_mode", "sharpening") if key in cfg]
+    return SamplingOptions.parse({key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key] for key in keys})
 
 
 def sampling_device(name) -> torch.device:
@@ -260,9 +236,9 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
             images = sampler.variants(real, cfg.get("layer"))
             rows = [real, images]
         else:
-            known = inpainting_mask(cfg, tuple(stack.input_shape))
-            masked = torch.where(known, real, torch.zeros_like(real))
-            images = sampler.inpaint(real, known, cfg.get("layer"))
+            missing = missing_pixels(cfg.mask, tuple(stack.input_shape), box=cfg.get("box"))
+            masked = torch.where(missing, torch.zeros_like(real), real)
+            images = sampler.inpaint(real, missing, cfg.get("layer"))
             rows = [real, masked, images]
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -14,8 +14,11 @@ never changed (gradients are taken with respect to ``X`` only).
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from dcgmm.core.layers import Folding, TopDownContext
@@ -44,6 +47,9 @@ class SharpeningOptions:
     rate: float | dict[int, float] = 0.1
     iterations: int = 300
     reconstruction: float | dict[int, float] = 0.0
+    layers: list[int] | None = None
+    target: int | None = None
+    progress: bool = False
 
     def value(self, name: str, fold_index: int) -> float:
         """``rate`` or ``reconstruction`` below folding ``fold_index`` (a number, or its mapping entry)."""
@@ -51,14 +57,40 @@ class SharpeningOptions:
         if isinstance(setting, dict):
             return float(setting[int(fold_index)])
         return float(setting)
-    layers: list[int] | None = None
-    target: int | None = None
-    progress: bool = False
+
+    @classmethod
+    def parse(cls, value) -> SharpeningOptions:
+        """The one way to sharpening options from what a user gives: ``None``/``False`` (off),
+        ``True`` (on, the defaults), a mapping of the fields (on unless it says ``enabled: false``;
+        a Hydra node works) or ``SharpeningOptions``. Unknown keys: a one-line ConfigError."""
+        if isinstance(value, cls):
+            return value
+        if value is None or value is False:
+            return cls(enabled=False)
+        if value is True:
+            return cls(enabled=True)
+        if isinstance(value, Mapping):
+            settings = {"enabled": True, **{str(k): v for k, v in value.items()}}
+            unknown = sorted(set(settings) - set(cls.__dataclass_fields__))
+            if unknown:
+                known = ", ".join(cls.__dataclass_fields__)
+                raise ConfigError(f"sharpening={dict(value)!r} has unknown keys ({', '.join(unknown)}); known: {known}")
+            for name in ("rate", "reconstruction"):
+                if isinstance(settings.get(name), Mapping):
+                    settings[name] = {int(k): v for k, v in settings[name].items()}
+            if settings.get("layers") is not None:
+                settings["layers"] = [int(v) for v in settings["layers"]]
+            return cls(**settings)
+        raise ConfigError(f"sharpening={value!r} must be True/False, a dict of SharpeningOptions fields or SharpeningOptions")
+
+
+POOLING_MODES = ("dense", "sparse")
 
 
 @dataclass
 class SamplingOptions:
-    """Options of the top-down pass.
+    """Options of the top-down pass; the one home of their defaults and their checks
+    (:meth:`parse`), used by ``sample.py``, the estimator, the sampling callbacks and NDB.
 
     Attributes:
         top_s: each GMM layer draws among the ``top_s`` largest entries of its prior (>= 1).
@@ -73,6 +105,92 @@ class SamplingOptions:
     pooling_mode: str = "dense"
     clamp: bool = True
     sharpening: SharpeningOptions = field(default_factory=SharpeningOptions)
+
+    @classmethod
+    def parse(cls, options: Mapping | None = None) -> SamplingOptions:
+        """Options from a mapping of some of the fields (the estimator's keyword arguments, a Hydra
+        node, a callback's settings); the others keep their defaults. Each bad value or unknown key
+        is a one-line ConfigError."""
+        given = {str(k): v for k, v in (options or {}).items()}
+        unknown = sorted(set(given) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown sampling option(s) {', '.join(unknown)}; known: {', '.join(cls.__dataclass_fields__)}, seed")
+        options = cls()
+        if "top_s" in given:
+            top_s = given["top_s"]
+            if isinstance(top_s, bool) or not isinstance(top_s, numbers.Integral) or int(top_s) < 1:
+                raise ConfigError(f"top_s={top_s!r} must be a positive integer")
+            options.top_s = int(top_s)
+        if "divisor" in given:
+            divisor = given["divisor"]
+            if isinstance(divisor, bool) or not isinstance(divisor, numbers.Real):
+                raise ConfigError(f"divisor={divisor!r} must be a number > 0 (published values: 5 to 20)")
+            if not float(divisor) > 0:
+                raise ConfigError(f"divisor={float(divisor)} must be > 0 (published values: 5 to 20)")
+            options.divisor = float(divisor)
+        if "pooling_mode" in given:
+            if given["pooling_mode"] not in POOLING_MODES:
+                raise ConfigError(f"pooling_mode={given['pooling_mode']!r} is unknown; use one of {', '.join(POOLING_MODES)}")
+            options.pooling_mode = str(given["pooling_mode"])
+        if "clamp" in given:
+            if not isinstance(given["clamp"], bool):
+                raise ConfigError(f"clamp={given['clamp']!r} must be true or false")
+            options.clamp = given["clamp"]
+        if "sharpening" in given:
+            options.sharpening = SharpeningOptions.parse(given["sharpening"])
+        return options
+
+
+MASK_PRESETS = ("right_half", "left_half", "top_half", "bottom_half", "box")
+
+
+def missing_pixels(mask, image_shape: Sequence[int], n: int = 1, box: Sequence[int] | None = None) -> torch.Tensor:
+    """The in-painting mask as bool ``(1 or n, C, H, W)``, **True where a pixel is missing** (the one
+    convention of ``sample.py mode=inpaint``, the estimator's ``inpaint`` and :meth:`Sampler.inpaint`).
+
+    ``mask`` is a preset name (``right_half``, ``left_half``, ``top_half``, ``bottom_half``, or
+    ``box`` with ``box=[top, left, height, width]`` in pixels) or an array, True (or 1) where
+    missing: ``(H, W)``, ``(C, H, W)``, ``(n or 1, H, W)`` for one channel, or ``(n or 1, C, H, W)``.
+    """
+    channels, height, width = (int(v) for v in image_shape)
+    if isinstance(mask, str):
+        missing = torch.zeros(1, channels, height, width, dtype=torch.bool)
+        if mask == "right_half":
+            missing[..., width // 2 :] = True
+        elif mask == "left_half":
+            missing[..., : width // 2] = True
+        elif mask == "bottom_half":
+            missing[..., height // 2 :, :] = True
+        elif mask == "top_half":
+            missing[..., : height // 2, :] = True
+        elif mask == "box":
+            if box is None or len(box) != 4:
+                raise ConfigError("mask=box needs box=[top, left, height, width] in pixels, e.g. box=[8,8,12,12]")
+            top, left, h, w = (int(v) for v in box)
+            if h < 1 or w < 1 or not (0 <= top < height and 0 <= left < width):
+                raise ConfigError(f"box={list(box)} does not lie inside the {height}x{width} image")
+            missing[..., top : top + h, left : left + w] = True
+        else:
+            raise ConfigError(f"mask={mask!r} is unknown; use one of {', '.join(MASK_PRESETS)} or a boolean array")
+        return missing
+    tensor = mask.detach().cpu() if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
+    if tensor.dtype != torch.bool:
+        if tensor.is_complex() or not bool(((tensor == 0) | (tensor == 1)).all()):
+            raise ConfigError("mask must be boolean (True = missing pixel) or hold only 0 and 1")
+        tensor = tensor != 0
+    shape = tuple(tensor.shape)
+    if shape == (height, width):
+        tensor = tensor.view(1, 1, height, width).expand(1, channels, height, width)
+    elif shape == (channels, height, width):
+        tensor = tensor.unsqueeze(0)
+    elif len(shape) == 3 and channels == 1 and shape[1:] == (height, width) and shape[0] in (1, n):
+        tensor = tensor.unsqueeze(1)
+    elif not (len(shape) == 4 and shape[1:] == (channels, height, width) and shape[0] in (1, n)):
+        raise ConfigError(
+            f"mask has shape {shape}; give ({height}, {width}), ({channels}, {height}, {width}) or "
+            f"({n}, {channels}, {height}, {width}), True where pixels are missing"
+        )
+    return tensor
 
 
 class Sampler:
@@ -231,14 +349,15 @@ class Sampler:
             responsibilities, _ = self.stack.bottom_up(images.to(self.device), until=layer)
         return self.top_down(layer, responsibilities)
 
-    def inpaint(self, images: torch.Tensor, known: torch.Tensor, layer: int | None = None) -> torch.Tensor:
-        """Fill the unknown pixels (``known`` False) of ``images`` by variant generation.
+    def inpaint(self, images: torch.Tensor, missing: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """Fill the missing pixels (``missing`` True, :func:`missing_pixels`) of ``images`` by
+        variant generation.
 
-        The masked region is set to 0 before the bottom-up pass; the known pixels of the result
+        The missing region is set to 0 before the bottom-up pass; the known pixels of the result
         are the input's, bit for bit.
         """
         images = images.to(self.device)
-        known = known.to(self.device).expand_as(images)
+        known = ~missing.to(self.device).expand_as(images)
         masked = torch.where(known, images, torch.zeros_like(images))
         filled = self.variants(masked, layer)
         return torch.where(known, images, filled)

@@ -33,7 +33,8 @@ class SampleQualityNDB(Callback):
         bins: k-means bins B.
         kmeans_samples: training images k-means is fitted on (all are binned).
         train_images: bin only the first this many training images (``None``: all).
-        top_s, divisor: sampling options (``None``: every GMM layer draws from its whole prior).
+        top_s, divisor: sampling options (``top_s=None``: every GMM layer draws from its whole prior;
+            ``divisor=None``: the sampler's default, :class:`~dcgmm.core.sampling.SamplingOptions`).
         sharpening: ``{rate, iterations, reconstruction}`` for a second, sharpened draw, or null.
         seed: seed of the draws.
         cache_dir: folder of the cached bins (``None``: not cached).
@@ -47,7 +48,7 @@ class SampleQualityNDB(Callback):
         kmeans_samples: int = 20000,
         train_images: int | None = None,
         top_s: int | None = None,
-        divisor: float = 1.0,
+        divisor: float | None = None,
         sharpening: dict | None = None,
         seed: int = 0,
         cache_dir: str | None = None,
@@ -58,7 +59,7 @@ class SampleQualityNDB(Callback):
             raise ConfigError(f"callbacks.ndb.samples={samples} must be >= 1")
         self.samples, self.bins, self.kmeans_samples = int(samples), int(bins), int(kmeans_samples)
         self.train_images = None if train_images is None else int(train_images)
-        self.top_s, self.divisor = top_s, float(divisor)
+        self.options = {key: value for key, value in dict(top_s=top_s, divisor=divisor).items() if value is not None}
         self.sharpening = None if not sharpening else dict(sharpening)
         self.seed = int(seed)
         self.cache_dir, self.output_dir = cache_dir, output_dir
@@ -73,7 +74,7 @@ class SampleQualityNDB(Callback):
             was_training = pl_module.training
             pl_module.eval()
             with torch.inference_mode(False):  # sharpening takes gradients with respect to the images
-                quality = sample_quality(pl_module.stack, binning, self.samples, self.top_s, self.divisor, self.sharpening, self.seed)
+                quality = sample_quality(pl_module.stack, binning, self.samples, self.options, self.sharpening, self.seed)
             pl_module.train(was_training)
             for name, part in quality.items():
                 self.result[name] = dict(part.result.as_dict(), samples=len(part.samples), top_s=part.options.top_s, seconds=part.seconds)

@@ -26,17 +26,18 @@ class SampleImages(Callback):
     Args:
         every_n_epochs: cadence in epochs (>= 1).
         n: samples per grid.
-        top_s, divisor: top-down settings (see :class:`~dcgmm.core.sampling.SamplingOptions`).
+        top_s, divisor: top-down settings (``None``: the defaults of :class:`~dcgmm.core.sampling.SamplingOptions`).
         output_dir: folder for the PNG files (default: the trainer's ``default_root_dir``).
         seed: seed of the sampling generator.
     """
 
-    def __init__(self, every_n_epochs: int = 5, n: int = 16, top_s: int = 1, divisor: float = 5.0, output_dir: str | None = None, seed: int = 0):
+    def __init__(self, every_n_epochs: int = 5, n: int = 16, top_s: int | None = None, divisor: float | None = None, output_dir: str | None = None,
+                 seed: int = 0):
         super().__init__()
         if int(every_n_epochs) < 1 or int(n) < 1:
             raise ValueError(f"SampleImages needs every_n_epochs >= 1 and n >= 1 (got {every_n_epochs}, {n})")
         self.every_n_epochs, self.n = int(every_n_epochs), int(n)
-        self.options = SamplingOptions(top_s=int(top_s), divisor=float(divisor))
+        self.options = SamplingOptions.parse({key: value for key, value in dict(top_s=top_s, divisor=divisor).items() if value is not None})
         self.output_dir, self.seed = output_dir, int(seed)
 
     def render(self, pl_module: L.LightningModule) -> dict[str, object]:
