@@ -225,3 +225,28 @@ def test_annealing_step_sets_layer_sigma_and_group_rates():
     rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
     assert rates["L0_gmm/mu"] == pytest.approx(0.09) and rates["L0_gmm/sigma"] == pytest.approx(0.045)
     assert rates["L1_gmm/mu"] == pytest.approx(0.1)  # the other layer is untouched
+
+
+def test_annealing_settings_have_one_home():
+    """AnnealingSettings holds the defaults and checks; the schedule, the component and the shipped
+    config (conf/model/_common.yaml's model.annealing) take them from there."""
+    import dataclasses
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from dcgmm.training.annealing import AnnealingSettings
+    from tests.conftest import CONFIG_DIR
+
+    defaults = {f.name: f.default for f in dataclasses.fields(AnnealingSettings)}
+    common = OmegaConf.load(CONFIG_DIR / "model" / "_common.yaml").annealing
+    assert {key: common[key] for key in defaults} == defaults
+    for target in (Annealing, AnnealingSchedule):
+        parameters = inspect.signature(target).parameters
+        optional = [key for key in defaults if key in parameters and parameters[key].default is not inspect.Parameter.empty]  # a schedule needs its sigma0
+        assert optional and {key: parameters[key].default for key in optional} == {key: defaults[key] for key in optional}
+    for bad, message in [(dict(gamma=1.0), "gamma=1.0 must lie in (0, 1)"), (dict(window=0), "window=0 must be >= 1"),
+                         (dict(sigma_min=0.0), "sigma_min=0.0 must be > 0"), (dict(sigma0=-1.0), "sigma0=-1.0 must be > 0")]:
+        with pytest.raises(ConfigError) as info:
+            AnnealingSettings(**bad)
+        assert message in str(info.value)

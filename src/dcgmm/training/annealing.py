@@ -15,8 +15,10 @@ math and lives with the layers (:mod:`dcgmm.core.layers.smoothing`). Here, two p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -39,6 +41,37 @@ def first_learning_step(wait: float, total_steps: int) -> int:
     if wait <= 0.0:
         return 0
     return math.ceil(float(wait) * (int(total_steps) + 1) - 1e-9)
+
+
+@dataclass(frozen=True)
+class AnnealingSettings:
+    """How a layer's sigma and learning rate anneal: the one home of these settings' defaults and
+    checks. ``model.annealing`` in ``conf/model/_common.yaml`` lists the same values (a test holds
+    them equal); a layer's spec may override any of them (:data:`dcgmm.training.policy.ANNEALING_KEYS`).
+
+    Attributes:
+        sigma0: start of sigma (``None``: ``0.25 * sqrt(2K)`` per layer, :meth:`AnnealingSchedule.default_sigma0`).
+        sigma_min: floor of sigma (0.01: the smoothing kernel is then the identity).
+        gamma: shrink factor of sigma and the learning rate at a decision, in (0, 1).
+        window: steps per decision window (>= 1).
+        delta: threshold of the relative improvement.
+    """
+
+    sigma0: float | None = None
+    sigma_min: float = 0.01
+    gamma: float = 0.9
+    window: int = 100
+    delta: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gamma < 1:
+            raise ConfigError(f"annealing: gamma={self.gamma} must lie in (0, 1)")
+        if self.window < 1:
+            raise ConfigError(f"annealing: window={self.window} must be >= 1 step")
+        if self.sigma_min <= 0:
+            raise ConfigError(f"annealing: sigma_min={self.sigma_min} must be > 0")
+        if self.sigma0 is not None and self.sigma0 <= 0:
+            raise ConfigError(f"annealing: sigma0={self.sigma0} must be > 0 (or null: 0.25 sqrt(2K) per layer)")
 
 
 class AnnealingSchedule:
@@ -73,20 +106,15 @@ class AnnealingSchedule:
         sigma0: float,
         lr0: float,
         lr_min: float,
-        sigma_min: float = 0.01,
-        gamma: float = 0.9,
-        window: int = 100,
-        delta: float = 0.05,
+        sigma_min: float = AnnealingSettings.sigma_min,
+        gamma: float = AnnealingSettings.gamma,
+        window: int = AnnealingSettings.window,
+        delta: float = AnnealingSettings.delta,
         enabled: bool = True,
     ) -> None:
-        if not 0 < gamma < 1:
-            raise ConfigError(f"annealing: gamma={gamma} must lie in (0, 1)")
-        if window < 1:
-            raise ConfigError(f"annealing: window={window} must be >= 1 step")
+        AnnealingSettings(sigma_min=sigma_min, gamma=gamma, window=window, delta=delta)  # the checks
         if lr0 <= 0 or lr_min <= 0:
             raise ConfigError(f"learning rate must be > 0 (got lr={lr0}, lr_min={lr_min}); try model.lr=0.01")
-        if sigma_min <= 0:
-            raise ConfigError(f"annealing: sigma_min={sigma_min} must be > 0")
         self.enabled = bool(enabled)
         self.sigma_min = float(sigma_min)
         self.lr_min = min(float(lr_min), float(lr0))
@@ -207,27 +235,27 @@ class Annealing:
         self,
         stack: DCGMM,
         training: Mapping[int, LayerTraining],
-        sigma0: float | None = None,
-        sigma_min: float = 0.01,
-        gamma: float = 0.9,
-        window: int = 100,
-        delta: float = 0.05,
+        sigma0: float | None = AnnealingSettings.sigma0,
+        sigma_min: float = AnnealingSettings.sigma_min,
+        gamma: float = AnnealingSettings.gamma,
+        window: int = AnnealingSettings.window,
+        delta: float = AnnealingSettings.delta,
     ) -> None:
         self.stack = stack
         self.schedules: dict[int, AnnealingSchedule] = {}
-        base = dict(sigma0=sigma0, sigma_min=sigma_min, gamma=gamma, window=window, delta=delta)
+        base = AnnealingSettings(sigma0=sigma0, sigma_min=sigma_min, gamma=gamma, window=window, delta=delta)
         for layer in stack.layers:
             if not (layer.is_density and layer.learns):
                 continue
             policy = training[layer.index]
-            options = {**base, **{k: v for k, v in policy.annealing.items() if k != "anneal"}}
+            own = dataclasses.replace(base, **{k: v for k, v in policy.annealing.items() if k != "anneal"})
             enabled = bool(policy.annealing.get("anneal", True)) and layer.annealable
             if enabled:
                 grid_side(layer.K, f"layer {layer.index} ({layer.kind})")  # one-line error unless K is a square
-            start = options.pop("sigma0")
-            start = AnnealingSchedule.default_sigma0(layer.K) if start is None else float(start)
+            start = AnnealingSchedule.default_sigma0(layer.K) if own.sigma0 is None else float(own.sigma0)
             self.schedules[layer.index] = AnnealingSchedule(
-                sigma0=start, lr0=policy.lr, lr_min=policy.lr_min, enabled=enabled, **options
+                sigma0=start, lr0=policy.lr, lr_min=policy.lr_min, sigma_min=own.sigma_min, gamma=own.gamma, window=own.window,
+                delta=own.delta, enabled=enabled,
             )
         self.apply_sigmas()
 
