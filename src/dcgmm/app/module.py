@@ -18,6 +18,8 @@ from dcgmm.training.annealing import Annealing, AnnealingSchedule, first_learnin
 from dcgmm.training.graphstep import GraphedStep
 from dcgmm.training.policy import split_training
 from dcgmm.training.runtime import keep_freed_memory, restore_tf32, set_tf32
+from dcgmm.training.step import loss_vector as layer_losses
+from dcgmm.training.step import sgd_step
 
 LN2 = math.log(2.0)
 STAGES = ("val", "test")
@@ -404,21 +406,8 @@ class DCGMMModule(L.LightningModule):
         after the step's bookkeeping (:meth:`_record_step`)."""
         x, labels = batch
         _, raw = self._bottom_up(x)
-        losses = self.stack.losses(raw, labels)
-        learners = self.stack.learning_layers
-        present = tuple(layer.index in losses for layer in learners)
-        if all(present):
-            loss_vector = torch.stack(list(losses.values()))  # (number of learning layers,)
-        else:  # the slot of a layer without a loss (a classifier in a step without labels)
-            # one process: a constant zero, so its parameters get no gradient at all (None: any
-            # optimiser leaves them alone); data parallel: a zero that keeps them in the graph,
-            # which DDP's gradient reduction needs (plain SGD then leaves them unchanged)
-            keep_graph = self._trainer is not None and self.trainer.world_size > 1
-            zero = torch.zeros((), device=x.device)
-            loss_vector = torch.stack([
-                losses[layer.index] if layer.index in losses else (0.0 * raw[layer.index].sum() if keep_graph else zero)
-                for layer in learners
-            ])
+        keep_graph = self._trainer is not None and self.trainer.world_size > 1  # data parallel: every parameter stays in the graph
+        loss_vector, present = layer_losses(self.stack, raw, labels, keep_graph)
         learning = self._learning(present)
         self._record_step(loss_vector.detach(), present, learning)
         if all(learning):
@@ -657,14 +646,6 @@ class DCGMMModule(L.LightningModule):
 def plain_sgd_step(
     module: DCGMMModule, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor, set_to_none: bool = True
 ) -> torch.Tensor:
-    """One training step without Lightning (for timing and profiling): the summed layer-local
-    losses, one optimiser step and the precision clipping. No annealing, waiting or logging.
-    The bottom-up pass is the module's (compiled after ``configure_model`` with ``compile=true``);
-    ``set_to_none=False`` keeps the gradient tensors in place (for CUDA-graph capture)."""
-    _, raw = module._bottom_up(x)
-    loss = torch.stack(list(module.stack.losses(raw, labels).values())).sum()
-    optimizer.zero_grad(set_to_none=set_to_none)
-    loss.backward()
-    optimizer.step()
-    module.stack.constrain_()
-    return loss.detach()
+    """:func:`dcgmm.training.step.sgd_step` through the module's bottom-up pass (compiled after
+    ``configure_model`` with ``compile=true``): for timing and profiling a module's step."""
+    return sgd_step(module.stack, optimizer, x, labels, bottom_up=module._bottom_up, set_to_none=set_to_none)

@@ -27,6 +27,7 @@ import torch
 
 from dcgmm.core.model import DCGMM
 from dcgmm.errors import ConfigError
+from dcgmm.training.step import loss_vector as layer_losses
 
 SGD_EXTRAS = ("momentum", "weight_decay", "nesterov", "maximize")
 
@@ -118,9 +119,7 @@ class GraphedStep:
     def _step(self, x: torch.Tensor, labels: torch.Tensor | None, weights: torch.Tensor) -> torch.Tensor:
         """Forward, losses, gradients, SGD update and clipping: the work a graph records."""
         _, raw = self.stack.bottom_up(x)
-        losses = self.stack.losses(raw, labels)
-        zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
-        loss_vector = torch.stack([losses.get(layer.index, zero) for layer in self.learners])  # (L,)
+        loss_vector, _ = layer_losses(self.stack, raw, labels)  # (L,)
         grads = torch.autograd.grad((loss_vector * weights).sum(), self.params, allow_unused=True)
         rates = [lr for lr, group in zip(self._lr, self.optimizer.param_groups) for _ in group["params"]]
         with torch.no_grad():
