@@ -18,6 +18,7 @@ from dcgmm.core.images import make_grid, save_png
 from dcgmm.core.sampling import Sampler, SamplingOptions, missing_pixels
 from dcgmm.errors import ConfigError
 from dcgmm.training.graphstep import plain_sgd_problem
+from dcgmm.training.runtime import flush_denormals
 
 log = logging.getLogger("dcgmm")
 
@@ -130,6 +131,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     Returns:
         the metrics logged by fit and test, and the objects built (for tests and notebooks).
     """
+    flush_denormals()  # a launcher's worker process does not pass through the entry point's prepare_environment
     apply_extras(cfg)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))

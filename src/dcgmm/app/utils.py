@@ -24,6 +24,7 @@ from dcgmm.app.resolvers import register_resolvers
 from dcgmm.core.typecheck import check_arguments
 from dcgmm.data import DataError
 from dcgmm.errors import ConfigError, TrainingDiverged
+from dcgmm.training.runtime import flush_denormals
 
 log = logging.getLogger("dcgmm")
 
@@ -113,6 +114,7 @@ def prepare_environment(argv: Sequence[str] | None = None) -> None:
         except ConfigError as err:
             exit_with_error(err)
 
+    flush_denormals()  # first: torch's worker threads, started later, inherit it (dcgmm.training.runtime)
     register_resolvers()
     os.environ.setdefault("PROJECT_ROOT", str(project_root()))
     # W&B's mode (offline by default) comes from the logger's config (dcgmm.app.loggers.WandbLogger)
