@@ -491,13 +491,14 @@ class DCGMMModule(L.LightningModule):
         """True on the steps whose values the logger records (every ``log_every_n_steps``).
 
         Logging only there keeps Lightning's per-call logging cost out of the other steps;
-        ``trainer.log_every_n_steps=1`` records sigma, lr and the losses at every step.
+        ``trainer.log_every_n_steps=1`` records sigma, lr and the losses at every step. After a
+        step, Lightning's own clock (the logger's step plus one) equals ``global_step``, with groups
+        of steps per call too (:meth:`_count_logger_steps`), so it is read from there.
         """
-        connector = getattr(self.trainer, "_logger_connector", None)
-        if connector is not None and hasattr(connector, "should_update_logs"):
-            return bool(connector.should_update_logs) or bool(self.trainer.fast_dev_run)
-        every = max(int(self.trainer.log_every_n_steps), 1)
-        return self.global_step % every == 0
+        every = int(self.trainer.log_every_n_steps)
+        if every <= 0:
+            return False
+        return self.global_step % every == 0 or bool(self.trainer.fast_dev_run)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         """Log the step's losses, sigma and lr (on the logger's steps only)."""
