@@ -17,6 +17,7 @@ import torch
 from benchmarks.common import build_module
 from dcgmm.app.module import plain_sgd_step
 from dcgmm.core.layers import GMMLayer
+from dcgmm.training.runtime import flush_denormals
 
 
 def step_ms(name: str, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=15)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
+    flush_denormals()
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (100, 1, 28, 28), generator=g).float() / 255
     y = torch.randint(0, 10, (100,), generator=g)

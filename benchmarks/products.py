@@ -258,13 +258,13 @@ def measure_products(name: str, batch_size: int, rounds: int, repeats: int, thre
 
     from dcgmm.core.layers.smoothing import is_identity_width
     from dcgmm.training.annealing import AnnealingSchedule
-    from dcgmm.training.runtime import keep_freed_memory
+    from dcgmm.training.runtime import flush_denormals, keep_freed_memory
 
     quiet_libraries()
     keep_freed_memory()
     if threads:
         torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
+    flush_denormals()
     generator = torch.Generator().manual_seed(seed)
     module = build_module(name)
     stack = module.stack

@@ -23,6 +23,7 @@ from dcgmm.app.ndb import NDB
 from dcgmm.core.sampling import Sampler, SamplingOptions, SharpeningOptions
 from dcgmm.data import load_dataset
 from dcgmm.data.datamodule import pixel_tensor
+from dcgmm.training.runtime import flush_denormals
 
 
 def draw(stack, n: int, sharpen_iterations: int, seed: int, divisor: float = 5.0, top_s: int = 1, batch: int = 500) -> tuple[torch.Tensor, float]:
@@ -39,8 +40,8 @@ def draw(stack, n: int, sharpen_iterations: int, seed: int, divisor: float = 5.0
 
 def measure(ckpt: str, n: int, iterations: int, ndb_samples: int, ndb: NDB, seed: int) -> dict:
     """Speed and NDB for one checkpoint."""
+    flush_denormals()  # before anything starts torch's worker threads
     module = load_module(ckpt)
-    torch.set_flush_denormal(True)
     stack = module.stack
     result = {"checkpoint": ckpt, "layers": [layer.name for layer in stack.layers]}
     for label, steps in (("plain", 0), ("sharpened", iterations)):

@@ -100,10 +100,12 @@ def measure_topology(name: str, steps: int, epochs: int, dataset: str, data_dir:
     import lightning as L
     import torch
 
+    from dcgmm.training.runtime import flush_denormals
+
     quiet_libraries()
     if threads:
         torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
+    flush_denormals()
     L.seed_everything(seed, verbose=False)
     datamodule = load_images(dataset, data_dir, batch_size)
     module = build_module(name)
