@@ -1,4 +1,4 @@
-"""Evaluate a trained DCGMM on a test set: `python evaluate.py ckpt_path=<ckpt> [data=fashion]`. See README.md."""
+"""Evaluate a trained DCGMM on a test set: `python evaluate.py ckpt_path=<ckpt> [data=fashion]`. See docs/getting-started.md."""
 
 from dcgmm.app.entrypoints.evaluate import main
 

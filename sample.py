@@ -1,4 +1,4 @@
-"""Draw samples from a trained DCGMM: `python sample.py ckpt_path=<ckpt> n=64 [mode=...]`. See README.md."""
+"""Draw samples from a trained DCGMM: `python sample.py ckpt_path=<ckpt> n=64 [mode=...]`. See docs/getting-started.md."""
 
 from dcgmm.app.entrypoints.sample import main
 

@@ -1,4 +1,4 @@
-"""Train a DCGMM: `python train.py model=dcgmm3 data=fashion`, sweeps with `-m`. See README.md."""
+"""Train a DCGMM: `python train.py model=dcgmm3 data=fashion`, sweeps with `-m`. See docs/getting-started.md."""
 
 from dcgmm.app.entrypoints.train import main
 

@@ -111,7 +111,7 @@ def build_model(topology: str = "flat_gmm", overrides: Sequence[str] = (), data:
 
 
 # ------------------------------------------------------------------------------- the estimator's topologies
-# The paper's topology letters (README, "Topologies") as aliases of the config names.
+# The paper's topology letters (README and docs/model.md, "Topologies") as aliases of the config names.
 TOPOLOGY_ALIASES = {
     "A": "flat_gmm", "flat": "flat_gmm", "B": "dcgmm2", "C": "dcgmm2_pool", "D": "dcgmm3_pool",
     "E": "dcgmm3", "F": "dcgmm4", "G": "dcgmm4_pool",

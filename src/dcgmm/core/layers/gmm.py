@@ -250,7 +250,7 @@ class GMMLayer(Layer):
         (patch channels in ``(i, j, c)`` order) without the patch copy, in one convolution instead
         of two (one backward, no sum of two score maps). Input and kernel are channels-last, so
         the output is too and the scores ``(N, P, K)`` are a view of it
-        (``python -m benchmarks.convolutions`` measures the choices, README "Performance").
+        (``python -m benchmarks.convolutions`` measures the choices, docs/performance.md).
         """
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(self.means.dtype)
