@@ -235,12 +235,14 @@ def test_annealing_settings_have_one_home():
 
     from omegaconf import OmegaConf
 
-    from dcgmm.training.annealing import AnnealingSettings
+    from dcgmm.training.policy import LAMBDA_DEFAULTS, AnnealingSettings, DensityKeys
     from tests.conftest import CONFIG_DIR
 
     defaults = {f.name: f.default for f in dataclasses.fields(AnnealingSettings)}
-    common = OmegaConf.load(CONFIG_DIR / "model" / "_common.yaml").annealing
-    assert {key: common[key] for key in defaults} == defaults
+    model = OmegaConf.load(CONFIG_DIR / "model" / "_common.yaml")
+    assert {key: model.annealing[key] for key in defaults} == defaults
+    lambdas = {f.name: f.default for f in dataclasses.fields(DensityKeys) if f.name.startswith("lambda_")}
+    assert lambdas == LAMBDA_DEFAULTS == {key: model[key] for key in lambdas}  # the training keys' defaults, and the shipped config
     for target in (Annealing, AnnealingSchedule):
         parameters = inspect.signature(target).parameters
         optional = [key for key in defaults if key in parameters and parameters[key].default is not inspect.Parameter.empty]  # a schedule needs its sigma0

@@ -18,17 +18,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from dcgmm.core.layers.smoothing import grid_side
 from dcgmm.errors import ConfigError
+from dcgmm.training.policy import AnnealingSettings, LayerTraining
 
 if TYPE_CHECKING:  # pragma: no cover
     from dcgmm.core.model import DCGMM
-    from dcgmm.training.policy import LayerTraining
 
 
 def first_learning_step(wait: float, total_steps: int) -> int:
@@ -41,37 +40,6 @@ def first_learning_step(wait: float, total_steps: int) -> int:
     if wait <= 0.0:
         return 0
     return math.ceil(float(wait) * (int(total_steps) + 1) - 1e-9)
-
-
-@dataclass(frozen=True)
-class AnnealingSettings:
-    """How a layer's sigma and learning rate anneal: the one home of these settings' defaults and
-    checks. ``model.annealing`` in ``conf/model/_common.yaml`` lists the same values (a test holds
-    them equal); a layer's spec may override any of them (:data:`dcgmm.training.policy.ANNEALING_KEYS`).
-
-    Attributes:
-        sigma0: start of sigma (``None``: ``0.25 * sqrt(2K)`` per layer, :meth:`AnnealingSchedule.default_sigma0`).
-        sigma_min: floor of sigma (0.01: the smoothing kernel is then the identity).
-        gamma: shrink factor of sigma and the learning rate at a decision, in (0, 1).
-        window: steps per decision window (>= 1).
-        delta: threshold of the relative improvement.
-    """
-
-    sigma0: float | None = None
-    sigma_min: float = 0.01
-    gamma: float = 0.9
-    window: int = 100
-    delta: float = 0.05
-
-    def __post_init__(self) -> None:
-        if not 0 < self.gamma < 1:
-            raise ConfigError(f"annealing: gamma={self.gamma} must lie in (0, 1)")
-        if self.window < 1:
-            raise ConfigError(f"annealing: window={self.window} must be >= 1 step")
-        if self.sigma_min <= 0:
-            raise ConfigError(f"annealing: sigma_min={self.sigma_min} must be > 0")
-        if self.sigma0 is not None and self.sigma0 <= 0:
-            raise ConfigError(f"annealing: sigma0={self.sigma0} must be > 0 (or null: 0.25 sqrt(2K) per layer)")
 
 
 class AnnealingSchedule:

@@ -18,19 +18,15 @@ whatever ``model.lr`` a sweep sets.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from dcgmm.core.layers import LAYER_KINDS
 from dcgmm.core.typecheck import check_arguments
 from dcgmm.errors import ConfigError
 
-# per-layer overrides of the annealing component (dcgmm.training.annealing.Annealing), e.g. +model.layers.1.window=10
-ANNEALING_KEYS = ("anneal", "sigma0", "sigma_min", "gamma", "window", "delta")
 LAMBDAS = {"lambda_mu": "mu", "lambda_sigma": "sigma", "lambda_pi": "pi"}  # spec key -> parameter group
 LEARNER_KEYS = ("lr", "wait")
-DENSITY_KEYS = ("lr", "lr_min", "wait", *LAMBDAS, *ANNEALING_KEYS)
 MODEL_WIDE = ("lr", "lr_min", *LAMBDAS, "anneal")  # model.<key> values a density layer inherits
 CLASSIFIER_LR = 0.01  # a layer whose loss reads labels (the classifier): its lr unless its spec sets one (model.lr does not reach it)
 
@@ -59,20 +55,66 @@ class LayerTraining:
         return float(self.factors.get(group, 1.0))
 
 
-def _density_keys(
-    lr: float, lr_min: float, wait: float = 0.0, lambda_mu: float = 1.0, lambda_sigma: float = 0.1, lambda_pi: float = 0.2,
-    anneal: bool = True, sigma0: float | None = None, sigma_min: float = 0.01, gamma: float = 0.9, window: int = 100,
-    delta: float = 0.05,
-) -> None:
-    """The training keys of a density layer, with their types (for :func:`check_arguments`)."""
+@dataclass(frozen=True)
+class AnnealingSettings:
+    """How a layer's sigma and learning rate anneal: the one home of these settings' defaults and
+    checks. ``model.annealing`` in ``conf/model/_common.yaml`` lists the same values (a test holds
+    them equal); a layer's spec may override any of them (:data:`ANNEALING_KEYS`).
+
+    Attributes:
+        sigma0: start of sigma (``None``: ``0.25 * sqrt(2K)`` per layer, :meth:`AnnealingSchedule.default_sigma0`).
+        sigma_min: floor of sigma (0.01: the smoothing kernel is then the identity).
+        gamma: shrink factor of sigma and the learning rate at a decision, in (0, 1).
+        window: steps per decision window (>= 1).
+        delta: threshold of the relative improvement.
+    """
+
+    sigma0: float | None = None
+    sigma_min: float = 0.01
+    gamma: float = 0.9
+    window: int = 100
+    delta: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gamma < 1:
+            raise ConfigError(f"annealing: gamma={self.gamma} must lie in (0, 1)")
+        if self.window < 1:
+            raise ConfigError(f"annealing: window={self.window} must be >= 1 step")
+        if self.sigma_min <= 0:
+            raise ConfigError(f"annealing: sigma_min={self.sigma_min} must be > 0")
+        if self.sigma0 is not None and self.sigma0 <= 0:
+            raise ConfigError(f"annealing: sigma0={self.sigma0} must be > 0 (or null: 0.25 sqrt(2K) per layer)")
 
 
-def _learner_keys(lr: float, wait: float = 0.0) -> None:
-    """The training keys of any other learning layer (a classifier)."""
+# per-layer overrides of the annealing component (dcgmm.training.annealing.Annealing), e.g. +model.layers.1.window=10
+ANNEALING_KEYS = ("anneal", *(f.name for f in fields(AnnealingSettings)))
+DENSITY_KEYS = ("lr", "lr_min", "wait", *LAMBDAS, *ANNEALING_KEYS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LearnerKeys:
+    """The training keys of a learning layer's spec, their types and defaults (checked by
+    :func:`~dcgmm.core.typecheck.check_arguments` before anything is built)."""
+
+    lr: float
+    wait: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class DensityKeys(LearnerKeys):
+    """A density layer's training keys: those of :class:`LearnerKeys`, its learning-rate floor, the
+    learning-rate factors of its parameter groups (the lambdas) and whether it anneals; its own
+    annealing settings are :class:`AnnealingSettings`'."""
+
+    lr_min: float
+    lambda_mu: float = 1.0
+    lambda_sigma: float = 0.1
+    lambda_pi: float = 0.2
+    anneal: bool = True
 
 
 # the defaults of a density layer's lambdas (lambda_mu = 1, lambda_sigma = 0.1, lambda_pi = 0.2)
-LAMBDA_DEFAULTS = {key: inspect.signature(_density_keys).parameters[key].default for key in LAMBDAS}
+LAMBDA_DEFAULTS = {f.name: f.default for f in fields(DensityKeys) if f.name in LAMBDAS}
 
 
 def layer_training(index: int, kind: str, own: Mapping, defaults: Mapping | None = None) -> LayerTraining:
@@ -87,7 +129,9 @@ def layer_training(index: int, kind: str, own: Mapping, defaults: Mapping | None
                 values.setdefault(key, defaults[key])
     elif (defaults or {}).get("lr") is not None and not LAYER_KINDS[kind].needs_labels:
         values.setdefault("lr", defaults["lr"])  # any other learner: the model-wide rate
-    check_arguments(_density_keys if density else _learner_keys, values, f"{where}: ")
+    check_arguments(DensityKeys if density else LearnerKeys, values, f"{where}: ")
+    if density:
+        check_arguments(AnnealingSettings, values, f"{where}: ")
     lr = float(values.get("lr", CLASSIFIER_LR))
     lr_min = min(float(values.get("lr_min", lr)), lr)
     if lr <= 0 or lr_min <= 0:
