@@ -92,6 +92,8 @@ def test_a_failed_online_start_is_one_config_error(tmp_path, monkeypatch):
     message = str(caught.value)
     assert "\n" not in message and "No API key configured. Use `wandb login`" in message
     assert "logger.wandb.offline=true" in message
+    with pytest.raises(wandb.errors.UsageError):  # offline, the advice to log in would be wrong: W&B's own error stands
+        _ = WandbLogger(offline=True, save_dir=str(tmp_path)).experiment
 
 
 def run_online(tmp_path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:

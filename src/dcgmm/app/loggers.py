@@ -61,11 +61,10 @@ class WandbLogger(_WandbLogger):
     """
 
     def __init__(self, offline: bool = True, group: str | None = None, **kwargs: Any) -> None:
-        self.mode = "offline" if offline else "online"
         settings = dict(kwargs.pop("settings", None) or {})
         settings.setdefault("x_disable_stats", bool(offline))
         group = group or multirun_group()
-        super().__init__(offline=offline, mode=self.mode, settings=settings, group=group, **kwargs)
+        super().__init__(offline=offline, mode="offline" if offline else "online", settings=settings, group=group, **kwargs)
         if self._wandb_init.get("anonymous") is None:  # W&B warns about the key even when it is None
             self._wandb_init.pop("anonymous", None)
 
@@ -80,6 +79,8 @@ class WandbLogger(_WandbLogger):
         try:
             return super().experiment
         except wandb.errors.Error as err:
+            if self._offline:  # not the online start this message is about
+                raise
             reason = " ".join(str(err).split()) or type(err).__name__
             raise ConfigError(
                 f"W&B could not start online ({reason}); log in with `wandb login` (or set WANDB_API_KEY) and check the "

@@ -75,9 +75,6 @@ class SharpeningOptions:
             if unknown:
                 known = ", ".join(cls.__dataclass_fields__)
                 raise ConfigError(f"sharpening={dict(value)!r} has unknown keys ({', '.join(unknown)}); known: {known}")
-            for name in ("rate", "reconstruction"):
-                if isinstance(settings.get(name), Mapping):
-                    settings[name] = {int(k): v for k, v in settings[name].items()}
             if settings.get("layers") is not None:
                 settings["layers"] = [int(v) for v in settings["layers"]]
             return cls(**settings)

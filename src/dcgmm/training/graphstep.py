@@ -78,7 +78,6 @@ class GraphedStep:
     def __init__(self, stack: DCGMM, optimizer: torch.optim.Optimizer, capture: bool) -> None:
         check_plain_sgd(optimizer)
         self.stack, self.optimizer, self.capture = stack, optimizer, bool(capture)
-        self.learners = stack.learning_layers
         self.params = [p for group in optimizer.param_groups for p in group["params"]]  # in group order
         self._lr_values: list[float] | None = None  # the rates now in self._lr
         self._lr: list[torch.Tensor] = []  # one 0-dim device tensor per parameter group
