@@ -91,7 +91,7 @@ def test_the_graphed_step_trains_as_the_automatic_path(device, labels):
 def test_a_cuda_run_records_few_graphs():
     module, _ = fit(True, "cuda")
     # batch 50 with labels, then again once the smoothing kernels became the identity, at most
-    assert 1 <= module._graphed.recordings <= 3
+    assert 1 <= module.engine.graphed.recordings <= 3
 
 
 @pytest.mark.parametrize("optimizer, match", [

@@ -43,3 +43,36 @@ def test_the_plain_step_and_the_graph_engine_make_the_same_update():
         results.append({name: p.detach().clone() for name, p in module.named_parameters()})
     for name, value in results[0].items():
         torch.testing.assert_close(results[1][name], value, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_the_learner_alone_trains_as_train_py_does_through_lightning():
+    """The Lightning-free step (Learner + EagerEngine, torch's SGD) over the batches Lightning's loop
+    feeds: the same parameters, sigmas and learning rates as a fit through the LightningModule,
+    bit for bit, with annealing deciding every 10 steps and layer 3 waiting a third of the run."""
+    from dcgmm.data.datamodule import EpochBatches, EpochSeededSampler, TensorBatchDataset
+    from dcgmm.training.step import EagerEngine, Learner
+    from tests.reference import record
+
+    steps = 30
+    through_lightning, _ = record.train_b(1, steps=steps)
+
+    torch.manual_seed(0)
+    settings = {"annealing.window": 10, "annealing.delta": 100, "layers.3.wait": 0.34}
+    module = build_model("dcgmm2", [f"model.{k}={v}" for k, v in settings.items()])
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(steps * record.BATCH, 1, 28, 28, generator=g)
+    y = torch.randint(0, 10, (steps * record.BATCH,), generator=g)
+    dataset = TensorBatchDataset(x, y)
+    order = EpochBatches(EpochSeededSampler(len(x), 0), record.BATCH)
+    optimizer = module.configure_optimizers()
+    learner = Learner(module.stack, module.policies, module.annealing, total_steps=steps)
+    assert learner.first_steps == [0, 11, 0]  # layers 1, 3, 4: layer 3 waits ceil(0.34 * 31) = 11 of the 30 steps
+    done = learner.run(EagerEngine(learner, optimizer), (dataset[index] for index in order), step=0)
+    assert done == steps and learner.steps_in_epoch == steps
+
+    for (name, want), got in zip(through_lightning.named_parameters(), module.parameters()):
+        assert torch.equal(got, want), name
+    assert module.annealing.values() == through_lightning.annealing.values()
+    torch.manual_seed(0)
+    untrained = build_model("dcgmm2", [f"model.{k}={v}" for k, v in settings.items()])
+    assert module.annealing.values() != untrained.annealing.values()  # the windows did shrink sigma and lr

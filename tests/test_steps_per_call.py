@@ -50,7 +50,7 @@ def test_groups_of_steps_train_as_one_step_per_call(labels, overrides):
     assert one.automatic_optimization and not grouped.automatic_optimization
     assert grouped_trainer.global_step == one_trainer.global_step == STEPS  # SGD steps, not calls
     assert grouped_trainer.num_training_batches == 8
-    assert grouped._total_steps == one._total_steps == STEPS  # the wait fraction counts SGD steps
+    assert grouped.total_steps == one.total_steps == STEPS  # the wait fraction counts SGD steps
     assert grouped.annealing.values() == one.annealing.values()  # the same sigma / lr decisions
     assert grouped.annealing.values()[0][0] < grouped.schedules[1].default_sigma0(49)  # and sigma did shrink
     reference = dict(one.named_parameters())
@@ -63,7 +63,7 @@ def test_a_waiting_layer_starts_at_the_same_step_inside_a_group():
     """Layer 3 waits 0.34 of 62 steps (2 epochs): it first learns at step 22, inside the 6th group of 4."""
     one, _ = fit(1, epochs=2)
     grouped, _ = fit(4, epochs=2)
-    assert grouped._total_steps == one._total_steps == 2 * STEPS
+    assert grouped.total_steps == one.total_steps == 2 * STEPS
     # the classifier reads layer 3 and layer 3 learned the same number of steps in both runs
     torch.testing.assert_close(grouped.stack.layers[3].means, one.stack.layers[3].means, rtol=1e-6, atol=1e-6)
 
@@ -167,7 +167,7 @@ def test_an_int_batch_limit_counts_sgd_batches(tmp_path):
         trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, limit_train_batches=7,
                             limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False, callbacks=[speed])
         trainer.fit(module, dm)
-        assert trainer.num_training_batches == 3 and trainer.global_step == 14 and module._total_steps == 14
+        assert trainer.num_training_batches == 3 and trainer.global_step == 14 and module.total_steps == 14
         assert speed.train_steps == 14 and speed.train_images == 14 * 20
 
 
@@ -177,7 +177,7 @@ def test_max_steps_stops_inside_a_group():
     one, one_trainer = fit(1, epochs=2, trainer_args={"max_steps": 10})
     grouped, grouped_trainer = fit(4, epochs=2, trainer_args={"max_steps": 10})
     assert grouped_trainer.global_step == one_trainer.global_step == 10
-    assert grouped._total_steps == one._total_steps == 10
+    assert grouped.total_steps == one.total_steps == 10
     for name, param in grouped.named_parameters():
         torch.testing.assert_close(param, dict(one.named_parameters())[name], rtol=1e-6, atol=1e-6, msg=name)
 

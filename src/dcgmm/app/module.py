@@ -13,17 +13,15 @@ from dcgmm.core.metrics import WeightedMean
 from dcgmm.core.model import DCGMM
 from dcgmm.core.scoring import EvalOutputs
 from dcgmm.data.datamodule import BatchGroup, batches_of, sgd_steps
-from dcgmm.errors import ConfigError, TrainingDiverged
-from dcgmm.training.annealing import Annealing, AnnealingSchedule, first_learning_step
-from dcgmm.training.graphstep import GraphedStep
+from dcgmm.errors import ConfigError
+from dcgmm.training.annealing import Annealing, AnnealingSchedule
+from dcgmm.training.graphstep import GraphEngine
 from dcgmm.training.policy import split_training
 from dcgmm.training.runtime import flush_denormals, keep_freed_memory, restore_tf32, set_tf32
-from dcgmm.training.step import loss_vector as layer_losses
-from dcgmm.training.step import sgd_step
+from dcgmm.training.step import EagerEngine, Learner, sgd_step
 
 LN2 = math.log(2.0)
 STAGES = ("val", "test")
-NEVER = torch.iinfo(torch.long).max  # "no such step" in the first-non-finite-step tensor
 STEPS_NEED_ONE_PROCESS = (
     "model.steps_per_call={steps} runs several SGD steps per call in one process; use model.steps_per_call=1 "
     "for data-parallel training (trainer=ddp, trainer.devices>1)"
@@ -135,33 +133,18 @@ class DCGMMModule(L.LightningModule):
         # one annealing schedule per learning density layer, the sigma of each and its lr
         self.annealing: Annealing = (annealing or Annealing)(self.stack, self.policies)
         self._bottom_up = self.stack.bottom_up  # compiled in configure_model (a spawned process cannot pickle it)
-        self._last_losses: dict[int, torch.Tensor] = {}  # this step's losses, mean over processes (detached)
-        self._weights: dict[tuple[bool, ...], torch.Tensor] = {}  # loss weights per waiting pattern, on the device
-        self._learning_now: dict[int, bool] = {}  # which layers learned in the current step
-        self._total_steps = 1  # set at the start of fit, for the wait fractions
+        self.total_steps = 1  # SGD steps of this fit, for the wait fractions (set at the start of fit)
         self._tf32_outside_fit = self._tf32_outside_eval = None  # settings to restore (dcgmm.training.runtime.set_tf32)
-        # model.cuda_graph (GraphedStep) or several SGD steps per call: the module runs forward,
-        # backward and update itself (Lightning's manual optimisation)
+        # model.cuda_graph or several SGD steps per call: the module runs the engine, which does
+        # forward, backward and update itself (Lightning's manual optimisation)
         self.automatic_optimization = not (cuda_graph or steps_per_call > 1)
-        self._graphed: GraphedStep | None = None
         self._warning_filters: list | None = None  # the process's warning filters before setup (manual optimisation)
-
-        learners = self.stack.learning_layers
-        # Per-step state of the training loop, on the device so that updating it costs no host
-        # sync; built from the losses averaged over data-parallel processes, so it is the same on
-        # every process (and plain attributes, not buffers: DDP would overwrite buffers with rank
-        # 0's at every forward). _device_state() moves it to the module's device.
-        # first global step at which each learning layer's loss was not finite (NEVER: none yet)
-        self.nonfinite_step = torch.full((len(learners),), NEVER, dtype=torch.long)
-        # running per-layer sum of the training losses over the epoch, and (on the host, no
-        # tensor op per step) the number of steps that had each loss (a classifier has none in a
-        # step without labels)
-        self.train_loss_sum = torch.zeros(len(learners))
-        self.train_loss_steps = [0] * len(learners)
-        # sigma and learning rate of every annealing schedule, for logging without a host copy
-        self.schedule_values = torch.tensor(self.annealing.values(), dtype=torch.float32).reshape(-1, 2)
-        self._train_steps_in_epoch = 0
+        # the training state of a fit and the engine that runs its steps (dcgmm.training.step), made
+        # at the start of every fit on the module's device
+        self.learner: Learner | None = None
+        self.engine: EagerEngine | GraphEngine | None = None
         # running means over an evaluation pass, with no host synchronisation per batch
+        learners = self.stack.learning_layers
         names = ["loss", "loglik", "bound", "bpd"] + (["acc"] if self.stack.classifier is not None else []) + [layer.name for layer in learners]
         self.metrics = torch.nn.ModuleDict({f"{stage}_{name}": WeightedMean() for stage in STAGES for name in names})
 
@@ -209,22 +192,6 @@ class DCGMMModule(L.LightningModule):
         mode = self.hparams.compile
         if mode and self._bottom_up == self.stack.bottom_up:
             self._bottom_up = torch.compile(self.stack.bottom_up, **({} if mode is True else {"mode": str(mode)}))
-
-    def _device_state(self) -> None:
-        """Fresh training-loop state on the module's device (once per fit, in every process).
-
-        New tensors, not ``.to(device)`` of the ones made in ``__init__``: a spawned strategy
-        pickles the module into its processes with CPU tensors in shared memory, so on the CPU
-        every process would add its losses into one and the same buffer.
-        """
-        learners = len(self.stack.learning_layers)
-        self.nonfinite_step = torch.full((learners,), NEVER, dtype=torch.long, device=self.device)
-        self.train_loss_sum = torch.zeros(learners, device=self.device)
-        self.train_loss_steps = [0] * learners
-        self.schedule_values = torch.zeros(len(self.schedules), 2, device=self.device)
-        self._train_steps_in_epoch = 0
-        self._weights = {}
-        self._graphed = None  # recorded again for this fit's optimizer
 
     def _training_steps(self) -> int:
         """SGD steps of this fit, for the wait fractions: Lightning's estimate, which counts a group
@@ -306,10 +273,17 @@ class DCGMMModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._check_loop_settings()
-        self._total_steps = max(self._training_steps(), 1)  # sets up the training loader
+        self.total_steps = max(self._training_steps(), 1)  # sets up the training loader
         self._check_grouped_loader()
-        self._device_state()
-        self._refresh_schedule_values()
+        # fresh state on the module's device (a spawned strategy pickles the module into its
+        # processes with CPU tensors in shared memory: reusing them would add every process's
+        # losses into one buffer); the same numbers on every process, built from reduced losses
+        world = self.trainer.world_size
+        self.learner = Learner(
+            self.stack, self.policies, self.annealing, self.total_steps, bottom_up=self._bottom_up,
+            reduce=self._mean_over_processes if world > 1 else None, keep_graph=world > 1, device=self.device,
+        )
+        self.engine = None  # made at the first manual step, for this fit's optimiser
         # TF32 in the training steps only when asked; evaluation switches it off (_exact_evaluation)
         self._tf32_outside_fit = set_tf32(bool(self.hparams.get("tf32", False)))
 
@@ -330,16 +304,6 @@ class DCGMMModule(L.LightningModule):
     on_validation_start = on_test_start = on_predict_start = _exact_evaluation
     on_validation_end = on_test_end = on_predict_end = _end_exact_evaluation
 
-    def _refresh_schedule_values(self) -> None:
-        """Copy the schedules' sigma and lr to the device tensor that is logged (when they change)."""
-        values = self.annealing.values()
-        if values:
-            self.schedule_values.copy_(torch.tensor(values, dtype=self.schedule_values.dtype))
-
-    def _is_learning(self, layer) -> bool:
-        """False while a layer is still within its wait fraction of training."""
-        return self.global_step >= first_learning_step(self.policies[layer.index].wait, self._total_steps)
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         """The summed loss of the learning layers on one batch ``(images, labels)``.
 
@@ -347,7 +311,7 @@ class DCGMMModule(L.LightningModule):
         no loss in this step and stay as they are (their parameters get no gradient); the GMM
         layers train as with labels. With ``model.cuda_graph=true`` or ``steps_per_call > 1`` the
         step also updates the parameters, once per batch of a :class:`~dcgmm.data.BatchGroup`
-        (:meth:`_manual_step`), and returns nothing.
+        (:meth:`_engine`, :meth:`dcgmm.training.step.Learner.run`), and returns nothing.
         """
         if self.automatic_optimization:
             if isinstance(batch, BatchGroup):
@@ -355,20 +319,11 @@ class DCGMMModule(L.LightningModule):
                     f"the training loader yields groups of {len(batch)} batches but model.steps_per_call=1; "
                     f"set model.steps_per_call to the loader's data.steps_per_call"
                 )
-            return self._step_loss(batch)
-        done = 0
-        for one in batches_of(batch):
-            if self._past_max_steps():  # Lightning checks trainer.max_steps between calls only
-                break
-            self._manual_step(one)
-            done += 1
+            x, labels = batch
+            return self.learner.loss(x, labels, self.global_step)
+        done = self.learner.run(self._engine(), batches_of(batch), self.global_step, self.trainer.max_steps)
         self._count_logger_steps(done - 1)
         return None
-
-    def _past_max_steps(self) -> bool:
-        """True once ``global_step`` has reached ``trainer.max_steps`` (when one is set)."""
-        limit = self.trainer.max_steps if self._trainer is not None else -1
-        return limit is not None and limit != -1 and self.global_step >= limit
 
     def _count_logger_steps(self, extra: int) -> None:
         """Lightning's logger step (the x-axis of the logged metrics and the ``log_every_n_steps``
@@ -379,88 +334,22 @@ class DCGMMModule(L.LightningModule):
         if extra > 0 and hasattr(epoch_loop, "_batches_that_stepped"):
             epoch_loop._batches_that_stepped += extra
 
-    def _manual_step(self, batch) -> None:
-        """One SGD step on ``batch`` in manual optimisation: the update and its bookkeeping as
-        :meth:`optimizer_step` does them (through the CUDA graph with ``model.cuda_graph=true``)."""
-        if self.hparams.get("cuda_graph"):
-            self._graphed_training_step(batch)
-            return
-        optimizer = self.optimizers()
-        loss = self._step_loss(batch)
-        optimizer.zero_grad()
+    def _engine(self) -> EagerEngine | GraphEngine:
+        """The engine of the manual steps (made once per fit): the CUDA graph (``model.cuda_graph``,
+        captured on a GPU) or the eager step, whose backward runs through the strategy."""
+        if self.engine is None:
+            optimizer = self.optimizers()
+            if self.hparams.get("cuda_graph"):
+                self.engine = GraphEngine(self.learner, optimizer, capture=self.device.type == "cuda")
+            else:
+                self.engine = EagerEngine(self.learner, optimizer, backward=self._backward)
+        return self.engine
+
+    def _backward(self, loss: torch.Tensor) -> None:
         # outside the precision plugin's autocast region, in which training_step runs: the
         # automatic path runs its backward there too (mixed precision gives the same updates)
         with torch.autocast(self.device.type, enabled=False):
             self.manual_backward(loss)
-        optimizer.step()  # counts the step (global_step)
-        self._after_update(optimizer)
-
-    def _after_update(self, optimizer) -> None:
-        """What follows every SGD update, in every path: the precision clipping, then one step of
-        the annealing schedules of the layers that learned (new sigma and lr apply from the next step)."""
-        self.stack.constrain_()
-        self._step_annealing(getattr(optimizer, "optimizer", optimizer))
-
-    def _step_loss(self, batch) -> torch.Tensor:
-        """The summed (weighted: 0 for a waiting layer) loss of the learning layers on one batch,
-        after the step's bookkeeping (:meth:`_record_step`)."""
-        x, labels = batch
-        _, raw = self._bottom_up(x)
-        keep_graph = self._trainer is not None and self.trainer.world_size > 1  # data parallel: every parameter stays in the graph
-        loss_vector, present = layer_losses(self.stack, raw, labels, keep_graph)
-        learning = self._learning(present)
-        self._record_step(loss_vector.detach(), present, learning)
-        if all(learning):
-            return loss_vector.sum()
-        # a waiting layer's loss counts with weight 0: no update, yet every parameter stays in the
-        # graph, which data-parallel training needs; one host-to-device copy per waiting pattern
-        return (loss_vector * self._device_mask(self._weights, learning, loss_vector)).sum()
-
-    def _learning(self, present: tuple[bool, ...]) -> tuple[bool, ...]:
-        """Which learning layers learn in this step: those with a loss (``present``) and not waiting."""
-        return tuple(has and self._is_learning(layer) for has, layer in zip(present, self.stack.learning_layers))
-
-    def _record_step(self, loss_vector: torch.Tensor, present: tuple[bool, ...], learning: tuple[bool, ...]) -> None:
-        """Per-step bookkeeping of the step's detached layer losses ``(L,)``: averaged over
-        processes, kept for annealing and logging, checked for NaN, summed for the epoch; which
-        layers learn (``learning``) decides which schedules step."""
-        learners = self.stack.learning_layers
-        # the same numbers on every process: annealing, divergence checks and epoch losses agree
-        # without any collective outside the step (a tiny all-reduce beside DDP's gradient one)
-        shared = self._mean_over_processes(loss_vector)  # (number of learning layers,)
-        self._last_losses = {layer.index: shared[slot] for slot, layer in enumerate(learners) if present[slot]}
-        self._track_nonfinite(shared)
-        self.train_loss_sum += shared
-        for slot, has in enumerate(present):
-            self.train_loss_steps[slot] += has
-        self._train_steps_in_epoch += 1
-        self._learning_now = {layer.index: on for layer, on in zip(learners, learning)}
-
-    def _graphed_training_step(self, batch) -> None:
-        """``model.cuda_graph=true``: forward, backward, SGD update and clipping as one replayed
-        CUDA graph (:class:`~dcgmm.training.graphstep.GraphedStep`), then the bookkeeping and annealing of
-        :meth:`_step_loss` and :meth:`optimizer_step`."""
-        x, labels = batch
-        optimizer = self.optimizers()
-        sgd = getattr(optimizer, "optimizer", optimizer)
-        if self._graphed is None:
-            self._graphed = GraphedStep(self.stack, sgd, capture=x.device.type == "cuda")
-        learners = self.stack.learning_layers
-        present = tuple(labels is not None or not layer.needs_labels for layer in learners)
-        learning = self._learning(present)
-        weights = self._device_mask(self._weights, learning, self.train_loss_sum)  # (L,) 1: learns, 0: waits or has no loss
-        losses = self._graphed(x, labels, weights)  # the update is done
-        self._record_step(losses.clone(), present, learning)
-        optimizer.step()  # no gradients are set, so this changes nothing; it counts the step (global_step)
-        self._step_annealing(sgd)
-        return None
-
-    @staticmethod
-    def _device_mask(cache: dict, pattern: tuple[bool, ...], like: torch.Tensor) -> torch.Tensor:
-        """``pattern`` as a 0/1 tensor on ``like``'s device, made once per pattern (no per-step copy)."""
-        if pattern not in cache:
-            cache[pattern] = torch.tensor(pattern, dtype=like.dtype, device=like.device)
-        return cache[pattern]
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         """One update: the SGD step (its closure runs :meth:`training_step`), the precision
@@ -473,19 +362,7 @@ class DCGMMModule(L.LightningModule):
         before any callback can save it.
         """
         optimizer.step(closure=optimizer_closure)
-        self._after_update(optimizer)
-
-    def _step_annealing(self, optimizer: torch.optim.Optimizer) -> None:
-        """Step the schedules of the layers that learned in this step; apply new sigma / lr."""
-        window_closed = False
-        for index in self.annealing.schedules:
-            if not self._learning_now.get(index, True):
-                continue
-            if self.annealing.step(index, self._last_losses[index], optimizer):  # losses averaged over processes
-                self._refresh_schedule_values()
-            window_closed |= self.annealing.decided(index)
-        if window_closed:
-            self._raise_if_nonfinite()
+        self.learner.after_update(optimizer)
 
     def _is_log_step(self) -> bool:
         """True on the steps whose values the logger records (every ``log_every_n_steps``).
@@ -504,30 +381,26 @@ class DCGMMModule(L.LightningModule):
         """Log the step's losses, sigma and lr (on the logger's steps only)."""
         if self._is_log_step():
             values = {}
-            for index, layer_loss in self._last_losses.items():
+            learner = self.learner
+            for index, layer_loss in learner.last_losses.items():
                 values[f"train/{self.stack.layers[index].name}/loss"] = layer_loss.detach()
             for row, index in enumerate(self.schedules):  # device values: no host-to-device copy
-                values[f"train/{self.stack.layers[index].name}/sigma"] = self.schedule_values[row, 0]
-                values[f"train/{self.stack.layers[index].name}/lr"] = self.schedule_values[row, 1]
-            gmm_total = torch.stack([self._last_losses[layer.index] for layer in self.stack.gmm_layers]).detach().sum()
+                values[f"train/{self.stack.layers[index].name}/sigma"] = learner.schedule_values[row, 0]
+                values[f"train/{self.stack.layers[index].name}/lr"] = learner.schedule_values[row, 1]
+            gmm_total = torch.stack([learner.last_losses[layer.index] for layer in self.stack.gmm_layers]).detach().sum()
             self.log_dict(values, on_step=True, on_epoch=False, batch_size=batches_of(batch)[-1][0].shape[0])
             self.log("train/loss", gmm_total, on_step=True, on_epoch=False, prog_bar=True)
 
     def on_train_epoch_end(self) -> None:
         self._raise_if_nonfinite()  # before ModelCheckpoint saves the epoch
-        if self._train_steps_in_epoch:
-            # one host read per epoch; the same numbers on every process (built from the losses
-            # averaged over processes), so nothing is synchronised for logging
-            steps = self.train_loss_steps
-            means = [total / max(count, 1) for total, count in zip(self.train_loss_sum.tolist(), steps)]  # per learning layer
-            learners = self.stack.learning_layers
-            self.log("train/loss_epoch", sum(m for layer, m in zip(learners, means) if layer.is_density))
-            for layer, value, count in zip(learners, means, steps):
+        # one host read per epoch; the same numbers on every process (built from the losses
+        # averaged over processes), so nothing is synchronised for logging
+        epoch = self.learner.end_epoch()
+        if epoch:
+            self.log("train/loss_epoch", sum(mean for layer, mean, _ in epoch if layer.is_density))
+            for layer, mean, count in epoch:
                 if count:  # a layer that had a loss in this epoch
-                    self.log(f"train/{layer.name}/loss_epoch", value)
-            self.train_loss_sum.zero_()
-            self.train_loss_steps = [0] * len(steps)
-            self._train_steps_in_epoch = 0
+                    self.log(f"train/{layer.name}/loss_epoch", mean)
 
     def _mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
         """Mean over data-parallel processes (identity on one process), on a copy of ``value``.
@@ -541,21 +414,9 @@ class DCGMMModule(L.LightningModule):
         torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.SUM)
         return shared.div_(self.trainer.world_size)
 
-    def _track_nonfinite(self, loss_vector: torch.Tensor) -> None:
-        """Remember, on the device, the first step at which each layer's loss was NaN or inf."""
-        # three small ops per step: this step's index where a loss is not finite, the minimum
-        # with the steps seen so far (in place)
-        step_if_bad = torch.where(torch.isfinite(loss_vector.detach()), NEVER, self.global_step)
-        torch.minimum(self.nonfinite_step, step_if_bad, out=self.nonfinite_step)
-
     def _raise_if_nonfinite(self) -> None:
-        # built from the losses averaged over processes: a divergence on any process shows on all
-        for layer, step in zip(self.stack.learning_layers, self.nonfinite_step.tolist()):
-            if step != NEVER:
-                raise TrainingDiverged(
-                    f"{layer.name}: loss became NaN or infinite at step {step}; lower the learning rate "
-                    f"(model.lr) or check the input data; no checkpoint was written after that step"
-                )
+        if self.learner is not None:  # (validation outside fit: nothing trained)
+            self.learner.raise_if_nonfinite()
 
     def on_validation_epoch_start(self) -> None:
         self._raise_if_nonfinite()

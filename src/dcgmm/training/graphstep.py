@@ -27,6 +27,7 @@ import torch
 
 from dcgmm.core.model import DCGMM
 from dcgmm.errors import ConfigError
+from dcgmm.training.step import Learner
 from dcgmm.training.step import loss_vector as layer_losses
 
 SGD_EXTRAS = ("momentum", "weight_decay", "nesterov", "maximize")
@@ -147,3 +148,25 @@ class GraphedStep:
             losses = self._step(static_x, static_labels, static_w)
         self.recordings += 1
         return _Recorded(graph, static_x, static_labels, static_w, losses)
+
+
+class GraphEngine:
+    """A step whose forward, backward, plain-SGD update and clipping are one recorded CUDA graph
+    (``capture=True``) or the same arithmetic run eagerly (:class:`GraphedStep`),
+    then the learner's bookkeeping and annealing. ``optimizer``: plain SGD, or a wrapper of it
+    whose ``step`` counts steps (called once per step with no gradients set: it changes nothing)."""
+
+    def __init__(self, learner: Learner, optimizer, capture: bool) -> None:
+        self.learner, self.optimizer = learner, optimizer
+        self.sgd = getattr(optimizer, "optimizer", optimizer)
+        self.graphed = GraphedStep(learner.stack, self.sgd, capture=capture)
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor | None, step: int) -> None:
+        learner = self.learner
+        present = tuple(labels is not None or not layer.needs_labels for layer in learner.learners)
+        learning = learner.learning(present, step)
+        weights = learner.weights(learning, learner.loss_sum)  # (L,) 1: learns, 0: waits or has no loss
+        losses = self.graphed(x, labels, weights)  # the update is done
+        learner.record(losses.clone(), present, learning, step)
+        self.optimizer.step()  # no gradients are set: changes nothing, counts the step where it counts
+        learner.after_update(self.sgd)
