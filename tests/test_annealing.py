@@ -164,7 +164,7 @@ def test_state_roundtrip_continues_identically():
 
 
 def test_bad_schedule_values():
-    with pytest.raises(ConfigError, match="learning rate must be > 0"):
+    with pytest.raises(ConfigError, match=r"lr0=0.0 must be > 0; try lr0=0.01"):
         AnnealingSchedule(sigma0=1.0, lr0=0.0, lr_min=0.01)
     with pytest.raises(ConfigError, match="perfect square"):
         smoothing_kernel(10, 1.0)

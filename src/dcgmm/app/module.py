@@ -16,7 +16,7 @@ from dcgmm.data.datamodule import BatchGroup, batches_of, sgd_steps
 from dcgmm.errors import ConfigError
 from dcgmm.training.annealing import Annealing, AnnealingSchedule
 from dcgmm.training.graphstep import GraphEngine
-from dcgmm.training.policy import split_training
+from dcgmm.training.policy import check_rate, split_training
 from dcgmm.training.runtime import flush_denormals, keep_freed_memory, restore_tf32, set_tf32
 from dcgmm.training.step import EagerEngine, Learner, sgd_step
 
@@ -108,10 +108,7 @@ class DCGMMModule(L.LightningModule):
     ) -> None:
         super().__init__()
         flush_denormals()  # before torch's worker threads start, so that they inherit it
-        if lr is None or lr <= 0:
-            raise ConfigError(f"model.lr={lr} must be > 0; try model.lr=0.01")
-        if lr_min is None or lr_min <= 0:
-            raise ConfigError(f"model.lr_min={lr_min} must be > 0; try model.lr_min=0.01")
+        check_rate(lr, "model.lr"), check_rate(lr_min, "model.lr_min")
         if compile not in (False, True, None) and compile not in COMPILE_MODES:
             raise ConfigError(f"model.compile={compile!r} is unknown; use false, true or one of {', '.join(COMPILE_MODES)}")
         if cuda_graph and compile:

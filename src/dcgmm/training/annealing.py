@@ -24,7 +24,7 @@ import torch
 
 from dcgmm.core.layers.smoothing import grid_side
 from dcgmm.errors import ConfigError
-from dcgmm.training.policy import AnnealingSettings, LayerTraining
+from dcgmm.training.policy import AnnealingSettings, LayerTraining, check_rate
 
 if TYPE_CHECKING:  # pragma: no cover
     from dcgmm.core.model import DCGMM
@@ -81,8 +81,7 @@ class AnnealingSchedule:
         enabled: bool = True,
     ) -> None:
         AnnealingSettings(sigma_min=sigma_min, gamma=gamma, window=window, delta=delta)  # the checks
-        if lr0 <= 0 or lr_min <= 0:
-            raise ConfigError(f"learning rate must be > 0 (got lr={lr0}, lr_min={lr_min}); try model.lr=0.01")
+        check_rate(lr0, "lr0"), check_rate(lr_min, "lr_min")
         self.enabled = bool(enabled)
         self.sigma_min = float(sigma_min)
         self.lr_min = min(float(lr_min), float(lr0))

@@ -117,6 +117,14 @@ class DensityKeys(LearnerKeys):
 LAMBDA_DEFAULTS = {f.name: f.default for f in fields(DensityKeys) if f.name in LAMBDAS}
 
 
+def check_rate(value, key: str, where: str = "") -> float:
+    """``value`` as a float, or the one-line error of every learning-rate setting (the model's
+    ``model.lr``, a layer's ``lr``, a schedule's ``lr0``): ``<where><key>=<value> must be > 0; try <key>=0.01``."""
+    if value is None or isinstance(value, bool) or float(value) <= 0:
+        raise ConfigError(f"{where}{key}={value} must be > 0; try {key}=0.01")
+    return float(value)
+
+
 def layer_training(index: int, kind: str, own: Mapping, defaults: Mapping | None = None) -> LayerTraining:
     """The :class:`LayerTraining` of layer ``index`` from its spec's training keys ``own`` and the
     model-wide ``defaults``; a one-line ConfigError for a wrong-typed or out-of-range value."""
@@ -132,10 +140,8 @@ def layer_training(index: int, kind: str, own: Mapping, defaults: Mapping | None
     check_arguments(DensityKeys if density else LearnerKeys, values, f"{where}: ")
     if density:
         check_arguments(AnnealingSettings, values, f"{where}: ")
-    lr = float(values.get("lr", CLASSIFIER_LR))
-    lr_min = min(float(values.get("lr_min", lr)), lr)
-    if lr <= 0 or lr_min <= 0:
-        raise ConfigError(f"{where}: learning rate must be > 0 (got lr={lr}, lr_min={lr_min}); try lr=0.01")
+    lr = check_rate(values.get("lr", CLASSIFIER_LR), "lr", f"{where}: ")
+    lr_min = min(check_rate(values.get("lr_min", lr), "lr_min", f"{where}: "), lr)
     wait = float(values.get("wait", 0.0))
     if not 0.0 <= wait <= 1.0:
         raise ConfigError(f"{where}: wait={wait} must be a fraction of training in [0, 1]")
