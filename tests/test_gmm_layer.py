@@ -161,7 +161,7 @@ def test_independent_learning_rate_scaled_by_positions():
         (dict(K=10), "K=10 is not a perfect square"),  # the annealing component's check
         (dict(K=0), "K=0 must be >= 1"),
         (dict(K=4, precision_max=0.0), "variance floor"),
-        (dict(K=4, lr=-0.1), r"layer 1 \(gmm\): lr=-0.1 must be > 0; try lr=0.01"),  # the training policy's checks
+        (dict(K=4, lr=-0.1), r"lr=-0.1 must be > 0; try lr=0.01"),  # the training policy's checks
         (dict(K=4, mode="diag"), "mode='diag' is unknown"),
         (dict(K=4, wait=1.5), "wait=1.5"),
         (dict(K=4, lambda_pi=-1), "lambda_pi=-1 must be >= 0"),
