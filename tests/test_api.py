@@ -435,3 +435,37 @@ def test_cuda_fit_and_scores_match_cpu():
     assert next(gpu.module.parameters()).device.type == "cuda"
     torch.testing.assert_close(gpu.score_samples(x), cpu.score_samples(x), rtol=1e-3, atol=1e-3)
     assert gpu.sample(4, seed=0).device.type == "cpu" and gpu.predict_class(x).shape == (200,)
+
+
+def test_fit_on_arrays_feeds_the_batches_train_py_s_data_modules_would():
+    """The estimator's loaders are the data modules' (dcgmm.data.ArrayDataModule): the validation
+    split of ImageDataModule (split_indices) and the training order of (seed, epoch), and a second
+    fit goes on with the next seed."""
+    from dcgmm.data.datamodule import EpochSeededSampler, split_indices
+
+    class Batches(Callback):
+        def __init__(self):
+            self.seen, self.val = [], []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.seen.append(batch[0].clone())
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            self.val.append(batch[0].clone())
+
+    x, y = blobs(60, seed=5)
+    est = DCGMMEstimator(FLAT_8, input_shape=(1, 8, 8), seed=3)
+    probe = Batches()
+    est.fit(x, y, epochs=2, batch_size=20, val=12, callbacks=[probe])
+    train, held = split_indices(60, 12, 3)
+    assert len(probe.val) == 2 and all(torch.equal(batch, x[torch.from_numpy(held)]) for batch in probe.val)  # one batch an epoch
+    kept = x[torch.from_numpy(train)]
+    expected = []
+    for seed, epoch in ((3, 0), (3, 1), (5, 0)):  # the second fit: seed + the 2 epochs done before
+        order = EpochSeededSampler(48, seed)
+        order.set_epoch(epoch)
+        expected += list(kept[order.order()].split(20))
+    est.fit(x, y, epochs=1, batch_size=20, val=12, callbacks=[probe])
+    assert len(probe.seen) == len(expected) == 9
+    for got, want in zip(probe.seen, expected):
+        assert torch.equal(got, want)

@@ -44,7 +44,6 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from dcgmm.app.checkpoints import load_module
 from dcgmm.app.config import TOPOLOGY_ALIASES, known_topologies, load_topology, module_arguments
@@ -53,7 +52,7 @@ from dcgmm.app.module import DCGMMModule
 from dcgmm.core.sampling import Sampler, SamplingOptions, missing_pixels
 from dcgmm.core.scoring import EvalOutputs
 from dcgmm.data.arrays import as_images, as_labels, is_int, positive_int
-from dcgmm.data.datamodule import GroupedBatches, TensorBatchDataset, grouped_batch_limit, keep_batch
+from dcgmm.data.datamodule import ArrayDataModule
 from dcgmm.errors import ConfigError
 from dcgmm.training.runtime import exact_float32
 
@@ -301,36 +300,28 @@ class DCGMMEstimator:
         if not is_int(epochs) or int(epochs) < 1:
             raise ConfigError(f"epochs={epochs!r} must be a positive integer")
         batch_size = positive_int(batch_size, "batch_size")
-        generator = torch.Generator().manual_seed(self.seed + self._epochs) if self.seed is not None else None
         group = int(self.module.hparams.get("steps_per_call", 1))  # SGD steps per call of Lightning's loop
         if isinstance(X, L.LightningDataModule):
             if y is not None or val is not None:
                 raise ConfigError("fit(datamodule) takes its labels and validation split from the data module; drop y= and val=")
-            shape = getattr(X, "image_shape", None)
-            if shape is not None and tuple(int(v) for v in shape) != self.input_shape:
-                raise ConfigError(f"the data module has images of shape {list(shape)}, the model expects input_shape={list(self.input_shape)}")
-            data = dict(datamodule=X)
-            labelled, steps = True, None
+            datamodule, steps = X, None
         else:
             x = self._images(X)
             if len(x) == 0:
                 raise ConfigError("X holds no images; fit needs at least one")
-            labelled = y is not None
-            labels = self._labels(y, len(x)) if labelled else None  # None: unlabelled batches (x, None)
-            x, labels, val_data = self._split_validation(x, labels, val)
-
-            dataset = TensorBatchDataset(x, labels)
-            if group > 1:  # the batches a shuffled loader would yield, steps_per_call at a time
-                batches = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=False)
-                limit = grouped_batch_limit(trainer_kwargs.get("limit_train_batches"), group)  # an int counts SGD batches
-                train_loader = DataLoader(dataset, batch_size=None, sampler=GroupedBatches(batches, group, limit), collate_fn=keep_batch,
-                                          generator=generator)  # the loader draws from it first, as a shuffling one does
-            else:
-                train_loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=keep_batch, generator=generator)
-            data = dict(train_dataloaders=train_loader)
-            if val_data is not None:
-                data["val_dataloaders"] = DataLoader(TensorBatchDataset(*val_data), batch_size=max(batch_size, 1000), collate_fn=keep_batch)
-            steps = math.ceil(len(x) / batch_size)
+            labels = self._labels(y, len(x)) if y is not None else None  # None: unlabelled batches (x, None)
+            # train.py's loaders over the arrays (dcgmm.data.ArrayDataModule): the order a function
+            # of (seed, epoch), a later fit going on with the next seeds, the same validation split
+            order_seed = None if self.seed is None else self.seed + self._epochs
+            datamodule = ArrayDataModule(x, labels, **self._validation(len(x), val), batch_size=batch_size, eval_batch_size=max(batch_size, 1000),
+                                         seed=self.seed or 0, shuffle_seed=order_seed, steps_per_call=group)
+            steps = math.ceil(len(datamodule.dataset("train")) / batch_size)
+            limit = trainer_kwargs.get("limit_train_batches")
+            steps = min(steps, int(limit)) if is_int(limit) and int(limit) > 0 else steps
+        shape = getattr(datamodule, "image_shape", None)
+        if shape is not None and tuple(int(v) for v in shape) != self.input_shape:
+            raise ConfigError(f"the data module has images of shape {list(shape)}, the model expects input_shape={list(self.input_shape)}")
+        labelled = y is not None or not isinstance(datamodule, ArrayDataModule)
 
         user_callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
         options = dict(
@@ -351,7 +342,7 @@ class DCGMMEstimator:
         with _quiet_trainer():  # without labels the module trains the GMM layers only (classifier untouched)
             trainer = L.Trainer(**options)
             self.module.train()
-            trainer.fit(self.module, **data)
+            trainer.fit(self.module, datamodule=datamodule)
         self._trainer = trainer
         self._epochs += int(trainer.current_epoch)
         self.is_fitted = True
@@ -359,31 +350,25 @@ class DCGMMEstimator:
         self.module.to(self.device).eval()
         return self
 
-    def _split_validation(self, x, labels, val):
-        """``(train images, train labels, (val images, val labels) or None)`` from ``val``."""
+    def _validation(self, n: int, val) -> dict:
+        """``val`` of :meth:`fit` as :class:`~dcgmm.data.ArrayDataModule` arguments: ``val_size`` (a
+        fraction or a count of the ``n`` images) or ``val`` (images, labels)."""
         if val is None:
-            return x, labels, None
-        n = len(x)
+            return {}
         if isinstance(val, float) and not isinstance(val, bool):
             if not 0.0 < val < 1.0:
                 raise ConfigError(f"val={val} as a fraction must lie in (0, 1)")
             count = round(val * n)
         elif is_int(val):
             count = int(val)
+        elif isinstance(val, tuple) and len(val) == 2:
+            images = self._images(val[0], "val images")
+            return {"val": (images, self._labels(val[1], len(images)) if val[1] is not None else None)}
         else:
-            if isinstance(val, tuple) and len(val) == 2:
-                images = self._images(val[0], "val images")
-                val_labels = self._labels(val[1], len(images)) if val[1] is not None else None
-            else:
-                images, val_labels = self._images(val, "val"), None
-            return x, labels, (images, val_labels)
+            return {"val": (self._images(val, "val"), None)}
         if not 1 <= count < n:
             raise ConfigError(f"val={val} holds out {count} of {n} images; hold out at least 1 and leave at least 1 to train on")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed or 0))
-        held, kept = order[:count].sort().values, order[count:].sort().values
-        if labels is None:
-            return x[kept], None, (x[held], None)
-        return x[kept], labels[kept], (x[held], labels[held])
+        return {"val_size": count}
 
     # ------------------------------------------------------------------------- inference
     @torch.no_grad()

@@ -21,7 +21,7 @@ from dcgmm.data.arrays import is_int as _is_int
 from dcgmm.data.errors import DataError
 from dcgmm.data.sources import Arrays, canonical_name, dataset_info, load_dataset
 
-__all__ = ["BatchGroup", "FashionMNISTDataModule", "ImageDataModule", "MNISTDataModule", "TensorBatchDataset", "pixel_tensor"]
+__all__ = ["ArrayDataModule", "BatchGroup", "FashionMNISTDataModule", "ImageDataModule", "MNISTDataModule", "TensorBatchDataset", "pixel_tensor"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SPLITS = ("train", "val", "test")
@@ -195,21 +195,6 @@ class EpochBatches(_Grouping):
         yield from self._grouped(self.sampler.order().split(self.batch_size))
 
 
-class GroupedBatches(_Grouping):
-    """The batches of a batch sampler (lists of indices), as int64 index tensors, grouped
-    (:class:`_Grouping`), for a loader with ``batch_size=None``."""
-
-    def __init__(self, batch_sampler: torch.utils.data.Sampler, steps_per_call: int, max_batches: int | None = None) -> None:
-        self.batch_sampler, self.steps_per_call = batch_sampler, int(steps_per_call)
-        self.max_batches = None if max_batches is None else int(max_batches)
-
-    def _all_batches(self) -> int:
-        return len(self.batch_sampler)
-
-    def __iter__(self):
-        yield from self._grouped(torch.as_tensor(indices, dtype=torch.long) for indices in self.batch_sampler)
-
-
 def grouped_batch_limit(limit: Any, steps_per_call: int) -> int | None:
     """An int ``trainer.limit_train_batches`` that a grouping sampler applies itself, as SGD
     batches (Lightning's limit, which counts the groups, then cuts nothing); ``None`` when the
@@ -319,174 +304,47 @@ def _check_classes(classes: Any, num_classes: int) -> list[int] | None:
     return out
 
 
-class ImageDataModule(L.LightningDataModule):
-    """A registered dataset with a seeded train/validation split, fully in memory.
+def split_indices(n: int, val_size: int | float, seed: int, key: str = "val_size", where: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``(train indices, validation indices)`` of ``n`` images with ``val_size`` of them (a
+    count, or a fraction rounded) held out; a function of ``(n, val_size, seed)`` only."""
+    n_val = round(val_size * n) if isinstance(val_size, float) else int(val_size)
+    if n_val >= n:
+        shown = f" ({n} available{' ' + where if where else ''})"
+        raise DataError(f"{key}={val_size} leaves no training images{shown}; use a smaller count or a fraction")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
-    Batches are tuples ``(x, y)``: ``x`` float32 (B, C, H, W) (``image_shape``: (1, 28, 28) for
-    MNIST/FashionMNIST, (3, 32, 32) for CIFAR-10/SVHN) with pixel intensities in [0, 1] (the 8-bit
-    value divided by 255, so ``x * 255`` is integral) and ``y`` int64 (B,) with the original class
-    ids (not renumbered when ``classes`` selects a subset).
 
-    Args:
-        name: a registered dataset (``dcgmm.data.DATASETS``): ``"mnist"``, ``"fashion"``
-            (aliases ``"fashion_mnist"``, ``"fashionmnist"``), ``"cifar10"``, ``"svhn"``.
-        data_dir: folder for the cache and downloads (see ``load_dataset``).
-        local_dir: folder with the dataset's standard files to use instead of all other sources.
-        download: allow downloads when no offline copy exists.
-        val_size: validation images taken from the training split: an int count
-            or a float fraction in [0, 1). 0 disables validation.
-        classes: keep only these class ids (in train, val and test); None keeps all.
-        batch_size: training batch size.
-        eval_batch_size: validation/test batch size (500: fewer, larger batches cost less per image); None means ``batch_size``.
-        num_workers: DataLoader worker processes (0 is fastest for in-memory data).
-        seed: seed of the train/val split; the split depends only on ``seed``,
-            ``val_size`` and ``classes``, never on the global RNG.
-        pin_memory: pin batches in page-locked memory (for GPU training).
-        shuffle: reshuffle the training set every epoch. The order is drawn from
-            torch's global RNG, so it is reproducible under
-            ``lightning.seed_everything`` and differs from epoch to epoch.
-        on_device: keep the training images on the training device as uint8 (moved once) and
-            cut every batch there, in the order of the CPU path (:class:`EpochSeededSampler`):
-            one host-to-device copy per epoch (the epoch's order) instead of one per step. Meant
-            for GPUs; on the CPU it gives the same batches as the default path.
-        steps_per_call: training batches per training step: with ``S > 1`` the training loader
-            yields :class:`BatchGroup` s of ``S`` consecutive batches (the same batches in the same
-            order), and the module runs them as ``S`` SGD steps in one call of Lightning's loop.
-            Set it with ``model.steps_per_call`` (the data configs follow it); the module must run
-            groups (:class:`dcgmm.app.module.DCGMMModule` with ``steps_per_call > 1``).
-    """
+class InMemoryDataModule(L.LightningDataModule):
+    """The loaders of splits held in memory as :class:`TensorBatchDataset` s (``_datasets``, filled
+    by a subclass's ``setup``): the seeded training order (:class:`EpochSeededSampler`), whole
+    batches cut with one indexing operation (:class:`EpochBatches`), groups of ``steps_per_call``
+    batches, and the on-device path. :class:`ImageDataModule` (a registered dataset) and
+    :class:`ArrayDataModule` (tensors given, the estimator's data) are its two kinds."""
 
-    def __init__(
-        self,
-        name: str = "mnist",
-        data_dir: str | os.PathLike[str] = "data",
-        local_dir: str | os.PathLike[str] | None = None,
-        download: bool = True,
-        val_size: int | float = 5000,
-        classes: Sequence[int] | None = None,
-        batch_size: int = 100,
-        eval_batch_size: int | None = 500,
-        num_workers: int = 0,
-        seed: int = 0,
-        pin_memory: bool = False,
-        shuffle: bool = True,
-        on_device: bool = False,
-        steps_per_call: int = 1,
-    ) -> None:
-        super().__init__()
-        # Cheap argument checks, before any data is touched.
-        self.name = canonical_name(name)
-        self.info = dataset_info(self.name)
-        self.classes = _check_classes(classes, self.info.num_classes)
+    def _batching(self, batch_size: int, eval_batch_size: int | None, num_workers: int = 0, pin_memory: bool = False,
+                  shuffle: bool = True, on_device: bool = False, steps_per_call: int = 1) -> None:
+        """Check and keep the loaders' settings (see :class:`ImageDataModule`), with a fresh state."""
         if not _is_int(batch_size) or batch_size < 1:
             raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
         if eval_batch_size is not None and (not _is_int(eval_batch_size) or eval_batch_size < 1):
             raise DataError(f"data.eval_batch_size must be a positive integer or null, got {eval_batch_size!r}")
-        if not (_is_int(val_size) or isinstance(val_size, float)):
-            raise DataError(f"data.val_size must be an int count or a float fraction in [0, 1), got {val_size!r}")
-        if isinstance(val_size, float) and not 0.0 <= val_size < 1.0:
-            raise DataError(f"data.val_size={val_size} as a fraction must lie in [0, 1); use an int for a count")
-        if _is_int(val_size) and val_size < 0:
-            raise DataError(f"data.val_size must be >= 0, got {val_size}")
         if not _is_int(steps_per_call) or steps_per_call < 1:
             raise DataError(f"data.steps_per_call must be a positive integer (SGD steps per training call), got {steps_per_call!r}")
         if not _is_int(num_workers) or num_workers < 0:
             raise DataError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
-
-        self.data_dir = str(data_dir)
-        self.local_dir = None if local_dir is None else str(local_dir)
-        self.download = bool(download)
-        self.val_size = val_size
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
         self.num_workers = int(num_workers)
-        self.seed = int(seed)
         self.pin_memory = bool(pin_memory)
         self.shuffle = bool(shuffle)
         self.on_device = bool(on_device)
         self.steps_per_call = int(steps_per_call)
-        self.save_hyperparameters()
-
-        self._arrays: Arrays | None = None  # raw numpy arrays from load_dataset
         self._datasets: dict[str, TensorBatchDataset] = {}  # split -> float32 dataset (and its uint8 pixels)
         self._shuffle_seed: int | None = None  # seed of the training order (set at the first loader)
         self._train_sampler: EpochSeededSampler | None = None
         self._device_train: tuple[torch.Tensor, torch.Tensor] | None = None  # uint8 images, labels on the device
         self._device_order: tuple[int, torch.Tensor] | None = None  # (epoch, its order on the device)
-
-    # ------------------------------------------------------------------ info
-    @property
-    def num_classes(self) -> int:
-        """Number of class ids of the dataset (also when ``classes`` selects a subset)."""
-        return self.info.num_classes
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """Shape of one image: (channels, height, width), e.g. (1, 28, 28)."""
-        return tuple(self.info.image_shape)
-
-    @property
-    def class_names(self) -> list[str]:
-        """Names of class ids 0..num_classes-1."""
-        return list(self.info.class_names)
-
-    # ------------------------------------------------------------- lifecycle
-    def prepare_data(self) -> None:
-        """Find/download the dataset and build the cache (called on one process only)."""
-        self._load()
-
-    def _load(self) -> Arrays:
-        if self._arrays is None:
-            self._arrays = load_dataset(self.name, self.data_dir, self.local_dir, self.download)
-        return self._arrays
-
-    def setup(self, stage: str | None = None) -> None:
-        """Build all three splits once; later calls return immediately.
-
-        Raises:
-            DataError: the dataset cannot be loaded, the class subset is empty,
-                or ``val_size``/``batch_size`` do not fit the training split.
-        """
-        if self._datasets:
-            return
-        arrays = self._load()
-        train_x, train_y = arrays["train_x"], arrays["train_y"]
-        test_x, test_y = arrays["test_x"], arrays["test_y"]
-        if self.classes is not None:
-            keep = np.isin(train_y, self.classes)
-            train_x, train_y = train_x[keep], train_y[keep]
-            keep = np.isin(test_y, self.classes)
-            test_x, test_y = test_x[keep], test_y[keep]
-            if len(train_y) == 0:
-                raise DataError(
-                    f"data.classes={self.classes} selects no training images; pick classes present in the data"
-                )
-
-        n = len(train_y)
-        n_val = round(self.val_size * n) if isinstance(self.val_size, float) else int(self.val_size)
-        if n_val >= n:
-            raise DataError(
-                f"data.val_size={self.val_size} leaves no training images ({n} available after class selection); "
-                "use a smaller count or a fraction"
-            )
-        # The split depends only on the seed (and on n, i.e. on the class subset).
-        perm = np.random.default_rng(self.seed).permutation(n)
-        val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-        if self.batch_size > len(train_idx):
-            raise DataError(
-                f"data.batch_size={self.batch_size} exceeds the {len(train_idx)} training images; "
-                "lower data.batch_size or data.val_size"
-            )
-
-        raw = {
-            "train": (train_x[train_idx], train_y[train_idx]),
-            "val": (train_x[val_idx], train_y[val_idx]),
-            "test": (test_x, test_y),
-        }
-        for split, (x, y) in raw.items():
-            pixels = pixel_tensor(x)  # uint8 (N, C, H, W)
-            images = pixels.to(torch.float32).div_(255.0)
-            self._datasets[split] = TensorBatchDataset(images, torch.from_numpy(np.ascontiguousarray(y)), pixels=pixels)
 
     # ----------------------------------------------------------------- access
     def dataset(self, split: str) -> TensorBatchDataset:
@@ -600,6 +458,188 @@ class ImageDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Same as ``test_dataloader``."""
         return self.test_dataloader()
+
+
+
+class ImageDataModule(InMemoryDataModule):
+    """A registered dataset with a seeded train/validation split, fully in memory.
+
+    Batches are tuples ``(x, y)``: ``x`` float32 (B, C, H, W) (``image_shape``: (1, 28, 28) for
+    MNIST/FashionMNIST, (3, 32, 32) for CIFAR-10/SVHN) with pixel intensities in [0, 1] (the 8-bit
+    value divided by 255, so ``x * 255`` is integral) and ``y`` int64 (B,) with the original class
+    ids (not renumbered when ``classes`` selects a subset).
+
+    Args:
+        name: a registered dataset (``dcgmm.data.DATASETS``): ``"mnist"``, ``"fashion"``
+            (aliases ``"fashion_mnist"``, ``"fashionmnist"``), ``"cifar10"``, ``"svhn"``.
+        data_dir: folder for the cache and downloads (see ``load_dataset``).
+        local_dir: folder with the dataset's standard files to use instead of all other sources.
+        download: allow downloads when no offline copy exists.
+        val_size: validation images taken from the training split: an int count
+            or a float fraction in [0, 1). 0 disables validation.
+        classes: keep only these class ids (in train, val and test); None keeps all.
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (500: fewer, larger batches cost less per image); None means ``batch_size``.
+        num_workers: DataLoader worker processes (0 is fastest for in-memory data).
+        seed: seed of the train/val split; the split depends only on ``seed``,
+            ``val_size`` and ``classes``, never on the global RNG.
+        pin_memory: pin batches in page-locked memory (for GPU training).
+        shuffle: reshuffle the training set every epoch. The order is drawn from
+            torch's global RNG, so it is reproducible under
+            ``lightning.seed_everything`` and differs from epoch to epoch.
+        on_device: keep the training images on the training device as uint8 (moved once) and
+            cut every batch there, in the order of the CPU path (:class:`EpochSeededSampler`):
+            one host-to-device copy per epoch (the epoch's order) instead of one per step. Meant
+            for GPUs; on the CPU it gives the same batches as the default path.
+        steps_per_call: training batches per training step: with ``S > 1`` the training loader
+            yields :class:`BatchGroup` s of ``S`` consecutive batches (the same batches in the same
+            order), and the module runs them as ``S`` SGD steps in one call of Lightning's loop.
+            Set it with ``model.steps_per_call`` (the data configs follow it); the module must run
+            groups (:class:`dcgmm.app.module.DCGMMModule` with ``steps_per_call > 1``).
+    """
+
+    def __init__(
+        self,
+        name: str = "mnist",
+        data_dir: str | os.PathLike[str] = "data",
+        local_dir: str | os.PathLike[str] | None = None,
+        download: bool = True,
+        val_size: int | float = 5000,
+        classes: Sequence[int] | None = None,
+        batch_size: int = 100,
+        eval_batch_size: int | None = 500,
+        num_workers: int = 0,
+        seed: int = 0,
+        pin_memory: bool = False,
+        shuffle: bool = True,
+        on_device: bool = False,
+        steps_per_call: int = 1,
+    ) -> None:
+        super().__init__()
+        # Cheap argument checks, before any data is touched.
+        self.name = canonical_name(name)
+        self.info = dataset_info(self.name)
+        self.classes = _check_classes(classes, self.info.num_classes)
+        if not (_is_int(val_size) or isinstance(val_size, float)):
+            raise DataError(f"data.val_size must be an int count or a float fraction in [0, 1), got {val_size!r}")
+        if isinstance(val_size, float) and not 0.0 <= val_size < 1.0:
+            raise DataError(f"data.val_size={val_size} as a fraction must lie in [0, 1); use an int for a count")
+        if _is_int(val_size) and val_size < 0:
+            raise DataError(f"data.val_size must be >= 0, got {val_size}")
+
+        self.data_dir = str(data_dir)
+        self.local_dir = None if local_dir is None else str(local_dir)
+        self.download = bool(download)
+        self.val_size = val_size
+        self.seed = int(seed)
+        self._batching(batch_size, eval_batch_size, num_workers, pin_memory, shuffle, on_device, steps_per_call)
+        self.save_hyperparameters()
+        self._arrays: Arrays | None = None  # raw numpy arrays from load_dataset
+
+    # ------------------------------------------------------------------ info
+    @property
+    def num_classes(self) -> int:
+        """Number of class ids of the dataset (also when ``classes`` selects a subset)."""
+        return self.info.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Shape of one image: (channels, height, width), e.g. (1, 28, 28)."""
+        return tuple(self.info.image_shape)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of class ids 0..num_classes-1."""
+        return list(self.info.class_names)
+
+    # ------------------------------------------------------------- lifecycle
+    def prepare_data(self) -> None:
+        """Find/download the dataset and build the cache (called on one process only)."""
+        self._load()
+
+    def _load(self) -> Arrays:
+        if self._arrays is None:
+            self._arrays = load_dataset(self.name, self.data_dir, self.local_dir, self.download)
+        return self._arrays
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build all three splits once; later calls return immediately.
+
+        Raises:
+            DataError: the dataset cannot be loaded, the class subset is empty,
+                or ``val_size``/``batch_size`` do not fit the training split.
+        """
+        if self._datasets:
+            return
+        arrays = self._load()
+        train_x, train_y = arrays["train_x"], arrays["train_y"]
+        test_x, test_y = arrays["test_x"], arrays["test_y"]
+        if self.classes is not None:
+            keep = np.isin(train_y, self.classes)
+            train_x, train_y = train_x[keep], train_y[keep]
+            keep = np.isin(test_y, self.classes)
+            test_x, test_y = test_x[keep], test_y[keep]
+            if len(train_y) == 0:
+                raise DataError(
+                    f"data.classes={self.classes} selects no training images; pick classes present in the data"
+                )
+
+        train_idx, val_idx = split_indices(len(train_y), self.val_size, self.seed, "data.val_size", "after class selection")
+        if self.batch_size > len(train_idx):
+            raise DataError(
+                f"data.batch_size={self.batch_size} exceeds the {len(train_idx)} training images; "
+                "lower data.batch_size or data.val_size"
+            )
+
+        raw = {
+            "train": (train_x[train_idx], train_y[train_idx]),
+            "val": (train_x[val_idx], train_y[val_idx]),
+            "test": (test_x, test_y),
+        }
+        for split, (x, y) in raw.items():
+            pixels = pixel_tensor(x)  # uint8 (N, C, H, W)
+            images = pixels.to(torch.float32).div_(255.0)
+            self._datasets[split] = TensorBatchDataset(images, torch.from_numpy(np.ascontiguousarray(y)), pixels=pixels)
+
+
+
+class ArrayDataModule(InMemoryDataModule):
+    """Images given as tensors, with the loaders of :class:`ImageDataModule` (the estimator's data).
+
+    Args:
+        x: training images, float32 ``(N, C, H, W)`` in ``[0, 1]``.
+        y: their class ids ``(N,)``, or ``None`` (batches ``(x, None)``).
+        val_size: images of ``x`` held out for validation, a count or a fraction, chosen from ``seed``
+            as :class:`ImageDataModule` chooses them (:func:`split_indices`); 0: none.
+        val: validation images and labels ``(x, y or None)`` given instead.
+        batch_size, eval_batch_size, steps_per_call: as in :class:`ImageDataModule`.
+        seed: seed of the validation split.
+        shuffle_seed: seed of the training order (a function of ``(shuffle_seed, epoch)``, see
+            :class:`EpochSeededSampler`); ``None``: drawn from torch's global generator at the
+            first loader.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor | None = None, *, val_size: int | float = 0,
+                 val: tuple[torch.Tensor, torch.Tensor | None] | None = None, batch_size: int = 100,
+                 eval_batch_size: int | None = 1000, seed: int = 0, shuffle_seed: int | None = None, steps_per_call: int = 1) -> None:
+        super().__init__()
+        self._batching(batch_size, eval_batch_size, steps_per_call=steps_per_call)
+        self.seed, self.order_seed = int(seed), shuffle_seed
+        if val_size:
+            train, held = (torch.from_numpy(rows) for rows in split_indices(len(x), val_size, self.seed))
+            val = (x[held], None if y is None else y[held])
+            x, y = x[train], None if y is None else y[train]
+        empty = (x[:0], None if y is None else y[:0])
+        self._datasets = {"train": TensorBatchDataset(x, y), "val": TensorBatchDataset(*(val or empty)), "test": TensorBatchDataset(*empty)}
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self._datasets["train"].x.shape[1:])
+
+    def _set_shuffle_seed(self) -> None:
+        if self._shuffle_seed is None:
+            seed = self.order_seed if self.order_seed is not None else int(torch.empty((), dtype=torch.int64).random_().item())
+            self._shuffle_seed = int(seed) % (2**31)
 
 
 class MNISTDataModule(ImageDataModule):
