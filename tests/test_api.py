@@ -469,3 +469,30 @@ def test_fit_on_arrays_feeds_the_batches_train_py_s_data_modules_would():
     assert len(probe.seen) == len(expected) == 9
     for got, want in zip(probe.seen, expected):
         assert torch.equal(got, want)
+
+
+def test_a_standalone_topology_takes_overrides_as_the_command_line_does(tmp_path):
+    """A layer list, a mapping or a YAML file with override strings is composed by Hydra as
+    ``model=<it> OVERRIDES`` (the grammar and errors of the command line), so the same overrides on
+    a shipped topology's own layers give the same model as on its name."""
+    import yaml
+
+    from dcgmm.app.config import load_topology
+
+    overrides = ["model.layers.1.K=16", "lr=0.02", "model.layers.3.wait=0.25"]
+    by_name = DCGMMEstimator("dcgmm2", overrides=overrides, seed=0).module
+    as_mapping = DCGMMEstimator(load_topology("dcgmm2"), overrides=overrides, seed=0).module
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(load_topology("dcgmm2")))
+    from_file = DCGMMEstimator(str(path), overrides=overrides, seed=0).module
+    for module in (as_mapping, from_file):
+        assert dict(module.hparams) == dict(by_name.hparams)
+        assert [g.K for g in module.stack.gmm_layers] == [16, 36] and module.policies[3].wait == 0.25
+        for (name, want), got in zip(by_name.named_parameters(), module.parameters()):
+            assert torch.equal(got, want), name
+    layers = [{"kind": "folding", "kernel_size": 8}, {"kind": "gmm", "K": 4}]
+    est = DCGMMEstimator(layers, input_shape=(1, 8, 8), overrides=["layers.1.K=9", "+layers.1.lr=1e-1"])  # Hydra's grammar: 1e-1 a float
+    assert est.stack.top_gmm.K == 9 and est.module.policies[1].lr == 0.1
+    with pytest.raises(ConfigError, match=r"Could not override 'model.layers.1.Q'.*needs a leading \+") as err:
+        DCGMMEstimator(layers, input_shape=(1, 8, 8), overrides=["model.layers.1.Q=3"])
+    one_line(err)

@@ -145,16 +145,15 @@ def load_topology(name: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
                     f"topology file {path} uses a Hydra defaults list; put it into a config folder's model/ "
                     "(DCGMM_CONF_DIR) and pass its name, or write every key into the file"
                 )
-            node = _apply_overrides(node, overrides)
-            config = OmegaConf.to_container(node, resolve=True)
+            config = OmegaConf.to_container(node, resolve=True) if not overrides else None
         except ConfigError:
             raise
         except Exception as err:  # noqa: BLE001 - YAML or interpolation errors are the same user error
             first = _first_line(err)
             raise ConfigError(f"topology file {path} cannot be read: {first}") from None
-        if not isinstance(config, dict):
+        if not isinstance(node, DictConfig):
             raise ConfigError(f"topology file {path} must hold a mapping with a 'layers' list")
-        return config
+        return config if config is not None else compose_standalone(node, overrides)
     topology = TOPOLOGY_ALIASES.get(text, text)
     if topology not in known_topologies():
         raise ConfigError(
@@ -174,16 +173,26 @@ def _model_override(override: str) -> str:
     return prefix + (body if body.startswith("model.") else f"model.{body}")
 
 
-def _apply_overrides(node, overrides: Sequence[str]):
-    """Override strings applied to a standalone model config (a YAML file or a mapping, which no
-    Hydra composition covers): ``key.path=value`` relative to the model, list indices included."""
-    import yaml
+STANDALONE = "_standalone"  # the model option a standalone topology is composed as
 
-    node = OmegaConf.create(node) if not OmegaConf.is_config(node) else node
-    for override in overrides:
-        key, _, value = _model_override(override).lstrip("+~")[len("model.") :].partition("=")
-        OmegaConf.update(node, key, yaml.safe_load(value) if value.strip() else None, merge=True, force_add=True)
-    return node
+
+def compose_standalone(node, overrides: Sequence[str]) -> dict:
+    """A standalone model config (a mapping, or a YAML file's), composed with ``overrides`` as the
+    command line composes ``model=<name> OVERRIDES``: the node is stored as the model option
+    ``_standalone`` (Hydra's config store) and :func:`compose` builds ``train`` with it, so the
+    override grammar and its errors are the command line's (``+key=`` adds a key, ``++key=`` sets
+    one whether or not it exists)."""
+    from hydra.core.config_store import ConfigStore
+
+    strings = [_model_override(o) for o in overrides]
+    ConfigStore.instance().store(group="model", name=STANDALONE, node=OmegaConf.create(node))
+    try:
+        cfg = compose("train", [f"model={STANDALONE}", *strings])
+    except ConfigError as err:
+        reason = str(err).partition("]: ")[2] or str(err)
+        hint = " (a key the topology does not hold needs a leading +, as on the command line)" if "Could not override" in reason else ""
+        raise ConfigError(f"cannot apply {strings} to the topology: {reason}{hint}") from None
+    return OmegaConf.to_container(cfg.model, resolve=True)
 
 
 def _layer_override_strings(layer_overrides: Mapping | None, layers: int | None) -> list[str]:
@@ -244,7 +253,7 @@ def module_arguments(
         config = load_topology(topology, overrides)  # one composition; layer_overrides go on top
         if layer_overrides:
             strings = _layer_override_strings(layer_overrides, len(config.get("layers") or []))
-            config = OmegaConf.to_container(_apply_overrides(config, strings))
+            config = compose_standalone(config, strings)
     elif isinstance(topology, (Mapping, Sequence)):
         name = "custom"
         base = dict(topology) if isinstance(topology, Mapping) else {"layers": list(topology)}
@@ -253,11 +262,10 @@ def module_arguments(
         if strings:
             factories = {key: base.pop(key) for key in PARTIALS if callable(base.get(key))}
             try:
-                merged = _apply_overrides(base, strings)
-            except Exception as err:  # noqa: BLE001 - a malformed override is a user error
-                first = _first_line(err)
-                raise ConfigError(f"topology {name}: overrides {strings}: {first}") from None
-            base = {**OmegaConf.to_container(merged), **factories}
+                node = OmegaConf.create(base)
+            except Exception as err:  # noqa: BLE001 - values OmegaConf cannot hold are a user error
+                raise ConfigError(f"topology {name}: {_first_line(err)}") from None
+            base = {**compose_standalone(node, strings), **factories}
         config = base
     else:
         raise ConfigError(f"topology={topology!r} must be a config name (e.g. 'flat_gmm'), a list of layer dicts or a model config mapping")
