@@ -91,14 +91,14 @@ def test_fit_on_synthetic_images_improves_and_records_history():
 
 
 def test_fit_with_groups_of_steps_trains_as_one_step_per_call():
-    """steps_per_call=4: the estimator's loader yields the shuffled batches four at a time; the
-    module ends where one step per call ends (7 batches of 50 a epoch, groups of 4 and 3)."""
+    """steps_per_call=4: the module takes the shuffled batches four at a time from the estimator's
+    loader and ends where one step per call ends (7 batches of 50 an epoch, calls of 4 and 3)."""
     x, y = blobs(350)
     fitted = []
     for steps in (1, 4):
         est = DCGMMEstimator(FLAT_8, input_shape=(1, 8, 8), seed=0, lambda_sigma=0.5, lambda_pi=0.5, lr=0.05, steps_per_call=steps)
         est.fit(x, y, epochs=2, batch_size=50)
-        assert est._trainer.global_step == 14 and est._trainer.num_training_batches == (7 if steps == 1 else 2)
+        assert est._trainer.global_step == 14 and est._trainer.num_training_batches == 7
         fitted.append(est)
     for (name, a), (_, b) in zip(fitted[0].module.named_parameters(), fitted[1].module.named_parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)

@@ -6,11 +6,12 @@ import math
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from dcgmm.app.callbacks import TrainingSpeed
 from dcgmm.app.config import build_model
-from dcgmm.data.datamodule import BatchGroup, EpochBatches, EpochSeededSampler, ImageDataModule, TensorBatchDataset, keep_batch
+from dcgmm.data.datamodule import EpochBatches, EpochSeededSampler, ImageDataModule, TensorBatchDataset, keep_batch
 from dcgmm.errors import ConfigError
 from tests.conftest import compose_train
 from tests.test_data import make_arrays, write_idx_folder
@@ -28,12 +29,12 @@ def fit(steps_per_call: int, labels: bool = True, epochs: int = 1, speed: Traini
         batches: int = STEPS, **overrides):
     """Topology B trained ``epochs`` epochs of 31 batches of 50 fixed random images (3-step annealing
     windows whose threshold shrinks sigma and lr at every decision; layer 3 waits a third of the
-    run), with the loader grouping ``steps_per_call`` batches."""
+    run), the module taking ``steps_per_call`` batches from the loader per call of Lightning's loop."""
     module = make(steps_per_call, **overrides)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(batches * BATCH, 1, 28, 28, generator=g)
     y = torch.randint(0, 10, (batches * BATCH,), generator=g) if labels else None
-    sampler = EpochBatches(EpochSeededSampler(len(x), 0), BATCH, steps_per_call)
+    sampler = EpochBatches(EpochSeededSampler(len(x), 0), BATCH)
     loader = DataLoader(TensorBatchDataset(x, y), batch_size=None, sampler=sampler, collate_fn=keep_batch)
     settings = dict(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, use_distributed_sampler=False, callbacks=[speed] if speed else None)
@@ -45,11 +46,18 @@ def fit(steps_per_call: int, labels: bool = True, epochs: int = 1, speed: Traini
 @pytest.mark.parametrize("labels", [True, False])
 @pytest.mark.parametrize("overrides", [{}, {"cuda_graph": True}], ids=["eager", "graphed-step"])
 def test_groups_of_steps_train_as_one_step_per_call(labels, overrides):
+    class Calls(Callback):
+        calls = 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.calls += 1
+
+    calls = Calls()
     one, one_trainer = fit(1, labels)
-    grouped, grouped_trainer = fit(4, labels, **overrides)  # 7 groups of 4 and one of 3
+    grouped, grouped_trainer = fit(4, labels, trainer_args={"callbacks": [calls]}, **overrides)  # 7 calls of 4 and one of 3
     assert one.automatic_optimization and not grouped.automatic_optimization
     assert grouped_trainer.global_step == one_trainer.global_step == STEPS  # SGD steps, not calls
-    assert grouped_trainer.num_training_batches == 8
+    assert calls.calls == 8 and grouped_trainer.num_training_batches == STEPS  # the loader yields plain batches
     assert grouped.total_steps == one.total_steps == STEPS  # the wait fraction counts SGD steps
     assert grouped.annealing.values() == one.annealing.values()  # the same sigma / lr decisions
     assert grouped.annealing.values()[0][0] < grouped.schedules[1].default_sigma0(49)  # and sigma did shrink
@@ -74,14 +82,6 @@ def test_the_speed_callback_counts_the_steps_and_images_of_groups():
     assert speed.train_steps == STEPS and speed.train_images == STEPS * BATCH
 
 
-def test_a_group_reaching_a_module_of_one_step_per_call_is_refused():
-    module = make(1)
-    group = BatchGroup([(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))] * 2)
-    with pytest.raises(ConfigError, match="set model.steps_per_call to the loader's data.steps_per_call") as info:
-        module.training_step(group, 0)
-    assert "\n" not in str(info.value)
-
-
 @pytest.mark.parametrize("steps_per_call", [0, -2, 1.5, True])
 def test_steps_per_call_must_be_a_positive_integer(steps_per_call):
     with pytest.raises(ConfigError, match="steps_per_call") as info:
@@ -89,40 +89,11 @@ def test_steps_per_call_must_be_a_positive_integer(steps_per_call):
     assert "\n" not in str(info.value)
 
 
-def test_batches_are_grouped_in_order(tmp_path):
-    """The loader of data.steps_per_call=3 yields the batches of the ungrouped loader, three at a time
-    (the last group shorter), also through the on-device path."""
-    folder = write_idx_folder(tmp_path / "idx", make_arrays(n_train=530))
-    loaders = {}
-    for steps, on_device in ((1, False), (3, False), (3, True)):
-        torch.manual_seed(5)  # the shuffling seed comes from torch's seed at the first loader
-        dm = ImageDataModule("mnist", data_dir=str(tmp_path / "data"), local_dir=str(folder), val_size=30, batch_size=64,
-                             steps_per_call=steps, on_device=on_device)
-        dm.setup("fit")
-        loaders[steps, on_device] = (dm, dm.train_dataloader())
-    assert len(loaders[1, False][1]) == 8 and len(loaders[3, False][1]) == len(loaders[3, True][1]) == math.ceil(8 / 3)
-    for epoch in (0, 1):
-        for _, loader in loaders.values():
-            loader.sampler.set_epoch(epoch)
-        single = list(loaders[1, False][1])
-        groups = list(loaders[3, False][1])
-        device_dm, device_loader = loaders[3, True]
-        markers = list(device_loader)
-        assert [len(group) for group in groups] == [3, 3, 2] and all(isinstance(group, BatchGroup) for group in groups)
-        flat = [batch for group in groups for batch in group]
-        on_device = [batch for marker in markers for batch in device_dm.transfer_batch_to_device(marker, torch.device("cpu"), 0)]
-        for reference, grouped, cut in zip(single, flat, on_device, strict=True):
-            for a, b, c in zip(reference, grouped, cut):
-                assert torch.equal(a, b) and torch.equal(a, c)
-        # a group already on the device passes the transfer hook as it is
-        assert loaders[3, False][0].transfer_batch_to_device(groups[0], torch.device("cpu"), 0) is groups[0]
-
-
-def test_the_data_config_follows_the_model_and_ddp_is_refused(tmp_path):
+def test_the_data_knows_nothing_of_it_and_ddp_is_refused(tmp_path):
     from dcgmm.app.tasks import check_steps_per_call
 
     cfg = compose_train(["model.steps_per_call=5"], tmp_path)
-    assert cfg.data.steps_per_call == 5
+    assert "steps_per_call" not in cfg.data  # the data module yields plain batches
     check_steps_per_call(cfg.model, cfg.trainer)  # one process: fine
     ddp = compose_train(["model.steps_per_call=5", "trainer=ddp_sim", "trainer.devices=2"], tmp_path)
     with pytest.raises(ConfigError, match="model.steps_per_call=1 for data-parallel training") as info:
@@ -131,7 +102,8 @@ def test_the_data_config_follows_the_model_and_ddp_is_refused(tmp_path):
 
 
 def test_the_logger_step_axis_counts_sgd_steps(tmp_path):
-    """Logged training metrics land on the same steps with the same values as with one step per call."""
+    """Every logged row (training steps, epoch ends, validation, test) lands on the same step and
+    epoch with the same values as with one step per call, and Lightning's own clock is left alone."""
     import csv
 
     from lightning.pytorch.loggers import CSVLogger
@@ -141,34 +113,43 @@ def test_the_logger_step_axis_counts_sgd_steps(tmp_path):
         module = make(steps)
         g = torch.Generator().manual_seed(1)
         x, y = torch.rand(40 * 20, 1, 28, 28, generator=g), torch.randint(0, 10, (40 * 20,), generator=g)
-        loader = DataLoader(TensorBatchDataset(x, y), batch_size=None, sampler=EpochBatches(EpochSeededSampler(len(x), 0), 20, steps),
+        loader = DataLoader(TensorBatchDataset(x, y), batch_size=None, sampler=EpochBatches(EpochSeededSampler(len(x), 0), 20),
                             collate_fn=keep_batch)
+        val = DataLoader(TensorBatchDataset(x[:60], y[:60]), batch_size=30, collate_fn=keep_batch)
         logger = CSVLogger(tmp_path, name=f"s{steps}")
         trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=10, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
-        trainer.fit(module, loader)
+        trainer.fit(module, loader, val)
+        trainer.test(module, val)
         with open(f"{logger.log_dir}/metrics.csv") as f:
-            rows[steps] = [(r["step"], r["epoch"], r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
-    assert [r[0] for r in rows[1]] == [str(s) for s in range(9, 80, 10)]  # steps 10, 20, ..., 80 (0-based 9, 19, ...)
-    assert [r[:2] for r in rows[5]] == [r[:2] for r in rows[1]]
-    for (_, _, a), (_, _, b) in zip(rows[1], rows[5]):
-        assert math.isclose(float(a), float(b), rel_tol=1e-5)
+            rows[steps] = [{key: value for key, value in row.items() if value} for row in csv.DictReader(f)]
+    train_rows = [row for row in rows[1] if "train/loss" in row]
+    assert [row["step"] for row in train_rows] == [str(s) for s in range(9, 80, 10)]  # steps 10, 20, ..., 80 (0-based 9, 19, ...)
+    assert {"train/loss_epoch", "val/loss", "test/loss"} <= {key for row in rows[1] for key in row}
+    assert len(rows[5]) == len(rows[1])
+    for one, grouped in zip(rows[1], rows[5]):
+        assert (grouped["step"], grouped["epoch"], set(grouped)) == (one["step"], one["epoch"], set(one))
+        for key in set(one) - {"step", "epoch"}:
+            assert math.isclose(float(grouped[key]), float(one[key]), rel_tol=1e-5), key
 
 
 def test_an_int_batch_limit_counts_sgd_batches(tmp_path):
-    """trainer.limit_train_batches=7 with groups of 3: 7 SGD steps an epoch, in groups of 3, 3 and 1,
-    also through the on-device path; the wait fractions see 14 steps in 2 epochs."""
+    """trainer.limit_train_batches=7 with 3 steps per call: 7 SGD steps an epoch, in calls of 3, 3 and
+    1, also through the on-device path; the wait fractions see 14 steps in 2 epochs; a fraction
+    counts SGD batches too."""
     folder = write_idx_folder(tmp_path / "idx", make_arrays(n_train=530))
     for on_device in (False, True):
         dm = ImageDataModule("mnist", data_dir=str(tmp_path / "data"), local_dir=str(folder), val_size=30, batch_size=20,
-                             steps_per_call=3, on_device=on_device)
+                             on_device=on_device)
         module = build_model("flat_gmm", ["model.steps_per_call=3", "model.K=4", "model.anneal=false"])
         speed = TrainingSpeed()
         trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, limit_train_batches=7,
                             limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False, callbacks=[speed])
         trainer.fit(module, dm)
-        assert trainer.num_training_batches == 3 and trainer.global_step == 14 and module.total_steps == 14
+        assert trainer.num_training_batches == 7 and trainer.global_step == 14 and module.total_steps == 14
         assert speed.train_steps == 14 and speed.train_images == 14 * 20
+    _, trainer = fit(3, trainer_args={"limit_train_batches": 0.5})
+    assert trainer.num_training_batches == 15 and trainer.global_step == 15  # half of 31 batches
 
 
 def test_max_steps_stops_inside_a_group():
@@ -206,12 +187,10 @@ def test_step_checkpoints_of_groups_are_those_of_one_step_per_call(tmp_path):
 
 
 @pytest.mark.parametrize("trainer_args, match", [
-    ({"limit_train_batches": 0.5}, "give an int number of batches"),
     ({"val_check_interval": 0.5}, "validate at epoch ends"),
     ({"val_check_interval": 3}, "validate at epoch ends"),
     ({"val_check_interval": 1}, "validate at epoch ends"),
     ({"val_check_interval": "00:00:00:10"}, "validate at epoch ends"),
-    ({"limit_train_batches": 5}, "limit_train_batches=5 would count groups of this loader's batches"),
     ({"callbacks": "every 6"}, "every_n_train_steps=6 does not fall on the ends of groups of model.steps_per_call=4 in epochs of 31"),
     ({"callbacks": "every 8"}, "every_n_train_steps=8 does not fall on the ends"),  # 31 steps an epoch: group ends drift
     ({"callbacks": "time"}, "train_time_interval does not save"),

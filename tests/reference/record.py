@@ -87,7 +87,7 @@ def train_b(steps_per_call: int, overrides: dict | None = None, steps: int = STE
     g = torch.Generator().manual_seed(1)
     x = torch.rand(steps * BATCH, 1, 28, 28, generator=g)
     y = torch.randint(0, 10, (steps * BATCH,), generator=g)
-    loader = DataLoader(TensorBatchDataset(x, y), batch_size=None, sampler=EpochBatches(EpochSeededSampler(len(x), 0), BATCH, steps_per_call),
+    loader = DataLoader(TensorBatchDataset(x, y), batch_size=None, sampler=EpochBatches(EpochSeededSampler(len(x), 0), BATCH),
                         collate_fn=keep_batch)
     fit = trainer(max_epochs=1)
     fit.fit(module, loader)

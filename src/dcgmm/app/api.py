@@ -314,7 +314,7 @@ class DCGMMEstimator:
             # of (seed, epoch), a later fit going on with the next seeds, the same validation split
             order_seed = None if self.seed is None else self.seed + self._epochs
             datamodule = ArrayDataModule(x, labels, **self._validation(len(x), val), batch_size=batch_size, eval_batch_size=max(batch_size, 1000),
-                                         seed=self.seed or 0, shuffle_seed=order_seed, steps_per_call=group)
+                                         seed=self.seed or 0, shuffle_seed=order_seed)
             steps = math.ceil(len(datamodule.dataset("train")) / batch_size)
             limit = trainer_kwargs.get("limit_train_batches")
             steps = min(steps, int(limit)) if is_int(limit) and int(limit) > 0 else steps

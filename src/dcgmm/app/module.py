@@ -12,7 +12,6 @@ import torch
 from dcgmm.core.metrics import WeightedMean
 from dcgmm.core.model import DCGMM
 from dcgmm.core.scoring import EvalOutputs
-from dcgmm.data.datamodule import BatchGroup, batches_of, sgd_steps
 from dcgmm.errors import ConfigError
 from dcgmm.training.annealing import Annealing, AnnealingSchedule
 from dcgmm.training.graphstep import GraphEngine
@@ -66,16 +65,18 @@ class DCGMMModule(L.LightningModule):
             runs in IEEE float32 either way, so reported log-likelihoods, bounds and bits/dim are
             float32 numbers (:func:`dcgmm.training.runtime.exact_float32`). No effect on the CPU.
         steps_per_call: SGD steps per call of Lightning's training loop. With ``S > 1`` the
-            training loader yields groups of ``S`` consecutive batches (``data.steps_per_call``
-            follows this setting; :class:`dcgmm.data.BatchGroup`) and one training step runs them
-            as ``S`` SGD steps in order, through Lightning's manual optimisation: the same updates,
-            annealing and waits as ``S = 1``, with Lightning's per-batch loop, hooks and logging
-            paid once per group. ``global_step``, ``trainer.max_steps`` (which stops inside a
-            group), an int ``trainer.limit_train_batches`` and the logger's step axis count SGD
-            steps. Metrics are logged, and step checkpoints written, after the groups that end on a
-            multiple of ``trainer.log_every_n_steps`` / ``every_n_train_steps`` (keep them multiples
-            of ``S``, with ``S`` dividing an epoch's batches). Settings that would count groups are
-            refused (:meth:`_check_loop_settings`, :meth:`_check_grouped_loader`). One process only.
+            training step takes ``S`` batches from the loader's iterator (the loader yields plain
+            batches; Lightning's ``dataloader_iter`` step flavour) and runs them as ``S`` SGD steps
+            in order (:meth:`dcgmm.training.step.Learner.run`), through Lightning's manual
+            optimisation: the same updates, annealing and waits as ``S = 1``, with Lightning's
+            per-batch loop, hooks and logging paid once per call. ``global_step``,
+            ``trainer.max_steps`` (which stops inside a call), ``trainer.limit_train_batches`` and
+            the logged metrics' step axis count SGD steps (the module writes the metrics to the
+            loggers itself, :meth:`_log_values`). Metrics are logged, and step checkpoints written,
+            after the calls that end on a multiple of ``trainer.log_every_n_steps`` /
+            ``every_n_train_steps`` (keep them multiples of ``S``, with ``S`` dividing an epoch's
+            batches). Settings that would count calls are refused (:meth:`_check_loop_settings`,
+            :meth:`_check_group_ends`). One process only.
 
     Logged metrics (slash names): ``{stage}/loss`` (sum of the GMM layers' losses),
     ``{stage}/L<i>_<kind>/loss`` per learning layer, ``train/L<i>_gmm/sigma`` and ``.../lr`` at every
@@ -135,6 +136,11 @@ class DCGMMModule(L.LightningModule):
         # model.cuda_graph or several SGD steps per call: the module runs the engine, which does
         # forward, backward and update itself (Lightning's manual optimisation)
         self.automatic_optimization = not (cuda_graph or steps_per_call > 1)
+        self._steps_per_call = int(steps_per_call)
+        if self._steps_per_call > 1:
+            # Lightning hands a training step with a ``dataloader_iter`` argument the loader's
+            # iterator (its "dataloader_iter" flavour, chosen by the signature of this attribute)
+            self.training_step = self._steps_of_a_call
         self._warning_filters: list | None = None  # the process's warning filters before setup (manual optimisation)
         # the training state of a fit and the engine that runs its steps (dcgmm.training.step), made
         # at the start of every fit on the module's device
@@ -191,20 +197,16 @@ class DCGMMModule(L.LightningModule):
             self._bottom_up = torch.compile(self.stack.bottom_up, **({} if mode is True else {"mode": str(mode)}))
 
     def _training_steps(self) -> int:
-        """SGD steps of this fit, for the wait fractions: Lightning's estimate, which counts a group
-        of batches (``steps_per_call > 1``) as one; for groups, the same estimate over their batches."""
-        trainer = self.trainer
-        estimated = trainer.estimated_stepping_batches
-        if self.automatic_optimization or trainer.max_epochs in (None, -1) or not math.isfinite(trainer.num_training_batches):
-            return int(estimated) if math.isfinite(estimated) else 1
-        total = sgd_steps(trainer.train_dataloader, trainer.num_training_batches) * max(int(trainer.max_epochs), 1)
-        return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
+        """SGD steps of this fit, for the wait fractions: Lightning's estimate (the loader yields
+        one batch per SGD step, also with ``steps_per_call > 1``)."""
+        estimated = self.trainer.estimated_stepping_batches
+        return int(estimated) if math.isfinite(estimated) else 1
 
     def _check_loop_settings(self) -> None:
         """One-line errors, before the training loader exists, for settings that Lightning's manual
         optimisation (also ``model.cuda_graph=true``) does not honour, or that would count calls of
         Lightning's loop where they should count SGD steps (``steps_per_call > 1``); the checks that
-        need the loader are :meth:`_check_grouped_loader`'s."""
+        need the loader's length are :meth:`_check_group_ends`'s."""
         if self.automatic_optimization:
             return
         trainer, steps = self.trainer, int(self.hparams.get("steps_per_call", 1))
@@ -218,12 +220,6 @@ class DCGMMModule(L.LightningModule):
             return
         if trainer.world_size > 1:
             raise ConfigError(STEPS_NEED_ONE_PROCESS.format(steps=steps))
-        limit = trainer.limit_train_batches
-        if isinstance(limit, float) and limit != 1.0:
-            raise ConfigError(
-                f"trainer.limit_train_batches={limit} is a fraction of the groups of model.steps_per_call={steps} batches; "
-                f"give an int number of batches (e.g. trainer.limit_train_batches=100) or model.steps_per_call=1"
-            )
         interval = getattr(trainer, "val_check_interval", None)
         if getattr(trainer, "_val_check_time_interval", None) is not None or isinstance(interval, int) or interval != 1.0:
             raise ConfigError(
@@ -231,23 +227,15 @@ class DCGMMModule(L.LightningModule):
                 f"steps_per_call>1 validate at epoch ends (check_val_every_n_epoch) or use model.steps_per_call=1"
             )
 
-    def _check_grouped_loader(self) -> None:
-        """With ``steps_per_call > 1``, after the loader is set up: an int batch limit must be one
-        the loader applies (it counts SGD batches there, groups elsewhere), and step checkpoints
-        and logging need group ends on their multiples in every epoch (S dividing an epoch's
+    def _check_group_ends(self) -> None:
+        """With ``steps_per_call > 1``, once the loader's length is known: step checkpoints and
+        logging need the ends of calls on their multiples in every epoch (S dividing an epoch's
         batches, or an interval that is a multiple of the epoch)."""
         steps = int(self.hparams.get("steps_per_call", 1))
-        if self.automatic_optimization or steps == 1:
+        if steps == 1:
             return
         trainer = self.trainer
-        sampler = getattr(trainer.train_dataloader, "sampler", None)
-        limit = trainer.limit_train_batches
-        if isinstance(limit, int) and getattr(sampler, "max_batches", None) != limit:
-            raise ConfigError(
-                f"trainer.limit_train_batches={limit} would count groups of this loader's batches; with model.steps_per_call={steps} "
-                f"use the data module (dcgmm.data.ImageDataModule) or the estimator, or drop the limit"
-            )
-        per_epoch = sgd_steps(trainer.train_dataloader, trainer.num_training_batches)
+        per_epoch = int(trainer.num_training_batches)
 
         def aligned(every: int) -> bool:  # group ends fall on every multiple of ``every`` in every epoch
             return every % per_epoch == 0 or (every % steps == 0 and per_epoch % steps == 0)
@@ -271,7 +259,7 @@ class DCGMMModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._check_loop_settings()
         self.total_steps = max(self._training_steps(), 1)  # sets up the training loader
-        self._check_grouped_loader()
+        self._check_group_ends()
         # fresh state on the module's device (a spawned strategy pickles the module into its
         # processes with CPU tensors in shared memory: reusing them would add every process's
         # losses into one buffer); the same numbers on every process, built from reduced losses
@@ -301,35 +289,27 @@ class DCGMMModule(L.LightningModule):
     on_validation_start = on_test_start = on_predict_start = _exact_evaluation
     on_validation_end = on_test_end = on_predict_end = _end_exact_evaluation
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch, batch_idx: int = 0) -> torch.Tensor | None:
         """The summed loss of the learning layers on one batch ``(images, labels)``.
 
         ``labels=None`` (unlabelled data): the layers whose loss reads labels (the classifier) have
         no loss in this step and stay as they are (their parameters get no gradient); the GMM
-        layers train as with labels. With ``model.cuda_graph=true`` or ``steps_per_call > 1`` the
-        step also updates the parameters, once per batch of a :class:`~dcgmm.data.BatchGroup`
-        (:meth:`_engine`, :meth:`dcgmm.training.step.Learner.run`), and returns nothing.
+        layers train as with labels. With ``model.cuda_graph=true`` the step also updates the
+        parameters (:meth:`_engine`) and returns nothing.
         """
+        x, labels = batch
         if self.automatic_optimization:
-            if isinstance(batch, BatchGroup):
-                raise ConfigError(
-                    f"the training loader yields groups of {len(batch)} batches but model.steps_per_call=1; "
-                    f"set model.steps_per_call to the loader's data.steps_per_call"
-                )
-            x, labels = batch
             return self.learner.loss(x, labels, self.global_step)
-        done = self.learner.run(self._engine(), batches_of(batch), self.global_step, self.trainer.max_steps)
-        self._count_logger_steps(done - 1)
+        self._engine()(x, labels, self.global_step)
         return None
 
-    def _count_logger_steps(self, extra: int) -> None:
-        """Lightning's logger step (the x-axis of the logged metrics and the ``log_every_n_steps``
-        clock) counts calls of its training loop; after a group of batches add the group's other
-        SGD steps, so that it counts SGD steps as with one batch per call. Logging then happens
-        after the groups that end on a multiple of ``log_every_n_steps``."""
-        epoch_loop = getattr(getattr(self._trainer, "fit_loop", None), "epoch_loop", None)
-        if extra > 0 and hasattr(epoch_loop, "_batches_that_stepped"):
-            epoch_loop._batches_that_stepped += extra
+    def _steps_of_a_call(self, dataloader_iter) -> None:
+        """``steps_per_call`` SGD steps, one per batch taken from the training loader's iterator (fewer
+        at the end of an epoch or at ``trainer.max_steps``, which Lightning checks between calls only),
+        each moved to the device as Lightning moves a batch."""
+        trainer = self.trainer
+        batches = (trainer.strategy.batch_to_device(trainer.precision_plugin.convert_input(batch)) for batch, _, _ in dataloader_iter)
+        self.learner.run(self._engine(), batches, self.global_step, trainer.max_steps, count=self._steps_per_call)
 
     def _engine(self) -> EagerEngine | GraphEngine:
         """The engine of the manual steps (made once per fit): the CUDA graph (``model.cuda_graph``,
@@ -384,9 +364,26 @@ class DCGMMModule(L.LightningModule):
             for row, index in enumerate(self.schedules):  # device values: no host-to-device copy
                 values[f"train/{self.stack.layers[index].name}/sigma"] = learner.schedule_values[row, 0]
                 values[f"train/{self.stack.layers[index].name}/lr"] = learner.schedule_values[row, 1]
-            gmm_total = torch.stack([learner.last_losses[layer.index] for layer in self.stack.gmm_layers]).detach().sum()
-            self.log_dict(values, on_step=True, on_epoch=False, batch_size=batches_of(batch)[-1][0].shape[0])
-            self.log("train/loss", gmm_total, on_step=True, on_epoch=False, prog_bar=True)
+            values["train/loss"] = torch.stack([learner.last_losses[layer.index] for layer in self.stack.gmm_layers]).detach().sum()
+            self._log_values(values, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
+
+    def _log_values(self, values: Mapping, **options) -> None:
+        """Log ``values`` (name -> tensor or float) for the callbacks, the progress bar (``loss`` and
+        ``acc``) and the loggers. With one step per call Lightning writes them to the loggers on its
+        own clock; with ``steps_per_call > 1`` that clock counts calls, so they are written to the
+        loggers here, where one step per call puts them on the axis of SGD steps (during fit at the
+        0-based index of the latest step, afterwards at ``global_step``), with the epoch beside
+        them as Lightning adds it."""
+        grouped = self._steps_per_call > 1
+        for name, value in values.items():
+            self.log(name, value, prog_bar=name.rsplit("/", 1)[-1] in ("loss", "acc") and name.count("/") == 1, logger=not grouped, **options)
+        if grouped and self.loggers and not self.trainer.sanity_checking:  # (Lightning logs no sanity check)
+            metrics = {name: float(value) for name, value in values.items()}  # one host read, on logging steps only
+            metrics["epoch"] = self.current_epoch
+            step = self.global_step - 1 if self.trainer.state.fn == "fit" else self.global_step
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=step)
+                logger.save()
 
     def on_train_epoch_end(self) -> None:
         self._raise_if_nonfinite()  # before ModelCheckpoint saves the epoch
@@ -394,10 +391,9 @@ class DCGMMModule(L.LightningModule):
         # averaged over processes), so nothing is synchronised for logging
         epoch = self.learner.end_epoch()
         if epoch:
-            self.log("train/loss_epoch", sum(mean for layer, mean, _ in epoch if layer.is_density))
-            for layer, mean, count in epoch:
-                if count:  # a layer that had a loss in this epoch
-                    self.log(f"train/{layer.name}/loss_epoch", mean)
+            values = {"train/loss_epoch": sum(mean for layer, mean, _ in epoch if layer.is_density)}
+            values.update({f"train/{layer.name}/loss_epoch": mean for layer, mean, count in epoch if count})  # layers that had a loss
+            self._log_values(values, batch_size=1)  # means already (the dataloader_iter flavour asks for a size)
 
     def _mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
         """Mean over data-parallel processes (identity on one process), on a copy of ``value``.
@@ -453,12 +449,13 @@ class DCGMMModule(L.LightningModule):
 
     def _log_metrics(self, stage: str) -> None:
         layer_names = {layer.name for layer in self.stack.learning_layers}
+        values = {}
         for key, metric in self.metrics.items():
             if key.startswith(stage + "_") and metric.update_called:
                 name = key[len(stage) + 1 :]
-                label = f"{stage}/{name}/loss" if name in layer_names else f"{stage}/{name}"
-                self.log(label, metric.compute(), prog_bar=name in ("loss", "acc"))
+                values[f"{stage}/{name}/loss" if name in layer_names else f"{stage}/{name}"] = metric.compute()
                 self._reset(metric)
+        self._log_values(values)
 
     @staticmethod
     def _reset(metric) -> None:

@@ -27,13 +27,12 @@ from dcgmm.data.sources import (
 from dcgmm.data import cifar, svhn  # noqa: E402, F401  isort: skip
 
 if TYPE_CHECKING:
-    from dcgmm.data.datamodule import ArrayDataModule, BatchGroup, FashionMNISTDataModule, ImageDataModule, MNISTDataModule, TensorBatchDataset
+    from dcgmm.data.datamodule import ArrayDataModule, FashionMNISTDataModule, ImageDataModule, MNISTDataModule, TensorBatchDataset
 
-_LAZY = {"ArrayDataModule", "BatchGroup", "FashionMNISTDataModule", "ImageDataModule", "MNISTDataModule", "TensorBatchDataset"}
+_LAZY = {"ArrayDataModule", "FashionMNISTDataModule", "ImageDataModule", "MNISTDataModule", "TensorBatchDataset"}
 
 __all__ = [
     "ArrayDataModule",
-    "BatchGroup",
     "DATASETS",
     "DataError",
     "DatasetInfo",

@@ -7,7 +7,6 @@ so that loading keeps up with models that process tens of thousands of images pe
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -21,22 +20,10 @@ from dcgmm.data.arrays import is_int as _is_int
 from dcgmm.data.errors import DataError
 from dcgmm.data.sources import Arrays, canonical_name, dataset_info, load_dataset
 
-__all__ = ["ArrayDataModule", "BatchGroup", "FashionMNISTDataModule", "ImageDataModule", "MNISTDataModule", "TensorBatchDataset", "pixel_tensor"]
+__all__ = ["ArrayDataModule", "FashionMNISTDataModule", "ImageDataModule", "MNISTDataModule", "TensorBatchDataset", "pixel_tensor"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SPLITS = ("train", "val", "test")
-
-
-class BatchGroup(list):
-    """Consecutive training batches ``[(x, y), ...]`` that one training step runs as that many SGD
-    steps, in order (``data.steps_per_call``, docs/design.md section 6): one pass of Lightning's
-    loop, hooks and logging per group instead of per batch. The batches are those a loader with
-    ``steps_per_call=1`` yields, in the same order; the last group of an epoch may be shorter."""
-
-
-def batches_of(batch) -> list:
-    """The SGD batches of a training "batch": the batches of a :class:`BatchGroup`, else ``[batch]``."""
-    return list(batch) if isinstance(batch, BatchGroup) else [batch]
 
 
 class TensorBatchDataset(Dataset[Batch]):
@@ -67,12 +54,9 @@ class TensorBatchDataset(Dataset[Batch]):
     def __len__(self) -> int:
         return len(self.x)
 
-    def __getitem__(self, index: int | torch.Tensor | tuple[torch.Tensor, ...]) -> Batch | BatchGroup:
+    def __getitem__(self, index: int | torch.Tensor) -> Batch:
         """One sample for an int, x (C, H, W) float32 and y () int64 (or None); a batch for an
-        int64 index tensor (B,), x (B, C, H, W) and y (B,) (what :class:`EpochBatches` yields); a
-        :class:`BatchGroup` of such batches for a tuple of index tensors (``steps_per_call > 1``)."""
-        if isinstance(index, tuple) and all(isinstance(part, torch.Tensor) for part in index):
-            return BatchGroup(self[part] for part in index)
+        int64 index tensor (B,), x (B, C, H, W) and y (B,) (what :class:`EpochBatches` yields)."""
         if isinstance(index, torch.Tensor) and index.ndim == 1 and index.dtype == torch.long:  # a batch; index_select: a third cheaper than x[index]
             if self.pixels is not None:  # a quarter of the memory traffic of cutting from x
                 x = self.pixels.index_select(0, index).to(torch.float32).div_(255.0)
@@ -130,48 +114,9 @@ class EpochSeededSampler(torch.utils.data.Sampler[int]):
         return -(-self.size // world)
 
 
-class _Grouping(torch.utils.data.Sampler):
-    """What the training samplers share: an epoch of :attr:`batches` SGD batches (the first
-    ``max_batches`` when it is set), yielded one by one or, with ``steps_per_call = S > 1``, as
-    tuples of ``S`` consecutive ones (the last tuple shorter), which the dataset turns into a
-    :class:`BatchGroup`. Its length is the number of items it yields."""
-
-    steps_per_call: int
-    max_batches: int | None
-
-    def _all_batches(self) -> int:
-        raise NotImplementedError
-
-    @property
-    def batches(self) -> int:
-        """SGD batches per epoch (the first ``max_batches`` when it is set)."""
-        total = self._all_batches()
-        return total if self.max_batches is None else min(total, self.max_batches)
-
-    def __len__(self) -> int:
-        return -(-self.batches // self.steps_per_call)
-
-    def steps_in(self, items: int) -> int:
-        """SGD batches in the first ``items`` items of an epoch (every group but the last is full)."""
-        return min(int(items) * self.steps_per_call, self.batches)
-
-    def _grouped(self, parts):
-        """The first :attr:`batches` of ``parts`` (an iterable of index tensors), one by one or in
-        tuples of ``steps_per_call``; never asks ``parts`` for one more (a RandomSampler draws a
-        further permutation when asked past its end, which Lightning's loop, knowing the length,
-        never does)."""
-        parts = itertools.islice(parts, self.batches)
-        if self.steps_per_call == 1:
-            yield from parts
-            return
-        while group := tuple(itertools.islice(parts, self.steps_per_call)):
-            yield group
-
-
-class EpochBatches(_Grouping):
+class EpochBatches(torch.utils.data.Sampler):
     """The batches of an epoch of ``sampler``'s order as int64 index tensors ``(B,)`` (the last
-    one shorter when ``batch_size`` does not divide the epoch), cut from one permutation tensor;
-    with ``steps_per_call > 1``, grouped (:class:`_Grouping`).
+    one shorter when ``batch_size`` does not divide the epoch), cut from one permutation tensor.
 
     Given to a ``DataLoader`` as its ``sampler`` with ``batch_size=None``, each index tensor reaches
     :meth:`TensorBatchDataset.__getitem__` whole: one indexing operation per batch and no Python
@@ -179,43 +124,24 @@ class EpochBatches(_Grouping):
     cost of cutting the batch).
     """
 
-    def __init__(self, sampler: EpochSeededSampler, batch_size: int, steps_per_call: int = 1, max_batches: int | None = None) -> None:
-        self.sampler, self.batch_size, self.steps_per_call = sampler, int(batch_size), int(steps_per_call)
-        self.max_batches = None if max_batches is None else int(max_batches)
+    def __init__(self, sampler: EpochSeededSampler, batch_size: int) -> None:
+        self.sampler, self.batch_size = sampler, int(batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
-    def _all_batches(self) -> int:
+    def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self):
         # a generator: the order is drawn at the first batch, not when the iterator is made
         # (Lightning makes it before set_epoch when it resumes from a checkpoint)
-        yield from self._grouped(self.sampler.order().split(self.batch_size))
-
-
-def grouped_batch_limit(limit: Any, steps_per_call: int) -> int | None:
-    """An int ``trainer.limit_train_batches`` that a grouping sampler applies itself, as SGD
-    batches (Lightning's limit, which counts the groups, then cuts nothing); ``None`` when the
-    batches are not grouped or the limit is not an int."""
-    if steps_per_call == 1 or isinstance(limit, bool) or not isinstance(limit, int):
-        return None
-    return limit
-
-
-def sgd_steps(loader, items: int) -> int:
-    """SGD steps in the first ``items`` items of a training loader: ``items`` unless its sampler
-    groups batches (:class:`_Grouping`)."""
-    sampler = getattr(loader, "sampler", None)
-    return sampler.steps_in(items) if isinstance(sampler, _Grouping) else int(items)
+        yield from self.sampler.order().split(self.batch_size)
 
 
 class StepIndex(tuple):
-    """``(epoch, step, count)``: the training "batch" of the on-device data path, the batches
-    ``step .. step + count - 1`` of an epoch; the data module turns it into images on the device
-    (:meth:`ImageDataModule.transfer_batch_to_device`): one batch for ``count`` 1 (no grouping),
-    else a :class:`BatchGroup`."""
+    """``(epoch, step)``: the training "batch" of the on-device data path, batch ``step`` of an
+    epoch, which the data module cuts on the device (:meth:`ImageDataModule.transfer_batch_to_device`)."""
 
     @property
     def epoch(self) -> int:
@@ -225,21 +151,14 @@ class StepIndex(tuple):
     def step(self) -> int:
         return self[1]
 
-    @property
-    def count(self) -> int:
-        return self[2]
-
 
 class EpochSteps(EpochBatches):
-    """Yields a :class:`StepIndex` for every item :class:`EpochBatches` would yield (a batch, or a
-    group of ``steps_per_call`` batches); the on-device path cuts the batches itself, from its
-    copy of the epoch's order."""
+    """Yields a :class:`StepIndex` for every batch :class:`EpochBatches` would yield; the on-device
+    path cuts the batches itself, from its copy of the epoch's order."""
 
     def __iter__(self):
-        group, epoch = self.steps_per_call, self.sampler.epoch
-        if group == 1:
-            return (StepIndex((epoch, k, 1)) for k in range(self.batches))
-        return (StepIndex((epoch, k, min(group, self.batches - k))) for k in range(0, self.batches, group))
+        epoch = self.sampler.epoch
+        return (StepIndex((epoch, k)) for k in range(len(self)))
 
 
 class _Identity(Dataset):
@@ -318,19 +237,16 @@ def split_indices(n: int, val_size: int | float, seed: int, key: str = "val_size
 class InMemoryDataModule(L.LightningDataModule):
     """The loaders of splits held in memory as :class:`TensorBatchDataset` s (``_datasets``, filled
     by a subclass's ``setup``): the seeded training order (:class:`EpochSeededSampler`), whole
-    batches cut with one indexing operation (:class:`EpochBatches`), groups of ``steps_per_call``
-    batches, and the on-device path. :class:`ImageDataModule` (a registered dataset) and
+    batches cut with one indexing operation (:class:`EpochBatches`) and the on-device path. :class:`ImageDataModule` (a registered dataset) and
     :class:`ArrayDataModule` (tensors given, the estimator's data) are its two kinds."""
 
     def _batching(self, batch_size: int, eval_batch_size: int | None, num_workers: int = 0, pin_memory: bool = False,
-                  shuffle: bool = True, on_device: bool = False, steps_per_call: int = 1) -> None:
+                  shuffle: bool = True, on_device: bool = False) -> None:
         """Check and keep the loaders' settings (see :class:`ImageDataModule`), with a fresh state."""
         if not _is_int(batch_size) or batch_size < 1:
             raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
         if eval_batch_size is not None and (not _is_int(eval_batch_size) or eval_batch_size < 1):
             raise DataError(f"data.eval_batch_size must be a positive integer or null, got {eval_batch_size!r}")
-        if not _is_int(steps_per_call) or steps_per_call < 1:
-            raise DataError(f"data.steps_per_call must be a positive integer (SGD steps per training call), got {steps_per_call!r}")
         if not _is_int(num_workers) or num_workers < 0:
             raise DataError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
         self.batch_size = int(batch_size)
@@ -339,7 +255,6 @@ class InMemoryDataModule(L.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.shuffle = bool(shuffle)
         self.on_device = bool(on_device)
-        self.steps_per_call = int(steps_per_call)
         self._datasets: dict[str, TensorBatchDataset] = {}  # split -> float32 dataset (and its uint8 pixels)
         self._shuffle_seed: int | None = None  # seed of the training order (set at the first loader)
         self._train_sampler: EpochSeededSampler | None = None
@@ -379,7 +294,7 @@ class InMemoryDataModule(L.LightningDataModule):
         if self._shuffle_seed is None:
             self._shuffle_seed = shared_seed(torch.initial_seed() % (2**31))
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, steps_per_call: int = 1, max_batches: int | None = None) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
         # shuffled order: a function of (torch's seed at the first loader, epoch), see EpochSeededSampler
         if shuffle:
@@ -390,7 +305,7 @@ class InMemoryDataModule(L.LightningDataModule):
             # and keeps the loader's batch size: here the batches must come from the batch size
             batching = dict(batch_size=batch_size, sampler=order, drop_last=False)
         else:  # the sampler yields whole batches (index tensors)
-            batching = dict(batch_size=None, sampler=EpochBatches(order, batch_size, steps_per_call, max_batches))
+            batching = dict(batch_size=None, sampler=EpochBatches(order, batch_size))
         return DataLoader(
             dataset,
             **batching,
@@ -400,29 +315,22 @@ class InMemoryDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def _batch_limit(self) -> int | None:
-        """The trainer's int ``limit_train_batches`` for the training sampler to apply, when it
-        groups batches (:func:`grouped_batch_limit`)."""
-        return grouped_batch_limit(getattr(self.trainer, "limit_train_batches", None) if self.trainer is not None else None,
-                                   self.steps_per_call)
-
     def train_dataloader(self) -> DataLoader:
         """Training batches: x float32 (B, C, H, W) in [0, 1], y int64 (B,); with ``on_device``
         the loader yields :class:`StepIndex` markers that become those batches on the device."""
         if not self.on_device:
-            return self._loader("train", self.batch_size, self.shuffle, self.steps_per_call, self._batch_limit())
+            return self._loader("train", self.batch_size, self.shuffle)
         if self.shuffle:
             self._set_shuffle_seed()
         self._train_sampler = EpochSeededSampler(len(self.dataset("train")), self._shuffle_seed or 0, shuffle=self.shuffle)
         self._device_train = self._device_order = None
-        return DataLoader(_Identity(), batch_size=None, sampler=EpochSteps(self._train_sampler, self.batch_size, self.steps_per_call, self._batch_limit()),
+        return DataLoader(_Identity(), batch_size=None, sampler=EpochSteps(self._train_sampler, self.batch_size),
                           collate_fn=keep_batch)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Lightning hook: a :class:`StepIndex` becomes its batch (or :class:`BatchGroup`), cut from
-        the images on ``device``."""
+        """Lightning hook: a :class:`StepIndex` becomes its batch, cut from the images on ``device``."""
         if not isinstance(batch, StepIndex):
-            if all(_on(one, device) for one in batches_of(batch)):
+            if _on(batch, device):
                 return batch  # already there (the CPU path): no walk over the batch per step
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
         if self._device_train is None or self._device_train[0].device != device:
@@ -433,17 +341,14 @@ class InMemoryDataModule(L.LightningDataModule):
             self._train_sampler.set_epoch(batch.epoch)
             order = self._train_sampler.order()
             self._device_order = (batch.epoch, order.to(device))  # one copy per epoch
-        cut = self._cut_on_device(batch.step, batch.count)
-        return BatchGroup(cut) if self.steps_per_call > 1 else cut[0]
+        return self._cut_on_device(batch.step)
 
-    def _cut_on_device(self, first: int, count: int) -> list[Batch]:
-        """The training batches ``first .. first + count - 1`` of the current epoch, from the
-        images on the device: one gather and one conversion for all of them (a few kernels per
-        group, not per batch); the batches are consecutive views of the result."""
-        index = self._device_order[1][first * self.batch_size : (first + count) * self.batch_size]  # (count * B,)
+    def _cut_on_device(self, step: int) -> Batch:
+        """Training batch ``step`` of the current epoch, from the images on the device: one gather
+        and one conversion."""
+        index = self._device_order[1][step * self.batch_size : (step + 1) * self.batch_size]  # (B,)
         pixels, labels = self._device_train
-        x = pixels[index].to(torch.float32).div_(255.0)  # (count * B, C, H, W) in [0, 1]
-        return list(zip(x.split(self.batch_size), labels[index].split(self.batch_size)))
+        return pixels[index].to(torch.float32).div_(255.0), labels[index]  # (B, C, H, W) in [0, 1]
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches in a fixed order (an empty list when ``val_size`` is 0)."""
@@ -491,11 +396,6 @@ class ImageDataModule(InMemoryDataModule):
             cut every batch there, in the order of the CPU path (:class:`EpochSeededSampler`):
             one host-to-device copy per epoch (the epoch's order) instead of one per step. Meant
             for GPUs; on the CPU it gives the same batches as the default path.
-        steps_per_call: training batches per training step: with ``S > 1`` the training loader
-            yields :class:`BatchGroup` s of ``S`` consecutive batches (the same batches in the same
-            order), and the module runs them as ``S`` SGD steps in one call of Lightning's loop.
-            Set it with ``model.steps_per_call`` (the data configs follow it); the module must run
-            groups (:class:`dcgmm.app.module.DCGMMModule` with ``steps_per_call > 1``).
     """
 
     def __init__(
@@ -513,7 +413,6 @@ class ImageDataModule(InMemoryDataModule):
         pin_memory: bool = False,
         shuffle: bool = True,
         on_device: bool = False,
-        steps_per_call: int = 1,
     ) -> None:
         super().__init__()
         # Cheap argument checks, before any data is touched.
@@ -532,7 +431,7 @@ class ImageDataModule(InMemoryDataModule):
         self.download = bool(download)
         self.val_size = val_size
         self.seed = int(seed)
-        self._batching(batch_size, eval_batch_size, num_workers, pin_memory, shuffle, on_device, steps_per_call)
+        self._batching(batch_size, eval_batch_size, num_workers, pin_memory, shuffle, on_device)
         self.save_hyperparameters()
         self._arrays: Arrays | None = None  # raw numpy arrays from load_dataset
 
@@ -612,7 +511,7 @@ class ArrayDataModule(InMemoryDataModule):
         val_size: images of ``x`` held out for validation, a count or a fraction, chosen from ``seed``
             as :class:`ImageDataModule` chooses them (:func:`split_indices`); 0: none.
         val: validation images and labels ``(x, y or None)`` given instead.
-        batch_size, eval_batch_size, steps_per_call: as in :class:`ImageDataModule`.
+        batch_size, eval_batch_size: as in :class:`ImageDataModule`.
         seed: seed of the validation split.
         shuffle_seed: seed of the training order (a function of ``(shuffle_seed, epoch)``, see
             :class:`EpochSeededSampler`); ``None``: drawn from torch's global generator at the
@@ -621,9 +520,9 @@ class ArrayDataModule(InMemoryDataModule):
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor | None = None, *, val_size: int | float = 0,
                  val: tuple[torch.Tensor, torch.Tensor | None] | None = None, batch_size: int = 100,
-                 eval_batch_size: int | None = 1000, seed: int = 0, shuffle_seed: int | None = None, steps_per_call: int = 1) -> None:
+                 eval_batch_size: int | None = 1000, seed: int = 0, shuffle_seed: int | None = None) -> None:
         super().__init__()
-        self._batching(batch_size, eval_batch_size, steps_per_call=steps_per_call)
+        self._batching(batch_size, eval_batch_size)
         self.seed, self.order_seed = int(seed), shuffle_seed
         if val_size:
             train, held = (torch.from_numpy(rows) for rows in split_indices(len(x), val_size, self.seed))

@@ -167,6 +167,6 @@ class GraphEngine:
         learning = learner.learning(present, step)
         weights = learner.weights(learning, learner.loss_sum)  # (L,) 1: learns, 0: waits or has no loss
         losses = self.graphed(x, labels, weights)  # the update is done
-        learner.record(losses.clone(), present, learning, step)
+        learner.record(losses.clone(), present, learning, step, len(x))
         self.optimizer.step()  # no gradients are set: changes nothing, counts the step where it counts
         learner.after_update(self.sgd)

@@ -107,6 +107,7 @@ class Learner:
         self.loss_sum = torch.zeros(count, device=device)
         self.loss_steps = [0] * count
         self.steps_in_epoch = 0
+        self.steps = self.images = 0  # steps run and images trained on in this fit (host ints)
         self.schedule_values = torch.zeros(len(annealing.schedules), 2, device=device)
         self.last_losses: dict[int, torch.Tensor] = {}
         self._learning_now: dict[int, bool] = {}
@@ -130,17 +131,17 @@ class Learner:
         _, raw = self.bottom_up(x)
         losses, present = loss_vector(self.stack, raw, labels, self.keep_graph)
         learning = self.learning(present, step)
-        self.record(losses.detach(), present, learning, step)
+        self.record(losses.detach(), present, learning, step, len(x))
         if all(learning):
             return losses.sum()
         # a waiting layer's loss counts with weight 0: no update, yet every parameter stays in the
         # graph, which data-parallel training needs; one host-to-device copy per waiting pattern
         return (losses * self.weights(learning, losses)).sum()
 
-    def record(self, losses: torch.Tensor, present: tuple[bool, ...], learning: tuple[bool, ...], step: int) -> None:
+    def record(self, losses: torch.Tensor, present: tuple[bool, ...], learning: tuple[bool, ...], step: int, images: int) -> None:
         """Bookkeeping of a step's detached layer losses ``(L,)``: reduced over processes, kept for
         annealing and logging, checked for NaN, summed for the epoch; ``learning`` decides which
-        schedules step in :meth:`after_update`."""
+        schedules step in :meth:`after_update`; ``images``: the batch's size."""
         shared = losses if self.reduce is None else self.reduce(losses)
         self.last_losses = {layer.index: shared[slot] for slot, layer in enumerate(self.learners) if present[slot]}
         # three small ops per step: this step's index where a loss is not finite, the minimum
@@ -151,6 +152,7 @@ class Learner:
         for slot, has in enumerate(present):
             self.loss_steps[slot] += has
         self.steps_in_epoch += 1
+        self.steps, self.images = self.steps + 1, self.images + int(images)
         self._learning_now = {layer.index: on for layer, on in zip(self.learners, learning)}
 
     def after_update(self, optimizer: torch.optim.Optimizer) -> None:
@@ -169,14 +171,18 @@ class Learner:
         if window_closed:
             self.raise_if_nonfinite()
 
-    def run(self, engine: Callable, batches: Iterable, step: int, max_steps: int | None = None) -> int:
+    def run(self, engine: Callable, batches: Iterable, step: int, max_steps: int | None = None, count: int | None = None) -> int:
         """``S`` steps per call: one step of ``engine`` per batch ``(x, labels)`` of ``batches``, in
-        order, the first at ``step``, none at or past ``max_steps``. Returns the steps run."""
-        done = 0
-        for x, labels in batches:
+        order, the first at ``step``; at most ``count`` of them and none at or past ``max_steps``
+        (a batch is taken from ``batches`` only when it will be trained on). Returns the steps run."""
+        done, batches = 0, iter(batches)
+        while count is None or done < count:
             if max_steps is not None and max_steps >= 0 and step + done >= max_steps:
                 break
-            engine(x, labels, step + done)
+            batch = next(batches, None)
+            if batch is None:
+                break
+            engine(*batch, step + done)
             done += 1
         return done
 

@@ -9,8 +9,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from dcgmm.data.datamodule import batches_of
-
 
 class TrainingSpeed(Callback):
     """Measures the cost of training, for tables and benchmarks (nothing is logged; read the
@@ -22,7 +20,7 @@ class TrainingSpeed(Callback):
         step_seconds: time spent inside the training steps (from ``on_train_batch_start`` to
             ``on_train_batch_end``: forward, backward, SGD step, annealing); validation excluded.
         train_images: training images processed (summed over epochs).
-        train_steps: SGD steps run (a group of ``steps_per_call`` batches counts each).
+        train_steps: SGD steps run (each of the ``steps_per_call`` steps of a call counts).
         images_per_second: ``train_images / step_seconds``.
         epoch_seconds: wall time of each training epoch, from its start to the start of the next
             one (or the end of fit): its steps, loading the batches, the validation that follows
@@ -49,6 +47,7 @@ class TrainingSpeed(Callback):
         self.epoch_step_seconds: list[float] = []
         self._epoch_start: float | None = None
         self._steps_at_epoch_start = 0.0
+        self._counts: tuple[int, int] | None = None  # the learner's (steps, images) at the call's start
 
     @property
     def images_per_second(self) -> float:
@@ -116,7 +115,14 @@ class TrainingSpeed(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._collect()
 
+    @staticmethod
+    def _learner_counts(pl_module) -> tuple[int, int] | None:
+        """``(steps, images)`` the module's learner has run in this fit (``None``: a module without one)."""
+        learner = getattr(pl_module, "learner", None)
+        return None if learner is None else (learner.steps, learner.images)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._counts = self._learner_counts(pl_module)
         if pl_module.device.type == "cuda":
             self._cuda_start = torch.cuda.Event(enable_timing=True)
             self._cuda_start.record()
@@ -134,6 +140,10 @@ class TrainingSpeed(Callback):
             self._batch_start = None
         else:
             return
-        batches = batches_of(batch)  # one, or a group of steps_per_call
-        self.train_images += sum(int(one[0].shape[0]) for one in batches)
-        self.train_steps += len(batches)
+        after = self._learner_counts(pl_module)
+        if after is not None and self._counts is not None:  # the steps of the call (several with steps_per_call > 1)
+            self.train_steps += after[0] - self._counts[0]
+            self.train_images += after[1] - self._counts[1]
+        else:
+            self.train_steps += 1
+            self.train_images += int(batch[0].shape[0])
