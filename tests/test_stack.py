@@ -261,8 +261,9 @@ def test_freed_memory_stays_in_the_process():
     """dcgmm.training.runtime.keep_freed_memory (called by the module's setup): under glibc's defaults the
     training steps of topology E fault in thousands of fresh pages each (freed tensors go back to
     the kernel); once freed memory is kept they fault in almost none. Counted by getrusage in a
-    fresh process, 3 steps each, after warm-up steps; kept memory is judged by the quietest of three
-    such windows (the heap may still grow once, by one tensor, after the warm-up)."""
+    fresh process, 3 steps each, after warm-up steps; the default by the loudest of three such
+    windows (glibc's adaptive thresholds may keep a window quiet now and then), kept memory by the
+    quietest of three (the heap may still grow once, by one tensor, after the warm-up)."""
     import subprocess
     import sys
 
@@ -280,7 +281,7 @@ def test_freed_memory_stays_in_the_process():
         "    for _ in range(3):\n"
         "        plain_sgd_step(module, optimizer, x, y)\n"
         "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start\n"
-        "faults(); before = faults()\n"
+        "faults(); before = max(faults() for _ in range(3))\n"
         "kept = keep_freed_memory(); faults(); faults(); after = min(faults() for _ in range(3))\n"
         "print(kept, before, after)\n"
     )

@@ -18,7 +18,9 @@ class TrainingSpeed(Callback):
         fit_seconds: wall time from the start to the end of ``trainer.fit`` (training, validation,
             checkpointing).
         step_seconds: time spent inside the training steps (from ``on_train_batch_start`` to
-            ``on_train_batch_end``: forward, backward, SGD step, annealing); validation excluded.
+            ``on_train_batch_end``: forward, backward, SGD step, annealing; with ``steps_per_call > 1``
+            also the cutting of the call's batches, which the training step takes from the loader);
+            validation excluded.
         train_images: training images processed (summed over epochs).
         train_steps: SGD steps run (each of the ``steps_per_call`` steps of a call counts).
         images_per_second: ``train_images / step_seconds``.
