@@ -78,6 +78,13 @@ def test_tiny_preset_writes_a_well_formed_table(results_table, tmp_path):
     assert payload["preset"] == "tiny" and payload["meta"]["machine"]["torch"]
     assert len(payload["rows"]["mnist"]) == 3 and not any("error" in run for run in payload["runs"])
     assert all(run["finished"] for run in payload["runs"])
+
+    # the numbers of the recorded reference (tests/reference), exactly, on the machine that recorded them
+    from tests.reference import record
+
+    recorded = json.loads(record.VALUES.read_text())["results/tiny"]
+    if recorded["machine"] == record.tiny_preset_machine():
+        assert record.tiny_preset_values(payload) == recorded["runs"]
     assert (tmp_path / "runs" / "mnist" / "table_dcgmm2_s12345" / "samples.png").exists()
     records = sorted(p.name for p in (tmp_path / "records" / "mnist").glob("*.json"))
     assert len(records) == 6 and "table_dcgmm2_s12345.json" in records  # one record per finished run

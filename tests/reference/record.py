@@ -15,6 +15,10 @@ What is recorded (CPU, float32):
 - ``checkpoint``: a small topology B (K=4 in both GMM layers) trained 20 steps and saved as
   train.py saves it (``checkpoint_b_small.ckpt``, committed); its per-image log-likelihoods,
   clusters and outlier scores on 64 fixed images.
+- ``results/tiny``: the run records of ``scripts/results_table.py --preset tiny`` (B, the flat GMM
+  and the EM baseline, training, clustering, outlier and NDB figures) without what measures the
+  clock or names the machine (:func:`tiny_preset_values`); compared exactly on the machine that
+  recorded them (its CPU and torch: the preset sets its own threads).
 
 Each tensor is kept as a digest: SHA-256 of its bytes (bit-identity on the machine that recorded it)
 and float64 sums and leading values (closeness on any other machine, whose kernels may round
@@ -137,6 +141,38 @@ def checkpoint_values(path: Path) -> dict:
     return {name: digest(t) for name, t in values.items()}
 
 
+CLOCK_KEYS = ("seconds", "speed", "images_per_second", "machine")  # what a run record measures of the clock or names of the machine
+
+
+def tiny_preset_values(payload: dict) -> list[dict]:
+    """The run records of a tiny-preset payload (``tiny.json``) without :data:`CLOCK_KEYS`."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in CLOCK_KEYS}
+        return [strip(v) for v in value] if isinstance(value, list) else value
+
+    return [strip(run) for run in payload["runs"]]
+
+
+def tiny_preset_machine() -> dict:
+    return {key: value for key, value in machine().items() if key != "threads"}
+
+
+def record_tiny_preset() -> dict:
+    import importlib.util
+    import sys
+    import tempfile
+
+    spec = importlib.util.spec_from_file_location("results_table", FOLDER.parents[1] / "scripts" / "results_table.py")
+    table = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = table
+    spec.loader.exec_module(table)
+    with tempfile.TemporaryDirectory() as out:
+        assert table.main(["--preset", "tiny", "--out", out]) == 0
+        payload = json.loads((Path(out) / "tiny.json").read_text())
+    return {"machine": tiny_preset_machine(), "runs": tiny_preset_values(payload)}
+
+
 def record() -> dict:
     eager, _ = train_b(1)
     grouped, _ = train_b(4)
@@ -149,6 +185,7 @@ def record() -> dict:
         "samples": sample_values(eager),
         "inpaint": {name: digest(t) for name, t in inpaint_faces(eager).items()},
         "checkpoint": checkpoint_values(CHECKPOINT),
+        "results/tiny": record_tiny_preset(),
     }
 
 
