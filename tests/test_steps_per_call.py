@@ -90,7 +90,7 @@ def test_steps_per_call_must_be_a_positive_integer(steps_per_call):
 
 
 def test_the_data_knows_nothing_of_it_and_ddp_is_refused(tmp_path):
-    from dcgmm.app.tasks import check_steps_per_call
+    from dcgmm.app.engine_checks import check_steps_per_call
 
     cfg = compose_train(["model.steps_per_call=5"], tmp_path)
     assert "steps_per_call" not in cfg.data  # the data module yields plain batches

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 import lightning as L
 import torch
 
+from dcgmm.app.engine_checks import GRAPH_AND_COMPILE, check_call_ends, check_loop_settings
 from dcgmm.core.metrics import WeightedMean
 from dcgmm.core.model import DCGMM
 from dcgmm.core.scoring import EvalOutputs
@@ -21,11 +22,6 @@ from dcgmm.training.step import EagerEngine, Learner, sgd_step
 
 LN2 = math.log(2.0)
 STAGES = ("val", "test")
-STEPS_NEED_ONE_PROCESS = (
-    "model.steps_per_call={steps} runs several SGD steps per call in one process; use model.steps_per_call=1 "
-    "for data-parallel training (trainer=ddp, trainer.devices>1)"
-)
-GRAPH_AND_COMPILE = "model.cuda_graph=true records the whole step already; drop model.compile (or set model.cuda_graph=false)"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -75,8 +71,8 @@ class DCGMMModule(L.LightningModule):
             loggers itself, :meth:`_log_values`). Metrics are logged, and step checkpoints written,
             after the calls that end on a multiple of ``trainer.log_every_n_steps`` /
             ``every_n_train_steps`` (keep them multiples of ``S``, with ``S`` dividing an epoch's
-            batches). Settings that would count calls are refused (:meth:`_check_loop_settings`,
-            :meth:`_check_group_ends`). One process only.
+            batches). Settings that would count calls are refused
+            (:mod:`dcgmm.app.engine_checks`). One process only.
 
     Logged metrics (slash names): ``{stage}/loss`` (sum of the GMM layers' losses),
     ``{stage}/L<i>_<kind>/loss`` per learning layer, ``train/L<i>_gmm/sigma`` and ``.../lr`` at every
@@ -202,64 +198,11 @@ class DCGMMModule(L.LightningModule):
         estimated = self.trainer.estimated_stepping_batches
         return int(estimated) if math.isfinite(estimated) else 1
 
-    def _check_loop_settings(self) -> None:
-        """One-line errors, before the training loader exists, for settings that Lightning's manual
-        optimisation (also ``model.cuda_graph=true``) does not honour, or that would count calls of
-        Lightning's loop where they should count SGD steps (``steps_per_call > 1``); the checks that
-        need the loader's length are :meth:`_check_group_ends`'s."""
-        if self.automatic_optimization:
-            return
-        trainer, steps = self.trainer, int(self.hparams.get("steps_per_call", 1))
-        for callback in trainer.checkpoint_callbacks:
-            if getattr(callback, "_train_time_interval", None) is not None:
-                raise ConfigError(
-                    "callbacks.model_checkpoint.train_time_interval does not save under model.cuda_graph=true or "
-                    "model.steps_per_call>1 (Lightning's manual optimisation); use every_n_train_steps or every_n_epochs"
-                )
-        if steps == 1:
-            return
-        if trainer.world_size > 1:
-            raise ConfigError(STEPS_NEED_ONE_PROCESS.format(steps=steps))
-        interval = getattr(trainer, "val_check_interval", None)
-        if getattr(trainer, "_val_check_time_interval", None) is not None or isinstance(interval, int) or interval != 1.0:
-            raise ConfigError(
-                f"trainer.val_check_interval would count groups of model.steps_per_call={steps} batches; with "
-                f"steps_per_call>1 validate at epoch ends (check_val_every_n_epoch) or use model.steps_per_call=1"
-            )
-
-    def _check_group_ends(self) -> None:
-        """With ``steps_per_call > 1``, once the loader's length is known: step checkpoints and
-        logging need the ends of calls on their multiples in every epoch (S dividing an epoch's
-        batches, or an interval that is a multiple of the epoch)."""
-        steps = int(self.hparams.get("steps_per_call", 1))
-        if steps == 1:
-            return
-        trainer = self.trainer
-        per_epoch = int(trainer.num_training_batches)
-
-        def aligned(every: int) -> bool:  # group ends fall on every multiple of ``every`` in every epoch
-            return every % per_epoch == 0 or (every % steps == 0 and per_epoch % steps == 0)
-
-        for callback in trainer.checkpoint_callbacks:
-            every = int(getattr(callback, "_every_n_train_steps", 0) or 0)
-            if every and not aligned(every):
-                raise ConfigError(
-                    f"callbacks.model_checkpoint.every_n_train_steps={every} does not fall on the ends of groups of "
-                    f"model.steps_per_call={steps} in epochs of {per_epoch} steps; use a multiple of {steps} with a steps_per_call "
-                    f"that divides {per_epoch}, or a multiple of {per_epoch}"
-                )
-        if trainer.log_every_n_steps and not aligned(trainer.log_every_n_steps):
-            warnings.warn(
-                f"trainer.log_every_n_steps={trainer.log_every_n_steps} does not fall on the ends of groups of "
-                f"model.steps_per_call={steps} in epochs of {per_epoch} steps: training metrics are logged only after the "
-                f"groups that end on a multiple of it",
-                stacklevel=2,
-            )
-
     def on_fit_start(self) -> None:
-        self._check_loop_settings()
+        steps = self._steps_per_call
+        check_loop_settings(self.trainer, steps, manual=not self.automatic_optimization)
         self.total_steps = max(self._training_steps(), 1)  # sets up the training loader
-        self._check_group_ends()
+        check_call_ends(self.trainer, steps)
         # fresh state on the module's device (a spawned strategy pickles the module into its
         # processes with CPU tensors in shared memory: reusing them would add every process's
         # losses into one buffer); the same numbers on every process, built from reduced losses

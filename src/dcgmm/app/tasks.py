@@ -12,12 +12,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dcgmm.app.checkpoints import check_checkpoint_fits, load_module
-from dcgmm.app.module import GRAPH_AND_COMPILE, STEPS_NEED_ONE_PROCESS
+from dcgmm.app.engine_checks import check_cuda_graph, check_steps_per_call
 from dcgmm.app.utils import apply_extras, build_trainer, instantiate, instantiate_group, task_wrapper
 from dcgmm.core.images import make_grid, save_png
 from dcgmm.core.sampling import Sampler, SamplingOptions, missing_pixels
 from dcgmm.errors import ConfigError
-from dcgmm.training.graphstep import plain_sgd_problem
 from dcgmm.training.runtime import flush_denormals
 
 log = logging.getLogger("dcgmm")
@@ -39,46 +38,6 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     newest = max(found, key=lambda p: p.stat().st_mtime)
     log.info(f"Resuming from the newest checkpoint: {newest}")
     return str(newest)
-
-
-def _one_process(trainer_cfg: DictConfig) -> bool:
-    """True when the trainer config trains in one process (no strategy, one device, one node)."""
-    devices, nodes = trainer_cfg.get("devices"), trainer_cfg.get("num_nodes") or 1
-    return trainer_cfg.get("strategy") is None and nodes == 1 and (devices is None or (isinstance(devices, int) and devices == 1))
-
-
-def check_steps_per_call(model_cfg: DictConfig, trainer_cfg: DictConfig) -> None:
-    """``model.steps_per_call > 1``: a one-line error, before anything is built, for data-parallel
-    training (DDP synchronises gradients once per forward of its wrapper, i.e. once per call)."""
-    steps = model_cfg.get("steps_per_call", 1)
-    if isinstance(steps, int) and not isinstance(steps, bool) and steps > 1 and not _one_process(trainer_cfg):
-        raise ConfigError(STEPS_NEED_ONE_PROCESS.format(steps=steps))
-
-
-def check_cuda_graph(model_cfg: DictConfig, trainer_cfg: DictConfig) -> None:
-    """``model.cuda_graph=true`` (dcgmm.training.graphstep): one-line errors, before anything is built, for
-    data-parallel training, mixed precision and a machine or trainer without a CUDA GPU."""
-    if model_cfg.get("cuda_graph") is not True:  # false, or a value the model's type check refuses
-        return
-    if model_cfg.get("compile"):
-        raise ConfigError(GRAPH_AND_COMPILE)
-    optimizer = model_cfg.get("optimizer") or {}
-    target = str(optimizer.get("_target_", "torch.optim.SGD"))
-    problem = plain_sgd_problem("SGD" if target == "torch.optim.SGD" else target.rsplit(".", 1)[-1], dict(optimizer))
-    if problem:
-        raise ConfigError(problem)
-    if not _one_process(trainer_cfg):
-        raise ConfigError(
-            "model.cuda_graph=true trains in one process on one GPU; use trainer=gpu (trainer.devices=1), "
-            "or model.cuda_graph=false for data-parallel training"
-        )
-    precision = str(trainer_cfg.get("precision") or "32-true")
-    if precision.endswith("-mixed"):
-        raise ConfigError(f"model.cuda_graph=true records float32 or float64 steps; use trainer.precision=32-true or 64-true (not {precision})")
-    accelerator = str(trainer_cfg.get("accelerator", "auto"))
-    if accelerator not in ("gpu", "cuda") or not torch.cuda.is_available():
-        where = "no CUDA GPU is available here" if not torch.cuda.is_available() else f"trainer.accelerator={accelerator}"
-        raise ConfigError(f"model.cuda_graph=true records CUDA graphs but {where}; use trainer=gpu on a GPU machine, or model.cuda_graph=false")
 
 
 def check_wandb_resume(cfg: DictConfig) -> None:
