@@ -347,3 +347,34 @@ def test_validation_metrics_equal_one_pass_over_all_images():
     assert logged["val/bound"] == pytest.approx(module.stack.top_gmm.max_component_bound(outputs.top_scores).mean().item(), rel=1e-5)
     gmm_loss = sum(losses[layer.index] for layer in module.stack.gmm_layers).item()
     assert logged["val/loss"] == pytest.approx(gmm_loss, rel=1e-5)
+
+
+def test_bits_per_dim_is_scipy_s_mixture_density_of_the_dequantised_pixels():
+    """dcgmm.core.scoring.bits_per_dim of a flat GMM equals 8 - log p(x') / (D ln 2), with log p the
+    diagonal mixture's density of the dequantised pixels x' = (u8 + u) / 256 computed by scipy
+    (the same uniform noise u, drawn after seeding torch alike)."""
+    from scipy.special import logsumexp
+    from scipy.stats import norm
+
+    from dcgmm.app.module import DCGMMModule
+    from dcgmm.core.scoring import bits_per_dim
+
+    torch.manual_seed(3)
+    module = DCGMMModule(layers=[{"kind": "folding", "kernel_size": 4}, {"kind": "gmm", "K": 3, "anneal": False}], input_shape=(1, 4, 4))
+    gmm = module.stack.top_gmm
+    with torch.no_grad():
+        gmm.means.copy_(torch.rand_like(gmm.means))
+        gmm.inv_std.copy_(2.0 + 3.0 * torch.rand_like(gmm.inv_std))
+        gmm.mixture_logits.copy_(torch.randn_like(gmm.mixture_logits))
+    x = torch.randint(0, 256, (5, 1, 4, 4)).float() / 255.0
+    torch.manual_seed(11)
+    got = bits_per_dim(module.stack, x)
+    torch.manual_seed(11)
+    pixels = torch.round(x * 255.0)
+    dequantised = ((pixels + torch.rand_like(pixels)) / 256.0).reshape(5, 16).double().numpy()
+    mu = gmm.means.detach().reshape(3, 16).double().numpy()
+    sd = gmm.variances.reshape(3, 16).double().sqrt().numpy()
+    log_pi = np.log(gmm.weights.detach().reshape(3).double().numpy())
+    log_p = logsumexp(log_pi + norm.logpdf(dequantised[:, None, :], mu[None], sd[None]).sum(-1), axis=1)
+    want = 8.0 - log_p / (16 * np.log(2.0))
+    np.testing.assert_allclose(got.detach().double().numpy(), want, rtol=1e-5)

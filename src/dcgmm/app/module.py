@@ -12,7 +12,7 @@ import torch
 from dcgmm.app.engine_checks import GRAPH_AND_COMPILE, check_call_ends, check_loop_settings
 from dcgmm.core.metrics import WeightedMean
 from dcgmm.core.model import DCGMM
-from dcgmm.core.scoring import EvalOutputs
+from dcgmm.core.scoring import EvalOutputs, bits_per_dim
 from dcgmm.errors import ConfigError
 from dcgmm.training.annealing import Annealing, AnnealingSchedule
 from dcgmm.training.graphstep import GraphEngine
@@ -20,7 +20,6 @@ from dcgmm.training.policy import check_rate, split_training
 from dcgmm.training.runtime import flush_denormals, keep_freed_memory, restore_tf32, set_tf32
 from dcgmm.training.step import EagerEngine, Learner, sgd_step
 
-LN2 = math.log(2.0)
 STAGES = ("val", "test")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -380,15 +379,8 @@ class DCGMMModule(L.LightningModule):
         return outputs
 
     def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
-        """Bits per dimension of 8-bit images given as ``x = u8 / 255`` in ``[0, 1]``: ``(N,)``.
-
-        Uniform dequantisation: ``x' = (u8 + u) / 256`` with ``u ~ U[0, 1)``; the probability of the
-        8-bit image is ``p(x') / 256^D``, so ``bpd = 8 - log p(x') / (D ln 2)``.
-        """
-        pixels = torch.round(x * 255.0)
-        dequantised = (pixels + torch.rand_like(pixels)) / 256.0
-        dims = x[0].numel()
-        return 8.0 - self.stack.log_likelihood(dequantised) / (dims * LN2)
+        """:func:`dcgmm.core.scoring.bits_per_dim` of the stack: ``(N,)`` for images ``x = u8 / 255``."""
+        return bits_per_dim(self.stack, x)
 
     def _log_metrics(self, stage: str) -> None:
         layer_names = {layer.name for layer in self.stack.learning_layers}

@@ -13,12 +13,15 @@
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 
 import torch
 
 from dcgmm.core.model import DCGMM
 from dcgmm.errors import ConfigError
+
+LN2 = math.log(2.0)
 
 __all__ = [
     "EvalOutputs",
@@ -66,6 +69,19 @@ def typicality(stack: DCGMM, images: torch.Tensor, batch_size: int = 1000) -> to
     """The top layer's typicality of many images ``(N, C, H, W)`` in batches: ``(N,)`` on the CPU."""
     scores = batched_typicalities(stack, images, batch_size)
     return scores["top"].cpu() if scores else torch.empty(0)
+
+
+def bits_per_dim(stack: DCGMM, x: torch.Tensor) -> torch.Tensor:
+    """Bits per dimension of 8-bit images given as ``x = u8 / 255`` in ``[0, 1]``: ``(N,)``, for a
+    stack that is a density over pixels (``stack.is_pixel_density``, e.g. the flat GMM).
+
+    Uniform dequantisation: ``x' = (u8 + u) / 256`` with ``u ~ U[0, 1)`` (torch's global generator);
+    the probability of the 8-bit image is ``p(x') / 256^D``, so ``bpd = 8 - log p(x') / (D ln 2)``.
+    """
+    pixels = torch.round(x * 255.0)
+    dequantised = (pixels + torch.rand_like(pixels)) / 256.0
+    dims = x[0].numel()
+    return 8.0 - stack.log_likelihood(dequantised) / (dims * LN2)
 
 
 def parse_outlier_score(score: str, stack: DCGMM | None = None) -> str:
