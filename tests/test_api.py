@@ -496,3 +496,19 @@ def test_a_standalone_topology_takes_overrides_as_the_command_line_does(tmp_path
     with pytest.raises(ConfigError, match=r"Could not override 'model.layers.1.Q'.*needs a leading \+") as err:
         DCGMMEstimator(layers, input_shape=(1, 8, 8), overrides=["model.layers.1.Q=3"])
     one_line(err)
+    from hydra.core.config_store import ConfigStore
+
+    assert not ConfigStore.instance().repo.get("model")  # no option left behind for later compositions
+
+
+def test_an_array_data_module_given_to_fit_trains_the_classifier_and_refuses_two_validation_sources():
+    from dcgmm.data import ArrayDataModule, DataError
+
+    x, y = blobs(60, seed=2)
+    est = DCGMMEstimator(FLAT_8, input_shape=(1, 8, 8), seed=0)
+    est.fit(ArrayDataModule(x, y, batch_size=20), epochs=1)
+    assert est.classifier_fitted and est.predict_class(x[:5]).shape == (5,)
+    unlabelled = DCGMMEstimator(FLAT_8, input_shape=(1, 8, 8), seed=0).fit(ArrayDataModule(x, batch_size=20), epochs=1)
+    assert unlabelled.is_fitted and not unlabelled.classifier_fitted
+    with pytest.raises(DataError, match="not both"):
+        ArrayDataModule(x, y, val_size=10, val=(x[:5], y[:5]))

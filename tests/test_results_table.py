@@ -79,16 +79,18 @@ def test_tiny_preset_writes_a_well_formed_table(results_table, tmp_path):
     assert len(payload["rows"]["mnist"]) == 3 and not any("error" in run for run in payload["runs"])
     assert all(run["finished"] for run in payload["runs"])
 
-    # the numbers of the recorded reference (tests/reference), exactly, on the machine that recorded them
-    from tests.reference import record
-
-    recorded = json.loads(record.VALUES.read_text())["results/tiny"]
-    if recorded["machine"] == record.tiny_preset_machine():
-        assert record.tiny_preset_values(payload) == recorded["runs"]
     assert (tmp_path / "runs" / "mnist" / "table_dcgmm2_s12345" / "samples.png").exists()
     records = sorted(p.name for p in (tmp_path / "records" / "mnist").glob("*.json"))
     assert len(records) == 6 and "table_dcgmm2_s12345.json" in records  # one record per finished run
     assert (results_md.stat().st_mtime_ns if results_md.exists() else None) == before  # results/ untouched
+    # the numbers of the recorded reference (tests/reference), exactly, on the machine that recorded them
+    from tests.reference import record
+
+    recorded = json.loads(record.VALUES.read_text())["results/tiny"]
+    if recorded["machine"] != record.tiny_preset_machine():
+        pytest.skip(f"the table is well formed; its numbers were recorded on {recorded['machine']['cpu']} (torch "
+                    f"{recorded['machine']['torch']}), where they must match exactly, not on this CPU")
+    assert record.tiny_preset_values(payload) == recorded["runs"]
 
 
 def test_unknown_preset_is_a_one_line_error():

@@ -102,11 +102,13 @@ def test_the_data_knows_nothing_of_it_and_ddp_is_refused(tmp_path):
 
 
 def test_the_logger_step_axis_counts_sgd_steps(tmp_path):
-    """Every logged row (training steps, epoch ends, validation, test) lands on the same step and
-    epoch with the same values as with one step per call, and Lightning's own clock is left alone."""
+    """Every logged row (training steps, epoch ends, validation, test, and a callback's validation
+    and test metrics) lands on the same step and epoch with the same values as with one step per call."""
     import csv
 
     from lightning.pytorch.loggers import CSVLogger
+
+    from dcgmm.app.callbacks import TopLayerMetrics
 
     rows = {}
     for steps in (1, 5):
@@ -118,36 +120,48 @@ def test_the_logger_step_axis_counts_sgd_steps(tmp_path):
         val = DataLoader(TensorBatchDataset(x[:60], y[:60]), batch_size=30, collate_fn=keep_batch)
         logger = CSVLogger(tmp_path, name=f"s{steps}")
         trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=10, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
+                            enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                            callbacks=[TopLayerMetrics(stages=["val", "test"], num_classes=10)])
         trainer.fit(module, loader, val)
         trainer.test(module, val)
         with open(f"{logger.log_dir}/metrics.csv") as f:
             rows[steps] = [{key: value for key, value in row.items() if value} for row in csv.DictReader(f)]
     train_rows = [row for row in rows[1] if "train/loss" in row]
     assert [row["step"] for row in train_rows] == [str(s) for s in range(9, 80, 10)]  # steps 10, 20, ..., 80 (0-based 9, 19, ...)
-    assert {"train/loss_epoch", "val/loss", "test/loss"} <= {key for row in rows[1] for key in row}
-    assert len(rows[5]) == len(rows[1])
-    for one, grouped in zip(rows[1], rows[5]):
-        assert (grouped["step"], grouped["epoch"], set(grouped)) == (one["step"], one["epoch"], set(one))
-        for key in set(one) - {"step", "epoch"}:
-            assert math.isclose(float(grouped[key]), float(one[key]), rel_tol=1e-5), key
+    assert {"train/loss_epoch", "val/loss", "val/cluster/nmi", "test/loss", "test/cluster/nmi"} <= {key for row in rows[1] for key in row}
+
+    def by_step(table):  # {(step, metric): (epoch, value)}: the rows of one step may be split differently
+        return {(row["step"], key): (row["epoch"], float(value)) for row in table for key, value in row.items() if key not in ("step", "epoch")}
+
+    one, grouped = by_step(rows[1]), by_step(rows[5])
+    assert set(grouped) == set(one)
+    for where, (epoch, value) in one.items():
+        assert grouped[where][0] == epoch and math.isclose(grouped[where][1], value, rel_tol=1e-5), where
 
 
 def test_an_int_batch_limit_counts_sgd_batches(tmp_path):
     """trainer.limit_train_batches=7 with 3 steps per call: 7 SGD steps an epoch, in calls of 3, 3 and
     1, also through the on-device path; the wait fractions see 14 steps in 2 epochs; a fraction
     counts SGD batches too."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
     folder = write_idx_folder(tmp_path / "idx", make_arrays(n_train=530))
     for on_device in (False, True):
         dm = ImageDataModule("mnist", data_dir=str(tmp_path / "data"), local_dir=str(folder), val_size=30, batch_size=20,
                              on_device=on_device)
         module = build_model("flat_gmm", ["model.steps_per_call=3", "model.K=4", "model.anneal=false"])
         speed = TrainingSpeed()
-        trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, limit_train_batches=7,
-                            limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False, callbacks=[speed])
+        trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name=f"limit{on_device}"),
+                            log_every_n_steps=3, enable_checkpointing=False, limit_train_batches=7, limit_val_batches=0,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[speed])
         trainer.fit(module, dm)
         assert trainer.num_training_batches == 7 and trainer.global_step == 14 and module.total_steps == 14
         assert speed.train_steps == 14 and speed.train_images == 14 * 20
+        with open(tmp_path / f"limit{on_device}" / "version_0" / "metrics.csv") as f:
+            logged = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
+        assert logged == [2, 5]  # calls end at steps 3, 6, 7, 10, 13, 14: those on multiples of 3, 0-based
     _, trainer = fit(3, trainer_args={"limit_train_batches": 0.5})
     assert trainer.num_training_batches == 15 and trainer.global_step == 15  # half of 31 batches
 
@@ -191,7 +205,7 @@ def test_step_checkpoints_of_groups_are_those_of_one_step_per_call(tmp_path):
     ({"val_check_interval": 3}, "validate at epoch ends"),
     ({"val_check_interval": 1}, "validate at epoch ends"),
     ({"val_check_interval": "00:00:00:10"}, "validate at epoch ends"),
-    ({"callbacks": "every 6"}, "every_n_train_steps=6 does not fall on the ends of groups of model.steps_per_call=4 in epochs of 31"),
+    ({"callbacks": "every 6"}, "every_n_train_steps=6 does not fall on the ends of calls of model.steps_per_call=4 in epochs of 31"),
     ({"callbacks": "every 8"}, "every_n_train_steps=8 does not fall on the ends"),  # 31 steps an epoch: group ends drift
     ({"callbacks": "time"}, "train_time_interval does not save"),
 ])
@@ -212,7 +226,28 @@ def test_settings_that_would_count_groups_are_refused(trainer_args, match, tmp_p
 
 
 def test_a_logging_cadence_groups_cannot_keep_is_warned_of():
-    with pytest.warns(UserWarning, match="log_every_n_steps=10 does not fall on the ends of groups of model.steps_per_call=4"):
+    with pytest.warns(UserWarning, match="log_every_n_steps=10 does not fall on the ends of calls of model.steps_per_call=4"):
         fit(4, trainer_args={"log_every_n_steps": 10})
     with pytest.warns(UserWarning, match="log_every_n_steps=8 does not fall on the ends"):  # 31 steps an epoch
         fit(4, trainer_args={"log_every_n_steps": 8})
+
+
+def test_a_checkpoint_inside_an_epoch_is_refused_before_training(tmp_path):
+    """Lightning counts a resumed epoch's progress in calls, so a checkpoint that ends inside an
+    epoch cannot resume with several steps per call: one line once the checkpoint is restored,
+    before any step."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=8, save_top_k=-1, filename="{step}")
+    fit(4, batches=32, trainer_args={"enable_checkpointing": True, "callbacks": [checkpoint]})
+    path = tmp_path / "step=8.ckpt"
+    resumed = make(4)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(32 * BATCH, 1, 28, 28, generator=g)
+    loader = DataLoader(TensorBatchDataset(x, None), batch_size=None, sampler=EpochBatches(EpochSeededSampler(len(x), 0), BATCH),
+                        collate_fn=keep_batch)
+    again = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+    with pytest.raises(ConfigError, match=r"ends inside an epoch \(step 8 of epochs of 32\).*model.steps_per_call=1") as info:
+        again.fit(resumed, loader, ckpt_path=path, weights_only=False)
+    assert "\n" not in str(info.value) and again.global_step == 8  # restored, nothing trained after it

@@ -321,18 +321,19 @@ class DCGMMEstimator:
         shape = getattr(datamodule, "image_shape", None)
         if shape is not None and tuple(int(v) for v in shape) != self.input_shape:
             raise ConfigError(f"the data module has images of shape {list(shape)}, the model expects input_shape={list(self.input_shape)}")
-        labelled = y is not None or not isinstance(datamodule, ArrayDataModule)
+        labelled = datamodule.dataset("train").y is not None if isinstance(datamodule, ArrayDataModule) else True
 
         user_callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
         options = dict(
             max_epochs=int(epochs), logger=False, enable_checkpointing=False, enable_model_summary=False,
             enable_progress_bar=bool(progress_bar), num_sanity_val_steps=0,
+            use_distributed_sampler=False,  # the data modules split the seeded order over processes themselves
         )
         if self.device.type == "cuda":
             options.update(accelerator="gpu", devices=[self.device.index or 0])
         else:
             options.update(accelerator="cpu", devices=1)
-        if steps is not None:  # on the ends of groups of steps_per_call in every epoch (else: once an epoch)
+        if steps is not None:  # on the ends of calls of steps_per_call in every epoch (else: once an epoch)
             every = min(50, steps)
             options["log_every_n_steps"] = steps if group > 1 and (every % group or steps % group) else every
         options.update(trainer_kwargs)

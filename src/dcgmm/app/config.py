@@ -185,13 +185,16 @@ def compose_standalone(node, overrides: Sequence[str]) -> dict:
     from hydra.core.config_store import ConfigStore
 
     strings = [_model_override(o) for o in overrides]
-    ConfigStore.instance().store(group="model", name=STANDALONE, node=OmegaConf.create(node))
+    store = ConfigStore.instance()
+    store.store(group="model", name=STANDALONE, node=OmegaConf.create(node))
     try:
         cfg = compose("train", [f"model={STANDALONE}", *strings])
     except ConfigError as err:
         reason = str(err).partition("]: ")[2] or str(err)
         hint = " (a key the topology does not hold needs a leading +, as on the command line)" if "Could not override" in reason else ""
         raise ConfigError(f"cannot apply {strings} to the topology: {reason}{hint}") from None
+    finally:
+        store.repo.get("model", {}).pop(f"{STANDALONE}.yaml", None)  # no stale option left for later compositions
     return OmegaConf.to_container(cfg.model, resolve=True)
 
 

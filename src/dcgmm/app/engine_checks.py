@@ -2,11 +2,13 @@
 
 From the config, before anything is built (the Hydra tasks): :func:`check_cuda_graph` and
 :func:`check_steps_per_call`. From the trainer, at the start of fit (the LightningModule, whatever
-built it, the tasks or the estimator): :func:`check_loop_settings` and :func:`check_call_ends`.
+built it, the tasks or the estimator): :func:`check_loop_settings`, :func:`check_call_ends` and,
+once a checkpoint is restored, :func:`check_resume_point`.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -83,8 +85,20 @@ def check_loop_settings(trainer, steps: int, manual: bool) -> None:
     interval = getattr(trainer, "val_check_interval", None)
     if getattr(trainer, "_val_check_time_interval", None) is not None or isinstance(interval, int) or interval != 1.0:
         raise ConfigError(
-            f"trainer.val_check_interval would count groups of model.steps_per_call={steps} batches; with "
+            f"trainer.val_check_interval would count calls of model.steps_per_call={steps} steps; with "
             f"steps_per_call>1 validate at epoch ends (check_val_every_n_epoch) or use model.steps_per_call=1"
+        )
+
+
+def check_resume_point(trainer, steps: int) -> None:
+    """With ``steps`` = ``model.steps_per_call`` > 1, once a checkpoint's loop state is restored
+    (``on_train_start``): Lightning counts a resumed epoch's progress in calls of its loop, not in
+    SGD batches, so a checkpoint that ends inside an epoch cannot resume."""
+    batches = trainer.num_training_batches
+    if steps > 1 and math.isfinite(batches) and batches >= 1 and trainer.global_step % int(batches):
+        raise ConfigError(
+            f"the checkpoint ends inside an epoch (step {trainer.global_step} of epochs of {int(batches)}), which "
+            f"model.steps_per_call={steps} cannot resume; resume from a checkpoint at an epoch end or with model.steps_per_call=1"
         )
 
 
@@ -92,26 +106,26 @@ def check_call_ends(trainer, steps: int) -> None:
     """With ``steps`` = ``model.steps_per_call`` > 1, once the loader's length is known: step
     checkpoints and logging need the ends of calls on their multiples in every epoch (``steps``
     dividing an epoch's batches, or an interval that is a multiple of the epoch)."""
-    if steps == 1:
+    if steps == 1 or not math.isfinite(trainer.num_training_batches) or trainer.num_training_batches < 1:
         return
     per_epoch = int(trainer.num_training_batches)
 
-    def aligned(every: int) -> bool:  # group ends fall on every multiple of ``every`` in every epoch
+    def aligned(every: int) -> bool:  # call ends fall on every multiple of ``every`` in every epoch
         return every % per_epoch == 0 or (every % steps == 0 and per_epoch % steps == 0)
 
     for callback in trainer.checkpoint_callbacks:
         every = int(getattr(callback, "_every_n_train_steps", 0) or 0)
         if every and not aligned(every):
             raise ConfigError(
-                f"callbacks.model_checkpoint.every_n_train_steps={every} does not fall on the ends of groups of "
+                f"callbacks.model_checkpoint.every_n_train_steps={every} does not fall on the ends of calls of "
                 f"model.steps_per_call={steps} in epochs of {per_epoch} steps; use a multiple of {steps} with a steps_per_call "
                 f"that divides {per_epoch}, or a multiple of {per_epoch}"
             )
     if trainer.log_every_n_steps and not aligned(trainer.log_every_n_steps):
         warnings.warn(
-            f"trainer.log_every_n_steps={trainer.log_every_n_steps} does not fall on the ends of groups of "
+            f"trainer.log_every_n_steps={trainer.log_every_n_steps} does not fall on the ends of calls of "
             f"model.steps_per_call={steps} in epochs of {per_epoch} steps: training metrics are logged only after the "
-            f"groups that end on a multiple of it",
+            f"calls that end on a multiple of it",
             stacklevel=2,
         )
 

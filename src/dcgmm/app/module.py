@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 import lightning as L
 import torch
 
-from dcgmm.app.engine_checks import GRAPH_AND_COMPILE, check_call_ends, check_loop_settings
+from dcgmm.app.engine_checks import GRAPH_AND_COMPILE, check_call_ends, check_loop_settings, check_resume_point
 from dcgmm.core.metrics import WeightedMean
 from dcgmm.core.model import DCGMM
 from dcgmm.core.scoring import EvalOutputs, bits_per_dim
@@ -67,7 +67,7 @@ class DCGMMModule(L.LightningModule):
             per-batch loop, hooks and logging paid once per call. ``global_step``,
             ``trainer.max_steps`` (which stops inside a call), ``trainer.limit_train_batches`` and
             the logged metrics' step axis count SGD steps (the module writes the metrics to the
-            loggers itself, :meth:`_log_values`). Metrics are logged, and step checkpoints written,
+            loggers itself, :meth:`log_values`). Metrics are logged, and step checkpoints written,
             after the calls that end on a multiple of ``trainer.log_every_n_steps`` /
             ``every_n_train_steps`` (keep them multiples of ``S``, with ``S`` dividing an epoch's
             batches). Settings that would count calls are refused
@@ -176,6 +176,9 @@ class DCGMMModule(L.LightningModule):
         if not self.automatic_optimization and self._warning_filters is None:
             self._warning_filters = list(warnings.filters)
             warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
+            # and that the dataloader_iter step flavour (steps_per_call > 1) is experimental: the
+            # tests hold its updates, metrics, checkpoints and limits to one step per call's
+            warnings.filterwarnings("ignore", message="Found `dataloader_iter` argument")
 
     def teardown(self, stage: str) -> None:
         if self._warning_filters is not None:
@@ -213,6 +216,9 @@ class DCGMMModule(L.LightningModule):
         self.engine = None  # made at the first manual step, for this fit's optimiser
         # TF32 in the training steps only when asked; evaluation switches it off (_exact_evaluation)
         self._tf32_outside_fit = set_tf32(bool(self.hparams.get("tf32", False)))
+
+    def on_train_start(self) -> None:
+        check_resume_point(self.trainer, self._steps_per_call)  # the checkpoint's loop state is restored by now
 
     def on_fit_end(self) -> None:
         restore_tf32(self._tf32_outside_fit)
@@ -287,9 +293,10 @@ class DCGMMModule(L.LightningModule):
         """True on the steps whose values the logger records (every ``log_every_n_steps``).
 
         Logging only there keeps Lightning's per-call logging cost out of the other steps;
-        ``trainer.log_every_n_steps=1`` records sigma, lr and the losses at every step. After a
-        step, Lightning's own clock (the logger's step plus one) equals ``global_step``, with groups
-        of steps per call too (:meth:`_count_logger_steps`), so it is read from there.
+        ``trainer.log_every_n_steps=1`` records sigma, lr and the losses at every step. With one
+        step per call Lightning's own clock (the logger's step plus one) equals ``global_step``
+        after a step; with ``steps_per_call > 1`` it counts calls, so the module keeps to
+        ``global_step`` (:meth:`log_values`).
         """
         every = int(self.trainer.log_every_n_steps)
         if every <= 0:
@@ -307,19 +314,23 @@ class DCGMMModule(L.LightningModule):
                 values[f"train/{self.stack.layers[index].name}/sigma"] = learner.schedule_values[row, 0]
                 values[f"train/{self.stack.layers[index].name}/lr"] = learner.schedule_values[row, 1]
             values["train/loss"] = torch.stack([learner.last_losses[layer.index] for layer in self.stack.gmm_layers]).detach().sum()
-            self._log_values(values, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
+            self.log_values(values, on_step=True, on_epoch=False, batch_size=learner.batch_size)
 
-    def _log_values(self, values: Mapping, **options) -> None:
+    def log_values(self, values: Mapping, on_step: bool = False, **options) -> None:
         """Log ``values`` (name -> tensor or float) for the callbacks, the progress bar (``loss`` and
-        ``acc``) and the loggers. With one step per call Lightning writes them to the loggers on its
-        own clock; with ``steps_per_call > 1`` that clock counts calls, so they are written to the
-        loggers here, where one step per call puts them on the axis of SGD steps (during fit at the
-        0-based index of the latest step, afterwards at ``global_step``), with the epoch beside
-        them as Lightning adds it."""
+        ``acc``) and the loggers, where one step per call puts them on the axis of SGD steps (during
+        fit at the 0-based index of the latest step, afterwards at ``global_step``). The module and
+        the project's callbacks log through here.
+
+        With ``steps_per_call > 1`` Lightning's logger clock counts calls, so the values are written
+        to the loggers here, with the epoch beside them as Lightning adds it (``self.log`` keeps
+        them for the callbacks and the progress bar only). Metrics that other callbacks write
+        themselves (e.g. ``LearningRateMonitor``) keep Lightning's clock of calls."""
         grouped = self._steps_per_call > 1
         for name, value in values.items():
-            self.log(name, value, prog_bar=name.rsplit("/", 1)[-1] in ("loss", "acc") and name.count("/") == 1, logger=not grouped, **options)
-        if grouped and self.loggers and not self.trainer.sanity_checking:  # (Lightning logs no sanity check)
+            prog_bar = name.rsplit("/", 1)[-1] in ("loss", "acc") and name.count("/") == 1
+            self.log(name, value, prog_bar=prog_bar, logger=not grouped, on_step=on_step, **options)
+        if grouped and values and self.loggers and not self.trainer.sanity_checking:  # (Lightning logs no sanity check)
             metrics = {name: float(value) for name, value in values.items()}  # one host read, on logging steps only
             metrics["epoch"] = self.current_epoch
             step = self.global_step - 1 if self.trainer.state.fn == "fit" else self.global_step
@@ -335,7 +346,7 @@ class DCGMMModule(L.LightningModule):
         if epoch:
             values = {"train/loss_epoch": sum(mean for layer, mean, _ in epoch if layer.is_density)}
             values.update({f"train/{layer.name}/loss_epoch": mean for layer, mean, count in epoch if count})  # layers that had a loss
-            self._log_values(values, batch_size=1)  # means already (the dataloader_iter flavour asks for a size)
+            self.log_values(values, batch_size=1)  # means already (the dataloader_iter flavour asks for a size)
 
     def _mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
         """Mean over data-parallel processes (identity on one process), on a copy of ``value``.
@@ -390,7 +401,7 @@ class DCGMMModule(L.LightningModule):
                 name = key[len(stage) + 1 :]
                 values[f"{stage}/{name}/loss" if name in layer_names else f"{stage}/{name}"] = metric.compute()
                 self._reset(metric)
-        self._log_values(values)
+        self.log_values(values)
 
     @staticmethod
     def _reset(metric) -> None:

@@ -522,6 +522,8 @@ class ArrayDataModule(InMemoryDataModule):
                  val: tuple[torch.Tensor, torch.Tensor | None] | None = None, batch_size: int = 100,
                  eval_batch_size: int | None = 1000, seed: int = 0, shuffle_seed: int | None = None) -> None:
         super().__init__()
+        if val_size and val is not None:
+            raise DataError("give the validation images (val) or a share of x to hold out (val_size), not both")
         self._batching(batch_size, eval_batch_size)
         self.seed, self.order_seed = int(seed), shuffle_seed
         if val_size:
@@ -538,7 +540,7 @@ class ArrayDataModule(InMemoryDataModule):
     def _set_shuffle_seed(self) -> None:
         if self._shuffle_seed is None:
             seed = self.order_seed if self.order_seed is not None else int(torch.empty((), dtype=torch.int64).random_().item())
-            self._shuffle_seed = int(seed) % (2**31)
+            self._shuffle_seed = shared_seed(int(seed) % (2**31))  # process 0's under data parallelism
 
 
 class MNISTDataModule(ImageDataModule):

@@ -108,6 +108,7 @@ class Learner:
         self.loss_steps = [0] * count
         self.steps_in_epoch = 0
         self.steps = self.images = 0  # steps run and images trained on in this fit (host ints)
+        self.batch_size = 0  # images of the latest step
         self.schedule_values = torch.zeros(len(annealing.schedules), 2, device=device)
         self.last_losses: dict[int, torch.Tensor] = {}
         self._learning_now: dict[int, bool] = {}
@@ -152,7 +153,7 @@ class Learner:
         for slot, has in enumerate(present):
             self.loss_steps[slot] += has
         self.steps_in_epoch += 1
-        self.steps, self.images = self.steps + 1, self.images + int(images)
+        self.steps, self.images, self.batch_size = self.steps + 1, self.images + int(images), int(images)
         self._learning_now = {layer.index: on for layer, on in zip(self.learners, learning)}
 
     def after_update(self, optimizer: torch.optim.Optimizer) -> None:

@@ -226,11 +226,11 @@ class OutlierDetection(Callback):
         aurocs = {name: {key: float(metric.compute()) for (n, key), metric in self._aurocs.items() if n == name} for name in self.sets}
         main = aurocs[self.sets[0]]
         fpr, tpr, _ = self._roc.compute()
-        pl_module.log("test/auroc", torch.tensor(main[self._key]))
+        values = {"test/auroc": torch.tensor(main[self._key])}
         for name in self.sets:
             prefix = "test/auroc" if name == self.sets[0] else f"test/auroc_{name}"
-            for key, value in aurocs[name].items():
-                pl_module.log(f"{prefix}/{key}", torch.tensor(value))
+            values.update({f"{prefix}/{key}": torch.tensor(value) for key, value in aurocs[name].items()})
+        pl_module.log_values(values)  # on the axis of SGD steps (DCGMMModule.log_values)
         self.result = dict(
             auroc=main[self._key],
             score=self.score,

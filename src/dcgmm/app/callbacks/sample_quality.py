@@ -83,7 +83,8 @@ class SampleQualityNDB(Callback):
                     Path(self.output_dir).mkdir(parents=True, exist_ok=True)
                     save_png(make_grid(part.samples[:64].cpu(), nrow=8), Path(self.output_dir) / f"ndb_samples{suffix}.png")
                 log.info(f"NDB of {len(part.samples)} {name} samples: {part.result.ndb}/{part.result.bins} bins differ, JS {part.result.js:.4f}")
+        logged = {}
         for name, values in self.result.items():
             suffix = "" if name == "plain" else f"_{name}"
-            pl_module.log(f"test/ndb_ratio{suffix}", float(values["ndb_ratio"]), rank_zero_only=True)
-            pl_module.log(f"test/ndb_js{suffix}", float(values["js"]), rank_zero_only=True)
+            logged.update({f"test/ndb_ratio{suffix}": float(values["ndb_ratio"]), f"test/ndb_js{suffix}": float(values["js"])})
+        pl_module.log_values(logged, rank_zero_only=True)  # on the axis of SGD steps (DCGMMModule.log_values)

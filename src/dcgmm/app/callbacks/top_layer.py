@@ -85,17 +85,18 @@ class TopLayerMetrics(Callback):
         if self._clusters is None:
             return
         if self._loss.update_called:
+            values = {}
             if self._clusters.update_called:  # batches with labels
-                for name, value in self._clusters.compute().items():
-                    pl_module.log(f"{stage}/cluster/{name}", value.float())
-            pl_module.log(f"{stage}/top/loss", self._loss.compute())
+                values.update({f"{stage}/cluster/{name}": value.float() for name, value in self._clusters.compute().items()})
+            values[f"{stage}/top/loss"] = self._loss.compute()
             if self.internal and self._images:
                 images, ids = torch.cat(self._images), torch.cat(self._ids)
                 if pl_module.trainer.world_size > 1:  # every process's share (same sizes: padded order)
                     images, ids = (pl_module.all_gather(t).flatten(0, 1) for t in (images, ids))
                 for name, value in internal_indices(images, ids).items():
                     if value is not None:
-                        pl_module.log(f"{stage}/cluster/{name}", torch.tensor(value, dtype=torch.float32))
+                        values[f"{stage}/cluster/{name}"] = torch.tensor(value, dtype=torch.float32)
+            pl_module.log_values(values)  # on the axis of SGD steps (DCGMMModule.log_values)
         self._clusters = self._loss = None
         self._images, self._ids = [], []
 
