@@ -512,3 +512,16 @@ def test_an_array_data_module_given_to_fit_trains_the_classifier_and_refuses_two
     assert unlabelled.is_fitted and not unlabelled.classifier_fitted
     with pytest.raises(DataError, match="not both"):
         ArrayDataModule(x, y, val_size=10, val=(x[:5], y[:5]))
+
+
+def test_fit_without_logger_or_validation_warns_of_neither():
+    """The estimator trains without a logger and, without val=, without a validation loop: Lightning
+    must not warn that metrics go to no logger or that a validation loader is empty."""
+    import warnings
+
+    x, y = blobs(60, seed=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        DCGMMEstimator(FLAT_8, input_shape=(1, 8, 8), seed=0).fit(x, y, epochs=1, batch_size=20)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "no logger configured" in m or "across ranks is zero" in m], messages

@@ -336,6 +336,8 @@ class DCGMMEstimator:
         if steps is not None:  # on the ends of calls of steps_per_call in every epoch (else: once an epoch)
             every = min(50, steps)
             options["log_every_n_steps"] = steps if group > 1 and (every % group or steps % group) else every
+            if val is None:
+                options["limit_val_batches"] = 0  # no validation data: no validation loop
         options.update(trainer_kwargs)
         options["callbacks"] = [*user_callbacks, _History(self.history_, self._epochs)]
 

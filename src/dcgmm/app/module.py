@@ -329,7 +329,7 @@ class DCGMMModule(L.LightningModule):
         grouped = self._steps_per_call > 1
         for name, value in values.items():
             prog_bar = name.rsplit("/", 1)[-1] in ("loss", "acc") and name.count("/") == 1
-            self.log(name, value, prog_bar=prog_bar, logger=not grouped, on_step=on_step, **options)
+            self.log(name, value, prog_bar=prog_bar, logger=False if grouped else None, on_step=on_step, **options)  # None: Lightning's default
         if grouped and values and self.loggers and not self.trainer.sanity_checking:  # (Lightning logs no sanity check)
             metrics = {name: float(value) for name, value in values.items()}  # one host read, on logging steps only
             metrics["epoch"] = self.current_epoch
