@@ -45,6 +45,7 @@ def compose(
     root_dir: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
     log_dir: str | os.PathLike | None = None,
+    failure: str | None = None,
 ) -> DictConfig:
     """``conf/<config_name>.yaml`` composed with ``overrides`` as the command line would.
 
@@ -54,6 +55,8 @@ def compose(
         output_dir: the run folder (``paths.output_dir``); ``None``: ``<log_dir>/compose``. Not created.
         root_dir, data_dir, log_dir: ``paths.*``; ``None`` keeps the config's (``root_dir``:
             :func:`project_root`).
+        failure: what the one-line error of a failed composition starts with (default ``cannot
+            compose <name> with <overrides>``), before Hydra's first line.
 
     Returns:
         The config with its ``hydra`` node, registered as the current Hydra config so that
@@ -77,7 +80,7 @@ def compose(
             cfg = hydra_compose(config_name=name, return_hydra_config=True, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
         first = _first_line(err)
-        raise ConfigError(f"cannot compose {name} with {list(overrides)}: {first}") from None
+        raise ConfigError(f"{failure or f'cannot compose {name} with {list(overrides)}'}: {first}") from None
     finally:
         GlobalHydra.instance().clear()
     with open_dict(cfg):
@@ -188,11 +191,11 @@ def compose_standalone(node, overrides: Sequence[str]) -> dict:
     store = ConfigStore.instance()
     store.store(group="model", name=STANDALONE, node=OmegaConf.create(node))
     try:
-        cfg = compose("train", [f"model={STANDALONE}", *strings])
+        cfg = compose("train", [f"model={STANDALONE}", *strings], failure=f"cannot apply {strings} to the topology")
     except ConfigError as err:
-        reason = str(err).partition("]: ")[2] or str(err)
-        hint = " (a key the topology does not hold needs a leading +, as on the command line)" if "Could not override" in reason else ""
-        raise ConfigError(f"cannot apply {strings} to the topology: {reason}{hint}") from None
+        if "Could not override" not in str(err):
+            raise
+        raise ConfigError(f"{err} (a key the topology does not hold needs a leading +, as on the command line)") from None
     finally:
         store.repo.get("model", {}).pop(f"{STANDALONE}.yaml", None)  # no stale option left for later compositions
     return OmegaConf.to_container(cfg.model, resolve=True)

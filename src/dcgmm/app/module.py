@@ -104,7 +104,8 @@ class DCGMMModule(L.LightningModule):
     ) -> None:
         super().__init__()
         flush_denormals()  # before torch's worker threads start, so that they inherit it
-        check_rate(lr, "model.lr"), check_rate(lr_min, "model.lr_min")
+        check_rate(lr, "model.lr")
+        check_rate(lr_min, "model.lr_min")
         if compile not in (False, True, None) and compile not in COMPILE_MODES:
             raise ConfigError(f"model.compile={compile!r} is unknown; use false, true or one of {', '.join(COMPILE_MODES)}")
         if cuda_graph and compile:
@@ -331,7 +332,7 @@ class DCGMMModule(L.LightningModule):
             prog_bar = name.rsplit("/", 1)[-1] in ("loss", "acc") and name.count("/") == 1
             self.log(name, value, prog_bar=prog_bar, logger=False if grouped else None, on_step=on_step, **options)  # None: Lightning's default
         if grouped and values and self.loggers and not self.trainer.sanity_checking:  # (Lightning logs no sanity check)
-            metrics = {name: float(value) for name, value in values.items()}  # one host read, on logging steps only
+            metrics = {name: float(value) for name, value in values.items()}  # host reads on logging steps only
             metrics["epoch"] = self.current_epoch
             step = self.global_step - 1 if self.trainer.state.fn == "fit" else self.global_step
             for logger in self.loggers:

@@ -237,8 +237,9 @@ def split_indices(n: int, val_size: int | float, seed: int, key: str = "val_size
 class InMemoryDataModule(L.LightningDataModule):
     """The loaders of splits held in memory as :class:`TensorBatchDataset` s (``_datasets``, filled
     by a subclass's ``setup``): the seeded training order (:class:`EpochSeededSampler`), whole
-    batches cut with one indexing operation (:class:`EpochBatches`) and the on-device path. :class:`ImageDataModule` (a registered dataset) and
-    :class:`ArrayDataModule` (tensors given, the estimator's data) are its two kinds."""
+    batches cut with one indexing operation (:class:`EpochBatches`) and the on-device path.
+    :class:`ImageDataModule` (a registered dataset) and :class:`ArrayDataModule` (tensors given,
+    the estimator's data) are its two kinds."""
 
     def _batching(self, batch_size: int, eval_batch_size: int | None, num_workers: int = 0, pin_memory: bool = False,
                   shuffle: bool = True, on_device: bool = False) -> None:
@@ -499,7 +500,6 @@ class ImageDataModule(InMemoryDataModule):
             pixels = pixel_tensor(x)  # uint8 (N, C, H, W)
             images = pixels.to(torch.float32).div_(255.0)
             self._datasets[split] = TensorBatchDataset(images, torch.from_numpy(np.ascontiguousarray(y)), pixels=pixels)
-
 
 
 class ArrayDataModule(InMemoryDataModule):

@@ -81,7 +81,8 @@ class AnnealingSchedule:
         enabled: bool = True,
     ) -> None:
         AnnealingSettings(sigma_min=sigma_min, gamma=gamma, window=window, delta=delta)  # the checks
-        check_rate(lr0, "lr0"), check_rate(lr_min, "lr_min")
+        check_rate(lr0, "lr0")
+        check_rate(lr_min, "lr_min")
         self.enabled = bool(enabled)
         self.sigma_min = float(sigma_min)
         self.lr_min = min(float(lr_min), float(lr0))
