@@ -85,14 +85,9 @@ def quiet_libraries() -> None:
 
 def machine_info() -> dict:
     """CPU model, core counts, Python and library versions, and the date: the context of the numbers."""
-    cpu_model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from dcgmm.training.runtime import cpu_model as read_cpu_model
+
+    cpu_model = read_cpu_model()
     versions = {}
     for package in ("torch", "lightning", "scikit-learn", "numpy"):
         try:

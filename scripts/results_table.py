@@ -717,14 +717,9 @@ def machine_info(threads: int) -> dict:
     import sklearn
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from dcgmm.training.runtime import cpu_model
+
+    cpu = cpu_model()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return dict(
         cpu=cpu, cores=cores, torch_threads=threads, torch=torch.__version__, lightning=lightning.__version__,

@@ -32,8 +32,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import platform
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -102,3 +104,15 @@ def exact_float32() -> Iterator[None]:
         yield
     finally:
         restore_tf32(previous)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows: every measured
+    figure names its machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
