@@ -48,8 +48,8 @@ clean:
 	rm -rf logs site .pytest_cache
 
 # the comparison table of the paper: `make results` (preset small, < 1 h on a 2-core CPU),
-# `make results PRESET=tiny ARGS="--out /tmp/table"`; see scripts/results_table.py
+# `make results PRESET=tiny ARGS="out=/tmp/table"`; see docs/results.md
 PRESET ?= small
 results: setup
 	$(PY) -m pip install -q -e '.[peers]'  # the circuit peer row (spflow); the fast tests do without
-	$(PY) scripts/results_table.py --preset $(PRESET) $(ARGS)
+	$(PY) results.py preset=$(PRESET) $(ARGS)

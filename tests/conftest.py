@@ -53,16 +53,3 @@ def train_cfg(tmp_path):
 def sample_cfg(tmp_path):
     """A function building a composed sampling config (conf/sample.yaml) for the given overrides."""
     return lambda *overrides: compose_train(list(overrides), tmp_path, "sample.yaml")
-
-
-@pytest.fixture(scope="module")
-def results_table():
-    """``scripts/results_table.py`` imported as a module (it is a script, not part of the package)."""
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("results_table", ROOT / "scripts" / "results_table.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module

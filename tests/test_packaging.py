@@ -88,6 +88,7 @@ def test_the_wheel_lists_dependencies_extras_and_console_scripts(wheel):
     assert 'extra == "peers"' in extra_of["spflow"] and 'extra == "docs"' in extra_of["mkdocs"] and 'extra == "dev"' in extra_of["pytest"]
     for script, module in SCRIPTS.items():
         assert re.search(rf"^{script} = dcgmm\.app\.entrypoints\.{module}:main$", entries, flags=re.M), f"{script} is not a console script"
+    assert re.search(r"^dcgmm-results = dcgmm\.results\.launch:main$", entries, flags=re.M), "dcgmm-results is not a console script"
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "LICENSE is not in the wheel"
 
 
@@ -112,3 +113,15 @@ def test_console_scripts_do_what_the_checkouts_scripts_do(tmp_path, script):
         assert result.returncode == 0, result.stderr[-2000:]
     assert outputs[0].stdout == outputs[1].stdout
     assert "_target_" in outputs[0].stdout
+
+
+def test_results_console_script_does_what_results_py_does(tmp_path):
+    """``dcgmm-results`` and the checkout's ``results.py`` print the same plan of the tiny preset."""
+    console = Path(sys.executable).with_name("dcgmm-results")
+    if not console.exists():
+        pytest.fail(f"{console} is missing: install the package (make setup, or pip install -e .)")
+    args = ["preset=tiny", "mode=plan", f"out={tmp_path}"]
+    outputs = [subprocess.run([*cmd, *args], cwd=ROOT, capture_output=True, text=True, timeout=120) for cmd in ([str(console)], [sys.executable, "results.py"])]
+    for result in outputs:
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert outputs[0].stdout == outputs[1].stdout and "mnist/table_dcgmm2_s12345" in outputs[0].stdout

@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from dcgmm.errors import ConfigError
-from tests.conftest import DATA_DIR, needs_mnist
+from tests.conftest import DATA_DIR, ROOT, needs_mnist
 
 needs_spflow = pytest.mark.skipif(
     importlib.util.find_spec("spflow") is None, reason="needs the extra 'peers' (pip install -e '.[peers]'): spflow is not installed"
@@ -87,21 +87,25 @@ def test_verdict_against_the_circuit_in_plain_words():
     assert "B against the probabilistic circuit (Circuit): clustering: not applicable; sampling **worse**" in text
 
 
-def test_compare_circuit_without_the_library_is_one_line(results_table, tmp_path, monkeypatch, capsys):
+def peers_preset(tmp_path, compare: str, extra: str = "") -> str:
+    """The tiny preset with another compare list, as a preset file (``preset=<path>``)."""
+    text = (ROOT / "conf" / "results" / "tiny.yaml").read_text().replace("compare: [flat_same_k, em_same_k]", f"compare: {compare}")
+    assert compare in text
+    path = tmp_path / "peers.yaml"
+    path.write_text(text + extra)
+    return str(path)
+
+
+def test_compare_circuit_without_the_library_is_one_line(tmp_path, monkeypatch, capsys):
     """A preset whose compare names the circuit while spflow is missing: one line naming the extra,
     exit status 2, before anything is trained or written."""
     import dcgmm.results.peers
+    from dcgmm.results import launch
 
     real = importlib.util.find_spec
     monkeypatch.setattr(dcgmm.results.peers.importlib.util, "find_spec", lambda name, *a: None if name == "spflow" else real(name, *a))
-    presets = tmp_path / "presets"
-    presets.mkdir()
-    tiny = (results_table.PRESET_DIR / "tiny.yaml").read_text().replace("compare: [flat_same_k, em_same_k]", "compare: [flat_same_k, circuit]")
-    assert "circuit" in tiny
-    (presets / "peers.yaml").write_text(tiny)
-    monkeypatch.setattr(results_table, "PRESET_DIR", presets)
     out = tmp_path / "out"
-    assert results_table.main(["--preset", "peers", "--out", str(out)]) == 2
+    assert launch.main([f"preset={peers_preset(tmp_path, '[flat_same_k, circuit]')}", f"out={out}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs the library spflow, which is not installed" in err[0] and "pip install -e '.[peers]'" in err[0], err
     assert not out.exists()
@@ -109,38 +113,17 @@ def test_compare_circuit_without_the_library_is_one_line(results_table, tmp_path
         dcgmm.results.peers.require_peer("circuit")
 
 
-def test_dry_run_lists_the_circuit_without_a_step_estimate(results_table, tmp_path, monkeypatch, capsys):
-    """--dry-run of a preset with the circuit (library installed or not): the SGD runs get a time
-    estimate, the EM and circuit runs are listed by method, and nothing is trained or written."""
-    presets = tmp_path / "presets"
-    presets.mkdir()
-    tiny = (results_table.PRESET_DIR / "tiny.yaml").read_text().replace("compare: [flat_same_k, em_same_k]", "compare: [flat_same_k, em_same_k, circuit]")
-    (presets / "peers.yaml").write_text(tiny)
-    monkeypatch.setattr(results_table, "PRESET_DIR", presets)
-    out = tmp_path / "out"
-    assert results_table.main(["--preset", "peers", "--out", str(out), "--dry-run"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    circuit = [line for line in lines if line.startswith("mnist") and " circuit" in line]
-    assert len(circuit) == 2 and all(line.rstrip().endswith("(circuit)") for line in circuit), lines
-    assert any(line.rstrip().endswith("(em)") for line in lines), lines
-    assert any(line.startswith("estimated SGD training:") for line in lines), lines
-    assert not (out / "RESULTS.md").exists()
-
-
 @needs_spflow
 @needs_mnist
-def test_results_pipeline_trains_and_reports_the_circuit_row(results_table, tmp_path, monkeypatch):
+def test_results_pipeline_trains_and_reports_the_circuit_row(tmp_path):
     """The tiny preset with compare: [circuit]: the circuit's runs (all classes, class 0 held out)
     write records, and the table has its row with bits/dim, classifier accuracy, NDB/B and AUROC,
     no clustering, and the verdict line against it."""
-    presets = tmp_path / "presets"
-    presets.mkdir()
-    text = (results_table.PRESET_DIR / "tiny.yaml").read_text().replace("compare: [flat_same_k, em_same_k]", "compare: [circuit]")
-    text += "circuit: {depth: 1, region_nodes: 3, leaves: 3, repetitions: 2, epochs: 1, batch_size: 50, n_train: 300}\n"
-    (presets / "peers.yaml").write_text(text)
-    monkeypatch.setattr(results_table, "PRESET_DIR", presets)
+    from dcgmm.results import launch
+
+    extra = "circuit: {depth: 1, region_nodes: 3, leaves: 3, repetitions: 2, epochs: 1, batch_size: 50, n_train: 300}\n"
     out = tmp_path / "out"
-    assert results_table.main(["--preset", "peers", "--out", str(out)]) == 0
+    assert launch.main([f"preset={peers_preset(tmp_path, '[circuit]', extra)}", f"out={out}"]) == 0
     record = json.loads((out / "records" / "mnist" / "circuit_held0.json").read_text())
     assert record["auroc"] is not None and record["train_images"] == 300 and "error" not in record
     rows = {row["row_id"]: row for row in json.loads((out / "peers.json").read_text())["rows"]["mnist"]}
@@ -153,24 +136,24 @@ def test_results_pipeline_trains_and_reports_the_circuit_row(results_table, tmp_
 
 
 @needs_mnist
-def test_methods_option_trains_only_the_named_runs(results_table, tmp_path, capsys):
-    """--methods em trains the EM runs of the tiny preset and nothing else (the other rows stay
-    empty in the report); an unknown method is one line and exit status 2."""
-    assert results_table.main(["--preset", "tiny", "--out", str(tmp_path), "--methods", "em"]) == 0
+def test_methods_option_trains_only_the_named_runs(tmp_path):
+    """methods=em trains the EM runs of the tiny preset and nothing else (the other rows stay empty
+    in the report); basic launcher: one job after another in this process."""
+    from dcgmm.results import launch
+
+    assert launch.main(["preset=tiny", f"out={tmp_path}", "methods=em", "hydra/launcher=basic"]) == 0
     assert sorted(p.name for p in (tmp_path / "records" / "mnist").glob("*.json")) == ["em_k36.json", "em_k49_held0.json"]
     assert "2 of 6 runs finished" in (tmp_path / "RESULTS.md").read_text()
-    assert results_table.main(["--preset", "tiny", "--out", str(tmp_path / "x"), "--methods", "sgd,bogus"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--methods ['bogus'] unknown" in err[0]
 
 
-def test_circuit_row_is_one_per_dataset_and_adds_no_other_rows(results_table, tmp_path):
+def test_circuit_row_is_one_per_dataset_and_adds_no_other_rows():
     """compare: [flat_same_k, circuit] plans the DCGMM row, its flat GMM and one circuit row (its
-    runs on all classes and per held-out class): no EM row, no row twice, peers trained last."""
-    preset = results_table.load_preset("tiny")
+    runs on all classes and per held-out class): no EM row, no row twice, peers launched last."""
+    from dcgmm.results.plan import Planner, load_preset
+
+    _, preset = load_preset("tiny")
     preset["compare"] = ["flat_same_k", "circuit"]
-    planner = results_table.Planner(preset, results_table.Composer(tmp_path / "runs"), [])
-    planner.plan(["mnist"])
+    planner = Planner(preset).plan(["mnist"])
     ids = [row.row_id for row in planner.rows]
     assert ids == ["dcgmm2", "flat_same_k:dcgmm2", "circuit"]
     assert [spec.name for spec in planner.runs.values() if spec.method == "circuit"] == ["circuit", "circuit_held0"]

@@ -15,7 +15,7 @@ What is recorded (CPU, float32):
 - ``checkpoint``: a small topology B (K=4 in both GMM layers) trained 20 steps and saved as
   train.py saves it (``checkpoint_b_small.ckpt``, committed); its per-image log-likelihoods,
   clusters and outlier scores on 64 fixed images.
-- ``results/tiny``: the run records of ``scripts/results_table.py --preset tiny`` (B, the flat GMM
+- ``results/tiny``: the run records of ``python results.py preset=tiny`` (B, the flat GMM
   and the EM baseline, training, clustering, outlier and NDB figures) without what measures the
   clock or names the machine (:func:`tiny_preset_values`); compared exactly on the machine that
   recorded them (its CPU and torch: the preset sets its own threads).
@@ -141,7 +141,8 @@ def checkpoint_values(path: Path) -> dict:
     return {name: digest(t) for name, t in values.items()}
 
 
-CLOCK_KEYS = ("seconds", "speed", "images_per_second", "machine")  # what a run record measures of the clock or names of the machine
+# what a run record measures of the clock, names of the machine, or where it kept the model
+CLOCK_KEYS = ("seconds", "speed", "images_per_second", "machine", "checkpoint")
 
 
 def tiny_preset_values(payload: dict) -> list[dict]:
@@ -159,16 +160,12 @@ def tiny_preset_machine() -> dict:
 
 
 def record_tiny_preset() -> dict:
-    import importlib.util
-    import sys
     import tempfile
 
-    spec = importlib.util.spec_from_file_location("results_table", FOLDER.parents[1] / "scripts" / "results_table.py")
-    table = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = table
-    spec.loader.exec_module(table)
+    from dcgmm.results import launch
+
     with tempfile.TemporaryDirectory() as out:
-        assert table.main(["--preset", "tiny", "--out", out]) == 0
+        assert launch.main(["preset=tiny", f"out={out}"]) == 0
         payload = json.loads((Path(out) / "tiny.json").read_text())
     return {"machine": tiny_preset_machine(), "runs": tiny_preset_values(payload)}
 

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
 
-from dcgmm.data import DataError, canonical_name, dataset_info, load_dataset
-from dcgmm.core.metrics import ClusteringScores, internal_indices, outlier_auroc
 from dcgmm.app.resolvers import held_out_list
+from dcgmm.core.metrics import ClusteringScores, internal_indices, outlier_auroc
+from dcgmm.data import DataError, canonical_name, dataset_info, load_dataset
 
 __all__ = ["em_baseline", "fit_em_gmm", "flatten_u8", "split_for_baseline"]
 

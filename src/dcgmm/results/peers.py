@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from dcgmm.results.baselines import flatten_u8, split_for_baseline
-from dcgmm.errors import ConfigError
 from dcgmm.core.metrics import outlier_auroc
+from dcgmm.errors import ConfigError
+from dcgmm.results.baselines import flatten_u8, split_for_baseline
 
 __all__ = ["PEERS", "CircuitSettings", "circuit_baseline", "require_peer"]
 

@@ -22,7 +22,7 @@ which stands in for the noise where a row has a single seed. The metrics:
 * sampling: NDB/B of samples from the whole prior (lower is better);
 * outlier detection: AUROC of the held-out class(es) by the top layer's objective (higher is better).
 
-A row is a mapping as written by ``scripts/results_table.py`` (``row_values``): ``row_id``
+A row is a mapping as written by :func:`dcgmm.results.report.row_values`: ``row_id``
 (``"dcgmm2"`` for a DCGMM row, ``"flat_same_k:dcgmm2"`` / ``"flat_same_params:dcgmm2"`` for its
 flat GMMs), ``label``, and per metric its mean and ``<metric>_sd``.
 """

@@ -9,7 +9,7 @@
 * :class:`ProgressBar`: Lightning's tqdm bar, redrawn by time (``callbacks.progress_bar.refresh_seconds``)
   instead of every N steps; in every run's default callbacks.
 * :class:`TrainingSpeed`: wall time of ``trainer.fit`` and training images per second (read as
-  attributes after fit; ``callbacks=[default,train_speed]``); used by ``scripts/results_table.py``.
+  attributes after fit; ``callbacks=[default,train_speed]``); used by the results pipeline (``dcgmm.results.jobs``).
 """
 
 from dcgmm.app.callbacks.outliers import OutlierDetection

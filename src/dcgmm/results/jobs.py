@@ -1,0 +1,237 @@
+"""One job of a results multirun: train one planned run and write its record, or evaluate a kept
+model and add the figures to its record.
+
+:func:`run_job` is the Hydra task function of ``conf/results_job.yaml``; the launcher of the
+multirun (joblib here, submitit on SLURM) calls it once per run with ``run=<dataset>/<name>``.
+A job reads its run from the plan file the entry point wrote (``plan=``), works in its Hydra
+output folder (``<runs>/<dataset>/<name>``: the training run's checkpoint, CSV log and sample
+grids stay there) and writes ``<records>/<dataset>/<name>.json`` atomically. A failing run writes
+a record with its error instead of stopping the other jobs; the next launch trains it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from dcgmm.app.callbacks import TrainingSpeed
+from dcgmm.app.config import compose
+from dcgmm.app.evaluation import evaluate
+from dcgmm.app.locations import CONF_DIR
+from dcgmm.app.ndb import sample_quality, training_bins
+from dcgmm.app.tasks import train
+from dcgmm.app.utils import instantiate
+from dcgmm.core.images import make_grid, save_png
+from dcgmm.results.baselines import em_baseline
+from dcgmm.results.peers import CircuitSettings, circuit_baseline
+from dcgmm.results.plan import Planner, RunSpec, run_key
+from dcgmm.results.records import RECORD_VERSION, machine_info, now, read_record, write_json
+
+__all__ = ["record_path", "run_job"]
+
+log = logging.getLogger(__name__)
+
+
+def record_path(records_dir: Path, spec: RunSpec) -> Path:
+    return Path(records_dir) / spec.dataset / f"{spec.name}.json"
+
+
+def _float(value) -> float:
+    return float(value.item() if hasattr(value, "item") else value)
+
+
+def save_grid(images, path: Path) -> None:
+    save_png(make_grid(images[:64], nrow=8), path)
+
+
+def ndb_binning(ndb_cfg: dict, datamodule, data_dir: Path):
+    """The NDB bins of the dataset's training split (cached in data/cache) and, for reference, the
+    NDB of as many real test images as samples."""
+    import torch
+
+    n = ndb_cfg.get("train_images")
+    binning = training_bins(datamodule, int(ndb_cfg.get("bins", 100)), int(ndb_cfg.get("kmeans_samples", 20000)), None if n is None else int(n),
+                            data_dir / "cache")
+    test_x = datamodule.dataset("test").x
+    pick = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(0))[: int(ndb_cfg.get("samples", 1000))]
+    return binning, dict(binning.evaluate(test_x[pick]).as_dict(), images=len(pick))
+
+
+def run_sgd(spec: RunSpec, out: Path, ndb_cfg: dict) -> dict:
+    """Train and test one configuration with dcgmm.app.tasks.train; NDB of samples for main runs."""
+    cfg = compose("train", spec.overrides, output_dir=out, log_dir=out.parents[1])
+    start = time.perf_counter()
+    with open(out / "train.log", "a") as console, contextlib.redirect_stdout(console):  # Lightning's tables to the run's log
+        metrics, objects = train(cfg)
+    module, datamodule, trainer = objects["model"], objects["datamodule"], objects["trainer"]
+    speed = next(cb for cb in objects["callbacks"] if isinstance(cb, TrainingSpeed))
+    checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    record: dict[str, Any] = dict(
+        metrics={k: _float(v) for k, v in sorted(metrics.items()) if k.startswith(("test/", "val/"))},
+        speed=speed.as_dict(),
+        K=int(module.stack.top_gmm.K),
+        params=int(sum(p.numel() for p in module.parameters())),
+        # where each GMM layer's annealing ended (sigma0 = 0.25 sqrt(2K), floor 0.01)
+        sigma={module.stack.layers[i].name: float(schedule.sigma) for i, schedule in module.schedules.items()},
+        top_sigma=float(module.schedules[module.stack.top_gmm.index].sigma),
+        epochs=int(trainer.current_epoch),
+        max_epochs=cfg.trainer.max_epochs,
+        limit_train_batches=cfg.trainer.get("limit_train_batches"),
+        split_sizes=datamodule.split_sizes(),
+        classes=None if datamodule.classes is None else list(datamodule.classes),
+    )
+    if spec.kind == "main":
+        module.eval()
+        binning, reference = ndb_binning(ndb_cfg, datamodule, Path(cfg.paths.data_dir))
+        sharpening = ndb_cfg.get("sharpening")
+        options = {key: ndb_cfg[key] for key in ("top_s", "divisor") if ndb_cfg.get(key) is not None}
+        quality = sample_quality(module.stack, binning, samples=int(ndb_cfg.get("samples", 1000)), options=options, sharpening=sharpening, seed=0)
+        plain = quality["plain"]
+        save_grid(plain.samples, out / "samples.png")
+        record["ndb"] = dict(plain.result.as_dict(), samples=len(plain.samples), top_s=plain.options.top_s, divisor=plain.options.divisor,
+                             seconds=plain.seconds, reference=reference)
+        if "sharpened" in quality:  # the same draws (same seed), then sharpened below overlapping foldings
+            sharp = quality["sharpened"]
+            save_grid(sharp.samples, out / "samples_sharpened.png")
+            record["ndb_sharpened"] = dict(sharp.result.as_dict(), samples=len(sharp.samples), **sharpening, seconds=sharp.seconds)
+    record["seconds"] = time.perf_counter() - start
+    if checkpoint:  # the model the test scored, kept for evaluation-only passes
+        record["checkpoint"] = str(Path(checkpoint).resolve().relative_to(out.parents[1].resolve()))
+    return record
+
+
+def sample_em(gmm, n: int, ndb_cfg: dict, seed: int = 0):
+    """Samples of a fitted diagonal GaussianMixture with the options of the DCGMM samples: a
+    component drawn in proportion to the weights (the top_s largest when set), its standard
+    deviations divided by ``divisor``, pixels clipped to [0, 1]."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    weights = gmm.weights_.copy()
+    if ndb_cfg.get("top_s") is not None:
+        mask = np.zeros_like(weights)
+        mask[np.argsort(weights)[::-1][: int(ndb_cfg["top_s"])]] = 1.0
+        weights = weights * mask
+    component = rng.choice(len(weights), size=n, p=weights / weights.sum())
+    std = np.sqrt(gmm.covariances_[component]) / float(ndb_cfg.get("divisor", 1.0))
+    x = np.clip(gmm.means_[component] + std * rng.standard_normal(std.shape), 0.0, 1.0)
+    side = int(round(math.sqrt(x.shape[1])))
+    return torch.from_numpy(x.astype(np.float32)).view(n, 1, side, side)
+
+
+def run_baseline(spec: RunSpec, out: Path, planner: Planner) -> dict:
+    """The EM baseline (:func:`dcgmm.results.baselines.em_baseline`) or a peer
+    (:func:`dcgmm.results.peers.circuit_baseline`) as a run record, with NDB of samples on all classes."""
+    preset, ndb_cfg = planner.preset, planner.preset["ndb"]
+    all_classes = compose("train", planner.sgd_overrides("table_flat", spec.dataset, "main", []), output_dir=out)  # as the runs on all classes
+    data_dir = Path(all_classes.paths.data_dir)
+    samples = int(ndb_cfg.get("samples", 1000)) if spec.kind == "main" else 0
+    start = time.perf_counter()
+    if spec.method == "em":
+        em = preset["em"]
+        result = em_baseline(spec.dataset, K=spec.K, data_dir=data_dir, held_out=spec.held_out, n_train=em.get("n_train"),
+                             max_iter=int(em.get("max_iter", 100)), seed=0)
+        seconds = time.perf_counter() - start
+        gmm = result["model"]
+        record: dict[str, Any] = dict(
+            K=int(result["K"]), params=int(gmm.means_.size + gmm.covariances_.size + gmm.weights_.size),
+            cluster=result["cluster"], loglik=result["loglik"], bpd=result["bpd"], auroc=result.get("auroc"),
+            train_images=result["train_images"], test_images=result["test_images"], outliers=result.get("outliers"),
+            n_iter=int(gmm.n_iter_), converged=bool(gmm.converged_), max_iter=int(em.get("max_iter", 100)),
+            seconds=seconds, images_per_second=gmm.n_iter_ * result["train_images"] / seconds,
+        )
+        drawn = sample_em(gmm, samples, ndb_cfg) if samples else None
+    else:
+        result = circuit_baseline(spec.dataset, data_dir, spec.held_out, CircuitSettings(**preset[spec.method]), samples=samples)
+        record = {k: result[k] for k in ("params", "loglik", "bpd", "acc", "train_images", "test_images", "epochs", "seconds", "images_per_second", "settings")}
+        record.update(auroc=result.get("auroc"), outliers=result.get("outliers"))
+        drawn = result.get("samples") if samples else None
+    if drawn is not None:
+        datamodule = instantiate(all_classes.data)
+        datamodule.setup("fit")
+        binning, _ = ndb_binning(ndb_cfg, datamodule, data_dir)
+        save_grid(drawn, out / "samples.png")
+        record["ndb"] = dict(binning.evaluate(drawn).as_dict(), samples=samples)
+        if spec.method == "em":
+            record["ndb"]["divisor"] = float(ndb_cfg.get("divisor", 1.0))
+    return record
+
+
+def evaluate_kept(path: Path, runs_dir: Path, spec: RunSpec, out: Path, label: str, overrides: list[str]) -> None:
+    """Test the run's kept checkpoint with ``evaluate.yaml`` and ``overrides`` (outlier runs hold
+    out their class again); its ``test/*`` metrics go to ``record["evaluations"][label]``, beside
+    the record's own numbers."""
+    kept = read_record(path).get("checkpoint")
+    if not kept or not (runs_dir / kept).is_file():
+        raise FileNotFoundError(f"{path}: no kept checkpoint ({runs_dir / kept if kept else 'none recorded'}); train the run again to keep one")
+    held = ["+outlier=default", f"outlier.held_out={spec.held_out}"] if spec.held_out is not None else []
+    seed = [] if spec.seed is None else [f"seed={spec.seed}"]
+    cfg = compose("evaluate", [f"ckpt_path={runs_dir / kept}", f"data={spec.dataset}", *seed, *held, "task_name=results", *overrides], output_dir=out)
+    with open(out / "evaluate.log", "a") as console, contextlib.redirect_stdout(console):
+        metrics, _ = evaluate(cfg)
+    record = read_record(path)  # as it is now (another pass may have added its figures meanwhile)
+    evaluations = record.setdefault("evaluations", {})
+    evaluations[label] = dict(overrides=overrides, metrics=metrics, finished=now(), machine=machine_info(1)["cpu"])
+    write_json(path, record)
+
+
+def run_job(cfg: DictConfig) -> str:
+    """The task of one job: ``cfg.run`` of the plan ``cfg.plan``, trained (``mode=train``) or
+    evaluated (``mode=evaluate``). Returns ``"done"`` or ``"failed: <error>"``; never raises."""
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from threadpoolctl import threadpool_limits
+
+    plan = json.loads(Path(cfg.plan).read_text())
+    planner = Planner.from_dict(plan["settings"], plan)
+    spec = planner.runs[cfg.run]
+    out = Path(HydraConfig.get().runtime.output_dir)
+    path = record_path(Path(plan["records_dir"]), spec)
+    # compose() below replaces Hydra's global state; an in-process launcher needs it for the next job
+    hydra_state, job_config, threads = GlobalHydra.instance().hydra, HydraConfig.instance().cfg, torch.get_num_threads()
+    torch.set_num_threads(int(cfg.threads))
+    try:
+        with threadpool_limits(limits=int(cfg.threads)):
+            if cfg.mode == "evaluate":
+                evaluate_kept(path, Path(plan["runs_dir"]), spec, out, str(cfg.label), list(plan["overrides"]))
+                return "done"
+            for child in out.iterdir():  # what an earlier attempt of this run left (Hydra's .hydra/ and log stay)
+                if child.name != ".hydra" and child.suffix != ".log":
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            record = run_sgd(spec, out, planner.preset["ndb"]) if spec.method == "sgd" else run_baseline(spec, out, planner)
+    except Exception as err:  # noqa: BLE001 - one failed run must not stop the others
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        record = dict(error=f"{type(err).__name__}: {message}")
+        log.exception(f"{spec.key} failed")
+        if cfg.mode == "evaluate":  # the error goes where the figures would have gone
+            failed = read_record(path)
+            failed.setdefault("evaluations", {})[str(cfg.label)] = dict(record, overrides=list(plan["overrides"]), finished=now())
+            write_json(path, failed)
+            return f"failed: {record['error']}"
+    finally:
+        GlobalHydra.instance().hydra, HydraConfig.instance().cfg = hydra_state, job_config
+        torch.set_num_threads(threads)
+        gc.collect()
+    record.update(record_version=RECORD_VERSION, preset=plan["preset"], key=run_key(spec, planner.preset), dataset=spec.dataset, name=spec.name,
+                  seed=spec.seed, finished=now(), machine=machine_info(int(cfg.threads))["cpu"])
+    write_json(path, record)
+    return f"failed: {record['error']}" if record.get("error") else "done"
+
+
+_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="results_job.yaml")(run_job)
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,365 @@
+"""The results pipeline (dcgmm.results, ``python results.py``): the tiny preset end to end through
+Hydra's joblib and submitit launchers, relaunches that skip finished runs, evaluation-only passes
+over the kept models, the table aggregated from records (the committed protocol's table
+regenerated), the plan of the small preset, and the one-line refusals of bad input."""
+
+import json
+import math
+import multiprocessing
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from dcgmm.errors import ConfigError
+from dcgmm.results import launch
+from dcgmm.results.jobs import record_path
+from dcgmm.results.plan import Planner, load_preset, run_key
+from dcgmm.results.records import RECORD_VERSION, write_json
+from tests.conftest import ROOT, needs_mnist
+
+
+def markdown_tables(text: str) -> dict[str, list[list[str]]]:
+    """``{section title: rows}`` of every Markdown table under a ``## `` heading (rows as cell lists,
+    the header row first, the separator row second)."""
+    tables: dict[str, list[list[str]]] = {}
+    section = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        elif line.startswith("|") and section is not None:
+            assert line.endswith("|"), line
+            tables.setdefault(section, []).append([cell.strip() for cell in line.strip("|").split("|")])
+    return tables
+
+
+def number(cell: str) -> float | None:
+    return None if cell == "–" else float(cell.replace(",", ""))
+
+
+RANGES = {
+    "purity": (0, 1), "NMI": (0, 1), "ARI": (-1, 1), "Hung. acc": (0, 1), "clf acc": (0, 1), "NDB/B": (0, 1),
+    "JS": (0, math.log(2) + 1e-6), "AUROC 0": (0, 1), "Dunn": (0, 10), "DB": (0, 100), "AUROC mean": (0, 1), "σ end": (0, 100), "σ end (outl.)": (0, 100),
+}
+
+
+def check_tiny_table(tmp_path):
+    text = (tmp_path / "RESULTS.md").read_text()
+    for words in ("preset `tiny`", "epochs", "data, MNIST", "held out", "machine", "cores", "torch", "date", "wall time of this call", "progress", "seeds"):
+        assert words in text, words
+    tables = markdown_tables(text)
+    assert list(tables) == ["MNIST"]  # the tiny preset runs MNIST only; "Columns"/"Rows" hold no table
+    header, separator, *rows = tables["MNIST"]
+    assert header[:4] == ["model", "seeds", "K", "params"] and header[-3:] == ["train s", "img/s", "runs"]
+    for column in ("AUROC 0", "AUROC mean", "AUROC sum", "AUROC cross", "AUROC noise", "NDB/B", "NDB/B sharp."):
+        assert column in header, column
+    assert all(set(cell) <= set("-:") and cell for cell in separator) and len(separator) == len(header)
+    assert [row[0] for row in rows] == ["B (dcgmm2)", "A flat, K as B", "EM (sklearn), K as B"]
+    for row in rows:
+        assert len(row) == len(header), row
+        cells = dict(zip(header, row))
+        assert number(cells["K"]) == 36 and number(cells["K (outl.)"]) == 49  # topology B: top K 36; outliers: 49
+        assert number(cells["params"]) > 0 and number(cells["train s"]) >= 0 and number(cells["img/s"]) > 0
+        for column, (low, high) in RANGES.items():
+            value = number(cells[column])
+            assert value is None or low <= value <= high, (row[0], column, value)
+        for column in ("purity", "NMI", "ARI", "Dunn", "DB", "NDB/B", "JS", "AUROC 0"):
+            assert number(cells[column]) is not None, (row[0], column)  # measured for every row
+        assert cells["runs"] == "2/2" and cells["seeds"] == "1/1"
+    b, flat, em = (dict(zip(header, row)) for row in rows)
+    assert number(b["params"]) > number(flat["params"])  # the flat GMM with the same K is much smaller
+    assert em["clf acc"] == "–" and number(b["clf acc"]) is not None
+    for column in ("AUROC sum", "AUROC cross", "AUROC noise"):  # the SGD rows' extra outlier scores and sets
+        assert number(b[column]) is not None and number(flat[column]) is not None and em[column] == "–"
+    assert number(b["NDB/B sharp."]) is not None and flat["NDB/B sharp."] == "–"  # only B's F(8,2) patches overlap
+    assert "## Verdict" in text and "B (dcgmm2) against the flat GMM with the same K" in text
+
+
+
+@needs_mnist
+def test_tiny_preset_through_joblib_relaunch_and_evaluation_pass(tmp_path):
+    """The tiny preset as a multirun of two joblib jobs: a well-formed table, a record and a kept
+    checkpoint per run, the numbers of the recorded reference; a relaunch trains nothing; an
+    evaluation-only pass tests every kept model again and finds the record's own numbers."""
+    results_md = ROOT / "results" / "RESULTS.md"
+    before = results_md.stat().st_mtime_ns if results_md.exists() else None
+
+    assert launch.main(["preset=tiny", f"out={tmp_path}", "hydra.launcher.n_jobs=2"]) == 0
+    check_tiny_table(tmp_path)
+    payload = json.loads((tmp_path / "tiny.json").read_text())
+    assert payload["preset"] == "tiny" and payload["meta"]["machine"]["torch"]
+    assert len(payload["rows"]["mnist"]) == 3 and all(run["finished"] and "error" not in run for run in payload["runs"])
+    runs = tmp_path / "runs" / "mnist"
+    assert (runs / "table_dcgmm2_s12345" / "samples.png").exists() and (runs / "table_dcgmm2_s12345" / ".hydra" / "overrides.yaml").exists()
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "records" / "mnist").glob("*.json")}
+    assert len(records) == 6
+    for name, record in records.items():  # every SGD run keeps the checkpoint its test scored
+        if not name.startswith("em_"):
+            assert (tmp_path / "runs" / record["checkpoint"]).is_file() and record["checkpoint"].startswith(f"mnist/{name}/")
+    assert (results_md.stat().st_mtime_ns if results_md.exists() else None) == before  # results/ untouched
+
+    # relaunch: every run has its finished, matching record; nothing is trained or rewritten
+    stamps = {p: p.read_bytes() for p in (tmp_path / "records").rglob("*.json")}
+    assert launch.main(["preset=tiny", f"out={tmp_path}"]) == 0
+    assert {p: p.read_bytes() for p in (tmp_path / "records").rglob("*.json")} == stamps
+
+    # an evaluation-only pass over the kept models, with the test settings of the tiny preset
+    assert launch.main(["preset=tiny", f"out={tmp_path}", "mode=evaluate", "label=again", "++trainer.limit_test_batches=3", "data.eval_batch_size=100"]) == 0
+    for name, record in records.items():
+        again = json.loads((tmp_path / "records" / "mnist" / f"{name}.json").read_text())
+        if name.startswith("em_"):
+            assert "evaluations" not in again  # no checkpoint to evaluate
+            continue
+        figures = again["evaluations"]["again"]
+        assert figures["overrides"] == ["++trainer.limit_test_batches=3", "data.eval_batch_size=100"]
+        own = record["metrics"]
+        same = ("test/cluster/nmi", "test/acc", "test/loss") if "test/cluster/nmi" in own else ("test/loss", "test/auroc")
+        for key in same:  # the same model on the same test images
+            assert figures["metrics"][key] == pytest.approx(own[key], rel=1e-6, abs=1e-6), (name, key)
+        assert {k: v for k, v in again.items() if k != "evaluations"} == record  # the record's own numbers stay
+
+    # the numbers of the recorded reference (tests/reference), exactly, on the machine that recorded them
+    from tests.reference import record
+
+    recorded = json.loads(record.VALUES.read_text())["results/tiny"]
+    if recorded["machine"] != record.tiny_preset_machine():
+        pytest.skip(f"the table is well formed; its numbers were recorded on {recorded['machine']['cpu']} (torch "
+                    f"{recorded['machine']['torch']}), where they must match exactly, not on this CPU")
+    assert record.tiny_preset_values(payload) == recorded["runs"]
+
+
+@needs_mnist
+def test_submitit_local_launcher_runs_two_jobs_of_the_tiny_preset(tmp_path):
+    """hydra/launcher=submitit_local (submitit's local executor, the path of SLURM jobs): the tiny
+    preset's two EM runs as two submitit jobs, each writing its record; the other rows stay empty."""
+    assert launch.main(["preset=tiny", f"out={tmp_path}", "methods=em", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]) == 0
+    records = sorted(p.name for p in (tmp_path / "records" / "mnist").glob("*.json"))
+    assert records == ["em_k36.json", "em_k49_held0.json"]
+    assert all("error" not in json.loads((tmp_path / "records" / "mnist" / r).read_text()) for r in records)
+    assert len(list((tmp_path / "runs" / ".submitit").iterdir())) == 2  # two submitit jobs
+    assert "2 of 6 runs finished" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_slurm_launcher_sizes_jobs_by_the_trainer():
+    """hydra/launcher=slurm composes with tasks_per_node = trainer.devices and nodes = trainer.num_nodes."""
+    from omegaconf import OmegaConf
+
+    from dcgmm.app.config import compose
+
+    base = ["plan=p.json", "run=mnist/x", "hydra/launcher=slurm"]
+    cfg = compose("results_job", [*base, "trainer=ddp", "trainer.devices=2", "trainer.num_nodes=3"])
+    assert OmegaConf.select(cfg, "hydra.launcher.tasks_per_node") == 2 and OmegaConf.select(cfg, "hydra.launcher.nodes") == 3
+    assert OmegaConf.select(cfg, "hydra.launcher._target_").endswith("SlurmLauncher")
+    cfg = compose("results_job", base)  # one device on one node
+    assert (OmegaConf.select(cfg, "hydra.launcher.tasks_per_node"), OmegaConf.select(cfg, "hydra.launcher.nodes")) == (1, 1)
+    train = compose("train", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4"])  # train.py -m uses the same file
+    assert OmegaConf.select(train, "hydra.launcher.tasks_per_node") == 4
+
+
+def test_launcher_without_its_package_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(launch, "_installed", lambda module: module != "submitit")
+    assert launch.main(["preset=tiny", f"out={tmp_path}", "hydra/launcher=slurm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: hydra/launcher=slurm needs the package submitit, which is not installed: pip install submitit"]
+    assert not tmp_path.joinpath("records").exists()
+
+
+def test_small_plan_matches_k_and_parameter_counts():
+    """The rows of the small preset without training: flat GMMs get the DCGMM's top-layer K, or the
+    perfect-square K whose parameter count is nearest the DCGMM's; every run is planned once."""
+    _, preset = load_preset("small")
+    planner = Planner(preset).plan(["mnist"])
+    runs = planner.runs
+    rows = {row.row_id: row for row in planner.rows}
+    b_main, b_out = runs[rows["dcgmm2"].main[0]], runs[rows["dcgmm2"].outliers[0][0]]
+    assert (b_main.K, b_out.K) == (36, 49)
+    assert b_out.params > b_main.params  # independent mode in the lower layer
+    same_k = rows["flat_same_k:dcgmm2"]
+    assert runs[same_k.main[0]].K == 36 and runs[same_k.outliers[0][0]].K == 49
+    for topology in ("dcgmm2", "dcgmm3"):
+        row = rows[f"flat_same_params:{topology}"]
+        for flat_key, dcgmm_key in ((row.main[0], rows[topology].main[0]), (row.outliers[0][0], rows[topology].outliers[0][0])):
+            flat, dcgmm = runs[flat_key], runs[dcgmm_key]
+            assert math.isqrt(flat.K) ** 2 == flat.K  # the annealing grid needs a perfect square
+            assert abs(flat.params - dcgmm.params) / dcgmm.params < 0.1, (flat.name, flat.params, dcgmm.params)
+            root = math.isqrt(flat.K)
+            per_k = 784 * 2 + 1 + 10  # means, precisions, weight and classifier weights per component
+            neighbours = [(root - 1) ** 2, (root + 1) ** 2]
+            assert all(abs(flat.params - dcgmm.params) <= abs(per_k * k + 10 - dcgmm.params) for k in neighbours)
+    # shared runs are planned once: the K=49 flat outlier run serves the rows of B and E
+    assert sum(1 for spec in runs.values() if spec.name == "flat_k49_outliers_held0_s12345") == 1
+    assert runs[rows["em_same_k:dcgmm3"].main[0]].K == 25 and runs[rows["em_same_k:dcgmm3"].outliers[0][0]].K == 49
+    assert all(spec.experiment is None or spec.overrides[0] == f"experiment={spec.experiment}" for spec in runs.values())
+    assert Planner.from_dict(preset, json.loads(json.dumps(planner.as_dict()))).as_dict() == planner.as_dict()  # the plan file's round trip
+
+
+def test_committed_protocol_table_regenerates_from_its_records(tmp_path, capsys):
+    """The 52 committed records of the full preset, aggregated again: the same rows and runs as the
+    committed results/full.json, and a relaunch would train none of them."""
+    shutil.copytree(ROOT / "results" / "runs" / "full", tmp_path / "records")
+    assert launch.main(["preset=full", f"out={tmp_path}", "mode=plan"]) == 0
+    assert capsys.readouterr().out.count(" finished\n") == 52 and not (tmp_path / "RESULTS.md").exists()  # nothing to train
+    assert launch.main(["preset=full", f"out={tmp_path}", "mode=report"]) == 0
+    new, committed = (json.loads(p.read_text()) for p in (tmp_path / "full.json", ROOT / "results" / "full.json"))
+    assert new["rows"] == committed["rows"] and new["runs"] == committed["runs"] and new["meta"]["finished"] == new["meta"]["planned"] == 52
+    tables = [text[text.index("\n## MNIST"):text.index("\n## Columns")] for text in ((tmp_path / "RESULTS.md").read_text(), (ROOT / "results" / "RESULTS.md").read_text())]
+    assert tables[0] == tables[1]  # the tables and the verdict, word for word
+
+
+# ------------------------------------------------------------------------- records, relaunch, verdict
+def fake_record(spec, preset, **metrics) -> dict:
+    """A finished run record as the jobs write it, with the given numbers."""
+    record = dict(record_version=RECORD_VERSION, preset="tiny", key=run_key(spec, preset),
+                  dataset=spec.dataset, name=spec.name, seed=spec.seed, machine="test CPU", seconds=1.0, K=spec.K, params=spec.params)
+    nmi, ndb, auroc = metrics["nmi"], metrics["ndb"], metrics["auroc"]
+    if spec.method == "em":
+        record.update(cluster=dict(nmi=nmi, purity=0.5, ari=0.2), auroc=auroc if spec.kind == "outliers" else None, images_per_second=1.0)
+    else:
+        m = {"test/cluster/nmi": nmi, "test/cluster/purity": 0.5, "test/acc": 0.5} if spec.kind == "main" else {"test/auroc": auroc, "test/auroc/sum": auroc}
+        record.update(metrics=m, speed=dict(fit_seconds=1.0, images_per_second=100.0, train_images=100), top_sigma=0.01)
+    if spec.kind == "main":
+        record["ndb"] = dict(ndb_ratio=ndb, js=0.1)
+    return record
+
+
+@pytest.fixture(scope="module")
+def tiny_plan():
+    _, preset = load_preset("tiny")
+    return preset, Planner(preset).plan(["mnist"])
+
+
+def write_records(preset, planner, records_dir, numbers):
+    for spec in planner.runs.values():
+        row = "dcgmm" if spec.name.startswith("table_") else "em" if spec.method == "em" else "flat"
+        write_json(record_path(records_dir, spec), fake_record(spec, preset, **numbers[row]))
+
+
+def test_report_from_records_states_where_dcgmm_loses(tiny_plan, tmp_path):
+    """mode=report writes the table and the verdict from run records alone: here the DCGMM
+    clusters worse (NMI 0.40 vs 0.55), samples better (NDB/B 0.30 vs 0.60) and detects outliers
+    as well as the flat GMM (AUROC 0.901 vs 0.900, inside the 0.005 floor)."""
+    preset, planner = tiny_plan
+    numbers = {"dcgmm": dict(nmi=0.40, ndb=0.30, auroc=0.901), "flat": dict(nmi=0.55, ndb=0.60, auroc=0.900), "em": dict(nmi=0.5, ndb=0.5, auroc=0.9)}
+    write_records(preset, planner, tmp_path / "records", numbers)
+    assert launch.main(["preset=tiny", f"out={tmp_path}", "mode=report"]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    verdict = text[text.index("## Verdict"):text.index("## Columns")]
+    assert "**Clustering** (NMI): DCGMM worse than the flat GMM in every comparison: the claim does not hold here" in verdict
+    assert "**Sampling** (NDB/B): DCGMM better than the flat GMM in every comparison" in verdict
+    assert "**Outlier detection** (AUROC): DCGMM and the flat GMM equal within the noise" in verdict
+    assert "clustering **worse** (NMI 0.400 vs 0.550, difference -0.150" in verdict
+    assert "6 of 6 runs finished" in text and "test CPU" in text
+    assert not (tmp_path / "runs" / "mnist").exists()  # nothing was trained
+
+
+def test_verdict_margin_uses_the_spread_over_seeds():
+    from dcgmm.results.verdict import CLAIMS, compare
+
+    nmi = CLAIMS[0]
+    dcgmm = dict(nmi=0.60, nmi_sd=0.03, seeds=2)
+    assert compare(dcgmm, dict(nmi=0.55, nmi_sd=0.01, seeds=2), nmi).verdict == "equal"  # 0.05 < 2 * sqrt(0.03^2 + 0.01^2)
+    assert compare(dcgmm, dict(nmi=0.50, nmi_sd=0.01, seeds=2), nmi).verdict == "better"
+    assert compare(dict(nmi=0.60, seeds=1), dict(nmi=0.605, seeds=1), nmi).verdict == "equal"  # inside the 0.01 floor
+    assert compare(dict(nmi=None), dict(nmi=0.5), nmi).verdict == "not measured"
+    ndb = CLAIMS[1]  # lower is better
+    assert compare(dict(ndb_ratio=0.2, seeds=1), dict(ndb_ratio=0.6, seeds=1), ndb).verdict == "better"
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (dict(record_version=1), "written by another code version (record version 1"),
+        (dict(preset="full"), "a record of preset 'full', not 'tiny'"),
+        (dict(key="0123456789abcdef"), "made with other settings"),
+    ],
+)
+def test_relaunch_refuses_a_foreign_record_naming_the_file(tiny_plan, tmp_path, capsys, change, fragment):
+    preset, planner = tiny_plan
+    numbers = {row: dict(nmi=0.5, ndb=0.5, auroc=0.9) for row in ("dcgmm", "flat", "em")}
+    write_records(preset, planner, tmp_path / "records", numbers)
+    target = tmp_path / "records" / "mnist" / "flat_k36_s12345.json"
+    target.write_text(json.dumps({**json.loads(target.read_text()), **change}))
+    before = {p: p.read_bytes() for p in (tmp_path / "records").rglob("*.json")}
+    assert launch.main(["preset=tiny", f"out={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(target) in err[0] and fragment in err[0], err
+    assert {p: p.read_bytes() for p in (tmp_path / "records").rglob("*.json")} == before  # nothing touched
+    assert not (tmp_path / "RESULTS.md").exists() and not (tmp_path / "runs").exists()
+
+
+def test_failed_records_are_reported_and_placement_overrides_keep_the_keys(tiny_plan, tmp_path):
+    """A failed run's record is listed under "Failed runs" (its key is not checked: it is trained
+    again), and overrides that only say where a run trains (trainer=gpu, data.on_device=true) keep
+    the records' keys, so a CPU-made table continues on a GPU machine."""
+    preset, planner = tiny_plan
+    numbers = {row: dict(nmi=0.5, ndb=0.5, auroc=0.9) for row in ("dcgmm", "flat", "em")}
+    write_records(preset, planner, tmp_path / "records", numbers)
+    target = tmp_path / "records" / "mnist" / "flat_k36_s12345.json"
+    target.write_text(json.dumps(dict(error="RuntimeError: out of memory", key="stale", record_version=RECORD_VERSION, preset="tiny")))
+    assert launch.main(["preset=tiny", f"out={tmp_path}", "mode=report"]) == 1
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## Failed runs" in text and "mnist/flat_k36_s12345: RuntimeError: out of memory" in text
+    payload = json.loads((tmp_path / "tiny.json").read_text())
+    assert [r["error"] for r in payload["runs"] if r["name"] == "flat_k36_s12345"] == ["RuntimeError: out of memory"]
+
+    on_gpu = Planner(preset, ["trainer=gpu", "data.on_device=true", "trainer.devices=2"]).plan(["mnist"])
+    for key, spec in planner.runs.items():
+        assert run_key(on_gpu.runs[key], preset) == run_key(spec, preset)
+    other = Planner(preset, ["trainer.max_epochs=3"]).plan(["mnist"])
+    spec = next(s for s in planner.runs.values() if s.method == "sgd")
+    assert run_key(other.runs[spec.key], preset) != run_key(spec, preset)  # what it computes
+
+
+def _write_many(path, size, times):
+    for i in range(times):
+        write_json(path, dict(writer=size, values=list(range(size)), i=i))
+
+
+def test_two_writers_of_one_record_never_leave_a_broken_file(tmp_path):
+    """Two relaunches at once write the same record: every read in between finds a whole record
+    (a temporary file, then a rename), never a mix or a truncated file."""
+    path = tmp_path / "mnist" / "run.json"
+    write_json(path, dict(writer=0, values=[], i=-1))
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_many, args=(path, size, 150)) for size in (20_000, 30_000)]
+    for w in writers:
+        w.start()
+    reads = 0
+    while any(w.is_alive() for w in writers):
+        record = json.loads(path.read_text())  # raises on a partial file
+        assert len(record["values"]) == record["writer"]
+        reads += 1
+    assert all(w.exitcode == 0 for w in writers) and reads > 0
+    assert [p.name for p in path.parent.iterdir()] == ["run.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    "words, fragment",
+    [
+        (["preset=nope"], "unknown preset 'nope'; available presets: full, small, tiny"),
+        (["preset=tiny", "mode=evaluate"], "mode=evaluate needs label=<name>"),
+        (["preset=tiny", "mode=fast"], "mode=fast unknown; use one of train, evaluate, report, plan"),
+        (["preset=tiny", "methods=[sgd,bogus]"], "methods ['bogus'] unknown"),
+        (["preset=tiny", "datasets=cifar"], "datasets ['cifar'] unknown"),
+        (["preset=tiny", "--multirun"], "--multirun: the results entry point takes key=value words only"),
+        (["preset=tiny", "out=" + str(ROOT / "results")], "the tiny preset never writes to results/"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_status_2(words, fragment, capsys):
+    assert launch.main(words) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+
+
+def test_unknown_preset_from_the_command_line():
+    result = subprocess.run([sys.executable, "results.py", "preset=nope"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: unknown preset 'nope'; available presets: full, small, tiny (or a path to a preset .yaml)"]
+
+
+def test_an_experiment_a_preset_names_must_exist(tmp_path):
+    text = (ROOT / "conf" / "results" / "tiny.yaml").read_text().replace("dcgmm: [dcgmm2]", "dcgmm: [dcgmm9]")
+    (tmp_path / "odd.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"dcgmm 'dcgmm9' needs the experiment table_dcgmm9; experiments: table_dcgmm2, "):
+        load_preset(str(tmp_path / "odd.yaml"))
