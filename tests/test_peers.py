@@ -136,7 +136,7 @@ def test_results_pipeline_trains_and_reports_the_circuit_row(tmp_path):
 
 
 @needs_mnist
-def test_methods_option_trains_only_the_named_runs(tmp_path):
+def test_methods_option_trains_only_the_named_runs(tmp_path, capsys):
     """methods=em trains the EM runs of the tiny preset and nothing else (the other rows stay empty
     in the report); basic launcher: one job after another in this process."""
     from dcgmm.results import launch
@@ -144,6 +144,10 @@ def test_methods_option_trains_only_the_named_runs(tmp_path):
     assert launch.main(["preset=tiny", f"out={tmp_path}", "methods=em", "hydra/launcher=basic"]) == 0
     assert sorted(p.name for p in (tmp_path / "records" / "mnist").glob("*.json")) == ["em_k36.json", "em_k49_held0.json"]
     assert "2 of 6 runs finished" in (tmp_path / "RESULTS.md").read_text()
+    records = {p: p.read_bytes() for p in (tmp_path / "records").rglob("*.json")}
+    assert launch.main(["preset=tiny", f"out={tmp_path}", "methods=em", "hydra/launcher=basic"]) == 0  # a relaunch: nothing to train
+    assert "preset tiny: 6 runs, 2 with a finished record" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in (tmp_path / "records").rglob("*.json")} == records
 
 
 def test_circuit_row_is_one_per_dataset_and_adds_no_other_rows():

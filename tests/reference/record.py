@@ -141,8 +141,8 @@ def checkpoint_values(path: Path) -> dict:
     return {name: digest(t) for name, t in values.items()}
 
 
-# what a run record measures of the clock, names of the machine, or where it kept the model
-CLOCK_KEYS = ("seconds", "speed", "images_per_second", "machine", "checkpoint")
+# what a run record measures of the clock, names of the machine or the code's commit, or where it kept the model
+CLOCK_KEYS = ("seconds", "speed", "images_per_second", "machine", "checkpoint", "code")
 
 
 def tiny_preset_values(payload: dict) -> list[dict]:

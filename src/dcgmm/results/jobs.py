@@ -4,8 +4,8 @@ model and add the figures to its record.
 :func:`run_job` is the Hydra task function of ``conf/results_job.yaml``; the launcher of the
 multirun (joblib here, submitit on SLURM) calls it once per run with ``run=<dataset>/<name>``.
 A job reads its run from the plan file the entry point wrote (``plan=``), works in its Hydra
-output folder (``<runs>/<dataset>/<name>``: the training run's checkpoint, CSV log and sample
-grids stay there) and writes ``<records>/<dataset>/<name>.json`` atomically. A failing run writes
+output folder (``<runs>/<dataset>/<name>``: the training run's checkpoint, CSV log, outlier ROC
+curve and NDB sample grid stay there) and writes ``<records>/<dataset>/<name>.json`` atomically. A failing run writes
 a record with its error instead of stopping the other jobs; the next launch trains it again.
 """
 
@@ -16,6 +16,7 @@ import gc
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from dcgmm.core.images import make_grid, save_png
 from dcgmm.results.baselines import em_baseline
 from dcgmm.results.peers import CircuitSettings, circuit_baseline
 from dcgmm.results.plan import Planner, RunSpec, run_key
-from dcgmm.results.records import RECORD_VERSION, machine_info, now, read_record, write_json
+from dcgmm.results.records import RECORD_VERSION, code_version, machine_info, now, read_record, write_json
 
 __all__ = ["record_path", "run_job"]
 
@@ -67,9 +68,9 @@ def ndb_binning(ndb_cfg: dict, datamodule, data_dir: Path):
     return binning, dict(binning.evaluate(test_x[pick]).as_dict(), images=len(pick))
 
 
-def run_sgd(spec: RunSpec, out: Path, ndb_cfg: dict) -> dict:
+def run_sgd(spec: RunSpec, out: Path, runs_dir: Path, ndb_cfg: dict) -> dict:
     """Train and test one configuration with dcgmm.app.tasks.train; NDB of samples for main runs."""
-    cfg = compose("train", spec.overrides, output_dir=out, log_dir=out.parents[1])
+    cfg = compose("train", spec.overrides, output_dir=out, log_dir=runs_dir)
     start = time.perf_counter()
     with open(out / "train.log", "a") as console, contextlib.redirect_stdout(console):  # Lightning's tables to the run's log
         metrics, objects = train(cfg)
@@ -105,8 +106,9 @@ def run_sgd(spec: RunSpec, out: Path, ndb_cfg: dict) -> dict:
             save_grid(sharp.samples, out / "samples_sharpened.png")
             record["ndb_sharpened"] = dict(sharp.result.as_dict(), samples=len(sharp.samples), **sharpening, seconds=sharp.seconds)
     record["seconds"] = time.perf_counter() - start
-    if checkpoint:  # the model the test scored, kept for evaluation-only passes
-        record["checkpoint"] = str(Path(checkpoint).resolve().relative_to(out.parents[1].resolve()))
+    if checkpoint:  # the model the test scored, kept for evaluation-only passes (relative to the runs folder where it lies there)
+        kept = Path(checkpoint).resolve()
+        record["checkpoint"] = str(kept.relative_to(runs_dir.resolve()) if kept.is_relative_to(runs_dir.resolve()) else kept)
     return record
 
 
@@ -168,52 +170,71 @@ def run_baseline(spec: RunSpec, out: Path, planner: Planner) -> dict:
     return record
 
 
-def evaluate_kept(path: Path, runs_dir: Path, spec: RunSpec, out: Path, label: str, overrides: list[str]) -> None:
-    """Test the run's kept checkpoint with ``evaluate.yaml`` and ``overrides`` (outlier runs hold
-    out their class again); its ``test/*`` metrics go to ``record["evaluations"][label]``, beside
-    the record's own numbers."""
-    kept = read_record(path).get("checkpoint")
-    if not kept or not (runs_dir / kept).is_file():
-        raise FileNotFoundError(f"{path}: no kept checkpoint ({runs_dir / kept if kept else 'none recorded'}); train the run again to keep one")
+def kept_checkpoint(record: dict, runs_dir: Path) -> Path | None:
+    """The checkpoint a record says its run kept, if it is still there."""
+    kept = record.get("checkpoint")
+    path = None if not kept else Path(kept) if Path(kept).is_absolute() else Path(runs_dir) / kept
+    return path if path is not None and path.is_file() else None
+
+
+def evaluate_kept(path: Path, runs_dir: Path, spec: RunSpec, out: Path, label: str, overrides: list[str], preset: dict) -> None:
+    """Test the run's kept checkpoint with ``evaluate.yaml``: the preset's overrides of the run's
+    kind (its test settings), the run's held-out class, then ``overrides``; its ``test/*`` metrics
+    go to ``record["evaluations"][label]``, beside the record's own numbers."""
+    checkpoint = kept_checkpoint(read_record(path), runs_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{path}: its run's checkpoint is gone; train the run again to keep one")
     held = ["+outlier=default", f"outlier.held_out={spec.held_out}"] if spec.held_out is not None else []
     seed = [] if spec.seed is None else [f"seed={spec.seed}"]
-    cfg = compose("evaluate", [f"ckpt_path={runs_dir / kept}", f"data={spec.dataset}", *seed, *held, "task_name=results", *overrides], output_dir=out)
+    words = [f"ckpt_path='{checkpoint}'", f"data={spec.dataset}", *seed, *held, "task_name=results", *preset["overrides"]["all"],
+             *preset["overrides"][spec.kind], *overrides]
     with open(out / "evaluate.log", "a") as console, contextlib.redirect_stdout(console):
-        metrics, _ = evaluate(cfg)
+        metrics, _ = evaluate(compose("evaluate", words, output_dir=out))
     record = read_record(path)  # as it is now (another pass may have added its figures meanwhile)
-    evaluations = record.setdefault("evaluations", {})
-    evaluations[label] = dict(overrides=overrides, metrics=metrics, finished=now(), machine=machine_info(1)["cpu"])
+    record.setdefault("evaluations", {})[label] = dict(overrides=overrides, metrics=metrics, finished=now(), machine=machine_info(1)["cpu"])
     write_json(path, record)
+
+
+def _error(err: BaseException) -> str:
+    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {message}"
 
 
 def run_job(cfg: DictConfig) -> str:
     """The task of one job: ``cfg.run`` of the plan ``cfg.plan``, trained (``mode=train``) or
-    evaluated (``mode=evaluate``). Returns ``"done"`` or ``"failed: <error>"``; never raises."""
+    evaluated (``mode=evaluate``). Returns ``"done"`` or ``"failed: <error>"``; never raises.
+
+    Under SLURM with several tasks per job (DDP), every task trains; only global rank 0 clears
+    the run folder and writes the record."""
     import torch
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from threadpoolctl import threadpool_limits
 
-    plan = json.loads(Path(cfg.plan).read_text())
-    planner = Planner.from_dict(plan["settings"], plan)
-    spec = planner.runs[cfg.run]
-    out = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        plan = json.loads(Path(cfg.plan).read_text())
+        planner = Planner.from_dict(plan["settings"], plan)
+        spec = planner.runs[cfg.run]
+    except (OSError, ValueError, KeyError) as err:  # no run to write a record for: the launch lists it as not finished
+        log.error(f"{cfg.run}: not in the plan {cfg.plan} ({_error(err)})")
+        return f"failed: {_error(err)}"
+    out, runs_dir = Path(HydraConfig.get().runtime.output_dir), Path(plan["runs_dir"])
     path = record_path(Path(plan["records_dir"]), spec)
+    rank = int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0")))
     # compose() below replaces Hydra's global state; an in-process launcher needs it for the next job
     hydra_state, job_config, threads = GlobalHydra.instance().hydra, HydraConfig.instance().cfg, torch.get_num_threads()
     torch.set_num_threads(int(cfg.threads))
     try:
         with threadpool_limits(limits=int(cfg.threads)):
             if cfg.mode == "evaluate":
-                evaluate_kept(path, Path(plan["runs_dir"]), spec, out, str(cfg.label), list(plan["overrides"]))
+                evaluate_kept(path, runs_dir, spec, out, str(cfg.label), list(plan["overrides"]), planner.preset)
                 return "done"
-            for child in out.iterdir():  # what an earlier attempt of this run left (Hydra's .hydra/ and log stay)
+            for child in out.iterdir() if rank == 0 else ():  # what an earlier attempt left (Hydra's .hydra/ and logs stay)
                 if child.name != ".hydra" and child.suffix != ".log":
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
-            record = run_sgd(spec, out, planner.preset["ndb"]) if spec.method == "sgd" else run_baseline(spec, out, planner)
+            record = run_sgd(spec, out, runs_dir, planner.preset["ndb"]) if spec.method == "sgd" else run_baseline(spec, out, planner)
     except Exception as err:  # noqa: BLE001 - one failed run must not stop the others
-        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        record = dict(error=f"{type(err).__name__}: {message}")
+        record = dict(error=_error(err))
         log.exception(f"{spec.key} failed")
         if cfg.mode == "evaluate":  # the error goes where the figures would have gone
             failed = read_record(path)
@@ -224,9 +245,10 @@ def run_job(cfg: DictConfig) -> str:
         GlobalHydra.instance().hydra, HydraConfig.instance().cfg = hydra_state, job_config
         torch.set_num_threads(threads)
         gc.collect()
-    record.update(record_version=RECORD_VERSION, preset=plan["preset"], key=run_key(spec, planner.preset), dataset=spec.dataset, name=spec.name,
-                  seed=spec.seed, finished=now(), machine=machine_info(int(cfg.threads))["cpu"])
-    write_json(path, record)
+    if rank == 0:
+        record.update(record_version=RECORD_VERSION, preset=plan["preset"], key=run_key(spec, planner.preset), dataset=spec.dataset, name=spec.name,
+                      seed=spec.seed, overrides=spec.overrides, code=code_version(), finished=now(), machine=machine_info(int(cfg.threads))["cpu"])
+        write_json(path, record)
     return f"failed: {record['error']}" if record.get("error") else "done"
 
 

@@ -25,6 +25,7 @@ multirun; every other word is an override of every training run (evaluate mode: 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 import time
@@ -45,7 +46,7 @@ __all__ = ["main"]
 SUBMITIT = {"hydra_plugins.hydra_submitit_launcher": "hydra-submitit-launcher", "submitit": "submitit"}
 LAUNCHER_PACKAGES = {"joblib": {"hydra_plugins.hydra_joblib_launcher": "hydra-joblib-launcher"}, "slurm": SUBMITIT,
                      "submitit_local": SUBMITIT, "submitit_slurm": SUBMITIT}
-OWN = ("preset", "datasets", "methods", "mode", "label", "out", "threads")
+OWN = ("preset", "datasets", "methods", "kind", "mode", "label", "out", "threads")
 MODES = ("train", "evaluate", "report", "plan")
 
 
@@ -55,12 +56,14 @@ def _words(value: str) -> list[str]:
 
 def parse(argv: list[str]) -> tuple[dict, list[str], list[str]]:
     """``(own settings, multirun words, run overrides)`` of the command line."""
-    own: dict = dict(preset="small", datasets=None, methods=None, mode="train", label=None, out=None, threads="1")
+    own: dict = dict(preset="small", datasets=None, methods=None, kind=None, mode="train", label=None, out=None, threads="1")
     launcher, runs = [], []
     for word in argv:
         key, _, value = word.partition("=")
         if key in OWN:
             own[key] = value
+        elif key.lstrip("+~").startswith("hydra.sweep"):
+            raise ConfigError(f"{word}: the results entry point sets the sweep folder itself; give out=<folder> instead")
         elif key.startswith(("hydra/", "hydra.", "+hydra", "~hydra")):
             launcher.append(word)
         elif word.startswith("-"):
@@ -78,6 +81,8 @@ def parse(argv: list[str]) -> tuple[dict, list[str], list[str]]:
         raise ConfigError(f"mode={own['mode']} unknown; use one of {', '.join(MODES)}")
     if own["mode"] == "evaluate" and not own["label"]:
         raise ConfigError("mode=evaluate needs label=<name>: the record key its figures are stored under")
+    if own["kind"] not in (None, "main", "outliers"):
+        raise ConfigError(f"kind={own['kind']} unknown; use main (the runs on all classes) or outliers (the outlier runs)")
     if not own["threads"].isdigit() or int(own["threads"]) < 1:
         raise ConfigError(f"threads={own['threads']} must be an integer >= 1")
     return own, launcher, runs
@@ -149,19 +154,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    specs = [s for s in planner.ordered_runs() if s.method in methods]
-    if own["mode"] == "train":
-        todo = [s.key for s in specs if s.key not in records]
-    else:
-        todo = [s.key for s in specs if s.method == "sgd" and s.key in records] if own["mode"] == "evaluate" else []
+    specs = [s for s in planner.ordered_runs() if s.method in methods and own["kind"] in (None, s.kind)]
+    todo, without = [s.key for s in specs if s.key not in records] if own["mode"] == "train" else [], []
+    if own["mode"] == "evaluate":  # the kept models; records whose model is gone are listed and left as they are
+        kept = {s.key for s in specs if s.key in records and jobs.kept_checkpoint(records[s.key], runs_dir)}
+        todo = [s.key for s in specs if s.key in kept]
+        without = [s.key for s in specs if s.key in records and s.key not in kept and s.method == "sgd"]
     print(f"preset {name}: {len(planner.runs)} runs, {len(records)} with a finished record ({records_dir}); {len(todo)} to {own['mode']}", flush=True)
     if own["mode"] == "plan":  # the runs and their state; nothing is launched or written
         for s in specs:
             state = "finished" if s.key in records else "failed: " + failures[s.key] if s.key in failures else "to train"
             print(f"  {s.key:<48} {s.method:<8} K={s.K!s:<5} params={s.params!s:<10} {state}")
         return 0
+    for key in without:
+        print(f"  {key}: no kept checkpoint (its record was made before models were kept, or the model was moved); not evaluated")
     if todo:
-        plan_file = runs_dir / "plan.json"
+        plan_file = runs_dir / "plans" / f"{dt.datetime.now():%Y-%m-%d_%H-%M-%S}_{os.getpid()}.json"  # one per launch: queued jobs read their own
+        if any(c in str(runs_dir) for c in "'$\\"):
+            print(f"error: the runs folder {runs_dir} has a quote, $ or backslash in its path, which Hydra's override words cannot carry; give another out=", file=sys.stderr)
+            return 2
         write_json(plan_file, dict(preset=name, settings=preset, records_dir=str(records_dir), runs_dir=str(runs_dir),
                                    overrides=overrides if own["mode"] == "evaluate" else [], **planner.as_dict()))
         sweep = runs_dir if own["mode"] == "train" else runs_dir / "_evaluations" / own["label"]
@@ -176,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        records, failures = check_records(planner, records_dir, name, same_settings=own["mode"] != "evaluate")
+        try:
+            records, failures = check_records(planner, records_dir, name, same_settings=own["mode"] != "evaluate")
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if own["mode"] == "evaluate":  # the figures are in the records; the table stays as it is
         failed = {k: e["error"] for k in todo if "error" in (e := records.get(k, {}).get("evaluations", {}).get(own["label"], {"error": "no figures written"}))}
         print(f"evaluated {len(todo) - len(failed)} of {len(todo)} kept models; figures in {records_dir}/<dataset>/<run>.json, evaluations.{own['label']}"

@@ -10,14 +10,16 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
 from pathlib import Path
 
+import dcgmm
 from dcgmm.data.sources import atomic_file
 from dcgmm.errors import ConfigError
 from dcgmm.results.plan import Planner, run_key
 from dcgmm.training.runtime import cpu_model
 
-__all__ = ["RECORD_VERSION", "RecordError", "check_records", "machine_info", "now", "read_record", "write_json"]
+__all__ = ["RECORD_VERSION", "RecordError", "check_records", "code_version", "machine_info", "now", "read_record", "write_json"]
 
 # bump it whenever a change to training, evaluation or the record's fields makes records written
 # before it incomparable: a relaunch then refuses the old records instead of mixing them into a table
@@ -30,6 +32,18 @@ class RecordError(ConfigError):
 
 def now() -> str:
     return dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def code_version() -> str:
+    """The commit of the checkout the code runs from (``+changes`` when its tracked files differ),
+    or the installed package's version outside a checkout."""
+    root = Path(dcgmm.__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"dcgmm {dcgmm.__version__}"
+    return commit + ("+changes" if changed else "")
 
 
 def machine_info(threads: int) -> dict:
@@ -75,7 +89,8 @@ def check_records(planner: Planner, records_dir: Path, preset_name: str, same_se
     """
     records: dict[str, dict] = {}
     failures: dict[str, str] = {}
-    for path in sorted(Path(records_dir).rglob("*.json")) if Path(records_dir).exists() else []:
+    records_dir = Path(records_dir)
+    for path in sorted(records_dir.rglob("*.json")) if records_dir.exists() else []:
         record = read_record(path)
         version, origin = record.get("record_version"), record.get("preset")
         if version != RECORD_VERSION:
@@ -83,7 +98,7 @@ def check_records(planner: Planner, records_dir: Path, preset_name: str, same_se
                               "move it away so that the run is trained again")
         if origin != preset_name:
             raise RecordError(f"{path}: a record of preset {origin!r}, not {preset_name!r}; move it to results/runs/{origin}/ or away")
-        spec = planner.runs.get(f"{path.parent.name}/{path.stem}")
+        spec = planner.runs.get(path.relative_to(records_dir).with_suffix("").as_posix())
         if spec is None:
             continue
         if record.get("error"):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
+from dcgmm.app.locations import project_root
 from dcgmm.data.sources import atomic_file
 from dcgmm.results.plan import DATASETS, PEER_ROWS, Planner
 from dcgmm.results.records import write_json
@@ -266,7 +268,7 @@ def write_report(report_dir: Path, preset_name: str, planner: Planner, records: 
     lines += [
         "## Columns",
         "",
-        "What each column means: [docs/results.md, Columns](../docs/results.md#columns).",
+        f"What each column means: [docs/results.md, Columns]({os.path.relpath(project_root() / 'docs' / 'results.md', report_dir)}#columns).",
         "",
         "## Rows",
         "",
