@@ -7,13 +7,13 @@ same preset at once never leave a half-written record."""
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
 import subprocess
 from pathlib import Path
 
-import dcgmm
 from dcgmm.data.sources import atomic_file
 from dcgmm.errors import ConfigError
 from dcgmm.results.plan import Planner, run_key
@@ -37,12 +37,12 @@ def now() -> str:
 def code_version() -> str:
     """The commit of the checkout the code runs from (``+changes`` when its tracked files differ),
     or the installed package's version outside a checkout."""
-    root = Path(dcgmm.__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]  # src/dcgmm/results/records.py -> the checkout
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return f"dcgmm {dcgmm.__version__}"
+        return f"dcgmm {importlib.metadata.version('dcgmm')}"
     return commit + ("+changes" if changed else "")
 
 
