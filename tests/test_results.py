@@ -352,7 +352,7 @@ def test_two_writers_of_one_record_never_leave_a_broken_file(tmp_path):
 @pytest.mark.parametrize(
     "words, fragment",
     [
-        (["preset=nope"], "unknown preset 'nope'; available presets: full, small, tiny"),
+        (["preset=nope"], "unknown preset 'nope'; available presets: classes, full, small, tiny"),
         (["preset=tiny", "mode=evaluate"], "mode=evaluate needs label=<name>"),
         (["preset=tiny", "mode=fast"], "mode=fast unknown; use one of train, evaluate, report, plan"),
         (["preset=tiny", "methods=[sgd,bogus]"], "methods ['bogus'] unknown"),
@@ -372,7 +372,7 @@ def test_bad_input_is_one_line_and_exit_status_2(words, fragment, capsys):
 def test_unknown_preset_from_the_command_line():
     result = subprocess.run([sys.executable, "results.py", "preset=nope"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: unknown preset 'nope'; available presets: full, small, tiny (or a path to a preset .yaml)"]
+    assert result.stderr.strip().splitlines() == ["error: unknown preset 'nope'; available presets: classes, full, small, tiny (or a path to a preset .yaml)"]
 
 
 def test_an_experiment_a_preset_names_must_exist(tmp_path):
