@@ -281,6 +281,17 @@ def test_verdict_margin_uses_the_spread_over_seeds():
     assert compare(dict(ndb_ratio=0.2, seeds=1), dict(ndb_ratio=0.6, seeds=1), ndb).verdict == "better"
 
 
+def test_verdict_words_follow_the_counts():
+    """"mixed" only when a claim has both better and worse comparisons; no worse (or no better)
+    among several says so in its words, and every summary carries its counts."""
+    from dcgmm.results.verdict import _summary
+
+    assert _summary(["better", "equal", "better"], "the circuit").startswith("DCGMM better than or equal to the circuit (2 better, 1 equal, 0 worse of 3")
+    assert _summary(["equal", "worse", "equal"], "the circuit").startswith("DCGMM worse than or equal to the circuit (0 better, 2 equal, 1 worse")
+    assert _summary(["better", "worse"], "x").startswith("mixed (1 better, 0 equal, 1 worse")
+    assert _summary(["worse", "worse", "not measured"], "x") == "DCGMM worse than x in every comparison: the claim does not hold here (0 better, 0 equal, 2 worse of 2 measured; 1 not measured yet)"
+
+
 @pytest.mark.parametrize(
     "change, fragment",
     [

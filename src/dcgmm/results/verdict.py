@@ -133,6 +133,10 @@ def _summary(words: list[str], other: str) -> str:
         head = f"DCGMM worse than {other} in every comparison: the claim does not hold here"
     elif counts["better"] == 0 and counts["worse"] == 0:
         head = f"DCGMM and {other} equal within the noise"
+    elif counts["worse"] == 0:
+        head = f"DCGMM better than or equal to {other}"
+    elif counts["better"] == 0:
+        head = f"DCGMM worse than or equal to {other}"
     else:
         head = "mixed"
     pending = sum(1 for w in words if w == "not measured")
