@@ -109,7 +109,7 @@ def row_values(row, records: dict, held_out: list[int], failures: dict | None = 
 def table_columns(held_out: list[int]) -> list[str]:
     return [
         "model", "seeds", "K", "params", "σ end", "K (outl.)", "params (outl.)", "σ end (outl.)", "purity", "NMI", "ARI", "Hung. acc", "Dunn", "DB",
-        "clf acc", "log p(x)", "bits/dim", "NDB/B", "NDB/B sharp.", "JS", *[f"AUROC {c}" for c in held_out], "AUROC mean", "AUROC sum", "AUROC cross", "AUROC noise",
+        "clf acc", "log p(x)", "bits/dim", "NDB/B", "NDB/B sharp.", "JS", *[f"AUROC {c}" for c in held_out], "AUROC mean", "AUROC cross", "AUROC noise",
         "train s", "img/s", "runs",
     ]
 
@@ -135,7 +135,7 @@ def table_line(values: dict, held_out: list[int]) -> list[str]:
         fmt_sd(v["purity"], v["purity_sd"]), fmt_sd(v["nmi"], v["nmi_sd"]), fmt_sd(v["ari"], v["ari_sd"]), fmt(v["hungarian_acc"]),
         fmt_sd(v["dunn"], v["dunn_sd"], 3, v["dunn_n"], v["seeds"]), fmt_sd(v["davies_bouldin"], v["davies_bouldin_sd"], 2, v["davies_bouldin_n"], v["seeds"]), fmt_sd(v["acc"], v["acc_sd"]), fmt_sd(v["loglik"], v["loglik_sd"], 1, v["loglik_n"], v["seeds"]), fmt_sd(v["bpd"], v["bpd_sd"], 3, v["bpd_n"], v["seeds"]), fmt_sd(v["ndb_ratio"], v["ndb_ratio_sd"], 2), fmt_sd(v["ndb_sharpened"], v["ndb_sharpened_sd"], 2),
         fmt(v["js"]), *[fmt_sd(v["auroc"][c], v["auroc_sd"][c]) for c in held_out], fmt_sd(v["auroc_mean"], v["auroc_mean_sd"]),
-        fmt_sd(v["auroc_sum_mean"], v["auroc_sum_mean_sd"]), fmt(v["auroc_cross_mean"]), fmt(v["auroc_noise_mean"]),
+        fmt(v["auroc_cross_mean"]), fmt(v["auroc_noise_mean"]),
         MISSING if seconds is None else f"{seconds:.1f}" if seconds < 100 else f"{seconds:.0f}",
         MISSING if rate is None or not math.isfinite(rate) else f"{rate:.0f}", f"{v['runs_done']}/{v['runs_planned']}",
     ]
