@@ -22,8 +22,8 @@ class TopLayerMetrics(Callback):
       to classes, only when K equals the number of classes in the data (with K > classes a
       one-to-one matching leaves components unmatched; purity is the many-to-one counterpart);
     * ``{stage}/cluster/dunn``, ``/davies_bouldin`` (``internal=True``): label-free indices of the
-      same clustering of the images in pixel space, as the authors' code computes them (Dunn:
-      higher is better; Davies-Bouldin: lower is better), see :func:`dcgmm.core.metrics.internal_indices`;
+      same clustering of the images in pixel space, over the whole test set (the authors' code
+      averages them over test batches of 100; Dunn: higher is better; Davies-Bouldin: lower is better), see :func:`dcgmm.core.metrics.internal_indices`;
     * ``{stage}/top/loss``: minus the top layer's mean objective (the same value as
       ``{stage}/L<i>_gmm/loss`` of that layer, under a name that does not depend on the topology).
 
