@@ -78,7 +78,7 @@ def test_verdict_against_the_circuit_in_plain_words():
         dict(row_id="circuit", label="Circuit", method="circuit", nmi=None, ndb_ratio=0.3, auroc_mean=0.8, seeds=1, not_applicable=["nmi"]),
     ]
     text = "\n".join(verdict_markdown("MNIST", rows))
-    assert "**Clustering** (NMI): DCGMM worse than the flat GMM in every comparison" in text
+    assert "**Clustering** (NMI): DCGMM worse than the flat GMM and EM with the same K in every comparison" in text
     assert "(1 better" not in text.split("**Against")[0]  # the circuit's outlier 'better' is not in the flat summary
     against = next(line for line in text.splitlines() if line.startswith("- **Against the probabilistic circuit**"))
     assert "clustering (NMI) not applicable to the circuit" in against

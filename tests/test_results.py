@@ -261,7 +261,7 @@ def test_report_from_records_states_where_dcgmm_loses(tiny_plan, tmp_path):
     assert launch.main(["preset=tiny", f"out={tmp_path}", "mode=report"]) == 0
     text = (tmp_path / "RESULTS.md").read_text()
     verdict = text[text.index("## Verdict"):text.index("## Columns")]
-    assert "**Clustering** (NMI): DCGMM worse than the flat GMM in every comparison: the claim does not hold here" in verdict
+    assert "**Clustering** (NMI): DCGMM worse than the flat GMM and EM with the same K in every comparison: the claim does not hold here" in verdict
     assert "**Sampling** (NDB/B): DCGMM better than the flat GMM in every comparison" in verdict
     assert "**Outlier detection** (AUROC): DCGMM and the flat GMM equal within the noise" in verdict
     assert "clustering **worse** (NMI 0.400 vs 0.550, difference -0.150" in verdict
@@ -280,6 +280,25 @@ def test_verdict_margin_uses_the_spread_over_seeds():
     assert compare(dict(nmi=None), dict(nmi=0.5), nmi).verdict == "not measured"
     ndb = CLAIMS[1]  # lower is better
     assert compare(dict(ndb_ratio=0.2, seeds=1), dict(ndb_ratio=0.6, seeds=1), ndb).verdict == "better"
+
+
+def test_clustering_counts_only_models_with_the_same_k():
+    """NMI moves with the number of clusters: the flat GMM with as many parameters (another K) is
+    not counted for clustering, EM with the same K is; sampling and outliers count both flat GMMs
+    and not EM."""
+    from dcgmm.results.verdict import verdict_markdown
+
+    def row(row_id, method, nmi, ndb, auroc):
+        return dict(row_id=row_id, label=row_id, method=method, nmi=nmi, ndb_ratio=ndb, auroc_mean=auroc, seeds=1)
+
+    rows = [row("dcgmm2", "sgd", 0.50, 0.50, 0.90), row("flat_same_k:dcgmm2", "sgd", 0.60, 0.60, 0.80),
+            row("flat_same_params:dcgmm2", "sgd", 0.30, 0.20, 0.95), row("em_same_k:dcgmm2", "em", 0.55, 0.90, 0.50)]
+    text = "\n".join(verdict_markdown("MNIST", rows))
+    assert "**Clustering** (NMI): DCGMM worse than the flat GMM and EM with the same K in every comparison: the claim does not hold here (0 better, 0 equal, 2 worse of 2 measured)" in text
+    assert "**Sampling** (NDB/B): mixed (1 better, 0 equal, 1 worse of 2 measured)" in text
+    assert "**Outlier detection** (AUROC): mixed (1 better, 0 equal, 1 worse of 2 measured)" in text
+    assert "dcgmm2 against the flat GMM with as many parameters (flat_same_params:dcgmm2): clustering: not counted (another number of clusters); sampling **worse**" in text
+    assert "dcgmm2 against EM with the same K (em_same_k:dcgmm2): clustering **worse** (NMI 0.500 vs 0.550, difference -0.050, margin 0.010; seeds 1 and 1)." in text
 
 
 def test_verdict_words_follow_the_counts():

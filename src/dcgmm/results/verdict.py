@@ -1,15 +1,17 @@
 """Plain-words verdicts on the paper's claims from the rows of a results table.
 
 The paper claims that DCGMMs beat flat GMMs at clustering, sampling and outlier detection. For
-every DCGMM row of a dataset and every flat-GMM row compared with it (the same top-layer K, and
-about as many parameters), each claim gets one word:
+every DCGMM row of a dataset and every row compared with it (:data:`COMPARED`: the flat GMM with
+the same top-layer K, the flat GMM with about as many parameters, EM with the same K), each claim
+that counts the pair (:data:`COUNTED`: clustering only with the same K) gets one word:
 
 * **better** / **worse**: the DCGMM's value differs from the flat GMM's by more than the margin,
   in the claim's good / bad direction;
 * **equal**: the difference lies within the margin;
 * **not measured**: a value is missing (a run has not finished or does not exist);
 * **not applicable**: the compared row cannot have the metric (a probabilistic circuit has no
-  cluster ids; the row lists it in ``not_applicable``).
+  cluster ids; the row lists it in ``not_applicable``);
+* **not counted**: the claim does not count this pair (:data:`COUNTED`).
 
 Every DCGMM row is also compared with the peer rows of its dataset (:data:`PEERS`: the circuit,
 row id ``"circuit"``), summarised in a line of their own.
@@ -50,7 +52,14 @@ CLAIMS = (
     Claim("sampling", "ndb_ratio", "NDB/B", -1, 0.05),
     Claim("outlier detection", "auroc_mean", "AUROC", +1, 0.005),
 )
-COMPARED = (("flat_same_k", "the flat GMM with the same K"), ("flat_same_params", "the flat GMM with as many parameters"))
+COMPARED = (("flat_same_k", "the flat GMM with the same K"), ("flat_same_params", "the flat GMM with as many parameters"),
+            ("em_same_k", "EM with the same K"))
+# the comparisons each claim counts: NMI, ARI and purity move with the number of clusters, so
+# clustering is compared like for like (the same K: the flat GMM trained by SGD and EM); sampling
+# and outlier detection compare the densities, with the same K and with as many parameters
+COUNTED = {"clustering": ("flat_same_k", "em_same_k"), "sampling": ("flat_same_k", "flat_same_params"),
+           "outlier detection": ("flat_same_k", "flat_same_params")}
+OTHERS = {"clustering": "the flat GMM and EM with the same K", "sampling": "the flat GMM", "outlier detection": "the flat GMM"}
 # peer rows, one per dataset (not per topology): every DCGMM row is compared with each
 PEERS = (("circuit", "the probabilistic circuit"),)
 
@@ -58,7 +67,7 @@ PEERS = (("circuit", "the probabilistic circuit"),)
 @dataclass(frozen=True)
 class Comparison:
     claim: Claim
-    verdict: str  # better | equal | worse | not measured | not applicable
+    verdict: str  # better | equal | worse | not measured | not applicable | not counted (COUNTED)
     dcgmm: float | None = None
     flat: float | None = None
     margin: float | None = None
@@ -73,6 +82,8 @@ class Comparison:
             return f"{self.claim.name}: not measured yet"
         if self.verdict == "not applicable":
             return f"{self.claim.name}: not applicable"
+        if self.verdict == "not counted":
+            return f"{self.claim.name}: not counted" + (" (another number of clusters)" if self.claim.name == "clustering" else "")
         seeds = f"seeds {self.seeds[0]} and {self.seeds[1]}"
         return (
             f"{self.claim.name} **{self.verdict}** ({self.claim.label} {self.dcgmm:.3f} vs {self.flat:.3f}, "
@@ -112,7 +123,8 @@ def verdicts(rows: Sequence[Mapping]) -> list[tuple[Mapping, Mapping, str, list[
         for prefix, what in COMPARED:
             flat = by_id.get(f"{prefix}:{row['row_id']}")
             if flat is not None:
-                out.append((row, flat, what, [compare(row, flat, claim) for claim in CLAIMS]))
+                out.append((row, flat, what, [compare(row, flat, claim) if prefix in COUNTED[claim.name] else Comparison(claim, "not counted")
+                                              for claim in CLAIMS]))
         for peer, what in PEERS:
             if peer in by_id:
                 out.append((row, by_id[peer], what, [compare(row, by_id[peer], claim) for claim in CLAIMS]))
@@ -154,8 +166,8 @@ def verdict_markdown(dataset_title: str, rows: Sequence[Mapping]) -> list[str]:
     peers = {what for _, what in PEERS}
     flat_found = [f for f in found if f[2] not in peers]
     for index, claim in enumerate(CLAIMS):
-        words = [comparisons[index].verdict for _, _, _, comparisons in flat_found]
-        lines.append(f"- **{claim.name.capitalize()}** ({claim.label}): {_summary(words, 'the flat GMM')}.")
+        words = [comparisons[index].verdict for _, _, _, comparisons in flat_found if comparisons[index].verdict != "not counted"]
+        lines.append(f"- **{claim.name.capitalize()}** ({claim.label}): {_summary(words, OTHERS[claim.name])}.")
     for _, what in PEERS:
         against = [f for f in found if f[2] == what]
         if against:
@@ -163,6 +175,7 @@ def verdict_markdown(dataset_title: str, rows: Sequence[Mapping]) -> list[str]:
             lines.append(f"- **Against {what}** ({against[0][1]['label']}): " + "; ".join(parts) + ".")
     lines.append("")
     for row, flat, what, comparisons in found:
-        lines.append(f"- {row['label']} against {what} ({flat['label']}): " + "; ".join(c.text() for c in comparisons) + ".")
+        shown = [c.text() for c in comparisons if c.verdict != "not counted" or c.claim.name == "clustering"]
+        lines.append(f"- {row['label']} against {what} ({flat['label']}): " + "; ".join(shown) + ".")
     lines.append("")
     return lines
