@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from dcgmm.app import pretrained
 from dcgmm.app.checkpoints import load_module
 from dcgmm.app.config import TOPOLOGY_ALIASES, known_topologies, load_topology, module_arguments
 from dcgmm.app.locations import conf_dir
@@ -577,6 +578,12 @@ class DCGMMEstimator:
         finally:
             trainer.callbacks.pop()
         return path
+
+    @classmethod
+    def from_pretrained(cls, topology: str, dataset: str = "mnist", *, device: str | torch.device = "auto") -> DCGMMEstimator:
+        """A model shipped in ``pretrained/`` (:mod:`dcgmm.app.pretrained`), e.g. ``("C", "mnist")``:
+        its file is checked against the manifest's SHA-256 before it is loaded."""
+        return cls.load(pretrained.resolve(pretrained.name_of(TOPOLOGY_ALIASES.get(topology, topology), dataset)), device=device)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "auto") -> DCGMMEstimator:

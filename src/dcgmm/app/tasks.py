@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dcgmm.app import pretrained
 from dcgmm.app.checkpoints import check_checkpoint_fits, load_module
 from dcgmm.app.engine_checks import check_cuda_graph, check_steps_per_call
 from dcgmm.app.utils import apply_extras, build_trainer, instantiate, instantiate_group, task_wrapper
@@ -164,7 +165,9 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"n={n} must be a positive number of samples")
     n = int(n)
     device = sampling_device(cfg.get("device", "cpu"))
-    module = load_module(cfg.get("ckpt_path"))
+    if cfg.get("pretrained") and cfg.get("ckpt_path"):
+        raise ConfigError("give ckpt_path=... or pretrained=..., not both")
+    module = load_module(pretrained.resolve(str(cfg.pretrained)) if cfg.get("pretrained") else cfg.get("ckpt_path"))
     stack = module.stack.to(device)
     generator = torch.Generator(device=device).manual_seed(int(cfg.get("seed") or 0))  # draws happen on the device
     torch.manual_seed(int(cfg.get("seed") or 0))

@@ -1,0 +1,65 @@
+"""Pretrained models (dcgmm.app.pretrained): a model added to the folder loads through sample.py
+(pretrained=<name>) and DCGMMEstimator.from_pretrained with the weights of its checkpoint; an
+unknown name lists the available ones; a file whose SHA-256 differs from the manifest's is refused
+with one line naming it, before anything is loaded."""
+
+import json
+
+import pytest
+import torch
+
+from dcgmm.app import pretrained
+from dcgmm.app.api import DCGMMEstimator
+from dcgmm.app.checkpoints import load_module
+from dcgmm.errors import ConfigError
+from tests.conftest import ROOT
+
+CHECKPOINT = ROOT / "tests" / "reference" / "checkpoint_b_small.ckpt"  # a small topology B, trained as train.py trains
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    monkeypatch.setenv("DCGMM_PRETRAINED", str(tmp_path))
+    assert pretrained.main(["add", "B_mnist", str(CHECKPOINT), "--record", "tests/reference/checkpoint_b_small.ckpt"]) == 0
+    return tmp_path
+
+
+def test_an_added_model_loads_with_its_weights_and_is_smaller(shipped):
+    entry = pretrained.available()["B_mnist"]
+    path = pretrained.resolve("B_mnist")
+    assert path == shipped / "B_mnist.ckpt" and entry["dataset"] == "mnist" and entry["topology"] == "B"
+    assert entry["bytes"] == path.stat().st_size < CHECKPOINT.stat().st_size  # no optimiser or loop state
+    original, slim = load_module(CHECKPOINT), load_module(path)
+    torch.testing.assert_close(slim.state_dict(), original.state_dict(), rtol=0, atol=0)  # the same weights and annealing state
+    estimator = DCGMMEstimator.from_pretrained("dcgmm2", "mnist")  # a config name, like the letter
+    torch.testing.assert_close(estimator.module.cpu().state_dict(), original.state_dict(), rtol=0, atol=0)
+    assert DCGMMEstimator.from_pretrained("B").sample(4, seed=0).shape == (4, 1, 28, 28)
+
+
+def test_sample_py_draws_from_a_pretrained_model(shipped, sample_cfg):
+    from dcgmm.app.tasks import sample
+
+    out = sample(sample_cfg("pretrained=B_mnist", "n=8", "logger=none"))
+    reference = sample(sample_cfg(f"ckpt_path={shipped / 'B_mnist.ckpt'}", "n=8", "logger=none"))
+    assert torch.equal(out["images"], reference["images"])
+    with pytest.raises(ConfigError, match=r"^give ckpt_path=\.\.\. or pretrained=\.\.\., not both$"):
+        sample(sample_cfg("pretrained=B_mnist", f"ckpt_path={CHECKPOINT}", "logger=none"))
+
+
+def test_unknown_name_lists_the_available_ones(shipped):
+    with pytest.raises(ConfigError, match=r"^pretrained=E_fashion is unknown; available: B_mnist$"):
+        pretrained.resolve("E_fashion")
+    with pytest.raises(ConfigError, match=r"^pretrained=C_mnist is unknown; available: B_mnist$"):
+        DCGMMEstimator.from_pretrained("C", "mnist")
+
+
+def test_a_changed_file_is_refused_before_loading(shipped, monkeypatch, capsys):
+    path = shipped / "B_mnist.ckpt"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(pretrained, "load_module", lambda *a, **k: pytest.fail("loaded a file whose checksum differs"))
+    with pytest.raises(ConfigError, match=r"^pretrained=B_mnist: .*B_mnist\.ckpt does not match its SHA-256 in the manifest; nothing was loaded"):
+        pretrained.resolve("B_mnist")
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    assert list(manifest["models"]) == ["B_mnist"] and len(manifest["models"]["B_mnist"]["sha256"]) == 64
