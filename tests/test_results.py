@@ -301,6 +301,23 @@ def test_clustering_counts_only_models_with_the_same_k():
     assert "dcgmm2 against EM with the same K (em_same_k:dcgmm2): clustering **worse** (NMI 0.500 vs 0.550, difference -0.050, margin 0.010; seeds 1 and 1)." in text
 
 
+def test_single_seed_rows_borrow_the_pooled_seed_spread():
+    """A row with one seed takes the spread pooled over the rows with two (sqrt of the mean of
+    their variances): a difference of 0.08 NDB/B beats the 0.05 floor, but not twice the borrowed noise."""
+    from dcgmm.results.verdict import CLAIMS, compare, pooled_spread
+
+    two_seeds = [dict(ndb_ratio=0.5, ndb_ratio_sd=0.03), dict(ndb_ratio=0.6, ndb_ratio_sd=0.05), dict(ndb_ratio=0.7, ndb_ratio_sd=None)]
+    pooled = pooled_spread(two_seeds)
+    assert pooled["ndb_ratio"] == pytest.approx((0.03**2 / 2 + 0.05**2 / 2) ** 0.5) and "nmi" not in pooled
+    sampling = CLAIMS[1]
+    dcgmm, flat = dict(ndb_ratio=0.74, seeds=1), dict(ndb_ratio=0.82, seeds=1)
+    assert compare(dcgmm, flat, sampling).verdict == "better"  # against the floor alone
+    borrowed = compare(dcgmm, flat, sampling, pooled)
+    assert borrowed.verdict == "equal" and borrowed.margin == pytest.approx(2 * (2 * pooled["ndb_ratio"] ** 2) ** 0.5)
+    own = compare(dict(ndb_ratio=0.74, ndb_ratio_sd=0.001), dict(ndb_ratio=0.82, ndb_ratio_sd=0.001), sampling, pooled)
+    assert own.verdict == "better"  # rows with their own spread keep it
+
+
 def test_verdict_words_follow_the_counts():
     """"mixed" only when a claim has both better and worse comparisons; no worse (or no better)
     among several says so in its words, and every summary carries its counts."""

@@ -18,7 +18,7 @@ from dcgmm.app.locations import project_root
 from dcgmm.data.sources import atomic_file
 from dcgmm.results.plan import DATASETS, PEER_ROWS, Planner
 from dcgmm.results.records import write_json
-from dcgmm.results.verdict import CLAIMS, verdict_markdown
+from dcgmm.results.verdict import CLAIMS, pooled_spread, verdict_markdown
 
 __all__ = ["row_values", "run_values", "write_report"]
 
@@ -192,15 +192,16 @@ def data_description(dataset: str, rows: list, records: dict, preset: dict) -> s
     return "; ".join(parts)
 
 
-def verdict_rule(preset: dict) -> str:
+def verdict_rule(preset: dict, pooled: dict[str, float]) -> str:
     floors = ", ".join(f"{c.label} {c.floor}" for c in CLAIMS)
     return (
         "Each DCGMM row against the rows of its dataset compared with it, per claim: clustering by NMI against the flat GMM and EM "
-        "with the same K only (NMI, ARI and purity move with the number of clusters, so the flat GMMs with as many parameters, "
-        "K = 144 to 289, are not counted for it); sampling by NDB/B (lower is better) and outlier detection by the mean AUROC "
+        "with the same K only (NMI, ARI and purity move with the number of clusters, so the flat GMMs with as many "
+        "parameters, another K, are not counted for it); sampling by NDB/B (lower is better) and outlier detection by the mean AUROC "
         "against both flat GMMs (the same K; as many parameters). **better** / **worse**: the difference exceeds "
-        "the margin, twice the noise (standard deviations over the rows' seeds, added in quadrature) and at least a floor that "
-        f"stands in for the noise of single-seed rows ({floors}); **equal** otherwise. Nothing here was tuned on the test set: "
+        "the margin, twice the noise (standard deviations over the rows' seeds, added in quadrature; a row with one seed takes "
+        "the spread pooled over the rows with two, " + (", ".join(f"{c.label} {pooled[c.metric]:.3f}" for c in CLAIMS if c.metric in pooled) or "none yet")
+        + f") and at least a floor ({floors}); **equal** otherwise. Nothing here was tuned on the test set: "
         "every run uses the settings of its experiment file (conf/experiment/table_*.yaml), each of which names the authors' "
         "script it follows; no FashionMNIST outlier script exists, so the FashionMNIST outlier runs carry the MNIST outlier settings."
     )
@@ -261,9 +262,10 @@ def write_report(report_dir: Path, preset_name: str, planner: Planner, records: 
         values = [row_values(r, records, held_out, failures) for r in rows]
         json_rows[dataset] = values
         lines += [f"## {DATASETS.get(dataset, dataset)}", "", markdown_table(columns, [table_line(v, held_out) for v in values]), ""]
-    lines += ["## Verdict", "", verdict_rule(preset), ""]
+    pooled = pooled_spread([row for rows in json_rows.values() for row in rows])
+    lines += ["## Verdict", "", verdict_rule(preset, pooled), ""]
     for dataset in datasets:
-        lines += verdict_markdown(DATASETS.get(dataset, dataset), json_rows[dataset])
+        lines += verdict_markdown(DATASETS.get(dataset, dataset), json_rows[dataset], pooled)
     lines += [
         "## Columns",
         "",

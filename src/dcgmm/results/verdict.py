@@ -35,7 +35,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CLAIMS", "Claim", "Comparison", "compare", "verdicts", "verdict_markdown"]
+__all__ = ["CLAIMS", "Claim", "Comparison", "compare", "pooled_spread", "verdicts", "verdict_markdown"]
 
 
 @dataclass(frozen=True)
@@ -95,15 +95,28 @@ def _known(value) -> bool:
     return value is not None and math.isfinite(float(value))
 
 
-def compare(dcgmm: Mapping, flat: Mapping, claim: Claim) -> Comparison:
-    """One claim for one pair of rows (see the module docstring for the rule)."""
+def pooled_spread(rows: Sequence[Mapping]) -> dict[str, float]:
+    """Per claim metric, the seed-to-seed standard deviation pooled over the rows that have one
+    (rows with two or more seeds): ``sqrt(mean(sd^2))``. Rows with a single seed borrow it."""
+    pooled = {}
+    for claim in CLAIMS:
+        sds = [float(row[f"{claim.metric}_sd"]) for row in rows if _known(row.get(f"{claim.metric}_sd"))]
+        if sds:
+            pooled[claim.metric] = math.sqrt(sum(sd * sd for sd in sds) / len(sds))
+    return pooled
+
+
+def compare(dcgmm: Mapping, flat: Mapping, claim: Claim, pooled: Mapping[str, float] | None = None) -> Comparison:
+    """One claim for one pair of rows (see the module docstring for the rule); a row without its
+    own spread over seeds takes ``pooled[metric]`` (:func:`pooled_spread`) when given."""
     a, b = dcgmm.get(claim.metric), flat.get(claim.metric)
     if claim.metric in (flat.get("not_applicable") or ()):  # e.g. a circuit has no clusters
         return Comparison(claim, "not applicable")
     if not (_known(a) and _known(b)):
         return Comparison(claim, "not measured")
-    sd_a, sd_b = dcgmm.get(f"{claim.metric}_sd"), flat.get(f"{claim.metric}_sd")
-    noise = math.sqrt((sd_a or 0.0) ** 2 + (sd_b or 0.0) ** 2)
+    borrowed = (pooled or {}).get(claim.metric, 0.0)
+    sd_a, sd_b = (row.get(f"{claim.metric}_sd") for row in (dcgmm, flat))
+    noise = math.sqrt((sd_a if _known(sd_a) else borrowed) ** 2 + (sd_b if _known(sd_b) else borrowed) ** 2)
     margin = max(2.0 * noise, claim.floor)
     gain = claim.sign * (float(a) - float(b))
     verdict = "better" if gain > margin else "worse" if gain < -margin else "equal"
@@ -113,7 +126,7 @@ def compare(dcgmm: Mapping, flat: Mapping, claim: Claim) -> Comparison:
     return Comparison(claim, verdict, float(a), float(b), margin, (seeds(dcgmm), seeds(flat)))
 
 
-def verdicts(rows: Sequence[Mapping]) -> list[tuple[Mapping, Mapping, str, list[Comparison]]]:
+def verdicts(rows: Sequence[Mapping], pooled: Mapping[str, float] | None = None) -> list[tuple[Mapping, Mapping, str, list[Comparison]]]:
     """``(DCGMM row, flat row, what the flat row is, comparisons per claim)`` for one dataset."""
     by_id = {row["row_id"]: row for row in rows}
     out = []
@@ -123,11 +136,11 @@ def verdicts(rows: Sequence[Mapping]) -> list[tuple[Mapping, Mapping, str, list[
         for prefix, what in COMPARED:
             flat = by_id.get(f"{prefix}:{row['row_id']}")
             if flat is not None:
-                out.append((row, flat, what, [compare(row, flat, claim) if prefix in COUNTED[claim.name] else Comparison(claim, "not counted")
+                out.append((row, flat, what, [compare(row, flat, claim, pooled) if prefix in COUNTED[claim.name] else Comparison(claim, "not counted")
                                               for claim in CLAIMS]))
         for peer, what in PEERS:
             if peer in by_id:
-                out.append((row, by_id[peer], what, [compare(row, by_id[peer], claim) for claim in CLAIMS]))
+                out.append((row, by_id[peer], what, [compare(row, by_id[peer], claim, pooled) for claim in CLAIMS]))
     return out
 
 
@@ -157,9 +170,9 @@ def _summary(words: list[str], other: str) -> str:
     )
 
 
-def verdict_markdown(dataset_title: str, rows: Sequence[Mapping]) -> list[str]:
+def verdict_markdown(dataset_title: str, rows: Sequence[Mapping], pooled: Mapping[str, float] | None = None) -> list[str]:
     """Markdown lines: a summary per claim, then every comparison with its numbers."""
-    found = verdicts(rows)
+    found = verdicts(rows, pooled)
     if not found:
         return [f"### {dataset_title}", "", "No DCGMM row with a flat GMM to compare.", ""]
     lines = [f"### {dataset_title}", ""]
