@@ -16,7 +16,7 @@ from dcgmm.errors import ConfigError
 from dcgmm.results import launch
 from dcgmm.results.jobs import record_path
 from dcgmm.results.plan import Planner, load_preset, run_key
-from dcgmm.results.records import RECORD_VERSION, write_json
+from dcgmm.results.records import RECORD_VERSION, code_version, write_json
 from tests.conftest import ROOT, needs_mnist
 
 # conf/hydra/launcher/joblib.yaml shares its name with the plugin's config on purpose (dcgmm.app.utils
@@ -98,7 +98,7 @@ def test_tiny_preset_through_joblib_relaunch_and_evaluation_pass(tmp_path):
     runs = tmp_path / "runs" / "mnist"
     assert (runs / "table_dcgmm2_s12345" / "samples.png").exists() and (runs / "table_dcgmm2_s12345" / ".hydra" / "overrides.yaml").exists()
     records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "records" / "mnist").glob("*.json")}
-    assert len(records) == 6
+    assert len(records) == 6 and {r["code"] for r in records.values()} == {code_version()}  # the code of the launch
     for name, record in records.items():  # every SGD run keeps the checkpoint its test scored
         if not name.startswith("em_"):
             assert (tmp_path / "runs" / record["checkpoint"]).is_file() and record["checkpoint"].startswith(f"mnist/{name}/")

@@ -247,7 +247,7 @@ def run_job(cfg: DictConfig) -> str:
         gc.collect()
     if rank == 0:
         record.update(record_version=RECORD_VERSION, preset=plan["preset"], key=run_key(spec, planner.preset), dataset=spec.dataset, name=spec.name,
-                      seed=spec.seed, overrides=spec.overrides, code=code_version(), finished=now(), machine=machine_info(int(cfg.threads))["cpu"])
+                      seed=spec.seed, overrides=spec.overrides, code=plan.get("code") or code_version(), finished=now(), machine=machine_info(int(cfg.threads))["cpu"])
         write_json(path, record)
     return f"failed: {record['error']}" if record.get("error") else "done"
 

@@ -37,7 +37,7 @@ from dcgmm.errors import ConfigError
 from dcgmm.results import jobs
 from dcgmm.results.peers import require_peer
 from dcgmm.results.plan import DATASETS, PEER_ROWS, Planner, load_preset
-from dcgmm.results.records import check_records, machine_info, now, write_json
+from dcgmm.results.records import check_records, code_version, machine_info, now, write_json
 from dcgmm.results.report import write_report
 
 __all__ = ["main"]
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(c in str(runs_dir) for c in "'$\\"):
             print(f"error: the runs folder {runs_dir} has a quote, $ or backslash in its path, which Hydra's override words cannot carry; give another out=", file=sys.stderr)
             return 2
-        write_json(plan_file, dict(preset=name, settings=preset, records_dir=str(records_dir), runs_dir=str(runs_dir),
+        write_json(plan_file, dict(preset=name, settings=preset, records_dir=str(records_dir), runs_dir=str(runs_dir), code=code_version(),
                                    overrides=overrides if own["mode"] == "evaluate" else [], **planner.as_dict()))
         sweep = runs_dir if own["mode"] == "train" else runs_dir / "_evaluations" / own["label"]
         words = [f"plan='{plan_file}'", f"run={','.join(todo)}", f"hydra.sweep.dir='{sweep}'", f"mode={own['mode']}", f"threads={own['threads']}"]
