@@ -119,6 +119,8 @@ TOPOLOGY_ALIASES = {
     "A": "flat_gmm", "flat": "flat_gmm", "B": "dcgmm2", "C": "dcgmm2_pool", "D": "dcgmm3_pool",
     "E": "dcgmm3", "F": "dcgmm4", "G": "dcgmm4_pool",
 }
+# the inverse: a config name's paper letter (dcgmm2_pool -> C)
+TOPOLOGY_LETTERS = {name: letter for letter, name in TOPOLOGY_ALIASES.items() if len(letter) == 1}
 MODULE_TARGET = "dcgmm.app.module.DCGMMModule"
 
 

