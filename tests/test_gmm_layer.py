@@ -220,11 +220,41 @@ def test_smoothed_max_gradient_is_the_winning_row_of_the_kernel(shape):
     k = shape[-1]
     kernel = smoothing_kernel(k, 0.8).double()
     scores = (torch.randn(*shape, dtype=torch.float64) * 5).requires_grad_()
-    reference = (scores @ kernel.t()).max(dim=-1).values
-    weights = torch.randn(shape[:-1], dtype=torch.float64)
-    (expected,) = torch.autograd.grad((reference * weights).sum(), scores)
-    values = SmoothedMax.apply(scores, kernel)
-    (got,) = torch.autograd.grad((values * weights).sum(), scores)
-    torch.testing.assert_close(values, reference)
-    torch.testing.assert_close(got, expected)
-    assert torch.autograd.gradcheck(lambda s: SmoothedMax.apply(s, kernel), (scores,))
+    weights = torch.randn(shape[0], dtype=torch.float64)
+    for g in (kernel, None):  # None: the identity (no smoothing), against the plain max
+        reference = (scores if g is None else scores @ g.t()).max(dim=-1).values.mean(dim=1)
+        (expected,) = torch.autograd.grad((reference * weights).sum(), scores)
+        values = SmoothedMax.apply(scores, g)
+        (got,) = torch.autograd.grad((values * weights).sum(), scores)
+        torch.testing.assert_close(values, reference)
+        torch.testing.assert_close(got, expected)
+        assert torch.autograd.gradcheck(lambda s, g=g: SmoothedMax.apply(s, g), (scores,))
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_score_weights_backward_is_autograds(groups):
+    """ScoreWeights (the log-score weights with a hand-written backward) against autograd through
+    the plain expressions of docs/design.md section 1.2, in float64, and torch's gradcheck."""
+    from dcgmm.core.layers.gmm import LOG_2PI, ScoreWeights
+
+    generator = torch.Generator().manual_seed(groups)
+    k, d = 5, 7
+    logits = torch.randn(groups, k, dtype=torch.float64, generator=generator).requires_grad_()
+    means = torch.randn(groups, k, d, dtype=torch.float64, generator=generator).requires_grad_()
+    inv_std = (torch.rand(groups, k, d, dtype=torch.float64, generator=generator) + 0.3).requires_grad_()
+    plain = (
+        -0.5 * inv_std**2,
+        means * inv_std**2,
+        torch.log_softmax(logits, -1) + torch.log(inv_std).sum(-1) - 0.5 * ((means * inv_std) ** 2).sum(-1) - 0.5 * d * LOG_2PI,
+    )
+    fused = ScoreWeights.apply(logits, means, inv_std)
+    outer = [torch.randn(t.shape, dtype=torch.float64, generator=generator) for t in plain]
+    for used in [(0, 1, 2), (2,), (0, 1)]:  # every output, and some left out of the loss (no gradient)
+        expected = torch.autograd.grad([plain[i] for i in used], (logits, means, inv_std), [outer[i] for i in used], retain_graph=True,
+                                       allow_unused=True, materialize_grads=True)
+        got = torch.autograd.grad([fused[i] for i in used], (logits, means, inv_std), [outer[i] for i in used], retain_graph=True)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e)
+    for f, p in zip(fused, plain):
+        torch.testing.assert_close(f, p)
+    assert torch.autograd.gradcheck(ScoreWeights.apply, (logits, means, inv_std))

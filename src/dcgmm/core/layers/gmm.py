@@ -42,27 +42,75 @@ from dcgmm.errors import ConfigError
 LOG_2PI = math.log(2.0 * math.pi)
 MODES = ("shared", "independent")
 LOSSES = ("max_component", "logsumexp")
+SEPARATE_FROM = 4  # input channels from which a convolving layer runs its two products as two convolutions (log_scores_of_patches)
 
 
 class SmoothedMax(torch.autograd.Function):
-    """``max_k sum_j g_kj l_j`` over the last axis: scores ``(..., K)`` and kernel ``g (K, K)`` -> ``(...)``.
+    """``mean_p max_k sum_j g_kj l_pj``: scores ``(N, P, K)`` and kernel ``g (K, K)`` (``None``: the
+    identity, no product) -> ``(N,)``, the max-component objective of each image.
 
-    The gradient with respect to ``l`` is the winning component's row of ``g``: the backward
-    gathers that row (one pass over ``(..., K)``) instead of scattering the gradient into zeros
-    and multiplying them by ``g`` (a fill, a scatter and a matrix product). No gradient for ``g``.
+    The gradient with respect to ``l`` at a position is the winning component's row of ``g`` times
+    the image's gradient over ``P``. The backward gathers these rows from a copy of ``g`` scaled per
+    image (``(N, K, K)``, small against the scores), in one pass over ``(N, P, K)``: no scatter into
+    zeros and product with ``g`` (autograd's way), no second pass to scale the rows. The rows and
+    their scale are the products autograd forms, so the gradient is the same to the bit.
     """
 
     @staticmethod
-    def forward(ctx, scores: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        values, winner = (scores @ kernel.t()).max(dim=-1)  # (...,): the smoothed max and its component
+    def forward(ctx, scores: torch.Tensor, kernel: torch.Tensor | None) -> torch.Tensor:
+        smoothed = scores if kernel is None else scores @ kernel.t()
+        values, winner = smoothed.max(dim=-1)  # (N, P): the smoothed max and its component
         ctx.save_for_backward(winner, kernel)
-        return values
+        ctx.components = scores.shape[-1]
+        return values.mean(dim=1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         winner, kernel = ctx.saved_tensors
-        rows = kernel.index_select(0, winner.reshape(-1)).view(*winner.shape, kernel.shape[1])  # (..., K): g[winner]
-        return rows.mul_(grad.unsqueeze(-1)), None
+        (n, positions), k = winner.shape, ctx.components
+        if kernel is None:
+            kernel = torch.eye(k, dtype=grad.dtype, device=grad.device)
+        scale = (grad / positions).unsqueeze(1).expand(n, positions).reshape(-1)  # (N*P,): each image's gradient / P
+        bags = torch.arange(n * positions, device=winner.device)  # one row per bag: a weighted gather
+        rows = F.embedding_bag(winner.view(-1), kernel, bags, mode="sum", per_sample_weights=scale)  # (N*P, K): scale * g[winner]
+        return rows.view(n, positions, k), None
+
+
+class ScoreWeights(torch.autograd.Function):
+    """The weights of the log-scores from the parameters, with an analytic backward:
+    ``(xi, mu, s) -> (-s^2/2, mu*s^2, log softmax(xi) + sum_d log s - 1/2 sum_d (mu*s)^2 - D/2 log 2pi)``,
+    shapes ``(G, K), (G, K, D), (G, K, D) -> (G, K, D), (G, K, D), (G, K)``.
+
+    Autograd records a dozen operators for these and runs about 25 elementwise passes over the
+    ``(G, K, D)`` parameters in their backward (a third of topology B's time outside its matrix
+    products). With ``h = g_lin - g_bias * mu`` the gradients are
+
+        d mu = s^2 h,   d s = s (mu (g_lin + h) - g_quad) + g_bias / s,   d xi = g_bias - pi sum_k g_bias
+
+    seven passes. The forward computes what the layer computed before, operator for operator.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, means: torch.Tensor, inv_std: torch.Tensor):
+        s2 = inv_std * inv_std
+        log_pi = torch.log_softmax(logits, dim=-1)
+        bias = log_pi + torch.log(inv_std).sum(-1) - 0.5 * (means * inv_std).pow(2).sum(-1) - 0.5 * means.shape[-1] * LOG_2PI
+        ctx.save_for_backward(log_pi, means, inv_std, s2)
+        return -0.5 * s2, means * s2, bias
+
+    @staticmethod
+    def backward(ctx, g_quad: torch.Tensor | None, g_lin: torch.Tensor | None, g_bias: torch.Tensor | None):
+        log_pi, means, inv_std, s2 = ctx.saved_tensors
+        g_quad = torch.zeros_like(means) if g_quad is None else g_quad
+        g_lin = torch.zeros_like(means) if g_lin is None else g_lin
+        g_bias = torch.zeros_like(log_pi) if g_bias is None else g_bias
+        per_component = g_bias.unsqueeze(-1)  # (G, K, 1)
+        h = torch.addcmul(g_lin, per_component, means, value=-1.0)  # g_lin - g_bias * mu
+        d_means = s2 * h
+        d_inv_std = h.add_(g_lin).mul_(means).sub_(g_quad).mul_(inv_std)  # s (mu (g_lin + h) - g_quad), in h's memory
+        d_inv_std.addcdiv_(per_component.expand_as(inv_std), inv_std)  # + g_bias / s
+        d_logits = g_bias - log_pi.exp() * g_bias.sum(-1, keepdim=True)
+        return d_logits, d_means, d_inv_std
 
 
 class GMMLayer(Layer):
@@ -208,10 +256,7 @@ class GMMLayer(Layer):
     def _log_scores(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         x = x.reshape(n, self.D, self.P).transpose(1, 2)  # (N, P, D); a view for channels-last input
-        s2 = self.inv_std * self.inv_std  # (G, K, D)
-        quad_weight = -0.5 * s2  # (G, K, D)
-        lin_weight = self.means * s2  # (G, K, D)
-        bias = self._bias()  # (G, K)
+        quad_weight, lin_weight, bias = self.score_weights()  # (G, K, D), (G, K, D), (G, K)
         if self.mode == "shared":  # views of the one group (a view's backward is a view; an index's is a copy)
             flat = x.reshape(n * self.P, self.D)  # (N*P, D)
             scores = torch.addmm(bias.view(self.K), flat * flat, quad_weight.view(self.K, self.D).t())  # (N*P, K)
@@ -244,39 +289,39 @@ class GMMLayer(Layer):
     def log_scores_of_patches(self, x: torch.Tensor, fold) -> torch.Tensor:
         """``log_scores(fold(x))`` without cutting the patches: ``(N, C, H, W) -> (N, P, K)``.
 
-        In shared mode the two products over patches are one convolution of the folding's input
-        and its square, stacked as ``2C`` channels, with the parameters as kernels:
-        ``conv([x*x, x], [-s^2/2, mu*s^2]) + bias``. These are the sums of the patch products
-        (patch channels in ``(i, j, c)`` order) without the patch copy, in one convolution instead
-        of two (one backward, no sum of two score maps). Input and kernel are channels-last, so
-        the output is too and the scores ``(N, P, K)`` are a view of it
-        (``python -m benchmarks.convolutions`` measures the choices, docs/performance.md).
+        In shared mode the two products over patches are convolutions of the folding's input and
+        its square with the parameters as kernels: ``conv(x*x, -s^2/2) + conv(x, mu*s^2) + bias``,
+        the sums of the patch products (patch channels in ``(i, j, c)`` order) without the patch
+        copy. Below ``SEPARATE_FROM`` input channels (the images) the two run as one convolution
+        of ``[x*x, x]`` stacked as ``2C`` channels (one backward, no sum of two score maps); above,
+        as two, since stacking a wide map costs a copy that interleaves its channels (topology
+        E's layer 3: 5 ms a step on a 2-core Intel Xeon, more than the second convolution).
+        Input and kernels are channels-last, so the output is too and the scores ``(N, P, K)``
+        are a view of it (``python -m benchmarks.run products`` times the formulations,
+        docs/performance.md).
         """
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(self.means.dtype)
             (kh, kw), channels = fold.kernel_size, x.shape[1]
-            inv_std, means = self.inv_std.view(self.K, -1), self.means.view(self.K, -1)  # (K, D): views of the one group
-            s2 = inv_std * inv_std  # (K, D)
-            weight = torch.stack((-0.5 * s2, means * s2), dim=1)  # (K, 2, D): [quadratic, linear]
-            # (K, 2, D) with D in (i, j, c) order -> (K, 2C, kh, kw), channels-last memory
-            weight = weight.view(self.K, 2, kh, kw, channels).permute(0, 1, 4, 2, 3).reshape(self.K, 2 * channels, kh, kw)
-            stacked = torch.cat((x * x, x), dim=1)  # (N, 2C, H, W)
-            scores = F.conv2d(
-                stacked.contiguous(memory_format=torch.channels_last),
-                weight.contiguous(memory_format=torch.channels_last),
-                self._bias().view(self.K),
-                stride=fold.stride,
-            )  # (N, K, H', W'), channels-last memory
+            quad_weight, lin_weight, bias = self.score_weights()  # (1, K, D), (1, K, D), (1, K): the one group
+
+            def kernel(weight: torch.Tensor) -> torch.Tensor:  # (1, K, D), D in (i, j, c) order -> (K, C, kh, kw), channels last
+                return weight.view(self.K, kh, kw, channels).permute(0, 3, 1, 2)
+
+            if channels < SEPARATE_FROM:
+                stacked = torch.cat((x * x, x), dim=1).contiguous(memory_format=torch.channels_last)  # (N, 2C, H, W)
+                scores = F.conv2d(stacked, torch.cat((kernel(quad_weight), kernel(lin_weight)), dim=1), bias.view(self.K), stride=fold.stride)
+            else:
+                x = x.contiguous(memory_format=torch.channels_last)
+                scores = F.conv2d(x * x, kernel(quad_weight), bias.view(self.K), stride=fold.stride)
+                scores = scores.add_(F.conv2d(x, kernel(lin_weight), stride=fold.stride))  # in place: conv's backward keeps no output
+            # (N, K, H', W'), channels-last memory
             return scores.permute(0, 2, 3, 1).reshape(x.shape[0], self.P, self.K)  # a view
 
-    def _bias(self) -> torch.Tensor:
-        """The per-component constant of the log-scores: ``(G, K)``."""
-        return (
-            torch.log_softmax(self.mixture_logits, dim=-1)
-            + torch.log(self.inv_std).sum(-1)
-            - 0.5 * (self.means * self.inv_std).pow(2).sum(-1)
-            - 0.5 * self.D * LOG_2PI
-        )
+    def score_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The weights of the log-scores' two products and their per-component constant:
+        ``-s^2/2 (G, K, D)``, ``mu*s^2 (G, K, D)`` and the bias ``(G, K)`` (:class:`ScoreWeights`)."""
+        return ScoreWeights.apply(self.mixture_logits, self.means, self.inv_std)
 
     def responsibilities(self, scores: torch.Tensor) -> torch.Tensor:
         """Posteriors as a map: ``(N, P, K) -> (N, K, H, W)`` (a channels-last view, no copy)."""
@@ -304,9 +349,7 @@ class GMMLayer(Layer):
     def _objective(self, scores: torch.Tensor) -> torch.Tensor:
         if self.loss_kind == "logsumexp":
             return torch.logsumexp(scores, dim=-1).mean(dim=1)
-        if self._smoothing_is_identity:
-            return scores.max(dim=-1).values.mean(dim=1)  # max (not amax): a cheaper backward
-        return SmoothedMax.apply(scores, self.smoothing).mean(dim=1)  # (N,): max_k sum_j g_kj l_j
+        return SmoothedMax.apply(scores, None if self._smoothing_is_identity else self.smoothing)  # (N,)
 
     def loss(self, scores: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar to minimise: minus the objective, averaged over the batch (labels unused)."""
