@@ -73,9 +73,9 @@ def test_verdict_against_the_circuit_in_plain_words():
     from dcgmm.results.verdict import verdict_markdown
 
     rows = [
-        dict(row_id="dcgmm2", label="B", method="sgd", nmi=0.5, ndb_ratio=0.6, auroc_mean=0.9, seeds=1),
-        dict(row_id="flat_same_k:dcgmm2", label="A flat", method="sgd", nmi=0.6, ndb_ratio=0.5, auroc_mean=0.95, seeds=1),
-        dict(row_id="circuit", label="Circuit", method="circuit", nmi=None, ndb_ratio=0.3, auroc_mean=0.8, seeds=1, not_applicable=["nmi"]),
+        dict(row_id="dcgmm2", label="B", method="sgd", nmi=0.5, ndb_ratio=0.6, auroc={0: 0.9}, seeds=1),
+        dict(row_id="flat_same_k:dcgmm2", label="A flat", method="sgd", nmi=0.6, ndb_ratio=0.5, auroc={0: 0.95}, seeds=1),
+        dict(row_id="circuit", label="Circuit", method="circuit", nmi=None, ndb_ratio=0.3, auroc={0: 0.8}, seeds=1, not_applicable=["nmi"]),
     ]
     text = "\n".join(verdict_markdown("MNIST", rows))
     assert "**Clustering** (NMI): DCGMM worse than the flat GMM and EM with the same K in every comparison" in text
@@ -142,7 +142,7 @@ def test_methods_option_trains_only_the_named_runs(tmp_path, capsys):
     from dcgmm.results import launch
 
     assert launch.main(["preset=tiny", f"out={tmp_path}", "methods=em", "hydra/launcher=basic"]) == 0
-    assert sorted(p.name for p in (tmp_path / "records" / "mnist").glob("*.json")) == ["em_k36.json", "em_k49_held0.json"]
+    assert sorted(p.name for p in (tmp_path / "records" / "mnist").glob("*.json")) == ["em_k25_held0.json", "em_k36.json"]
     assert "2 of 6 runs finished" in (tmp_path / "RESULTS.md").read_text()
     records = {p: p.read_bytes() for p in (tmp_path / "records").rglob("*.json")}
     assert launch.main(["preset=tiny", f"out={tmp_path}", "methods=em", "hydra/launcher=basic"]) == 0  # a relaunch: nothing to train

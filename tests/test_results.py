@@ -7,6 +7,7 @@ import json
 import math
 import multiprocessing
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -44,7 +45,7 @@ def number(cell: str) -> float | None:
 
 RANGES = {
     "purity": (0, 1), "NMI": (0, 1), "ARI": (-1, 1), "Hung. acc": (0, 1), "clf acc": (0, 1), "NDB/B": (0, 1),
-    "JS": (0, math.log(2) + 1e-6), "AUROC 0": (0, 1), "Dunn": (0, 10), "DB": (0, 100), "AUROC mean": (0, 1), "σ end": (0, 100), "σ end (outl.)": (0, 100),
+    "JS": (0, math.log(2) + 1e-6), "AUROC 0": (0, 1), "Dunn": (0, 10), "DB": (0, 100), "σ end": (0, 100), "σ end (outl.)": (0, 100),
 }
 
 
@@ -56,14 +57,14 @@ def check_tiny_table(tmp_path):
     assert list(tables) == ["MNIST"]  # the tiny preset runs MNIST only; "Columns"/"Rows" hold no table
     header, separator, *rows = tables["MNIST"]
     assert header[:4] == ["model", "seeds", "K", "params"] and header[-3:] == ["train s", "img/s", "runs"]
-    for column in ("AUROC 0", "AUROC mean", "AUROC cross", "AUROC noise", "NDB/B", "NDB/B sharp."):
+    for column in ("AUROC 0", "AUROC classes", "AUROC cross", "AUROC noise", "NDB/B", "NDB/B sharp."):
         assert column in header, column
     assert all(set(cell) <= set("-:") and cell for cell in separator) and len(separator) == len(header)
     assert [row[0] for row in rows] == ["B (dcgmm2)", "A flat, K as B", "EM (sklearn), K as B"]
     for row in rows:
         assert len(row) == len(header), row
         cells = dict(zip(header, row))
-        assert number(cells["K"]) == 36 and number(cells["K (outl.)"]) == 49  # topology B: top K 36; outliers: 49
+        assert number(cells["K"]) == 36 and number(cells["K (outl.)"]) == 25  # topology B: top K 36; outliers (indymode): 25
         assert number(cells["params"]) > 0 and number(cells["train s"]) >= 0 and number(cells["img/s"]) > 0
         for column, (low, high) in RANGES.items():
             value = number(cells[column])
@@ -71,6 +72,7 @@ def check_tiny_table(tmp_path):
         for column in ("purity", "NMI", "ARI", "Dunn", "DB", "NDB/B", "JS", "AUROC 0"):
             assert number(cells[column]) is not None, (row[0], column)  # measured for every row
         assert cells["runs"] == "2/2" and cells["seeds"] == "1/1"
+        assert cells["AUROC classes"] == f"{cells['AUROC 0']} (1 class)"  # one held-out class: its AUROC
     b, flat, em = (dict(zip(header, row)) for row in rows)
     assert number(b["params"]) > number(flat["params"])  # the flat GMM with the same K is much smaller
     assert em["clf acc"] == "–" and number(b["clf acc"]) is not None
@@ -147,7 +149,7 @@ def test_submitit_local_launcher_runs_two_jobs_of_the_tiny_preset(tmp_path):
     preset's two EM runs as two submitit jobs, each writing its record; the other rows stay empty."""
     assert launch.main(["preset=tiny", f"out={tmp_path}", "methods=em", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]) == 0
     records = sorted(p.name for p in (tmp_path / "records" / "mnist").glob("*.json"))
-    assert records == ["em_k36.json", "em_k49_held0.json"]
+    assert records == ["em_k25_held0.json", "em_k36.json"]
     assert all("error" not in json.loads((tmp_path / "records" / "mnist" / r).read_text()) for r in records)
     assert len(list((tmp_path / "runs" / ".submitit").rglob("*_result.pkl"))) == 2  # two submitit jobs, each with its result
     assert "2 of 6 runs finished" in (tmp_path / "RESULTS.md").read_text()
@@ -187,10 +189,10 @@ def test_small_plan_matches_k_and_parameter_counts():
     runs = planner.runs
     rows = {row.row_id: row for row in planner.rows}
     b_main, b_out = runs[rows["dcgmm2"].main[0]], runs[rows["dcgmm2"].outliers[0][0]]
-    assert (b_main.K, b_out.K) == (36, 49)
+    assert (b_main.K, b_out.K) == (36, 25)  # outliers: the authors' outliers-B-indymode settings, K 25/25
     assert b_out.params > b_main.params  # independent mode in the lower layer
     same_k = rows["flat_same_k:dcgmm2"]
-    assert runs[same_k.main[0]].K == 36 and runs[same_k.outliers[0][0]].K == 49
+    assert runs[same_k.main[0]].K == 36 and runs[same_k.outliers[0][0]].K == 25
     for topology in ("dcgmm2", "dcgmm3"):
         row = rows[f"flat_same_params:{topology}"]
         for flat_key, dcgmm_key in ((row.main[0], rows[topology].main[0]), (row.outliers[0][0], rows[topology].outliers[0][0])):
@@ -201,22 +203,98 @@ def test_small_plan_matches_k_and_parameter_counts():
             per_k = 784 * 2 + 1 + 10  # means, precisions, weight and classifier weights per component
             neighbours = [(root - 1) ** 2, (root + 1) ** 2]
             assert all(abs(flat.params - dcgmm.params) <= abs(per_k * k + 10 - dcgmm.params) for k in neighbours)
-    # shared runs are planned once: the K=49 flat outlier run serves the rows of B and E
-    assert sum(1 for spec in runs.values() if spec.name == "flat_k49_outliers_held0_s12345") == 1
     assert runs[rows["em_same_k:dcgmm3"].main[0]].K == 25 and runs[rows["em_same_k:dcgmm3"].outliers[0][0]].K == 49
     assert all(spec.experiment is None or spec.overrides[0] == f"experiment={spec.experiment}" for spec in runs.values())
     assert Planner.from_dict(preset, json.loads(json.dumps(planner.as_dict()))).as_dict() == planner.as_dict()  # the plan file's round trip
 
 
+def test_every_class_rows_hold_out_each_class_with_the_first_seed():
+    """The full preset: B and C, their flat GMMs with the same K and EM hold out each of the 10
+    classes (class 0 with both MNIST seeds, the others with the first); E, the flat GMMs with as
+    many parameters and the circuit hold out class 0 only. B's outlier runs are the authors'
+    outliers-B-indymode settings (K 25/25)."""
+    _, preset = load_preset("full")
+    planner = Planner(preset).plan(["mnist"])
+    rows, runs = {row.row_id: row for row in planner.rows}, planner.runs
+    every = [0, *range(1, 10)]
+    for row_id in ("dcgmm2", "dcgmm2_pool", "flat_same_k:dcgmm2", "flat_same_k:dcgmm2_pool", "em_same_k:dcgmm2", "em_same_k:dcgmm2_pool"):
+        assert sorted(rows[row_id].outliers) == every, row_id
+        seeds = {c: [runs[k].seed for k in keys] for c, keys in rows[row_id].outliers.items()}
+        first = [None] if row_id.startswith("em") else [12345]
+        assert seeds[0] == ([None] if row_id.startswith("em") else [12345, 23456]) and all(seeds[c] == first for c in range(1, 10)), row_id
+    for row_id in ("dcgmm3", "flat_same_params:dcgmm2", "flat_same_params:dcgmm3", "em_same_k:dcgmm3", "circuit"):
+        assert sorted(rows[row_id].outliers) == [0], row_id
+    # a run shared by rows is planned once: the K=49 flat outlier run of class 0 serves C's row and E's
+    shared = "mnist/flat_k49_outliers_held0_s12345"
+    assert shared in rows["flat_same_k:dcgmm2_pool"].outliers[0] and shared in rows["flat_same_k:dcgmm3"].outliers[0]
+    b = runs[rows["dcgmm2"].outliers[3][0]]
+    assert (b.K, b.held_out, b.seed) == (25, 3, 12345) and "outlier.held_out=3" in b.overrides
+    assert runs[rows["flat_same_k:dcgmm2"].outliers[3][0]].K == 25
+    model = planner.compose(b.overrides).model
+    assert [layer.get("K") for layer in model.layers if layer.kind == "gmm"] == [25, 25] and model.layers[1].lambda_pi == 0.0
+    assert model.layers[1].mode == "independent" and model.layers[3].wait == 0.2 and planner.compose(b.overrides).trainer.max_epochs == 30
+
+
+def test_launch_takes_the_outlier_runs_of_chosen_classes(capsys):
+    """classes=<c> narrows a launch to the outlier runs of those held-out classes (the runs on all
+    classes stay unless kind=outliers); a class outside 0-9 is one line, exit status 2."""
+    assert launch.main(["preset=full", "datasets=mnist", "methods=[sgd,em]", "kind=outliers", "classes=[3,4]", "mode=plan", "out=/nonexistent/x"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  mnist/")]
+    assert listed and all(name.endswith(("held3_s12345", "held4_s12345", "held3", "held4")) for name in listed)
+    assert len(listed) == 2 * 6  # B, C, their same-K flat GMMs and EM, for two classes
+    assert launch.main(["preset=full", "classes=10", "mode=plan"]) == 2
+    assert "classes=10: give held-out classes from 0 to 9" in capsys.readouterr().err
+
+
+def test_an_every_class_topology_must_be_one_of_the_preset(tmp_path):
+    preset = (ROOT / "src" / "dcgmm" / "conf" / "results" / "tiny.yaml").read_text() + "every_class: [dcgmm3]\n"
+    (tmp_path / "odd.yaml").write_text(preset)
+    with pytest.raises(ConfigError, match=r"every_class \['dcgmm3'\] names no dcgmm of the preset"):
+        load_preset(str(tmp_path / "odd.yaml"))
+
+
+def test_report_shows_the_auroc_of_every_held_out_class(tmp_path):
+    """A preset whose DCGMM holds out every class: the report's per-class table gives each class's
+    AUROC from its record, and the mean and spread over the classes."""
+    text = (ROOT / "src" / "dcgmm" / "conf" / "results" / "tiny.yaml").read_text() + "every_class: [dcgmm2]\n"
+    text = text.replace("compare: [flat_same_k, em_same_k]", "compare: [flat_same_k, flat_same_params, em_same_k]")
+    assert "flat_same_params" in text
+    (tmp_path / "every.yaml").write_text(text)
+    _, preset = load_preset(str(tmp_path / "every.yaml"))
+    planner = Planner(preset).plan(["mnist"])
+    for spec in planner.runs.values():
+        auroc = 0.5 + 0.04 * (spec.held_out or 0) + (0.01 if spec.name.startswith("table_") else 0.0)
+        record = fake_record(spec, preset, nmi=0.5, ndb=0.5, auroc=auroc)
+        write_json(record_path(tmp_path / "records", spec), {**record, "preset": "every"})
+    assert launch.main([f"preset={tmp_path / 'every.yaml'}", f"out={tmp_path}", "mode=report"]) == 0
+    tables = markdown_tables((tmp_path / "RESULTS.md").read_text())
+    per_class = [t for title, t in tables.items() if "per held-out class" in title]
+    assert not per_class  # the table sits under the dataset's section (### heading)
+    table = tables["MNIST"]
+    start = next(i for i, row in enumerate(table) if row[0] == "model" and row[1] == "0")
+    header, rows = table[start], table[start + 2:]
+    assert header == ["model", *map(str, range(10)), "mean ± sd over classes"]
+    b = next(row for row in rows if row[0] == "B (dcgmm2)")
+    values = [0.51 + 0.04 * c for c in range(10)]
+    assert [float(cell) for cell in b[1:11]] == pytest.approx(values, abs=5e-4)
+    assert b[11] == f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (10 classes)"
+    same_params = [row for row in rows if row[0].startswith("A flat, params")]
+    assert len(same_params) == 1 and float(same_params[0][1]) == pytest.approx(0.5)
+    assert all(cell == "–" for cell in same_params[0][2:11])  # as many parameters: class 0 only
+
+
 def test_committed_protocol_table_regenerates_from_its_records(tmp_path, capsys):
-    """The 52 committed records of the full preset, aggregated again: the same rows and runs as the
-    committed results/full.json, and a relaunch would train none of them."""
+    """The committed records of the full preset, aggregated again: the same rows and runs as the
+    committed results/full.json, and every record is one of the planned runs (a relaunch trains
+    only the runs without one)."""
     shutil.copytree(ROOT / "results" / "runs" / "full", tmp_path / "records")
+    records = len(list((tmp_path / "records").rglob("*.json")))
     assert launch.main(["preset=full", f"out={tmp_path}", "mode=plan"]) == 0
-    assert capsys.readouterr().out.count(" finished\n") == 52 and not (tmp_path / "RESULTS.md").exists()  # nothing to train
+    assert capsys.readouterr().out.count(" finished\n") == records and not (tmp_path / "RESULTS.md").exists()  # every record is a planned run
     assert launch.main(["preset=full", f"out={tmp_path}", "mode=report"]) == 0
     new, committed = (json.loads(p.read_text()) for p in (tmp_path / "full.json", ROOT / "results" / "full.json"))
-    assert new["rows"] == committed["rows"] and new["runs"] == committed["runs"] and new["meta"]["finished"] == new["meta"]["planned"] == 52
+    assert new["rows"] == committed["rows"] and new["runs"] == committed["runs"] and new["meta"]["finished"] == records
+    assert new["meta"]["planned"] == committed["meta"]["planned"]
     def stable(text):  # RESULTS.md without the lines naming when, where and how it was written
         return [line for line in text.splitlines() if not line.startswith(("Written by", "- **machine**", "- **progress**", "- **date**", "What each column"))]
 
@@ -289,7 +367,7 @@ def test_clustering_counts_only_models_with_the_same_k():
     from dcgmm.results.verdict import verdict_markdown
 
     def row(row_id, method, nmi, ndb, auroc):
-        return dict(row_id=row_id, label=row_id, method=method, nmi=nmi, ndb_ratio=ndb, auroc_mean=auroc, seeds=1)
+        return dict(row_id=row_id, label=row_id, method=method, nmi=nmi, ndb_ratio=ndb, auroc={0: auroc}, seeds=1)
 
     rows = [row("dcgmm2", "sgd", 0.50, 0.50, 0.90), row("flat_same_k:dcgmm2", "sgd", 0.60, 0.60, 0.80),
             row("flat_same_params:dcgmm2", "sgd", 0.30, 0.20, 0.95), row("em_same_k:dcgmm2", "em", 0.55, 0.90, 0.50)]
@@ -316,6 +394,43 @@ def test_single_seed_rows_borrow_the_pooled_seed_spread():
     assert borrowed.verdict == "equal" and borrowed.margin == pytest.approx(2 * (2 * pooled["ndb_ratio"] ** 2) ** 0.5)
     own = compare(dict(ndb_ratio=0.74, ndb_ratio_sd=0.001), dict(ndb_ratio=0.82, ndb_ratio_sd=0.001), sampling, pooled)
     assert own.verdict == "better"  # rows with their own spread keep it
+
+
+def test_outliers_compare_class_by_class_with_the_class_spread_as_noise():
+    """Outlier detection is compared over the held-out classes both rows have, paired by class:
+    the mean difference against twice the standard deviation of the per-class differences over
+    sqrt(n); a row's class without a partner is left out; with one common class, the seeds' spread."""
+    from dcgmm.results.verdict import CLAIMS, compare
+
+    outliers = CLAIMS[2]
+    dcgmm = dict(auroc={0: 0.90, 1: 0.80, 2: 0.85}, auroc_sd={0: 0.01, 1: None, 2: None})
+    flat = dict(auroc={"0": 0.88, "1": 0.75, "2": 0.86, "3": 0.99}, auroc_sd={})  # as read back from JSON; class 3: the flat row only
+    got = compare(dcgmm, flat, outliers)
+    differences = [0.02, 0.05, -0.01]  # mean 0.02, standard deviation 0.03
+    assert got.dcgmm == pytest.approx(0.85) and got.flat == pytest.approx((0.88 + 0.75 + 0.86) / 3)
+    assert got.difference == pytest.approx(sum(differences) / 3)
+    assert got.margin == pytest.approx(2 * 0.03 / 3**0.5) and got.verdict == "equal"  # 0.02 < 0.0346
+    assert "3 held-out classes, paired" in got.text()
+    consistent = compare(dict(auroc={0: 0.90, 1: 0.80, 2: 0.85}), dict(auroc={0: 0.87, 1: 0.78, 2: 0.81}), outliers)
+    assert consistent.verdict == "better"
+    assert consistent.margin == pytest.approx(max(2 * statistics.stdev([0.03, 0.02, 0.04]) / 3**0.5, outliers.floor))
+    one = compare(dict(auroc={0: 0.897}, auroc_sd={0: 0.004}), dict(auroc={0: 0.89}, auroc_sd={0: None}), outliers, {"auroc": 0.003})
+    assert one.margin == pytest.approx(2 * (0.004**2 + 0.003**2) ** 0.5) and one.verdict == "equal"  # 0.007 < 0.01: the seeds' noise, one borrowed
+    assert compare(dict(auroc={1: 0.9}), dict(auroc={0: 0.8}), outliers).verdict == "not measured"  # no class in common
+
+
+def test_a_pair_of_runs_counts_once():
+    """Two compared rows made of the same runs (a flat GMM with as many parameters that got the
+    same K) count once per claim; the second says whose runs they are."""
+    from dcgmm.results.verdict import verdict_markdown
+
+    common = dict(method="sgd", nmi=0.5, ndb_ratio=0.6, auroc={0: 0.8}, seeds=1, runs_main=["m/flat_k49_s1"], runs_outliers=["m/flat_k49_outliers_held0_s1"])
+    rows = [dict(row_id="dcgmm2", label="B", method="sgd", nmi=0.5, ndb_ratio=0.3, auroc={0: 0.9}, seeds=1, runs_main=["m/b"], runs_outliers=["m/bo"]),
+            dict(common, row_id="flat_same_k:dcgmm2", label="flat K"), dict(common, row_id="flat_same_params:dcgmm2", label="flat params")]
+    text = "\n".join(verdict_markdown("MNIST", rows))
+    assert "**Sampling** (NDB/B): DCGMM better than the flat GMM in every comparison (1 better, 0 equal, 0 worse of 1 measured)" in text
+    assert "**Outlier detection** (AUROC): DCGMM better than the flat GMM in every comparison (1 better, 0 equal, 0 worse of 1 measured)" in text
+    assert "sampling: not counted (the same runs as the flat GMM with the same K)" in text
 
 
 def test_verdict_words_follow_the_counts():
@@ -400,7 +515,7 @@ def test_two_writers_of_one_record_never_leave_a_broken_file(tmp_path):
 @pytest.mark.parametrize(
     "words, fragment",
     [
-        (["preset=nope"], "unknown preset 'nope'; available presets: classes, full, small, tiny"),
+        (["preset=nope"], "unknown preset 'nope'; available presets: full, small, tiny"),
         (["preset=tiny", "mode=evaluate"], "mode=evaluate needs label=<name>"),
         (["preset=tiny", "mode=fast"], "mode=fast unknown; use one of train, evaluate, report, plan"),
         (["preset=tiny", "methods=[sgd,bogus]"], "methods ['bogus'] unknown"),
@@ -420,7 +535,7 @@ def test_bad_input_is_one_line_and_exit_status_2(words, fragment, capsys):
 def test_unknown_preset_from_the_command_line():
     result = subprocess.run([sys.executable, "results.py", "preset=nope"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: unknown preset 'nope'; available presets: classes, full, small, tiny (or a path to a preset .yaml)"]
+    assert result.stderr.strip().splitlines() == ["error: unknown preset 'nope'; available presets: full, small, tiny (or a path to a preset .yaml)"]
 
 
 def test_an_experiment_a_preset_names_must_exist(tmp_path):

@@ -16,7 +16,9 @@ Hydra launcher. When the launcher returns, the table is written from the records
 
 Arguments are ``key=value`` words. The entry point's own: ``preset`` (a name of conf/results or a
 .yaml path; default ``small``), ``datasets`` and ``methods`` (subsets: ``datasets=mnist``,
-``methods=[sgd,em]``), ``mode`` (``train``, ``evaluate``, ``report``, ``plan``), ``label`` (evaluate mode:
+``methods=[sgd,em]``), ``kind`` (``main``: the runs on all classes, ``outliers``: the outlier runs), ``classes``
+(the outlier runs of these held-out classes only: ``classes=0``, ``classes=[1,2]``), ``mode``
+(``train``, ``evaluate``, ``report``, ``plan``), ``label`` (evaluate mode:
 the name of the figures in the records), ``out`` (a folder for the report, records and runs) and
 ``threads`` (torch threads per job, default 1). ``hydra/...`` and ``hydra.*`` words go to the
 multirun; every other word is an override of every training run (evaluate mode: of
@@ -36,7 +38,7 @@ from dcgmm.app.utils import prepare_environment
 from dcgmm.errors import ConfigError
 from dcgmm.results import jobs
 from dcgmm.results.peers import require_peer
-from dcgmm.results.plan import DATASETS, PEER_ROWS, Planner, load_preset
+from dcgmm.results.plan import CLASSES, DATASETS, PEER_ROWS, Planner, load_preset
 from dcgmm.results.records import check_records, code_version, machine_info, now, write_json
 from dcgmm.results.report import write_report
 
@@ -46,7 +48,7 @@ __all__ = ["main"]
 SUBMITIT = {"hydra_plugins.hydra_submitit_launcher": "hydra-submitit-launcher", "submitit": "submitit"}
 LAUNCHER_PACKAGES = {"joblib": {"hydra_plugins.hydra_joblib_launcher": "hydra-joblib-launcher"}, "slurm": SUBMITIT,
                      "submitit_local": SUBMITIT, "submitit_slurm": SUBMITIT}
-OWN = ("preset", "datasets", "methods", "kind", "mode", "label", "out", "threads")
+OWN = ("preset", "datasets", "methods", "kind", "classes", "mode", "label", "out", "threads")
 MODES = ("train", "evaluate", "report", "plan")
 
 
@@ -56,7 +58,7 @@ def _words(value: str) -> list[str]:
 
 def parse(argv: list[str]) -> tuple[dict, list[str], list[str]]:
     """``(own settings, multirun words, run overrides)`` of the command line."""
-    own: dict = dict(preset="small", datasets=None, methods=None, kind=None, mode="train", label=None, out=None, threads="1")
+    own: dict = dict(preset="small", datasets=None, methods=None, kind=None, classes=None, mode="train", label=None, out=None, threads="1")
     launcher, runs = [], []
     for word in argv:
         key, _, value = word.partition("=")
@@ -83,6 +85,11 @@ def parse(argv: list[str]) -> tuple[dict, list[str], list[str]]:
         raise ConfigError("mode=evaluate needs label=<name>: the record key its figures are stored under")
     if own["kind"] not in (None, "main", "outliers"):
         raise ConfigError(f"kind={own['kind']} unknown; use main (the runs on all classes) or outliers (the outlier runs)")
+    if own["classes"] is not None:
+        words = _words(own["classes"])
+        if not words or not all(w.isdigit() and int(w) < CLASSES for w in words):
+            raise ConfigError(f"classes={own['classes']}: give held-out classes from 0 to {CLASSES - 1}, e.g. classes=0 or classes=[0,1]")
+        own["classes"] = {int(w) for w in words}
     if not own["threads"].isdigit() or int(own["threads"]) < 1:
         raise ConfigError(f"threads={own['threads']} must be an integer >= 1")
     return own, launcher, runs
@@ -154,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    specs = [s for s in planner.ordered_runs() if s.method in methods and own["kind"] in (None, s.kind)]
+    specs = [s for s in planner.ordered_runs() if s.method in methods and own["kind"] in (None, s.kind)
+             and (own["classes"] is None or s.kind == "main" or s.held_out in own["classes"])]
     todo, without = [s.key for s in specs if s.key not in records] if own["mode"] == "train" else [], []
     if own["mode"] == "evaluate":  # the kept models; records whose model is gone are listed and left as they are
         kept = {s.key for s in specs if s.key in records and jobs.kept_checkpoint(records[s.key], runs_dir)}

@@ -2,13 +2,16 @@
 
 For every dataset and every DCGMM topology ``<name>`` of the preset, the DCGMM row trains
 ``experiment=table_<name>`` on all classes and ``experiment=table_<name>_outliers`` once per
-held-out class; each name in ``compare`` adds a row compared with it:
+held-out class: the preset's ``held_out`` classes with every seed, and for a topology listed in
+``every_class`` each other class too, with the first seed (:meth:`Planner.classes`,
+:meth:`Planner.outlier_seeds`). Each name in ``compare`` adds a row compared with it:
 
 * ``flat_same_k``: a flat GMM whose K is the DCGMM's top-layer K (outlier runs: the K of the
-  outlier model's top layer);
+  outlier model's top layer), holding out the DCGMM's classes;
 * ``flat_same_params``: a flat GMM with about as many parameters (counted on built models; K the
-  nearest perfect square, as the annealing grid needs);
-* ``em_same_k``: scikit-learn's EM (:func:`dcgmm.results.baselines.em_baseline`) with the same K;
+  nearest perfect square, as the annealing grid needs), holding out the preset's ``held_out``;
+* ``em_same_k``: scikit-learn's EM (:func:`dcgmm.results.baselines.em_baseline`) with the same K,
+  holding out the DCGMM's classes;
 * ``circuit``: the probabilistic-circuit peer, one row per dataset (:mod:`dcgmm.results.peers`).
 
 Each run is planned once however many rows use it, and is named ``<dataset>/<name>``: the name of
@@ -40,6 +43,7 @@ DEFAULT_SEEDS = [12345]
 COMPARISONS = ("flat_same_k", "flat_same_params", "em_same_k", "circuit")
 PEER_ROWS = {"circuit": "Circuit (spflow RAT-SPN)"}  # peer comparisons: one row per dataset
 DATASETS = {"mnist": "MNIST", "fashion": "FashionMNIST"}
+CLASSES = 10  # classes of every dataset in DATASETS (the held-out classes of an every_class row)
 # every training run: CSV log only, no progress bar or sample grids, the tested checkpoint kept
 RUN_OVERRIDES = [
     "logger=csv",
@@ -86,6 +90,10 @@ def load_preset(name: str) -> tuple[str, dict]:
             if f"table_{topology}{suffix}" not in experiments:
                 raise ConfigError(f"{shown}: dcgmm {topology!r} needs the experiment table_{topology}{suffix}; experiments: {', '.join(experiments)}")
     preset["held_out"] = [int(c) for c in preset["held_out"]]
+    preset["every_class"] = list(preset.get("every_class") or [])
+    unknown = [t for t in preset["every_class"] if t not in preset["dcgmm"]]
+    if unknown:
+        raise ConfigError(f"{shown}: every_class {unknown} names no dcgmm of the preset; use any of {preset['dcgmm']}")
     seeds = preset.get("seeds") or DEFAULT_SEEDS
     if isinstance(seeds, list):
         seeds = {dataset: seeds for dataset in preset["datasets"]}
@@ -195,19 +203,33 @@ class Planner:
         self.runs.setdefault(spec.key, spec)
         return spec.key
 
+    def classes(self, topology: str) -> list[int]:
+        """The classes that the outlier runs of ``topology``'s row hold out, one at a time: the
+        preset's ``held_out``, then, for a topology in ``every_class``, every other class."""
+        held = self.preset["held_out"]
+        if topology not in self.preset.get("every_class", ()):
+            return list(held)
+        return [*held, *(c for c in range(CLASSES) if c not in held)]
+
+    def outlier_seeds(self, dataset: str, held_out: int) -> list[int]:
+        """Seeds of the outlier runs of one held-out class: every seed of the dataset for the
+        preset's ``held_out`` classes (their seed-to-seed spread), the first for the others."""
+        seeds = self.seeds(dataset)
+        return seeds if held_out in self.preset["held_out"] else seeds[:1]
+
     def sgd_runs(self, dataset: str, experiment: str, kind: str, row: list[str], name: str, held_out: int | None = None) -> list[str]:
-        """One run per seed of the dataset: ``<name>_s<seed>``."""
+        """One run per seed (:meth:`outlier_seeds` for an outlier run): ``<name>_s<seed>``."""
         keys = []
-        for seed in self.seeds(dataset):
+        for seed in self.seeds(dataset) if held_out is None else self.outlier_seeds(dataset, held_out):
             overrides = self.sgd_overrides(experiment, dataset, kind, row, seed)
             K, params = self.model_info(overrides)
             keys.append(self.add(RunSpec(dataset, f"{name}_s{seed}", kind, "sgd", experiment, overrides, K, params, held_out, seed)))
         return keys
 
     def plan(self, datasets: list[str] | None = None) -> Planner:
-        held_out = self.preset["held_out"]
         for dataset in datasets or self.preset["datasets"]:
             for topology in self.preset["dcgmm"]:
+                held_out = self.classes(topology)
                 letter = TOPOLOGY_LETTERS.get(topology, topology)
                 main_exp, out_exp = f"table_{topology}", f"table_{topology}_outliers"
                 main = self.sgd_runs(dataset, main_exp, "main", [], main_exp)
@@ -228,8 +250,10 @@ class Planner:
                         outs, exp_o = {}, None
                         if ko is not None:
                             exp_o = FLAT_OUTLIERS
+                            # the same K holds out the DCGMM's classes; as many parameters, the preset's held_out
+                            classes = held_out if comparison == "flat_same_k" else self.preset["held_out"]
                             outs = {c: self.sgd_runs(dataset, exp_o, "outliers", [f"model.K={ko}", f"outlier.held_out={c}"], f"flat_k{ko}_outliers_held{c}", c)
-                                    for c in held_out}
+                                    for c in classes}
                         self.rows.append(RowSpec(dataset, f"{comparison}:{topology}", label, "sgd", m, outs, f"experiments {FLAT_MAIN}, {exp_o} with model.K={km}, {ko}"))
                     elif comparison == "em_same_k":
                         m = [self.add(RunSpec(dataset, f"em_k{k_main}", "main", "em", K=k_main))]
@@ -239,7 +263,7 @@ class Planner:
             for peer, label in PEER_ROWS.items():
                 if peer in self.preset["compare"]:
                     m = [self.add(RunSpec(dataset, peer, "main", peer))]
-                    outs = {c: [self.add(RunSpec(dataset, f"{peer}_held{c}", "outliers", peer, held_out=c))] for c in held_out}
+                    outs = {c: [self.add(RunSpec(dataset, f"{peer}_held{c}", "outliers", peer, held_out=c))] for c in self.preset["held_out"]}
                     self.rows.append(RowSpec(dataset, peer, label, peer, m, outs, f"dcgmm.results.peers.{peer}_baseline"))
         return self
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from dcgmm.app.locations import project_root
 from dcgmm.data.sources import atomic_file
-from dcgmm.results.plan import DATASETS, PEER_ROWS, Planner
+from dcgmm.app.config import TOPOLOGY_LETTERS
+from dcgmm.results.plan import CLASSES, DATASETS, PEER_ROWS, Planner
 from dcgmm.results.records import write_json
 from dcgmm.results.verdict import CLAIMS, pooled_spread, verdict_markdown
 
@@ -89,15 +90,22 @@ def row_values(row, records: dict, held_out: list[int], failures: dict | None = 
     first = [v for v in outs.get(held_out[0], []) if v] if held_out else []
     for metric in ("K", "params", "top_sigma"):
         values[f"{metric}_outliers"] = mean_sd([v.get(metric) for v in first])[0]
-    values["auroc"] = {c: mean_sd([v.get("auroc") for v in outs.get(c, [])])[0] for c in held_out}
-    values["auroc_sd"] = {c: mean_sd([v.get("auroc") for v in outs.get(c, [])])[1] for c in held_out}
-    seeds = max((len(v) for v in outs.values()), default=0)
+    # AUROC per held-out class of the row (mean and spread over that class's seeds), and over its classes
+    classes = sorted(row.outliers)
+    per_class = {c: mean_sd([v.get("auroc") for v in outs.get(c, [])]) for c in classes}
+    values["auroc"], values["auroc_sd"] = {c: m for c, (m, _) in per_class.items()}, {c: sd for c, (_, sd) in per_class.items()}
+    values["auroc_seeds"] = {c: sum(1 for v in outs.get(c, []) if v.get("auroc") is not None) for c in classes}
+    values["auroc_classes"], values["auroc_classes_sd"] = mean_sd(list(values["auroc"].values()))
+    values["auroc_classes_n"], values["auroc_classes_planned"] = sum(1 for m, _ in per_class.values() if m is not None), len(classes)
+    values["runs_main"], values["runs_outliers"] = list(row.main), sorted(k for keys in row.outliers.values() for k in keys)
+    shared = [c for c in held_out if c in outs]  # the preset's held_out classes, which every row holds out with every seed
+    seeds = max((len(outs[c]) for c in shared), default=0)
     for metric in OUTLIER_METRICS:
-        # per seed: the mean over the held-out classes (only when every class has its run)
+        # per seed: the mean over the preset's held-out classes (only when every class has its run)
         per_seed = []
         for j in range(seeds):
-            found = [outs[c][j].get(metric) for c in held_out if j < len(outs.get(c, [])) and outs[c][j]]
-            per_seed.append(sum(found) / len(found) if found and len(found) == len(held_out) and None not in found else None)
+            found = [outs[c][j].get(metric) for c in shared if j < len(outs.get(c, [])) and outs[c][j]]
+            per_seed.append(sum(found) / len(found) if found and len(found) == len(shared) and None not in found else None)
         values[f"{metric}_mean"], values[f"{metric}_mean_sd"] = mean_sd(per_seed)
         values[f"{metric}_mean_n"] = sum(1 for x in per_seed if x is not None)
     values["seconds_all_runs"] = sum((records.get(k) or {}).get("seconds", 0.0) for k in row.keys)
@@ -109,7 +117,7 @@ def row_values(row, records: dict, held_out: list[int], failures: dict | None = 
 def table_columns(held_out: list[int]) -> list[str]:
     return [
         "model", "seeds", "K", "params", "σ end", "K (outl.)", "params (outl.)", "σ end (outl.)", "purity", "NMI", "ARI", "Hung. acc", "Dunn", "DB",
-        "clf acc", "log p(x)", "bits/dim", "NDB/B", "NDB/B sharp.", "JS", *[f"AUROC {c}" for c in held_out], "AUROC mean", "AUROC cross", "AUROC noise",
+        "clf acc", "log p(x)", "bits/dim", "NDB/B", "NDB/B sharp.", "JS", *[f"AUROC {c}" for c in held_out], "AUROC classes", "AUROC cross", "AUROC noise",
         "train s", "img/s", "runs",
     ]
 
@@ -134,11 +142,31 @@ def table_line(values: dict, held_out: list[int]) -> list[str]:
         fmt(v["params_outliers"] if v["params_outliers"] is None else int(v["params_outliers"])), fmt(v["top_sigma_outliers"], 2),
         fmt_sd(v["purity"], v["purity_sd"]), fmt_sd(v["nmi"], v["nmi_sd"]), fmt_sd(v["ari"], v["ari_sd"]), fmt(v["hungarian_acc"]),
         fmt_sd(v["dunn"], v["dunn_sd"], 3, v["dunn_n"], v["seeds"]), fmt_sd(v["davies_bouldin"], v["davies_bouldin_sd"], 2, v["davies_bouldin_n"], v["seeds"]), fmt_sd(v["acc"], v["acc_sd"]), fmt_sd(v["loglik"], v["loglik_sd"], 1, v["loglik_n"], v["seeds"]), fmt_sd(v["bpd"], v["bpd_sd"], 3, v["bpd_n"], v["seeds"]), fmt_sd(v["ndb_ratio"], v["ndb_ratio_sd"], 2), fmt_sd(v["ndb_sharpened"], v["ndb_sharpened_sd"], 2),
-        fmt(v["js"]), *[fmt_sd(v["auroc"][c], v["auroc_sd"][c]) for c in held_out], fmt_sd(v["auroc_mean"], v["auroc_mean_sd"]),
+        fmt(v["js"]), *[fmt_sd(v["auroc"].get(c), v["auroc_sd"].get(c)) for c in held_out], auroc_classes(v),
         fmt(v["auroc_cross_mean"]), fmt(v["auroc_noise_mean"]),
         MISSING if seconds is None else f"{seconds:.1f}" if seconds < 100 else f"{seconds:.0f}",
         MISSING if rate is None or not math.isfinite(rate) else f"{rate:.0f}", f"{v['runs_done']}/{v['runs_planned']}",
     ]
+
+
+def auroc_classes(values: dict) -> str:
+    """The mean AUROC over a row's held-out classes ± its spread from class to class, and how many
+    classes that is (``of n`` while some are not finished)."""
+    done, planned = values["auroc_classes_n"], values["auroc_classes_planned"]
+    if not done:
+        return MISSING
+    count = f"{done} class{'es' if done > 1 else ''}" if done == planned else f"{done} of {planned} classes"
+    return f"{fmt_sd(values['auroc_classes'], values['auroc_classes_sd'])} ({count})"
+
+
+def class_table(values: list[dict], classes: int) -> str:
+    """AUROC per held-out class (columns ``0 .. classes-1``) of every row with outlier runs, and the
+    mean ± standard deviation over the classes each row holds out."""
+    lines = [
+        [v["label"], *[fmt(v["auroc"].get(c)) for c in range(classes)], auroc_classes(v)]
+        for v in values if v["auroc_classes_planned"]
+    ]
+    return markdown_table(["model", *map(str, range(classes)), "mean ± sd over classes"], lines)
 
 
 def markdown_table(columns: list[str], lines: list[list[str]]) -> str:
@@ -179,11 +207,14 @@ def data_description(dataset: str, rows: list, records: dict, preset: dict) -> s
         if per_epoch is not None and per_epoch < sizes["train"]:
             text += f"; {per_epoch:,.0f} training images per epoch"
         parts.append(text)
-    held = preset["held_out"]
-    if sorted(held) == list(range(10)):
-        parts.append("outlier runs: each of the 10 classes held out in turn (one run per class)")
+    held, every = preset["held_out"], preset.get("every_class") or []
+    shown = f"class{'es' if len(held) > 1 else ''} {', '.join(map(str, held))}"
+    if every:
+        letters = ", ".join(TOPOLOGY_LETTERS.get(t, t) for t in every)
+        parts.append(f"outlier runs: each of the {CLASSES} classes held out in turn for {letters}, their flat GMMs with the same K and "
+                     f"EM ({shown} with every seed, the other classes with the first); {shown} only for the other rows")
     else:
-        parts.append(f"outlier runs: only class{'es' if len(held) > 1 else ''} {', '.join(map(str, held))} of 10 held out, one run per class")
+        parts.append(f"outlier runs: only {shown} of {CLASSES} held out, one run per class and seed")
     em = preset["em"]
     parts.append(
         "EM baseline: " + ("all training images" if em.get("n_train") is None else f"the first {int(em['n_train']):,} training images (a subset)")
@@ -197,11 +228,14 @@ def verdict_rule(preset: dict, pooled: dict[str, float]) -> str:
     return (
         "Each DCGMM row against the rows of its dataset compared with it, per claim: clustering by NMI against the flat GMM and EM "
         "with the same K only (NMI, ARI and purity move with the number of clusters, so the flat GMMs with as many "
-        "parameters, another K, are not counted for it); sampling by NDB/B (lower is better) and outlier detection by the mean AUROC "
-        "against both flat GMMs (the same K; as many parameters). **better** / **worse**: the difference exceeds "
-        "the margin, twice the noise (standard deviations over the rows' seeds, added in quadrature; a row with one seed takes "
-        "the spread pooled over the rows with two, " + (", ".join(f"{c.label} {pooled[c.metric]:.3f}" for c in CLAIMS if c.metric in pooled) or "none yet")
-        + f") and at least a floor ({floors}); **equal** otherwise. Nothing here was tuned on the test set: "
+        "parameters, another K, are not counted for it); sampling by NDB/B (lower is better) and outlier detection by the AUROC "
+        "against both flat GMMs (the same K; as many parameters), paired by held-out class: the mean difference over the classes "
+        "both rows hold out. **better** / **worse**: the difference exceeds the margin, twice the noise, and at least a floor "
+        f"({floors}); **equal** otherwise. The noise: for AUROC over several classes, the standard deviation of the per-class "
+        "differences over the square root of their number (the class-to-class spread); otherwise the standard deviations over the "
+        "rows' seeds, added in quadrature, where a row with one seed takes the spread pooled over the rows with two ("
+        + (", ".join(f"{c.label} {pooled[c.metric]:.3f}" for c in CLAIMS if c.metric in pooled) or "none yet")
+        + "). A pair of runs counts once per claim. Nothing here was tuned on the test set: "
         "every run uses the settings of its experiment file (conf/experiment/table_*.yaml), each of which names the authors' "
         "script it follows; no FashionMNIST outlier script exists, so the FashionMNIST outlier runs carry the MNIST outlier settings."
     )
@@ -262,6 +296,9 @@ def write_report(report_dir: Path, preset_name: str, planner: Planner, records: 
         values = [row_values(r, records, held_out, failures) for r in rows]
         json_rows[dataset] = values
         lines += [f"## {DATASETS.get(dataset, dataset)}", "", markdown_table(columns, [table_line(v, held_out) for v in values]), ""]
+        if any(v["auroc_classes_planned"] > len(held_out) for v in values):
+            lines += [f"### {DATASETS.get(dataset, dataset)}: outlier detection per held-out class (AUROC, top layer)", "",
+                      class_table(values, CLASSES), ""]
     pooled = pooled_spread([row for rows in json_rows.values() for row in rows])
     lines += ["## Verdict", "", verdict_rule(preset, pooled), ""]
     for dataset in datasets:

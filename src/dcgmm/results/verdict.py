@@ -22,7 +22,14 @@ which stands in for the noise where a row has a single seed. The metrics:
 
 * clustering: NMI of the top GMM layer's clusters against the labels (higher is better);
 * sampling: NDB/B of samples from the whole prior (lower is better);
-* outlier detection: AUROC of the held-out class(es) by the top layer's objective (higher is better).
+* outlier detection: AUROC of each held-out class by the top layer's objective (higher is better),
+  compared class by class over the classes both rows hold out (:func:`compare_classes`): the
+  noise of the mean difference is the class-to-class spread of the differences, or with a single
+  class the seeds' spread.
+
+A pair of runs counts once per claim: a compared row whose runs another comparison of the same
+DCGMM row already counted (e.g. a flat GMM with as many parameters that has the same K) is "not
+counted".
 
 A row is a mapping as written by :func:`dcgmm.results.report.row_values`: ``row_id``
 (``"dcgmm2"`` for a DCGMM row, ``"flat_same_k:dcgmm2"`` / ``"flat_same_params:dcgmm2"`` for its
@@ -35,7 +42,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CLAIMS", "Claim", "Comparison", "compare", "pooled_spread", "verdicts", "verdict_markdown"]
+__all__ = ["CLAIMS", "Claim", "Comparison", "compare", "compare_classes", "pooled_spread", "verdicts", "verdict_markdown"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ class Claim:
 CLAIMS = (
     Claim("clustering", "nmi", "NMI", +1, 0.01),
     Claim("sampling", "ndb_ratio", "NDB/B", -1, 0.05),
-    Claim("outlier detection", "auroc_mean", "AUROC", +1, 0.005),
+    Claim("outlier detection", "auroc", "AUROC", +1, 0.005),
 )
 COMPARED = (("flat_same_k", "the flat GMM with the same K"), ("flat_same_params", "the flat GMM with as many parameters"),
             ("em_same_k", "EM with the same K"))
@@ -67,11 +74,13 @@ PEERS = (("circuit", "the probabilistic circuit"),)
 @dataclass(frozen=True)
 class Comparison:
     claim: Claim
-    verdict: str  # better | equal | worse | not measured | not applicable | not counted (COUNTED)
+    verdict: str  # better | equal | worse | not measured | not applicable | not counted (COUNTED, or runs counted already)
     dcgmm: float | None = None
     flat: float | None = None
     margin: float | None = None
     seeds: tuple[int, int] = (0, 0)
+    basis: str = ""  # what the margin's noise comes from, when not the seeds
+    reason: str = ""  # why a comparison is not counted
 
     @property
     def difference(self) -> float | None:
@@ -83,11 +92,12 @@ class Comparison:
         if self.verdict == "not applicable":
             return f"{self.claim.name}: not applicable"
         if self.verdict == "not counted":
-            return f"{self.claim.name}: not counted" + (" (another number of clusters)" if self.claim.name == "clustering" else "")
-        seeds = f"seeds {self.seeds[0]} and {self.seeds[1]}"
+            reason = self.reason or ("another number of clusters" if self.claim.name == "clustering" else "")
+            return f"{self.claim.name}: not counted" + (f" ({reason})" if reason else "")
+        basis = self.basis or f"seeds {self.seeds[0]} and {self.seeds[1]}"
         return (
             f"{self.claim.name} **{self.verdict}** ({self.claim.label} {self.dcgmm:.3f} vs {self.flat:.3f}, "
-            f"difference {self.difference:+.3f}, margin {self.margin:.3f}; {seeds})"
+            f"difference {self.difference:+.3f}, margin {self.margin:.3f}; {basis})"
         )
 
 
@@ -95,15 +105,51 @@ def _known(value) -> bool:
     return value is not None and math.isfinite(float(value))
 
 
+def _per_class(value) -> dict[int, float]:
+    """A per-class mapping (JSON turns its keys into strings) with int keys, known values only."""
+    return {int(c): float(v) for c, v in (value or {}).items() if _known(v)}
+
+
 def pooled_spread(rows: Sequence[Mapping]) -> dict[str, float]:
     """Per claim metric, the seed-to-seed standard deviation pooled over the rows that have one
-    (rows with two or more seeds): ``sqrt(mean(sd^2))``. Rows with a single seed borrow it."""
+    (rows with two or more seeds; for AUROC, every held-out class with two or more seeds):
+    ``sqrt(mean(sd^2))``. Rows with a single seed borrow it."""
     pooled = {}
     for claim in CLAIMS:
-        sds = [float(row[f"{claim.metric}_sd"]) for row in rows if _known(row.get(f"{claim.metric}_sd"))]
+        sds = []
+        for row in rows:
+            sd = row.get(f"{claim.metric}_sd")
+            sds += list(_per_class(sd).values()) if isinstance(sd, Mapping) else [float(sd)] if _known(sd) else []
         if sds:
             pooled[claim.metric] = math.sqrt(sum(sd * sd for sd in sds) / len(sds))
     return pooled
+
+
+def compare_classes(dcgmm: Mapping, flat: Mapping, claim: Claim, pooled: Mapping[str, float] | None = None) -> Comparison:
+    """A per-class metric (AUROC by held-out class), paired by class: the mean difference over the
+    classes both rows hold out. With two or more such classes its noise is the standard deviation
+    of the per-class differences over sqrt(n) (the class-to-class spread); with one, the seeds'
+    spread at that class as in :func:`compare`."""
+    a, b = _per_class(dcgmm.get(claim.metric)), _per_class(flat.get(claim.metric))
+    common = sorted(set(a) & set(b))
+    if not common:
+        return Comparison(claim, "not measured")
+    n = len(common)
+    mean_a, mean_b = sum(a[c] for c in common) / n, sum(b[c] for c in common) / n
+    if n >= 2:
+        differences = [a[c] - b[c] for c in common]
+        centre = sum(differences) / n
+        noise = math.sqrt(sum((d - centre) ** 2 for d in differences) / (n - 1) / n)
+        basis = f"{n} held-out classes, paired; noise: the class-to-class spread of the differences"
+    else:
+        borrowed = (pooled or {}).get(claim.metric, 0.0)
+        sds = [_per_class(row.get(f"{claim.metric}_sd")).get(common[0]) for row in (dcgmm, flat)]
+        noise = math.sqrt(sum((sd if sd is not None else borrowed) ** 2 for sd in sds))
+        basis = f"class {common[0]} only; seeds {dcgmm.get('auroc_seeds', {}).get(common[0], '?')} and {flat.get('auroc_seeds', {}).get(common[0], '?')}"
+    margin = max(2.0 * noise, claim.floor)
+    gain = claim.sign * (mean_a - mean_b)
+    verdict = "better" if gain > margin else "worse" if gain < -margin else "equal"
+    return Comparison(claim, verdict, mean_a, mean_b, margin, basis=basis)
 
 
 def compare(dcgmm: Mapping, flat: Mapping, claim: Claim, pooled: Mapping[str, float] | None = None) -> Comparison:
@@ -112,6 +158,8 @@ def compare(dcgmm: Mapping, flat: Mapping, claim: Claim, pooled: Mapping[str, fl
     a, b = dcgmm.get(claim.metric), flat.get(claim.metric)
     if claim.metric in (flat.get("not_applicable") or ()):  # e.g. a circuit has no clusters
         return Comparison(claim, "not applicable")
+    if isinstance(a, Mapping) or isinstance(b, Mapping):
+        return compare_classes(dcgmm, flat, claim, pooled)
     if not (_known(a) and _known(b)):
         return Comparison(claim, "not measured")
     borrowed = (pooled or {}).get(claim.metric, 0.0)
@@ -133,11 +181,22 @@ def verdicts(rows: Sequence[Mapping], pooled: Mapping[str, float] | None = None)
     for row in rows:
         if ":" in row["row_id"] or row.get("method") != "sgd":
             continue  # flat GMM and EM rows are what DCGMM rows are compared with
+        counted: dict[tuple, str] = {}  # (claim, the compared row's runs) -> what counted them: each pair of runs counts once
         for prefix, what in COMPARED:
             flat = by_id.get(f"{prefix}:{row['row_id']}")
-            if flat is not None:
-                out.append((row, flat, what, [compare(row, flat, claim, pooled) if prefix in COUNTED[claim.name] else Comparison(claim, "not counted")
-                                              for claim in CLAIMS]))
+            if flat is None:
+                continue
+            comparisons = []
+            for claim in CLAIMS:
+                runs = (claim.name, tuple(flat.get("runs_outliers" if claim.metric == "auroc" else "runs_main") or ()))
+                if prefix not in COUNTED[claim.name]:
+                    comparisons.append(Comparison(claim, "not counted"))
+                elif runs[1] and runs in counted:
+                    comparisons.append(Comparison(claim, "not counted", reason=f"the same runs as {counted[runs]}"))
+                else:
+                    counted[runs] = what
+                    comparisons.append(compare(row, flat, claim, pooled))
+            out.append((row, flat, what, comparisons))
         for peer, what in PEERS:
             if peer in by_id:
                 out.append((row, by_id[peer], what, [compare(row, by_id[peer], claim, pooled) for claim in CLAIMS]))
@@ -188,7 +247,7 @@ def verdict_markdown(dataset_title: str, rows: Sequence[Mapping], pooled: Mappin
             lines.append(f"- **Against {what}** ({against[0][1]['label']}): " + "; ".join(parts) + ".")
     lines.append("")
     for row, flat, what, comparisons in found:
-        shown = [c.text() for c in comparisons if c.verdict != "not counted" or c.claim.name == "clustering"]
+        shown = [c.text() for c in comparisons if c.verdict != "not counted" or c.claim.name == "clustering" or c.reason]
         lines.append(f"- {row['label']} against {what} ({flat['label']}): " + "; ".join(shown) + ".")
     lines.append("")
     return lines
