@@ -416,6 +416,7 @@ def test_outliers_compare_class_by_class_with_the_class_spread_as_noise():
     assert consistent.margin == pytest.approx(max(2 * statistics.stdev([0.03, 0.02, 0.04]) / 3**0.5, outliers.floor))
     one = compare(dict(auroc={0: 0.897}, auroc_sd={0: 0.004}), dict(auroc={0: 0.89}, auroc_sd={0: None}), outliers, {"auroc": 0.003})
     assert one.margin == pytest.approx(2 * (0.004**2 + 0.003**2) ** 0.5) and one.verdict == "equal"  # 0.007 < 0.01: the seeds' noise, one borrowed
+    assert "class 0 only" in one.text()
     assert compare(dict(auroc={1: 0.9}), dict(auroc={0: 0.8}), outliers).verdict == "not measured"  # no class in common
 
 

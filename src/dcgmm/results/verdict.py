@@ -145,7 +145,8 @@ def compare_classes(dcgmm: Mapping, flat: Mapping, claim: Claim, pooled: Mapping
         borrowed = (pooled or {}).get(claim.metric, 0.0)
         sds = [_per_class(row.get(f"{claim.metric}_sd")).get(common[0]) for row in (dcgmm, flat)]
         noise = math.sqrt(sum((sd if sd is not None else borrowed) ** 2 for sd in sds))
-        basis = f"class {common[0]} only; seeds {dcgmm.get('auroc_seeds', {}).get(common[0], '?')} and {flat.get('auroc_seeds', {}).get(common[0], '?')}"
+        seeds = [_per_class(row.get(f"{claim.metric}_seeds")).get(common[0]) for row in (dcgmm, flat)]
+        basis = f"class {common[0]} only" + ("" if None in seeds else f"; seeds {int(seeds[0])} and {int(seeds[1])}")
     margin = max(2.0 * noise, claim.floor)
     gain = claim.sign * (mean_a - mean_b)
     verdict = "better" if gain > margin else "worse" if gain < -margin else "equal"
