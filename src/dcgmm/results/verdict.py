@@ -39,6 +39,7 @@ flat GMMs), ``label``, and per metric its mean and ``<metric>_sd``.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -137,9 +138,7 @@ def compare_classes(dcgmm: Mapping, flat: Mapping, claim: Claim, pooled: Mapping
     n = len(common)
     mean_a, mean_b = sum(a[c] for c in common) / n, sum(b[c] for c in common) / n
     if n >= 2:
-        differences = [a[c] - b[c] for c in common]
-        centre = sum(differences) / n
-        noise = math.sqrt(sum((d - centre) ** 2 for d in differences) / (n - 1) / n)
+        noise = statistics.stdev(a[c] - b[c] for c in common) / math.sqrt(n)
         basis = f"{n} held-out classes, paired; noise: the class-to-class spread of the differences"
     else:
         borrowed = (pooled or {}).get(claim.metric, 0.0)
@@ -147,10 +146,15 @@ def compare_classes(dcgmm: Mapping, flat: Mapping, claim: Claim, pooled: Mapping
         noise = math.sqrt(sum((sd if sd is not None else borrowed) ** 2 for sd in sds))
         seeds = [_per_class(row.get(f"{claim.metric}_seeds")).get(common[0]) for row in (dcgmm, flat)]
         basis = f"class {common[0]} only" + ("" if None in seeds else f"; seeds {int(seeds[0])} and {int(seeds[1])}")
-    margin = max(2.0 * noise, claim.floor)
-    gain = claim.sign * (mean_a - mean_b)
-    verdict = "better" if gain > margin else "worse" if gain < -margin else "equal"
+    margin, verdict = judge(claim, mean_a, mean_b, noise)
     return Comparison(claim, verdict, mean_a, mean_b, margin, basis=basis)
+
+
+def judge(claim: Claim, dcgmm: float, flat: float, noise: float) -> tuple[float, str]:
+    """``(margin, verdict)``: the margin is twice the noise and at least the claim's floor."""
+    margin = max(2.0 * noise, claim.floor)
+    gain = claim.sign * (dcgmm - flat)
+    return margin, "better" if gain > margin else "worse" if gain < -margin else "equal"
 
 
 def compare(dcgmm: Mapping, flat: Mapping, claim: Claim, pooled: Mapping[str, float] | None = None) -> Comparison:
@@ -166,9 +170,7 @@ def compare(dcgmm: Mapping, flat: Mapping, claim: Claim, pooled: Mapping[str, fl
     borrowed = (pooled or {}).get(claim.metric, 0.0)
     sd_a, sd_b = (row.get(f"{claim.metric}_sd") for row in (dcgmm, flat))
     noise = math.sqrt((sd_a if _known(sd_a) else borrowed) ** 2 + (sd_b if _known(sd_b) else borrowed) ** 2)
-    margin = max(2.0 * noise, claim.floor)
-    gain = claim.sign * (float(a) - float(b))
-    verdict = "better" if gain > margin else "worse" if gain < -margin else "equal"
+    margin, verdict = judge(claim, float(a), float(b), noise)
     def seeds(row: Mapping) -> int:  # seeds behind this metric (e.g. the outlier runs'), else the row's
         return int(row.get(f"{claim.metric}_n", row.get("seeds")) or 0)
 

@@ -50,10 +50,9 @@ class SmoothedMax(torch.autograd.Function):
     identity, no product) -> ``(N,)``, the max-component objective of each image.
 
     The gradient with respect to ``l`` at a position is the winning component's row of ``g`` times
-    the image's gradient over ``P``. The backward gathers these rows from a copy of ``g`` scaled per
-    image (``(N, K, K)``, small against the scores), in one pass over ``(N, P, K)``: no scatter into
-    zeros and product with ``g`` (autograd's way), no second pass to scale the rows. The rows and
-    their scale are the products autograd forms, so the gradient is the same to the bit.
+    the image's gradient over ``P``. The backward forms these in one weighted gather
+    (``embedding_bag`` with per-position weights) over ``(N, P, K)``: no scatter into zeros and
+    product with ``g`` (autograd's way), no second pass to scale the rows.
     """
 
     @staticmethod
@@ -295,7 +294,8 @@ class GMMLayer(Layer):
         copy. Below ``SEPARATE_FROM`` input channels (the images) the two run as one convolution
         of ``[x*x, x]`` stacked as ``2C`` channels (one backward, no sum of two score maps); above,
         as two, since stacking a wide map costs a copy that interleaves its channels (topology
-        E's layer 3: 5 ms a step on a 2-core Intel Xeon, more than the second convolution).
+        E's layer 3: about 5 ms of ``cat`` a step on a 2-core Intel Xeon, more than the second
+        convolution).
         Input and kernels are channels-last, so the output is too and the scores ``(N, P, K)``
         are a view of it (``python -m benchmarks.run products`` times the formulations,
         docs/performance.md).
