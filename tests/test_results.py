@@ -84,6 +84,47 @@ def check_tiny_table(tmp_path):
 
 
 
+def check_samples_pass(tmp_path, records):
+    """mode=samples: every kept main model's samples under the table's own sampler (which gives the
+    record's NDB again) and the authors' sampler of its row (conf/sampler, named in the preset), a
+    grid of each, and a table of both in RESULTS.md; outlier runs and EM are left alone."""
+    import torch
+
+    from dcgmm.app.checkpoints import load_module
+    from dcgmm.app.config import compose
+    from dcgmm.app.ndb import training_bins
+    from dcgmm.app.utils import instantiate
+    from dcgmm.core.sampling import Sampler, SamplingOptions
+
+    before = {name: json.loads((tmp_path / "records" / "mnist" / f"{name}.json").read_text()) for name in records}
+    assert launch.main(["preset=tiny", f"out={tmp_path}", "mode=samples"]) == 0
+    expected = {"table_dcgmm2_s12345": ("authors_B", dict(top="uniform", top_s=3, divisor=20.0)), "flat_k36_s12345": ("authors_flat", dict(top="uniform", divisor=10.0))}
+    _, preset = load_preset("tiny")
+    data = compose("train", Planner(preset).sgd_overrides("table_flat", "mnist", "main", [])).data
+    datamodule = instantiate(data)
+    datamodule.setup("fit")
+    bins = training_bins(datamodule, bins=10, kmeans_samples=2000, train_images=2000)  # the tiny preset's ndb block, not cached
+    for name in records:
+        after = json.loads((tmp_path / "records" / "mnist" / f"{name}.json").read_text())
+        if name not in expected:  # outlier runs and EM: untouched
+            assert after == before[name], name
+            continue
+        figures = after.pop("samplers")
+        assert after == before[name]
+        assert figures["learned"]["matches_record"] and figures["learned"]["ndb"] == before[name]["ndb"]["ndb"]
+        file, options = expected[name]
+        assert figures["authors"]["file"] == file
+        module = load_module(tmp_path / "runs" / before[name]["checkpoint"])
+        drawn = Sampler(module.stack, SamplingOptions(**options), torch.Generator().manual_seed(0)).sample(200)
+        mine = bins.evaluate(drawn)
+        assert (figures["authors"]["ndb"], figures["authors"]["js"]) == (mine.ndb, pytest.approx(mine.js, abs=1e-12)), name
+        for sampler in ("learned", "authors"):
+            assert (tmp_path / "samples" / "mnist" / f"{name}_{sampler}.png").stat().st_size > 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "### MNIST: samples under two samplers" in text and "`authors_B`" in text and "`authors_flat`" in text
+    assert "sampling, the authors' sampler" in text.lower()
+
+
 @needs_mnist
 def test_tiny_preset_through_joblib_relaunch_and_evaluation_pass(tmp_path):
     """The tiny preset as a multirun of two joblib jobs: a well-formed table, a record and a kept
@@ -132,6 +173,8 @@ def test_tiny_preset_through_joblib_relaunch_and_evaluation_pass(tmp_path):
         else:
             assert "sum" not in again["evaluations"]  # kind=outliers
         assert {k: v for k, v in again.items() if k != "evaluations"} == record  # the record's own numbers stay
+
+    check_samples_pass(tmp_path, records)
 
     # the numbers of the recorded reference (tests/reference), exactly, on the machine that recorded them
     from tests.reference import record
@@ -250,6 +293,17 @@ def test_an_every_class_topology_must_be_one_of_the_preset(tmp_path):
     preset = (ROOT / "src" / "dcgmm" / "conf" / "results" / "tiny.yaml").read_text() + "every_class: [dcgmm3]\n"
     (tmp_path / "odd.yaml").write_text(preset)
     with pytest.raises(ConfigError, match=r"every_class \['dcgmm3'\] names no dcgmm of the preset"):
+        load_preset(str(tmp_path / "odd.yaml"))
+
+
+@pytest.mark.parametrize(("samplers", "message"), [
+    ("{authors: {dcgmm3: authors_E}}", r"samplers.authors names the row 'dcgmm3'; use any of \['dcgmm2', 'flat'\]"),
+    ("{authors: {dcgmm2: {mnist: authors_Z}}}", r"samplers.authors.dcgmm2: no sampler file 'authors_Z' in conf/sampler; use any of authors_B, "),
+])
+def test_a_preset_sampler_must_name_a_row_and_a_file(tmp_path, samplers, message):
+    text = (ROOT / "src" / "dcgmm" / "conf" / "results" / "tiny.yaml").read_text()
+    (tmp_path / "odd.yaml").write_text(text[: text.index("samplers:")] + f"samplers: {samplers}\n")
+    with pytest.raises(ConfigError, match=message):
         load_preset(str(tmp_path / "odd.yaml"))
 
 
@@ -402,7 +456,7 @@ def test_outliers_compare_class_by_class_with_the_class_spread_as_noise():
     sqrt(n); a row's class without a partner is left out; with one common class, the seeds' spread."""
     from dcgmm.results.verdict import CLAIMS, compare
 
-    outliers = CLAIMS[2]
+    outliers = next(c for c in CLAIMS if c.metric == "auroc")
     dcgmm = dict(auroc={0: 0.90, 1: 0.80, 2: 0.85}, auroc_sd={0: 0.01, 1: None, 2: None})
     flat = dict(auroc={"0": 0.88, "1": 0.75, "2": 0.86, "3": 0.99}, auroc_sd={})  # as read back from JSON; class 3: the flat row only
     got = compare(dcgmm, flat, outliers)
@@ -418,6 +472,29 @@ def test_outliers_compare_class_by_class_with_the_class_spread_as_noise():
     assert one.margin == pytest.approx(2 * (0.004**2 + 0.003**2) ** 0.5) and one.verdict == "equal"  # 0.007 < 0.01: the seeds' noise, one borrowed
     assert "class 0 only" in one.text()
     assert compare(dict(auroc={1: 0.9}), dict(auroc={0: 0.8}), outliers).verdict == "not measured"  # no class in common
+
+
+def test_authors_sampler_is_judged_beside_the_learned_one_with_borrowed_noise():
+    """The kept models' NDB/B under the authors' sampler is a claim of its own; one model per row has
+    no spread, so it borrows the learned sampler's pooled seed spread (not the bare 0.05 floor), and
+    says so; rows without the figures are "not measured yet"."""
+    from dcgmm.results.verdict import CLAIMS, compare, verdict_markdown
+
+    authors = next(c for c in CLAIMS if c.metric == "ndb_authors")
+    dcgmm, flat = dict(ndb_authors=0.40, ndb_authors_n=1, seeds=2), dict(ndb_authors=0.47, ndb_authors_n=1, seeds=2)
+    alone = compare(dcgmm, flat, authors)
+    assert alone.verdict == "better" and alone.margin == pytest.approx(0.05)  # the floor alone
+    borrowed = compare(dcgmm, flat, authors, {"ndb_ratio": 0.03})
+    assert borrowed.margin == pytest.approx(2 * (2 * 0.03**2) ** 0.5) and borrowed.verdict == "equal"  # 0.07 < 0.085
+    assert "models 1 and 1; noise: the pooled seed spread of ndb_ratio" in borrowed.text()
+
+    def row(row_id, ndb, authors_ndb):
+        return dict(row_id=row_id, label=row_id, method="sgd", nmi=0.5, ndb_ratio=ndb, ndb_authors=authors_ndb, auroc={0: 0.9}, seeds=1)
+
+    rows = [row("dcgmm2", 0.30, 0.80), row("flat_same_k:dcgmm2", 0.60, 0.20), row("flat_same_params:dcgmm2", 0.20, None)]
+    text = "\n".join(verdict_markdown("MNIST", rows))
+    assert "**Sampling** (NDB/B): mixed (1 better, 0 equal, 1 worse of 2 measured)" in text  # the learned spread
+    assert "**Sampling, the authors' sampler** (NDB/B): DCGMM worse than the flat GMM in every comparison: the claim does not hold here (0 better, 0 equal, 1 worse of 1 measured; 1 not measured yet)" in text
 
 
 def test_a_pair_of_runs_counts_once():
@@ -518,7 +595,8 @@ def test_two_writers_of_one_record_never_leave_a_broken_file(tmp_path):
     [
         (["preset=nope"], "unknown preset 'nope'; available presets: full, small, tiny"),
         (["preset=tiny", "mode=evaluate"], "mode=evaluate needs label=<name>"),
-        (["preset=tiny", "mode=fast"], "mode=fast unknown; use one of train, evaluate, report, plan"),
+        (["preset=tiny", "mode=fast"], "mode=fast unknown; use one of train, evaluate, samples, report, plan"),
+        (["preset=tiny", "mode=samples", "top_s=2"], "mode=samples takes no run overrides (top_s=2); the samplers are the preset's"),
         (["preset=tiny", "methods=[sgd,bogus]"], "methods ['bogus'] unknown"),
         (["preset=tiny", "datasets=cifar"], "datasets ['cifar'] unknown"),
         (["preset=tiny", "--multirun"], "--multirun: the results entry point takes key=value words only"),

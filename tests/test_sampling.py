@@ -235,7 +235,7 @@ def test_sampling_options_have_one_home():
     assert SamplingOptions.parse({}) == SamplingOptions() == SampleImages().options
     sample_yaml = OmegaConf.load(CONFIG_DIR / "sample.yaml")
     defaults = SamplingOptions()
-    assert (sample_yaml.top_s, sample_yaml.divisor, sample_yaml.pooling_mode) == (defaults.top_s, defaults.divisor, defaults.pooling_mode)
+    assert (sample_yaml.top, sample_yaml.top_s, sample_yaml.divisor, sample_yaml.pooling_mode) == (defaults.top, defaults.top_s, defaults.divisor, defaults.pooling_mode)
     sharp = SharpeningOptions()
     assert {k: sample_yaml.sharpening[k] for k in ("enabled", "rate", "iterations", "reconstruction", "layers", "target")} == {
         k: getattr(sharp, k) for k in ("enabled", "rate", "iterations", "reconstruction", "layers", "target")}
@@ -260,3 +260,66 @@ def test_mask_presets_mark_the_missing_pixels(mask, box, where):
     expected[0, 0][where] = True
     assert torch.equal(missing_pixels(mask, (1, 28, 28), box=box), expected)
     assert torch.equal(missing_pixels(expected[0, 0].numpy().astype(int), (1, 28, 28)), expected)  # 0/1 arrays: 1 = missing
+
+
+def test_uniform_top_draws_every_component_alike_whatever_pi():
+    """top="uniform" (the authors' unconditional top layer) ignores the learned weights: the
+    component frequencies of 8,000 draws from a GMM with pi = (0.7, 0.1, 0.1, 0.1) fit 1/4 each
+    (chi-square), where top="weights" fits pi."""
+    from scipy.stats import chisquare
+
+    weights = torch.tensor([0.7, 0.1, 0.1, 0.1])
+    means = torch.stack([torch.full((16,), 10.0 * v) for v in range(4)])
+    stack = hand_set_flat_gmm(weights, means, torch.full((4, 16), 0.5))
+    n = 8000
+    for top, expected in (("uniform", torch.full((4,), n / 4)), ("weights", weights * n)):
+        x = Sampler(stack, SamplingOptions(top=top, divisor=1.0, clamp=False), torch.Generator().manual_seed(5)).sample(n)
+        counts = torch.bincount(torch.cdist(x.reshape(n, 16), means).argmin(1), minlength=4)
+        assert chisquare(counts.numpy(), expected.numpy()).pvalue > 1e-3, (top, counts)
+
+
+def test_cycle_top_gives_sample_i_component_i_mod_k():
+    means = torch.stack([torch.full((16,), 10.0 * v) for v in range(3)])
+    stack = hand_set_flat_gmm([0.9, 0.05, 0.05], means, torch.full((3, 16), 0.5))
+    x = Sampler(stack, SamplingOptions(top="cycle", divisor=float("inf"), clamp=False)).sample(7)
+    torch.testing.assert_close(x.reshape(7, 16), means[torch.arange(7) % 3])  # std 0: each sample is its component's mean
+
+
+def test_per_layer_top_s_and_divisor():
+    """A mapping gives each named GMM layer its own S and divisor; a layer it does not name draws
+    among all its components with the learned spread; a mapping that names the only GMM layer
+    draws the same images as the single number."""
+    stack = build_model("dcgmm2", ["model.layers.1.K=9", "model.layers.3.K=4"]).stack  # GMM layers 1 (K=9) and 3 (K=4)
+    sampler = Sampler(stack, SamplingOptions(top_s={1: 2}, divisor={3: 7.0}))
+    assert (sampler.context(index=1).top_s, sampler.context(index=3).top_s) == (2, 4)
+    assert (sampler.context(index=1).divisor, sampler.context(index=3).divisor) == (1.0, 7.0)
+    flat = hand_set_flat_gmm([0.5, 0.5], torch.rand(2, 16), torch.full((2, 16), 0.3))
+    draws = [Sampler(flat, SamplingOptions(top_s=s, divisor=d), torch.Generator().manual_seed(2)).sample(50) for s, d in ((1, 4.0), ({1: 1}, {1: 4.0}))]
+    assert torch.equal(*draws)
+    for options, message in [(dict(top_s={2: 1}), r"^top_s=\{2: 1\} names layer\(s\) \[2\], which are not gmm layers; gmm layers: \[1, 3\]$"),
+                             (dict(top_s={1: 10}), r"^top_s=10 must lie in \[1, K=9\]"), (dict(divisor={3: 0.0}), r"^divisor=0.0 must be > 0")]:
+        with pytest.raises(ConfigError, match=message):
+            Sampler(stack, SamplingOptions.parse(options))
+    for bad, message in [({"top": "pi"}, "top='pi' is unknown; use one of weights, uniform, cycle"),
+                         ({"top_s": {"one": 2}}, "the keys are GMM layer indices (integers), not 'one'"), ({"divisor": {1: -2}}, "divisor=-2.0 must be > 0")]:
+        with pytest.raises(ConfigError) as info:
+            SamplingOptions.parse(bad)
+        assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "topology"), [("authors_B", "dcgmm2"), ("authors_C", "dcgmm2_pool"), ("authors_C_fashion", "dcgmm2_pool"),
+                                                ("authors_E", "dcgmm3"), ("authors_flat", "flat_gmm")])
+def test_authors_sampler_files_compose_and_fit_their_topology(name, topology, sample_cfg):
+    """sample.py's sampler=<file> sets the authors' settings (docs/design.md 7.4) over sample.yaml's
+    defaults, and they are valid for the topology the file is written for."""
+    from omegaconf import OmegaConf
+
+    from dcgmm.app.tasks import sampling_options
+    from tests.conftest import CONFIG_DIR
+
+    file = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "sampler" / f"{name}.yaml"))
+    options = sampling_options(sample_cfg(f"sampler={name}"))
+    assert options.top == file["top"] and options.divisor == file["divisor"]
+    assert options.top_s == file.get("top_s", 1)  # a file without top_s keeps sample.yaml's
+    assert options.sharpening.enabled == bool(file.get("sharpening"))
+    Sampler(build_model(topology).stack, options)  # raises if a layer index does not fit

@@ -143,13 +143,15 @@ def training_bins(datamodule, bins: int = 100, kmeans_samples: int = 20000, trai
 
 def sampling_options(stack, options: Mapping | None = None) -> SamplingOptions:
     """The sampling options of an NDB measurement: :meth:`SamplingOptions.parse` of ``options``,
-    except that ``top_s`` absent or ``None`` means the stack's smallest K (every GMM layer draws from
-    its whole prior, as the results presets do) and a larger one is cut to it."""
+    except that ``top_s`` absent or ``None`` means the stack's smallest K (the layer with the fewest
+    components draws from its whole prior, as the results table's NDB does) and a larger single
+    number is cut to it; a per-layer mapping is taken as it is."""
     given = dict(options or {})
     top_s = given.pop("top_s", None)
     parsed = SamplingOptions.parse(given if top_s is None else {**given, "top_s": top_s})
     smallest = min(layer.K for layer in stack.gmm_layers)
-    parsed.top_s = smallest if top_s is None else min(parsed.top_s, smallest)
+    if not isinstance(parsed.top_s, dict):
+        parsed.top_s = smallest if top_s is None else min(parsed.top_s, smallest)
     return parsed
 
 

@@ -133,7 +133,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def sampling_options(cfg: DictConfig) -> SamplingOptions:
     """:class:`SamplingOptions` from the top-down keys of a sample config (``conf/sample.yaml``)."""
-    keys = [key for key in ("top_s", "divisor", "pooling_mode", "sharpening") if key in cfg]
+    keys = [key for key in ("top", "top_s", "divisor", "pooling_mode", "sharpening") if key in cfg]
     return SamplingOptions.parse({key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key] for key in keys})
 
 

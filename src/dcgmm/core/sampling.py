@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dcgmm.core.layers import Folding, TopDownContext
+from dcgmm.core.layers import TOP_DRAWS, Folding, TopDownContext
 from dcgmm.core.model import DCGMM
 from dcgmm.errors import ConfigError
 
@@ -90,15 +90,23 @@ class SamplingOptions:
     (:meth:`parse`), used by ``sample.py``, the estimator, the sampling callbacks and NDB.
 
     Attributes:
-        top_s: each GMM layer draws among the ``top_s`` largest entries of its prior (>= 1).
-        divisor: GMM standard deviations are divided by this (> 0; published 5 to 20).
+        top_s: each GMM layer draws among the ``top_s`` largest entries of its prior (>= 1); one
+            number, or a mapping from GMM layer index to its S (a layer the mapping does not name
+            draws among all its components).
+        divisor: GMM standard deviations are divided by this (> 0; published 5 to 20); one
+            number, or a mapping from GMM layer index to its divisor (a layer it does not name: 1,
+            the learned spread).
+        top: what the layer where an unconditional pass starts draws from: ``"weights"`` (its
+            learned pi), ``"uniform"`` (uniformly over K, the authors' code) or ``"cycle"``
+            (sample ``i`` takes component ``i mod K``, the authors' sharpening scripts).
         pooling_mode: ``"dense"`` or ``"sparse"`` top-down of pooling layers.
         clamp: clip the final images to ``[0, 1]``.
         sharpening: see :class:`SharpeningOptions`.
     """
 
-    top_s: int = 1
-    divisor: float = 5.0
+    top_s: int | dict[int, int] = 1
+    divisor: float | dict[int, float] = 5.0
+    top: str = "weights"
     pooling_mode: str = "dense"
     clamp: bool = True
     sharpening: SharpeningOptions = field(default_factory=SharpeningOptions)
@@ -114,17 +122,13 @@ class SamplingOptions:
             raise ConfigError(f"unknown sampling option(s) {', '.join(unknown)}; known: {', '.join(cls.__dataclass_fields__)}, seed")
         options = cls()
         if "top_s" in given:
-            top_s = given["top_s"]
-            if isinstance(top_s, bool) or not isinstance(top_s, numbers.Integral) or int(top_s) < 1:
-                raise ConfigError(f"top_s={top_s!r} must be a positive integer")
-            options.top_s = int(top_s)
+            options.top_s = _per_layer(given["top_s"], "top_s", _top_s)
         if "divisor" in given:
-            divisor = given["divisor"]
-            if isinstance(divisor, bool) or not isinstance(divisor, numbers.Real):
-                raise ConfigError(f"divisor={divisor!r} must be a number > 0 (published values: 5 to 20)")
-            if not float(divisor) > 0:
-                raise ConfigError(f"divisor={float(divisor)} must be > 0 (published values: 5 to 20)")
-            options.divisor = float(divisor)
+            options.divisor = _per_layer(given["divisor"], "divisor", _divisor)
+        if "top" in given:
+            if given["top"] not in TOP_DRAWS:
+                raise ConfigError(f"top={given['top']!r} is unknown; use one of {', '.join(TOP_DRAWS)}")
+            options.top = str(given["top"])
         if "pooling_mode" in given:
             if given["pooling_mode"] not in POOLING_MODES:
                 raise ConfigError(f"pooling_mode={given['pooling_mode']!r} is unknown; use one of {', '.join(POOLING_MODES)}")
@@ -136,6 +140,37 @@ class SamplingOptions:
         if "sharpening" in given:
             options.sharpening = SharpeningOptions.parse(given["sharpening"])
         return options
+
+
+def _top_s(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise ConfigError(f"top_s={value!r} must be a positive integer")
+    return int(value)
+
+
+def _divisor(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"divisor={value!r} must be a number > 0 (published values: 5 to 20)")
+    if not float(value) > 0:
+        raise ConfigError(f"divisor={float(value)} must be > 0 (published values: 5 to 20)")
+    return float(value)
+
+
+def _per_layer(value, name: str, check):
+    """One checked value, or a mapping ``{GMM layer index: value}`` of checked values."""
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if isinstance(key, bool) or not str(key).lstrip("-").isdigit():
+                raise ConfigError(f"{name}={dict(value)!r}: the keys are GMM layer indices (integers), not {key!r}")
+            out[int(key)] = check(item)
+        return out
+    return check(value)
+
+
+def layer_value(setting, index: int, unnamed):
+    """The value of a per-layer option (:attr:`SamplingOptions.top_s`, ``divisor``) at layer ``index``."""
+    return setting.get(int(index), unnamed) if isinstance(setting, dict) else setting
 
 
 MASK_PRESETS = ("right_half", "left_half", "top_half", "bottom_half", "box")
@@ -208,9 +243,13 @@ class Sampler:
     # ------------------------------------------------------------------------------ checks
     def _validate(self) -> None:
         opts = self.options
-        context = self.context()
+        gmm_layers = [layer.index for layer in self.stack.gmm_layers]
+        for name in ("top_s", "divisor"):
+            setting = getattr(opts, name)
+            if isinstance(setting, dict) and set(setting) - set(gmm_layers):
+                raise ConfigError(f"{name}={setting} names layer(s) {sorted(set(setting) - set(gmm_layers))}, which are not gmm layers; gmm layers: {gmm_layers}")
         for layer in self.stack.layers:
-            layer.check_top_down(context)
+            layer.check_top_down(self.context(index=layer.index))
         sharp = opts.sharpening
         if sharp.enabled:
             foldings = self.sharpened_foldings()
@@ -263,10 +302,14 @@ class Sampler:
     def device(self) -> torch.device:
         return next(self.stack.parameters()).device
 
-    def context(self, n: int | None = None) -> TopDownContext:
-        """The :class:`~dcgmm.core.layers.TopDownContext` every layer of a pass receives."""
+    def context(self, n: int | None = None, index: int = -1) -> TopDownContext:
+        """The :class:`~dcgmm.core.layers.TopDownContext` that layer ``index`` receives in a pass
+        (per-layer ``top_s`` and ``divisor`` resolved for it)."""
         opts = self.options
-        return TopDownContext(n=n, top_s=opts.top_s, divisor=opts.divisor, pooling_mode=opts.pooling_mode, generator=self.generator)
+        layer = self.stack.layers[index] if index >= 0 else None
+        top_s = layer_value(opts.top_s, index, getattr(layer, "K", 1))
+        return TopDownContext(n=n, top_s=top_s, divisor=layer_value(opts.divisor, index, 1.0), top=opts.top, pooling_mode=opts.pooling_mode,
+                              generator=self.generator)
 
     def top_down(self, start: int, signal: torch.Tensor | None, n: int | None = None) -> torch.Tensor:
         """Run ``top_down`` from layer ``start`` (given its output-space signal) to the pixels,
@@ -277,11 +320,10 @@ class Sampler:
         """
         opts = self.options
         sharpen = set(self.sharpened_foldings()) if opts.sharpening.enabled else set()
-        context = self.context(n)
         x, layer = signal, self.stack.layers[start]
         with torch.no_grad():
             while True:
-                x = layer.top_down(x, context)
+                x = layer.top_down(x, self.context(n, layer.index))
                 if layer.index in sharpen:
                     x = self.sharpen(x, layer.index)
                 if layer.input_layer < 0:

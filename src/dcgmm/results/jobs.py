@@ -1,5 +1,6 @@
 """One job of a results multirun: train one planned run and write its record, or evaluate a kept
-model and add the figures to its record.
+model (its test metrics, or its samples under each sampler of the preset) and add the figures to
+its record.
 
 :func:`run_job` is the Hydra task function of ``conf/results_job.yaml``; the launcher of the
 multirun (joblib here, submitit on SLURM) calls it once per run with ``run=<dataset>/<name>``.
@@ -26,6 +27,7 @@ import hydra
 from omegaconf import DictConfig
 
 from dcgmm.app.callbacks import TrainingSpeed
+from dcgmm.app.checkpoints import load_module
 from dcgmm.app.config import compose
 from dcgmm.app.evaluation import evaluate
 from dcgmm.app.locations import CONF_DIR
@@ -195,6 +197,57 @@ def evaluate_kept(path: Path, runs_dir: Path, spec: RunSpec, out: Path, label: s
     write_json(path, record)
 
 
+def samplers(preset: dict, spec: RunSpec) -> dict[str, dict]:
+    """The samplers whose samples of a kept main model are measured (``mode=samples``):
+    ``{name: {options, file}}``. ``learned`` is the table's own NDB sampler (the preset's ``ndb``
+    block, unsharpened); each entry of the preset's ``samplers`` names a file of conf/sampler for
+    the run's row (by experiment, ``table_`` left off), or one per dataset. Rows it does not name
+    get only ``learned``."""
+    from omegaconf import OmegaConf
+
+    ndb_cfg = preset["ndb"]
+    out = {"learned": dict(options={k: ndb_cfg[k] for k in ("top_s", "divisor") if ndb_cfg.get(k) is not None}, file=None)}
+    row = (spec.experiment or "").removeprefix("table_")
+    for name, per_row in (preset.get("samplers") or {}).items():
+        file = (per_row or {}).get(row)
+        file = file.get(spec.dataset) if isinstance(file, dict) else file
+        if file:  # load_preset checked that the file exists
+            out[name] = dict(options=OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sampler" / f"{file}.yaml"), resolve=True), file=str(file))
+    return out
+
+
+def sample_kept(path: Path, spec: RunSpec, out: Path, planner: Planner, runs_dir: Path, samples_dir: Path) -> None:
+    """NDB/B and JS of the run's kept model under each of :func:`samplers` (1,000 samples, seed 0,
+    the table's bins) into ``record["samplers"]``, and a grid of the first 64 samples of each as
+    ``<samples_dir>/<dataset>/<run>_<sampler>.png``. ``learned`` repeats the record's own NDB
+    draw; ``matches_record`` says whether it gave the record's numbers."""
+    import torch
+
+    record = read_record(path)
+    checkpoint = kept_checkpoint(record, runs_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{path}: its run's checkpoint is gone; train the run again to keep one")
+    module = load_module(checkpoint).eval()
+    ndb_cfg = planner.preset["ndb"]
+    all_classes = compose("train", planner.sgd_overrides("table_flat", spec.dataset, "main", []), output_dir=out)
+    datamodule = instantiate(all_classes.data)
+    datamodule.setup("fit")
+    binning, _ = ndb_binning(ndb_cfg, datamodule, Path(all_classes.paths.data_dir))
+    figures = {}
+    for name, sampler in samplers(planner.preset, spec).items():
+        with torch.inference_mode(False):  # sharpening takes gradients with respect to the images
+            quality = sample_quality(module.stack, binning, samples=int(ndb_cfg.get("samples", 1000)), options=sampler["options"], seed=0)["plain"]
+        grid = Path(samples_dir) / spec.dataset / f"{spec.name}_{name}.png"
+        save_grid(quality.samples, grid)
+        figures[name] = dict(quality.result.as_dict(), samples=len(quality.samples), file=sampler["file"], options=sampler["options"],
+                             seconds=quality.seconds, grid=grid.name, finished=now(), machine=machine_info(1)["cpu"])
+        if name == "learned" and record.get("ndb"):
+            figures[name]["matches_record"] = all(record["ndb"].get(k) == figures[name][k] for k in ("ndb", "js"))
+    record = read_record(path)  # as it is now (another pass may have added its figures meanwhile)
+    record["samplers"] = figures
+    write_json(path, record)
+
+
 def _error(err: BaseException) -> str:
     message = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return f"{type(err).__name__}: {message}"
@@ -229,6 +282,9 @@ def run_job(cfg: DictConfig) -> str:
             if cfg.mode == "evaluate":
                 evaluate_kept(path, runs_dir, spec, out, str(cfg.label), list(plan["overrides"]), planner.preset)
                 return "done"
+            if cfg.mode == "samples":
+                sample_kept(path, spec, out, planner, runs_dir, Path(plan["samples_dir"]))
+                return "done"
             for child in out.iterdir() if rank == 0 else ():  # what an earlier attempt left (Hydra's .hydra/ and logs stay)
                 if child.name != ".hydra" and child.suffix != ".log":
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -239,6 +295,11 @@ def run_job(cfg: DictConfig) -> str:
         if cfg.mode == "evaluate":  # the error goes where the figures would have gone
             failed = read_record(path)
             failed.setdefault("evaluations", {})[str(cfg.label)] = dict(record, overrides=list(plan["overrides"]), finished=now())
+            write_json(path, failed)
+            return f"failed: {record['error']}"
+        if cfg.mode == "samples":  # the record keeps its numbers; the error goes beside the figures of an earlier pass
+            failed = read_record(path)
+            failed["samplers"] = {**failed.get("samplers", {}), "error": record["error"]}
             write_json(path, failed)
             return f"failed: {record['error']}"
     finally:

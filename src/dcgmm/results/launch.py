@@ -6,6 +6,7 @@
     python results.py preset=full mode=report             # the table from the records alone
     python results.py preset=full mode=plan               # the runs and their state; nothing launched
     python results.py preset=small mode=evaluate label=ndb_top3 'callbacks=[eval,ndb]' callbacks.ndb.top_s=3
+    python results.py preset=full mode=samples            # NDB of every kept main model under each sampler
 
 It plans the preset (:mod:`dcgmm.results.plan`), checks the records already there (a record of
 another code version, preset or settings: one line naming the file, exit status 2, nothing
@@ -18,7 +19,7 @@ Arguments are ``key=value`` words. The entry point's own: ``preset`` (a name of 
 .yaml path; default ``small``), ``datasets`` and ``methods`` (subsets: ``datasets=mnist``,
 ``methods=[sgd,em]``), ``kind`` (``main``: the runs on all classes, ``outliers``: the outlier runs), ``classes``
 (the outlier runs of these held-out classes only: ``classes=0``, ``classes=[1,2]``), ``mode``
-(``train``, ``evaluate``, ``report``, ``plan``), ``label`` (evaluate mode:
+(``train``, ``evaluate``, ``samples``, ``report``, ``plan``), ``label`` (evaluate mode:
 the name of the figures in the records), ``out`` (a folder for the report, records and runs) and
 ``threads`` (torch threads per job, default 1). ``hydra/...`` and ``hydra.*`` words go to the
 multirun; every other word is an override of every training run (evaluate mode: of
@@ -49,7 +50,8 @@ SUBMITIT = {"hydra_plugins.hydra_submitit_launcher": "hydra-submitit-launcher", 
 LAUNCHER_PACKAGES = {"joblib": {"hydra_plugins.hydra_joblib_launcher": "hydra-joblib-launcher"}, "slurm": SUBMITIT,
                      "submitit_local": SUBMITIT, "submitit_slurm": SUBMITIT}
 OWN = ("preset", "datasets", "methods", "kind", "classes", "mode", "label", "out", "threads")
-MODES = ("train", "evaluate", "report", "plan")
+MODES = ("train", "evaluate", "samples", "report", "plan")
+KEPT_MODES = ("evaluate", "samples")  # modes that work on the kept models of finished runs
 
 
 def _words(value: str) -> list[str]:
@@ -155,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         if own["mode"] == "train":
             for peer in [c for c in preset["compare"] if c in PEER_ROWS and c in methods]:
                 require_peer(peer)
-        planner = Planner(preset, [] if own["mode"] == "evaluate" else overrides, runs_dir).plan(datasets)
-        records, failures = check_records(planner, records_dir, name, same_settings=own["mode"] != "evaluate")
+        if own["mode"] == "samples" and overrides:
+            raise ConfigError(f"mode=samples takes no run overrides ({' '.join(overrides)}); the samplers are the preset's (samplers:, conf/sampler)")
+        planner = Planner(preset, [] if own["mode"] in KEPT_MODES else overrides, runs_dir).plan(datasets)
+        records, failures = check_records(planner, records_dir, name, same_settings=own["mode"] not in KEPT_MODES)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -164,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     specs = [s for s in planner.ordered_runs() if s.method in methods and own["kind"] in (None, s.kind)
              and (own["classes"] is None or s.kind == "main" or s.held_out in own["classes"])]
     todo, without = [s.key for s in specs if s.key not in records] if own["mode"] == "train" else [], []
-    if own["mode"] == "evaluate":  # the kept models; records whose model is gone are listed and left as they are
+    if own["mode"] in KEPT_MODES:  # the kept models; records whose model is gone are listed and left as they are
+        if own["mode"] == "samples":  # samples of the models trained on all classes
+            specs = [s for s in specs if s.kind == "main" and s.method == "sgd"]
         kept = {s.key for s in specs if s.key in records and jobs.kept_checkpoint(records[s.key], runs_dir)}
         todo = [s.key for s in specs if s.key in kept]
         without = [s.key for s in specs if s.key in records and s.key not in kept and s.method == "sgd"]
@@ -182,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: the runs folder {runs_dir} has a quote, $ or backslash in its path, which Hydra's override words cannot carry; give another out=", file=sys.stderr)
             return 2
         write_json(plan_file, dict(preset=name, settings=preset, records_dir=str(records_dir), runs_dir=str(runs_dir), code=code_version(),
-                                   overrides=overrides if own["mode"] == "evaluate" else [], **planner.as_dict()))
-        sweep = runs_dir if own["mode"] == "train" else runs_dir / "_evaluations" / own["label"]
+                                   samples_dir=str(report_dir / "samples"), overrides=overrides if own["mode"] == "evaluate" else [], **planner.as_dict()))
+        sweep = runs_dir if own["mode"] == "train" else runs_dir / "_samples" if own["mode"] == "samples" else runs_dir / "_evaluations" / own["label"]
         words = [f"plan='{plan_file}'", f"run={','.join(todo)}", f"hydra.sweep.dir='{sweep}'", f"mode={own['mode']}", f"threads={own['threads']}"]
         if own["label"]:
             words.append(f"label={own['label']}")
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         try:
-            records, failures = check_records(planner, records_dir, name, same_settings=own["mode"] != "evaluate")
+            records, failures = check_records(planner, records_dir, name, same_settings=own["mode"] not in KEPT_MODES)
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -205,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluated {len(todo) - len(failed)} of {len(todo)} kept models; figures in {records_dir}/<dataset>/<run>.json, evaluations.{own['label']}"
               + "".join(f"\n  failed: {k}: {e}" for k, e in failed.items()))
         return 1 if failed else 0
+    if own["mode"] == "samples":
+        failed = {k: error for k in todo if (error := "no figures written" if not records[k].get("samplers") else records[k]["samplers"].get("error"))}
+        print(f"measured the samples of {len(todo) - len(failed)} of {len(todo)} kept models; figures in {records_dir}/<dataset>/<run>.json, samplers; "
+              f"grids in {_shown(report_dir / 'samples')}" + "".join(f"\n  failed: {k}: {e}" for k, e in failed.items()))
+        if failed:
+            return 1
     meta = dict(command=" ".join(["python results.py", *argv]), date=now(), wall_seconds=time.perf_counter() - start,
                 machine=machine_info(int(own["threads"])), datasets=datasets, runs_dir=_shown(runs_dir), records_dir=_shown(records_dir),
                 finished=len(records), planned=len(planner.runs))

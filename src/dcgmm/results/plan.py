@@ -94,6 +94,15 @@ def load_preset(name: str) -> tuple[str, dict]:
     unknown = [t for t in preset["every_class"] if t not in preset["dcgmm"]]
     if unknown:
         raise ConfigError(f"{shown}: every_class {unknown} names no dcgmm of the preset; use any of {preset['dcgmm']}")
+    preset["samplers"] = preset.get("samplers") or {}
+    files = sorted(p.stem for p in (conf_dir() / "sampler").glob("*.yaml"))
+    for sampler, per_row in preset["samplers"].items():
+        for row, file in (per_row or {}).items():
+            if row not in [*preset["dcgmm"], "flat"]:
+                raise ConfigError(f"{shown}: samplers.{sampler} names the row {row!r}; use any of {[*preset['dcgmm'], 'flat']}")
+            for name in (file.values() if isinstance(file, dict) else [file]):
+                if name not in files:
+                    raise ConfigError(f"{shown}: samplers.{sampler}.{row}: no sampler file {name!r} in conf/sampler; use any of {', '.join(files)}")
     seeds = preset.get("seeds") or DEFAULT_SEEDS
     if isinstance(seeds, list):
         seeds = {dataset: seeds for dataset in preset["datasets"]}

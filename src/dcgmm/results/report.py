@@ -35,7 +35,9 @@ def fmt(value, digits: int = 3) -> str:
 
 
 MAIN_METRICS = ("K", "params", "top_sigma", "purity", "nmi", "ari", "hungarian_acc", "dunn", "davies_bouldin", "acc", "loglik", "bpd", "ndb_ratio", "js",
-                "ndb_sharpened", "js_sharpened", "train_seconds", "images_per_second")
+                "ndb_sharpened", "js_sharpened", "train_seconds", "images_per_second", "ndb_learned", "js_learned", "ndb_authors", "js_authors")
+# the samplers of mode=samples (record["samplers"]): the table's own (learned) and the authors'
+SAMPLERS = ("learned", "authors")
 OUTLIER_METRICS = ("auroc", "auroc_sum", "auroc_cross", "auroc_noise")
 
 
@@ -44,6 +46,9 @@ def run_values(record: dict, method: str) -> dict:
     ndb, sharp = record.get("ndb") or {}, record.get("ndb_sharpened") or {}
     values: dict[str, Any] = dict(K=record.get("K"), params=record.get("params"), top_sigma=record.get("top_sigma"),
                                   ndb_ratio=ndb.get("ndb_ratio"), js=ndb.get("js"), ndb_sharpened=sharp.get("ndb_ratio"), js_sharpened=sharp.get("js"))
+    for name in SAMPLERS:  # the kept model's samples under each sampler (mode=samples)
+        figures = (record.get("samplers") or {}).get(name) or {}
+        values.update({f"ndb_{name}": figures.get("ndb_ratio"), f"js_{name}": figures.get("js"), f"file_{name}": figures.get("file")})
     if method in ("em", *PEER_ROWS):  # baselines: flat records (no clusters for a circuit)
         cluster = record.get("cluster") or {}
         values.update(acc=record.get("acc"), loglik=record.get("loglik"), bpd=record.get("bpd"), train_seconds=record.get("seconds"),
@@ -90,6 +95,7 @@ def row_values(row, records: dict, held_out: list[int], failures: dict | None = 
     first = [v for v in outs.get(held_out[0], []) if v] if held_out else []
     for metric in ("K", "params", "top_sigma"):
         values[f"{metric}_outliers"] = mean_sd([v.get(metric) for v in first])[0]
+    values["authors_sampler"] = next((v["file_authors"] for v in main if v.get("file_authors")), None)
     # AUROC per held-out class of the row (mean and spread over that class's seeds), and over its classes
     classes = sorted(row.outliers)
     per_class = {c: mean_sd([v.get("auroc") for v in outs.get(c, [])]) for c in classes}
@@ -169,6 +175,17 @@ def class_table(values: list[dict], classes: int) -> str:
     return markdown_table(["model", *map(str, range(classes)), "mean ± sd over classes"], lines)
 
 
+def sampler_table(values: list[dict]) -> str:
+    """NDB/B and JS of each row's kept models under the learned spread and the authors' sampler
+    (mean ± sd over the models measured), for the rows with such figures."""
+    lines = [
+        [v["label"], f"{v['ndb_authors_n']}/{v['planned_seeds']}", fmt_sd(v["ndb_learned"], v["ndb_learned_sd"], 2), fmt(v["js_learned"]),
+         fmt_sd(v["ndb_authors"], v["ndb_authors_sd"], 2), fmt(v["js_authors"]), f"`{v['authors_sampler']}`" if v["authors_sampler"] else MISSING]
+        for v in values if v["ndb_learned_n"] or v["ndb_authors_n"]
+    ]
+    return markdown_table(["model", "models measured", "NDB/B, learned spread", "JS", "NDB/B, authors' sampler", "JS", "authors' sampler (conf/sampler)"], lines)
+
+
 def markdown_table(columns: list[str], lines: list[list[str]]) -> str:
     out = ["| " + " | ".join(columns) + " |", "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|"]
     out += ["| " + " | ".join(cells) + " |" for cells in lines]
@@ -224,17 +241,19 @@ def data_description(dataset: str, rows: list, records: dict, preset: dict) -> s
 
 
 def verdict_rule(preset: dict, pooled: dict[str, float]) -> str:
-    floors = ", ".join(f"{c.label} {c.floor}" for c in CLAIMS)
+    floors = ", ".join(dict.fromkeys(f"{c.label} {c.floor}" for c in CLAIMS))
     return (
         "Each DCGMM row against the rows of its dataset compared with it, per claim: clustering by NMI against the flat GMM and EM "
         "with the same K only (NMI, ARI and purity move with the number of clusters, so the flat GMMs with as many "
-        "parameters, another K, are not counted for it); sampling by NDB/B (lower is better) and outlier detection by the AUROC "
+        "parameters, another K, are not counted for it); sampling by NDB/B (lower is better) under two samplers, the learned "
+        "spread of the table's NDB column and the authors' sampler of each row (conf/sampler, measured on the kept models by "
+        "`mode=samples`; one model per row, so its noise is the learned sampler's pooled seed spread), and outlier detection by the AUROC "
         "against both flat GMMs (the same K; as many parameters), paired by held-out class: the mean difference over the classes "
         "both rows hold out. **better** / **worse**: the difference exceeds the margin, twice the noise, and at least a floor "
         f"({floors}); **equal** otherwise. The noise: for AUROC over several classes, the standard deviation of the per-class "
         "differences over the square root of their number (the class-to-class spread); otherwise the standard deviations over the "
         "rows' seeds, added in quadrature, where a row with one seed takes the spread pooled over the rows with two ("
-        + (", ".join(f"{c.label} {pooled[c.metric]:.3f}" for c in CLAIMS if c.metric in pooled) or "none yet")
+        + (", ".join(dict.fromkeys(f"{c.label} {pooled[c.metric]:.3f}" for c in CLAIMS if c.metric in pooled)) or "none yet")
         + "). A pair of runs counts once per claim. Nothing here was tuned on the test set: "
         "every run uses the settings of its experiment file (conf/experiment/table_*.yaml), each of which names the authors' "
         "script it follows; no FashionMNIST outlier script exists, so the FashionMNIST outlier runs carry the MNIST outlier settings."
@@ -299,6 +318,9 @@ def write_report(report_dir: Path, preset_name: str, planner: Planner, records: 
         if any(v["auroc_classes_planned"] > len(held_out) for v in values):
             lines += [f"### {DATASETS.get(dataset, dataset)}: outlier detection per held-out class (AUROC, top layer)", "",
                       class_table(values, CLASSES), ""]
+        if any(v["ndb_learned_n"] or v["ndb_authors_n"] for v in values):
+            lines += [f"### {DATASETS.get(dataset, dataset)}: samples under two samplers (kept models, `python results.py preset={preset_name} mode=samples`)", "",
+                      sampler_table(values), "", f"Sample grids: `samples/{dataset}/<run>_<sampler>.png` next to this file.", ""]
     pooled = pooled_spread([row for rows in json_rows.values() for row in rows])
     lines += ["## Verdict", "", verdict_rule(preset, pooled), ""]
     for dataset in datasets:

@@ -5,7 +5,7 @@ classes. A new kind is one file with a :class:`Layer` subclass plus one :func:`r
 line, here or in user code (docs/design.md section 9).
 """
 
-from dcgmm.core.layers.base import Layer, Shape, TopDownContext
+from dcgmm.core.layers.base import TOP_DRAWS, Layer, Shape, TopDownContext
 from dcgmm.core.layers.classifier import LinearClassifier
 from dcgmm.core.layers.folding import Folding
 from dcgmm.core.layers.gmm import GMMLayer
@@ -39,6 +39,6 @@ for _cls in (Folding, GMMLayer, MaxPooling, LinearClassifier):
     register_layer(_cls)
 
 __all__ = [
-    "Layer", "Shape", "TopDownContext", "Folding", "GMMLayer", "MaxPooling", "LinearClassifier",
+    "TOP_DRAWS", "Layer", "Shape", "TopDownContext", "Folding", "GMMLayer", "MaxPooling", "LinearClassifier",
     "LAYER_KINDS", "register_layer", "unregister_layer",
 ]

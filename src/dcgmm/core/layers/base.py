@@ -42,6 +42,10 @@ def pair(value, name: str, where: str) -> tuple[int, int]:
     return v, v
 
 
+# what the layer where a top-down pass starts draws its components from (TopDownContext.top)
+TOP_DRAWS = ("weights", "uniform", "cycle")
+
+
 @dataclass
 class TopDownContext:
     """What the top-down pass tells every layer it passes through (docs/design.md section 3).
@@ -50,6 +54,10 @@ class TopDownContext:
         n: number of samples to draw where the pass starts without a signal (``signal=None``).
         top_s: a GMM layer draws among the ``top_s`` largest entries of a prior from above.
         divisor: GMM standard deviations are divided by this (> 0).
+        top: what the layer where the pass starts (``signal=None``) draws its components from:
+            ``"weights"`` (its learned mixture weights), ``"uniform"`` (uniformly over its K
+            components, as the authors' code does) or ``"cycle"`` (sample ``i`` takes component
+            ``i mod K``, the authors' ``sampling_I -2``).
         pooling_mode: ``"dense"`` or ``"sparse"`` top-down of pooling layers (``None``: each
             layer's own setting).
         generator: torch random generator for reproducible draws.
@@ -58,6 +66,7 @@ class TopDownContext:
     n: int | None = None
     top_s: int = 1
     divisor: float = 1.0
+    top: str = "weights"
     pooling_mode: str | None = None
     generator: torch.Generator | None = None
 

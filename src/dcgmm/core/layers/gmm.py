@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcgmm.core.layers.base import Layer, Shape, TopDownContext, require_positive_int
+from dcgmm.core.layers.base import TOP_DRAWS, Layer, Shape, TopDownContext, require_positive_int
 from dcgmm.core.layers.smoothing import is_identity_width, smoothing_kernel
 from dcgmm.errors import ConfigError
 
@@ -373,9 +373,11 @@ class GMMLayer(Layer):
             signal: non-negative prior ``(N, K, H, W)`` from a layer above; ``None`` means this is
                 the top of the pass: draw ``context.n`` samples from pi at every position.
             context: ``top_s`` keeps the ``top_s`` largest entries of a prior from above and draws
-                among them in proportion. It does not apply to the layer's own pi (``signal=None``):
+                among them in proportion. It does not apply where the pass starts (``signal=None``):
                 top-S of pi would always pick its heaviest components, so the top layer draws from
-                its whole prior (docs/design.md, "Sampling"). The std is divided by ``divisor``
+                its whole prior, which ``context.top`` names: pi (``"weights"``), uniform over K
+                (``"uniform"``) or component ``i mod K`` for sample ``i`` (``"cycle"``)
+                (docs/design.md, "Sampling"). The std is divided by ``divisor``
                 (>1 gives cleaner samples); dims whose std sits at the variance floor are drawn
                 with std 0.
         Returns:
@@ -387,8 +389,14 @@ class GMMLayer(Layer):
         if signal is None:
             if n is None or n < 1:
                 raise ConfigError(f"{self.name}: give a prior or a positive number of samples n")
-            prior = self.weights.detach().unsqueeze(0).expand(n, -1, -1)  # (N, G, K)
-            prior = prior.expand(n, self.P, self.K) if prior.shape[1] == 1 else prior  # (N, P, K)
+            if context.top == "uniform":  # the authors' unconditional top layer: every component alike
+                prior = self.weights.new_ones(n, self.P, self.K)
+            elif context.top == "cycle":  # sample i takes component i mod K at every position
+                component = torch.arange(n, device=self.means.device) % self.K
+                prior = F.one_hot(component, self.K).to(self.means.dtype).view(n, 1, self.K).expand(n, self.P, self.K)
+            else:
+                prior = self.weights.detach().unsqueeze(0).expand(n, -1, -1)  # (N, G, K)
+                prior = prior.expand(n, self.P, self.K) if prior.shape[1] == 1 else prior  # (N, P, K)
             top_s = self.K  # the whole prior: top-S is for priors that come from a layer above
         else:
             n = signal.shape[0]
@@ -418,6 +426,8 @@ class GMMLayer(Layer):
             raise ConfigError(f"top_s={context.top_s} must lie in [1, K={self.K}] of {self.name}")
         if not context.divisor > 0:
             raise ConfigError(f"divisor={context.divisor} must be > 0 (published values: 5 to 20)")
+        if context.top not in TOP_DRAWS:
+            raise ConfigError(f"top={context.top!r} is unknown; use one of {', '.join(TOP_DRAWS)}")
 
     def macs_per_image(self) -> int:
         return 2 * self.P * self.K * self.D  # two products of (P, D) x (D, K), docs/design.md section 6
