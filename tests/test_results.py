@@ -103,7 +103,8 @@ def check_samples_pass(tmp_path, records):
     data = compose("train", Planner(preset).sgd_overrides("table_flat", "mnist", "main", [])).data
     datamodule = instantiate(data)
     datamodule.setup("fit")
-    bins = training_bins(datamodule, bins=10, kmeans_samples=2000, train_images=2000)  # the tiny preset's ndb block, not cached
+    ndb = preset["ndb"]
+    bins = training_bins(datamodule, bins=ndb["bins"], kmeans_samples=ndb["kmeans_samples"], train_images=ndb["train_images"])  # not cached
     for name in records:
         after = json.loads((tmp_path / "records" / "mnist" / f"{name}.json").read_text())
         if name not in expected:  # outlier runs and EM: untouched
@@ -115,14 +116,27 @@ def check_samples_pass(tmp_path, records):
         file, options = expected[name]
         assert figures["authors"]["file"] == file
         module = load_module(tmp_path / "runs" / before[name]["checkpoint"])
-        drawn = Sampler(module.stack, SamplingOptions(**options), torch.Generator().manual_seed(0)).sample(200)
+        drawn = Sampler(module.stack, SamplingOptions(**options), torch.Generator().manual_seed(0)).sample(ndb["samples"])
         mine = bins.evaluate(drawn)
         assert (figures["authors"]["ndb"], figures["authors"]["js"]) == (mine.ndb, pytest.approx(mine.js, abs=1e-12)), name
         for sampler in ("learned", "authors"):
             assert (tmp_path / "samples" / "mnist" / f"{name}_{sampler}.png").stat().st_size > 0
     text = (tmp_path / "RESULTS.md").read_text()
     assert "### MNIST: samples under two samplers" in text and "`authors_B`" in text and "`authors_flat`" in text
-    assert "sampling, the authors' sampler" in text.lower()
+    assert "sampling, the authors' sampler **" in text  # a verdict word, not "not measured"
+
+    # a job that fails (an unreadable model) writes its error beside the earlier figures; the
+    # launch lists it and exits with status 1, the table is not written again and shows none for it
+    checkpoint = tmp_path / "runs" / before["flat_k36_s12345"]["checkpoint"]
+    checkpoint.write_bytes(b"not a checkpoint")
+    stamp = (tmp_path / "RESULTS.md").stat().st_mtime_ns
+    assert launch.main(["preset=tiny", f"out={tmp_path}", "mode=samples"]) == 1
+    failed = json.loads((tmp_path / "records" / "mnist" / "flat_k36_s12345.json").read_text())["samplers"]
+    assert failed["error"].startswith("ConfigError") and failed["authors"]["file"] == "authors_flat"
+    assert (tmp_path / "RESULTS.md").stat().st_mtime_ns == stamp
+    from dcgmm.results.report import run_values
+
+    assert run_values(json.loads((tmp_path / "records" / "mnist" / "flat_k36_s12345.json").read_text()), "sgd")["ndb_authors"] is None
 
 
 @needs_mnist
@@ -299,6 +313,8 @@ def test_an_every_class_topology_must_be_one_of_the_preset(tmp_path):
 @pytest.mark.parametrize(("samplers", "message"), [
     ("{authors: {dcgmm3: authors_E}}", r"samplers.authors names the row 'dcgmm3'; use any of \['dcgmm2', 'flat'\]"),
     ("{authors: {dcgmm2: {mnist: authors_Z}}}", r"samplers.authors.dcgmm2: no sampler file 'authors_Z' in conf/sampler; use any of authors_B, "),
+    ("{authors: {dcgmm2: {mnsit: authors_B}}}", r"samplers.authors.dcgmm2 names the dataset\(s\) \['mnsit'\]; the preset's: \['mnist'\]"),
+    ("{authors: authors_B}", r"samplers.authors must map rows to sampler files, e.g. samplers: \{authors: \{dcgmm2: authors_B\}\}"),
 ])
 def test_a_preset_sampler_must_name_a_row_and_a_file(tmp_path, samplers, message):
     text = (ROOT / "src" / "dcgmm" / "conf" / "results" / "tiny.yaml").read_text()

@@ -291,8 +291,8 @@ def test_per_layer_top_s_and_divisor():
     draws the same images as the single number."""
     stack = build_model("dcgmm2", ["model.layers.1.K=9", "model.layers.3.K=4"]).stack  # GMM layers 1 (K=9) and 3 (K=4)
     sampler = Sampler(stack, SamplingOptions(top_s={1: 2}, divisor={3: 7.0}))
-    assert (sampler.context(index=1).top_s, sampler.context(index=3).top_s) == (2, 4)
-    assert (sampler.context(index=1).divisor, sampler.context(index=3).divisor) == (1.0, 7.0)
+    assert (sampler.context(None, 1).top_s, sampler.context(None, 3).top_s) == (2, 4)
+    assert (sampler.context(None, 1).divisor, sampler.context(None, 3).divisor) == (1.0, 7.0)
     flat = hand_set_flat_gmm([0.5, 0.5], torch.rand(2, 16), torch.full((2, 16), 0.3))
     draws = [Sampler(flat, SamplingOptions(top_s=s, divisor=d), torch.Generator().manual_seed(2)).sample(50) for s, d in ((1, 4.0), ({1: 1}, {1: 4.0}))]
     assert torch.equal(*draws)

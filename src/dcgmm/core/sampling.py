@@ -77,6 +77,9 @@ class SharpeningOptions:
                 raise ConfigError(f"sharpening={dict(value)!r} has unknown keys ({', '.join(unknown)}); known: {known}")
             if settings.get("layers") is not None:
                 settings["layers"] = [int(v) for v in settings["layers"]]
+            for name in ("rate", "reconstruction"):  # per-folding mappings: int keys (JSON and some YAML give strings)
+                if isinstance(settings.get(name), Mapping):
+                    settings[name] = {int(k): v for k, v in settings[name].items()}
             return cls(**settings)
         raise ConfigError(f"sharpening={value!r} must be True/False, a dict of SharpeningOptions fields or SharpeningOptions")
 
@@ -249,7 +252,7 @@ class Sampler:
             if isinstance(setting, dict) and set(setting) - set(gmm_layers):
                 raise ConfigError(f"{name}={setting} names layer(s) {sorted(set(setting) - set(gmm_layers))}, which are not gmm layers; gmm layers: {gmm_layers}")
         for layer in self.stack.layers:
-            layer.check_top_down(self.context(index=layer.index))
+            layer.check_top_down(self.context(None, layer.index))
         sharp = opts.sharpening
         if sharp.enabled:
             foldings = self.sharpened_foldings()
@@ -302,12 +305,11 @@ class Sampler:
     def device(self) -> torch.device:
         return next(self.stack.parameters()).device
 
-    def context(self, n: int | None = None, index: int = -1) -> TopDownContext:
+    def context(self, n: int | None, index: int) -> TopDownContext:
         """The :class:`~dcgmm.core.layers.TopDownContext` that layer ``index`` receives in a pass
         (per-layer ``top_s`` and ``divisor`` resolved for it)."""
         opts = self.options
-        layer = self.stack.layers[index] if index >= 0 else None
-        top_s = layer_value(opts.top_s, index, getattr(layer, "K", 1))
+        top_s = layer_value(opts.top_s, index, getattr(self.stack.layers[index], "K", 1))
         return TopDownContext(n=n, top_s=top_s, divisor=layer_value(opts.divisor, index, 1.0), top=opts.top, pooling_mode=opts.pooling_mode,
                               generator=self.generator)
 

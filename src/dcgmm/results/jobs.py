@@ -97,8 +97,7 @@ def run_sgd(spec: RunSpec, out: Path, runs_dir: Path, ndb_cfg: dict) -> dict:
         module.eval()
         binning, reference = ndb_binning(ndb_cfg, datamodule, Path(cfg.paths.data_dir))
         sharpening = ndb_cfg.get("sharpening")
-        options = {key: ndb_cfg[key] for key in ("top_s", "divisor") if ndb_cfg.get(key) is not None}
-        quality = sample_quality(module.stack, binning, samples=int(ndb_cfg.get("samples", 1000)), options=options, sharpening=sharpening, seed=0)
+        quality = sample_quality(module.stack, binning, samples=int(ndb_cfg.get("samples", 1000)), options=learned_options(ndb_cfg), sharpening=sharpening, seed=0)
         plain = quality["plain"]
         save_grid(plain.samples, out / "samples.png")
         record["ndb"] = dict(plain.result.as_dict(), samples=len(plain.samples), top_s=plain.options.top_s, divisor=plain.options.divisor,
@@ -197,30 +196,30 @@ def evaluate_kept(path: Path, runs_dir: Path, spec: RunSpec, out: Path, label: s
     write_json(path, record)
 
 
+def learned_options(ndb_cfg: dict) -> dict:
+    """The table's own NDB sampler (the preset's ``ndb`` block): its ``top_s`` and ``divisor``."""
+    return {key: ndb_cfg[key] for key in ("top_s", "divisor") if ndb_cfg.get(key) is not None}
+
+
 def samplers(preset: dict, spec: RunSpec) -> dict[str, dict]:
     """The samplers whose samples of a kept main model are measured (``mode=samples``):
-    ``{name: {options, file}}``. ``learned`` is the table's own NDB sampler (the preset's ``ndb``
-    block, unsharpened); each entry of the preset's ``samplers`` names a file of conf/sampler for
-    the run's row (by experiment, ``table_`` left off), or one per dataset. Rows it does not name
-    get only ``learned``."""
-    from omegaconf import OmegaConf
-
-    ndb_cfg = preset["ndb"]
-    out = {"learned": dict(options={k: ndb_cfg[k] for k in ("top_s", "divisor") if ndb_cfg.get(k) is not None}, file=None)}
+    ``{name: {options, file}}``. ``learned`` is the table's own NDB sampler, unsharpened; each
+    entry of the preset's ``samplers`` (resolved by :func:`dcgmm.results.plan.sampler_settings`)
+    that names the run's row (its experiment, ``table_`` left off) and dataset adds its file's."""
+    out = {"learned": dict(options=learned_options(preset["ndb"]), file=None)}
     row = (spec.experiment or "").removeprefix("table_")
     for name, per_row in (preset.get("samplers") or {}).items():
-        file = (per_row or {}).get(row)
-        file = file.get(spec.dataset) if isinstance(file, dict) else file
-        if file:  # load_preset checked that the file exists
-            out[name] = dict(options=OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sampler" / f"{file}.yaml"), resolve=True), file=str(file))
+        if spec.dataset in per_row.get(row, {}):
+            out[name] = per_row[row][spec.dataset]
     return out
 
 
-def sample_kept(path: Path, spec: RunSpec, out: Path, planner: Planner, runs_dir: Path, samples_dir: Path) -> None:
+def sample_kept(path: Path, spec: RunSpec, out: Path, planner: Planner, runs_dir: Path, samples_dir: Path, stamp: str) -> None:
     """NDB/B and JS of the run's kept model under each of :func:`samplers` (1,000 samples, seed 0,
-    the table's bins) into ``record["samplers"]``, and a grid of the first 64 samples of each as
-    ``<samples_dir>/<dataset>/<run>_<sampler>.png``. ``learned`` repeats the record's own NDB
-    draw; ``matches_record`` says whether it gave the record's numbers."""
+    the table's bins) into ``record["samplers"]``, each stamped with the launch's ``stamp`` (its
+    plan file), and a grid of the first 64 samples of each as ``<samples_dir>/<dataset>/<run>_<sampler>.png``.
+    ``learned`` repeats the record's own NDB draw; ``matches_record`` says whether it gave the
+    record's numbers exactly (a diagnostic: another CPU may round differently)."""
     import torch
 
     record = read_record(path)
@@ -240,7 +239,7 @@ def sample_kept(path: Path, spec: RunSpec, out: Path, planner: Planner, runs_dir
         grid = Path(samples_dir) / spec.dataset / f"{spec.name}_{name}.png"
         save_grid(quality.samples, grid)
         figures[name] = dict(quality.result.as_dict(), samples=len(quality.samples), file=sampler["file"], options=sampler["options"],
-                             seconds=quality.seconds, grid=grid.name, finished=now(), machine=machine_info(1)["cpu"])
+                             seconds=quality.seconds, grid=grid.name, finished=now(), machine=machine_info(1)["cpu"], stamp=stamp)
         if name == "learned" and record.get("ndb"):
             figures[name]["matches_record"] = all(record["ndb"].get(k) == figures[name][k] for k in ("ndb", "js"))
     record = read_record(path)  # as it is now (another pass may have added its figures meanwhile)
@@ -283,7 +282,7 @@ def run_job(cfg: DictConfig) -> str:
                 evaluate_kept(path, runs_dir, spec, out, str(cfg.label), list(plan["overrides"]), planner.preset)
                 return "done"
             if cfg.mode == "samples":
-                sample_kept(path, spec, out, planner, runs_dir, Path(plan["samples_dir"]))
+                sample_kept(path, spec, out, planner, runs_dir, Path(plan["samples_dir"]), Path(cfg.plan).name)
                 return "done"
             for child in out.iterdir() if rank == 0 else ():  # what an earlier attempt left (Hydra's .hydra/ and logs stay)
                 if child.name != ".hydra" and child.suffix != ".log":

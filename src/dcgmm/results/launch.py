@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {s.key:<48} {s.method:<8} K={s.K!s:<5} params={s.params!s:<10} {state}")
         return 0
     for key in without:
-        print(f"  {key}: no kept checkpoint (its record was made before models were kept, or the model was moved); not evaluated")
+        print(f"  {key}: no kept checkpoint (its record was made before models were kept, or the model was moved); not {'sampled' if own['mode'] == 'samples' else 'evaluated'}")
     if todo:
         plan_file = runs_dir / "plans" / f"{dt.datetime.now():%Y-%m-%d_%H-%M-%S}_{os.getpid()}.json"  # one per launch: queued jobs read their own
         if any(c in str(runs_dir) for c in "'$\\"):
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
               + "".join(f"\n  failed: {k}: {e}" for k, e in failed.items()))
         return 1 if failed else 0
     if own["mode"] == "samples":
-        failed = {k: error for k in todo if (error := "no figures written" if not records[k].get("samplers") else records[k]["samplers"].get("error"))}
+        failed = {k: error for k in todo if (error := sampled(records.get(k, {}), plan_file.name))}
         print(f"measured the samples of {len(todo) - len(failed)} of {len(todo)} kept models; figures in {records_dir}/<dataset>/<run>.json, samplers; "
               f"grids in {_shown(report_dir / 'samples')}" + "".join(f"\n  failed: {k}: {e}" for k, e in failed.items()))
         if failed:
@@ -223,6 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     md, js = write_report(report_dir, name, planner, records, failures, meta)
     print(f"wrote {md} and {js}: {len(records)} of {len(planner.runs)} runs finished" + "".join(f"\n  failed: {k}: {e}" for k, e in failures.items()))
     return 1 if failures else 0
+
+
+def sampled(record: dict, stamp: str) -> str | None:
+    """Why the samples pass ``stamp`` left no figures in ``record`` (None: it left them): the
+    error it wrote, or none written (a job that was killed writes nothing)."""
+    figures = record.get("samplers") or {}
+    if figures.get("error"):
+        return str(figures["error"])
+    if not figures or any(f.get("stamp") != stamp for f in figures.values()):
+        return "no figures written by this pass (the job stopped before it wrote them)"
+    return None
 
 
 def _shown(path: Path) -> str:

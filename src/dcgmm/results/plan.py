@@ -64,6 +64,30 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in (conf_dir() / "results").glob("*.yaml"))
 
 
+def sampler_settings(preset: dict, shown: str) -> dict[str, dict[str, dict[str, dict]]]:
+    """The preset's ``samplers:`` (``{sampler: {row: file, or {dataset: file}}}``, a file of
+    conf/sampler) checked and resolved: ``{sampler: {row: {dataset: {file, options}}}}`` with the
+    file's top-down options, read once here (the jobs take them from the plan)."""
+    rows, datasets = [*preset["dcgmm"], "flat"], list(preset["datasets"])
+    files = sorted(p.stem for p in (conf_dir() / "sampler").glob("*.yaml"))
+    out: dict = {}
+    for sampler, per_row in (preset.get("samplers") or {}).items():
+        if not isinstance(per_row, dict):
+            raise ConfigError(f"{shown}: samplers.{sampler} must map rows to sampler files, e.g. samplers: {{{sampler}: {{dcgmm2: authors_B}}}}")
+        for row, file in per_row.items():
+            if row not in rows:
+                raise ConfigError(f"{shown}: samplers.{sampler} names the row {row!r}; use any of {rows}")
+            per_dataset = dict(file) if isinstance(file, dict) else {dataset: file for dataset in datasets}
+            if set(per_dataset) - set(datasets):
+                raise ConfigError(f"{shown}: samplers.{sampler}.{row} names the dataset(s) {sorted(set(per_dataset) - set(datasets))}; the preset's: {datasets}")
+            for dataset, name in per_dataset.items():
+                if name not in files:
+                    raise ConfigError(f"{shown}: samplers.{sampler}.{row}: no sampler file {name!r} in conf/sampler; use any of {', '.join(files)}")
+                options = OmegaConf.to_container(OmegaConf.load(conf_dir() / "sampler" / f"{name}.yaml"), resolve=True)
+                out.setdefault(sampler, {}).setdefault(row, {})[dataset] = dict(file=name, options=options)
+    return out
+
+
 def load_preset(name: str) -> tuple[str, dict]:
     """``(preset name, settings)`` of ``conf/results/<name>.yaml`` or of a YAML file's path, checked."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else conf_dir() / "results" / f"{name}.yaml"
@@ -94,15 +118,7 @@ def load_preset(name: str) -> tuple[str, dict]:
     unknown = [t for t in preset["every_class"] if t not in preset["dcgmm"]]
     if unknown:
         raise ConfigError(f"{shown}: every_class {unknown} names no dcgmm of the preset; use any of {preset['dcgmm']}")
-    preset["samplers"] = preset.get("samplers") or {}
-    files = sorted(p.stem for p in (conf_dir() / "sampler").glob("*.yaml"))
-    for sampler, per_row in preset["samplers"].items():
-        for row, file in (per_row or {}).items():
-            if row not in [*preset["dcgmm"], "flat"]:
-                raise ConfigError(f"{shown}: samplers.{sampler} names the row {row!r}; use any of {[*preset['dcgmm'], 'flat']}")
-            for name in (file.values() if isinstance(file, dict) else [file]):
-                if name not in files:
-                    raise ConfigError(f"{shown}: samplers.{sampler}.{row}: no sampler file {name!r} in conf/sampler; use any of {', '.join(files)}")
+    preset["samplers"] = sampler_settings(preset, shown)
     seeds = preset.get("seeds") or DEFAULT_SEEDS
     if isinstance(seeds, list):
         seeds = {dataset: seeds for dataset in preset["datasets"]}

@@ -38,6 +38,7 @@ MAIN_METRICS = ("K", "params", "top_sigma", "purity", "nmi", "ari", "hungarian_a
                 "ndb_sharpened", "js_sharpened", "train_seconds", "images_per_second", "ndb_learned", "js_learned", "ndb_authors", "js_authors")
 # the samplers of mode=samples (record["samplers"]): the table's own (learned) and the authors'
 SAMPLERS = ("learned", "authors")
+AUTHORS_NOTE = " (authors' sampler)"
 OUTLIER_METRICS = ("auroc", "auroc_sum", "auroc_cross", "auroc_noise")
 
 
@@ -46,8 +47,9 @@ def run_values(record: dict, method: str) -> dict:
     ndb, sharp = record.get("ndb") or {}, record.get("ndb_sharpened") or {}
     values: dict[str, Any] = dict(K=record.get("K"), params=record.get("params"), top_sigma=record.get("top_sigma"),
                                   ndb_ratio=ndb.get("ndb_ratio"), js=ndb.get("js"), ndb_sharpened=sharp.get("ndb_ratio"), js_sharpened=sharp.get("js"))
+    passed = not (record.get("samplers") or {}).get("error")  # a failed pass's error stands beside older figures: none shown
     for name in SAMPLERS:  # the kept model's samples under each sampler (mode=samples)
-        figures = (record.get("samplers") or {}).get(name) or {}
+        figures = (record.get("samplers") or {}).get(name) or {} if passed else {}
         values.update({f"ndb_{name}": figures.get("ndb_ratio"), f"js_{name}": figures.get("js"), f"file_{name}": figures.get("file")})
     if method in ("em", *PEER_ROWS):  # baselines: flat records (no clusters for a circuit)
         cluster = record.get("cluster") or {}
@@ -87,7 +89,7 @@ def row_values(row, records: dict, held_out: list[int], failures: dict | None = 
     outs = {c: [run_values(records[k], row.method) if k in records else {} for k in keys] for c, keys in row.outliers.items()}
     values: dict[str, Any] = dict(label=row.label, row_id=row.row_id, note=row.note, method=row.method, seeds=len(main), planned_seeds=len(row.main))
     if row.method in PEER_ROWS:
-        values["not_applicable"] = ["nmi"]  # a circuit has no cluster ids
+        values["not_applicable"] = ["nmi", "ndb_authors"]  # a circuit has no cluster ids, and no authors' sampler
     for metric in MAIN_METRICS:
         found = [v.get(metric) for v in main]
         values[metric], values[f"{metric}_sd"] = mean_sd(found)
@@ -179,7 +181,7 @@ def sampler_table(values: list[dict]) -> str:
     """NDB/B and JS of each row's kept models under the learned spread and the authors' sampler
     (mean ± sd over the models measured), for the rows with such figures."""
     lines = [
-        [v["label"], f"{v['ndb_authors_n']}/{v['planned_seeds']}", fmt_sd(v["ndb_learned"], v["ndb_learned_sd"], 2), fmt(v["js_learned"]),
+        [v["label"], f"{max(v['ndb_learned_n'], v['ndb_authors_n'])}/{v['planned_seeds']}", fmt_sd(v["ndb_learned"], v["ndb_learned_sd"], 2), fmt(v["js_learned"]),
          fmt_sd(v["ndb_authors"], v["ndb_authors_sd"], 2), fmt(v["js_authors"]), f"`{v['authors_sampler']}`" if v["authors_sampler"] else MISSING]
         for v in values if v["ndb_learned_n"] or v["ndb_authors_n"]
     ]
@@ -241,19 +243,21 @@ def data_description(dataset: str, rows: list, records: dict, preset: dict) -> s
 
 
 def verdict_rule(preset: dict, pooled: dict[str, float]) -> str:
-    floors = ", ".join(dict.fromkeys(f"{c.label} {c.floor}" for c in CLAIMS))
+    floors = ", ".join(dict.fromkeys(f"{c.label} {c.floor}" for c in CLAIMS))  # one floor per metric label
     return (
         "Each DCGMM row against the rows of its dataset compared with it, per claim: clustering by NMI against the flat GMM and EM "
         "with the same K only (NMI, ARI and purity move with the number of clusters, so the flat GMMs with as many "
         "parameters, another K, are not counted for it); sampling by NDB/B (lower is better) under two samplers, the learned "
         "spread of the table's NDB column and the authors' sampler of each row (conf/sampler, measured on the kept models by "
-        "`mode=samples`; one model per row, so its noise is the learned sampler's pooled seed spread), and outlier detection by the AUROC "
+        "`mode=samples`: each model under the settings the authors used for its kind of model, so this compares model and "
+        "sampler together; the flat GMMs' divisor 10 is that of outliers-A.bash, as DCGMM-A.bash samples nothing; where the rows "
+        "have no spread of their own, one kept model each, the learned sampler's pooled seed spread stands in), and outlier detection by the AUROC "
         "against both flat GMMs (the same K; as many parameters), paired by held-out class: the mean difference over the classes "
         "both rows hold out. **better** / **worse**: the difference exceeds the margin, twice the noise, and at least a floor "
         f"({floors}); **equal** otherwise. The noise: for AUROC over several classes, the standard deviation of the per-class "
         "differences over the square root of their number (the class-to-class spread); otherwise the standard deviations over the "
         "rows' seeds, added in quadrature, where a row with one seed takes the spread pooled over the rows with two ("
-        + (", ".join(dict.fromkeys(f"{c.label} {pooled[c.metric]:.3f}" for c in CLAIMS if c.metric in pooled)) or "none yet")
+        + (", ".join(f"{c.label}{AUTHORS_NOTE if c.borrow else ''} {pooled[c.metric]:.3f}" for c in CLAIMS if c.metric in pooled) or "none yet")
         + "). A pair of runs counts once per claim. Nothing here was tuned on the test set: "
         "every run uses the settings of its experiment file (conf/experiment/table_*.yaml), each of which names the authors' "
         "script it follows; no FashionMNIST outlier script exists, so the FashionMNIST outlier runs carry the MNIST outlier settings."
