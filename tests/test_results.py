@@ -125,8 +125,18 @@ def check_samples_pass(tmp_path, records):
     assert "### MNIST: samples under two samplers" in text and "`authors_B`" in text and "`authors_flat`" in text
     assert "sampling, the authors' sampler **" in text  # a verdict word, not "not measured"
 
-    # a job that fails (an unreadable model) writes its error beside the earlier figures; the
-    # launch lists it and exits with status 1, the table is not written again and shows none for it
+    # a relaunch measures nothing again: every model has figures of the samplers as they are
+    stamps = {p: p.read_bytes() for p in (tmp_path / "records").rglob("*.json")}
+    assert launch.main(["preset=tiny", f"out={tmp_path}", "mode=samples"]) == 0
+    assert {p: p.read_bytes() for p in (tmp_path / "records").rglob("*.json")} == stamps
+
+    # figures of other sampler settings are measured again; a job that fails (an unreadable model)
+    # writes its error beside the earlier figures; the launch lists it and exits with status 1, the
+    # table is not written again and shows none for it
+    path = tmp_path / "records" / "mnist" / "flat_k36_s12345.json"
+    changed = json.loads(path.read_text())
+    changed["samplers"]["authors"]["options"]["divisor"] = 5.0
+    write_json(path, changed)
     checkpoint = tmp_path / "runs" / before["flat_k36_s12345"]["checkpoint"]
     checkpoint.write_bytes(b"not a checkpoint")
     stamp = (tmp_path / "RESULTS.md").stat().st_mtime_ns

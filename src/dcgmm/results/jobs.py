@@ -214,6 +214,14 @@ def samplers(preset: dict, spec: RunSpec) -> dict[str, dict]:
     return out
 
 
+def sampled_as_planned(record: dict, preset: dict, spec: RunSpec) -> bool:
+    """Whether ``record`` holds figures of every sampler :func:`samplers` gives its run now, with the
+    same files and options, and no error."""
+    figures = record.get("samplers") or {}
+    wanted = json.loads(json.dumps(samplers(preset, spec)))  # as stored: JSON turns int keys into strings
+    return not figures.get("error") and all({k: (figures.get(name) or {}).get(k) for k in ("file", "options")} == want for name, want in wanted.items())
+
+
 def sample_kept(path: Path, spec: RunSpec, out: Path, planner: Planner, runs_dir: Path, samples_dir: Path, stamp: str) -> None:
     """NDB/B and JS of the run's kept model under each of :func:`samplers` (1,000 samples, seed 0,
     the table's bins) into ``record["samplers"]``, each stamped with the launch's ``stamp`` (its

@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         kept = {s.key for s in specs if s.key in records and jobs.kept_checkpoint(records[s.key], runs_dir)}
         todo = [s.key for s in specs if s.key in kept]
         without = [s.key for s in specs if s.key in records and s.key not in kept and s.method == "sgd"]
+        if own["mode"] == "samples":  # a relaunch measures only the models without figures of the preset's samplers as they are now
+            todo = [s.key for s in specs if s.key in kept and not jobs.sampled_as_planned(records[s.key], planner.preset, s)]
     print(f"preset {name}: {len(planner.runs)} runs, {len(records)} with a finished record ({records_dir}); {len(todo)} to {own['mode']}", flush=True)
     if own["mode"] == "plan":  # the runs and their state; nothing is launched or written
         for s in specs:
