@@ -379,6 +379,9 @@ def test_committed_protocol_table_regenerates_from_its_records(tmp_path, capsys)
         return [line for line in text.splitlines() if not line.startswith(("Written by", "- **machine**", "- **progress**", "- **date**", "What each column"))]
 
     assert stable((tmp_path / "RESULTS.md").read_text()) == stable((ROOT / "results" / "RESULTS.md").read_text())
+    # a launch over one dataset still writes the whole table (every dataset of the preset)
+    assert launch.main(["preset=full", f"out={tmp_path}", "mode=report", "datasets=fashion"]) == 0
+    assert stable((tmp_path / "RESULTS.md").read_text()) == stable((ROOT / "results" / "RESULTS.md").read_text())
 
 
 # ------------------------------------------------------------------------- records, relaunch, verdict

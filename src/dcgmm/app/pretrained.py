@@ -4,8 +4,9 @@
 its file, SHA-256, topology, dataset and where it comes from (the run record it was trained by).
 :func:`resolve` checks a name and the file's checksum before anything is loaded; ``python sample.py
 pretrained=C_mnist`` and :meth:`dcgmm.app.api.DCGMMEstimator.from_pretrained` go through it.
-:func:`add` writes a trained checkpoint into the folder as a slim checkpoint (the module's weights
-and hyper-parameters, no optimiser or loop state) and records it in the manifest:
+:func:`add` writes a trained checkpoint into the folder as a slim checkpoint (the module's weights,
+hyper-parameters and annealing state; no optimiser, scheduler, loop or callback state) and records
+it in the manifest:
 
     python -m dcgmm.app.pretrained add C_mnist logs/results/full/mnist/table_dcgmm2_pool_s12345/checkpoints/epoch_049.ckpt \\
         --record results/runs/full/mnist/table_dcgmm2_pool_s12345.json
@@ -28,6 +29,10 @@ from dcgmm.data.sources import atomic_file, file_sha256
 from dcgmm.errors import ConfigError
 
 __all__ = ["add", "available", "folder", "resolve"]
+
+# what a shipped checkpoint leaves out: the state that only resuming training needs (the weights,
+# hyper-parameters and the annealing state the model's objective depends on stay)
+TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
 
 
 def folder() -> Path:
@@ -63,11 +68,11 @@ def resolve(name: str) -> Path:
 
 
 def add(name: str, checkpoint: str | os.PathLike, dataset: str, source: str = "") -> dict:
-    """Write ``checkpoint``'s module as ``<folder>/<name>.ckpt`` (weights and hyper-parameters only)
+    """Write ``checkpoint``'s module as ``<folder>/<name>.ckpt`` (without :data:`TRAINING_STATE`)
     and record it in the manifest; returns its entry."""
     module = load_module(checkpoint)
     original = read_checkpoint(Path(checkpoint))
-    slim = {key: original[key] for key in ("state_dict", "hyper_parameters", "pytorch-lightning_version") if key in original}
+    slim = {key: value for key, value in original.items() if key not in TRAINING_STATE}
     target = folder() / f"{name}.ckpt"
     with atomic_file(target) as out:
         torch.save(slim, out)

@@ -219,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
               f"grids in {_shown(report_dir / 'samples')}" + "".join(f"\n  failed: {k}: {e}" for k, e in failed.items()))
         if failed:
             return 1
+    if set(datasets) != set(preset["datasets"]):  # the table covers every dataset of the preset, whichever this launch ran
+        try:
+            planner = Planner(preset, [] if own["mode"] in KEPT_MODES else overrides, runs_dir).plan(list(preset["datasets"]))
+            records, failures = check_records(planner, records_dir, name, same_settings=own["mode"] not in KEPT_MODES)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     meta = dict(command=" ".join(["python results.py", *argv]), date=now(), wall_seconds=time.perf_counter() - start,
                 machine=machine_info(int(own["threads"])), datasets=datasets, runs_dir=_shown(runs_dir), records_dir=_shown(records_dir),
                 finished=len(records), planned=len(planner.runs))
