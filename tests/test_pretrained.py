@@ -12,7 +12,7 @@ from dcgmm.app import pretrained
 from dcgmm.app.api import DCGMMEstimator
 from dcgmm.app.checkpoints import load_module
 from dcgmm.errors import ConfigError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, needs_both
 
 CHECKPOINT = ROOT / "tests" / "reference" / "checkpoint_b_small.ckpt"  # a small topology B, trained as train.py trains
 
@@ -30,7 +30,9 @@ def test_an_added_model_loads_with_its_weights_and_is_smaller(shipped):
     assert path == shipped / "B_mnist.ckpt" and entry["dataset"] == "mnist" and entry["topology"] == "B"
     assert entry["bytes"] == path.stat().st_size < CHECKPOINT.stat().st_size  # no optimiser or loop state
     original, slim = load_module(CHECKPOINT), load_module(path)
-    torch.testing.assert_close(slim.state_dict(), original.state_dict(), rtol=0, atol=0)  # the same weights and annealing state
+    torch.testing.assert_close(slim.state_dict(), original.state_dict(), rtol=0, atol=0)  # the same weights
+    assert slim.annealing.state_dict() == original.annealing.state_dict()  # and the annealing state, which the objective depends on
+    assert any(state["steps"] for state in original.annealing.state_dict().values())  # a trained state, not a fresh one
     estimator = DCGMMEstimator.from_pretrained("dcgmm2", "mnist")  # a config name, like the letter
     torch.testing.assert_close(estimator.module.cpu().state_dict(), original.state_dict(), rtol=0, atol=0)
     assert DCGMMEstimator.from_pretrained("B").sample(4, seed=0).shape == (4, 1, 28, 28)
@@ -63,3 +65,39 @@ def test_a_changed_file_is_refused_before_loading(shipped, monkeypatch, capsys):
         pretrained.resolve("B_mnist")
     manifest = json.loads((shipped / "manifest.json").read_text())
     assert list(manifest["models"]) == ["B_mnist"] and len(manifest["models"]["B_mnist"]["sha256"]) == 64
+
+
+SHIPPED = ROOT / "pretrained"
+
+
+def test_the_shipped_models_are_the_ones_their_records_measured():
+    """pretrained/ holds the main models of the results table (B, C, E and the flat GMMs with the
+    same K as B/C and as E, on both datasets, one seed), at most 30 MB with their manifest; each
+    file matches its SHA-256 and is the model of its source record (parameters, top-layer K)."""
+    import os
+
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())["models"]
+    assert set(manifest) == {f"{m}_{d}" for m in ("B", "C", "E", "flat36", "flat25") for d in ("mnist", "fashion")}
+    assert sum(p.stat().st_size for p in SHIPPED.iterdir()) <= 30 * 2**20
+    os.environ.pop("DCGMM_PRETRAINED", None)
+    for name, entry in manifest.items():
+        record = json.loads((ROOT / entry["source"]).read_text())
+        assert record["dataset"] == entry["dataset"] == name.split("_")[1] and record["key"]  # a finished run of the full preset
+        module = load_module(pretrained.resolve(name))
+        assert sum(p.numel() for p in module.parameters()) == record["params"] and module.stack.top_gmm.K == record["K"], name
+
+
+@needs_both
+@pytest.mark.parametrize("name", ["flat25_mnist", "flat36_fashion"])
+def test_a_shipped_flat_gmm_scores_its_records_test_numbers(name, tmp_path):
+    """Tested again on its dataset's test split, a shipped model gives the test numbers its record
+    holds (the flat GMMs: a few seconds each)."""
+    from dcgmm.app.config import compose
+    from dcgmm.app.evaluation import evaluate
+
+    entry = pretrained.available()[name]
+    record = json.loads((ROOT / entry["source"]).read_text())
+    words = [f"ckpt_path={pretrained.resolve(name)}", f"data={entry['dataset']}", "callbacks=none", "++trainer.enable_progress_bar=false"]
+    metrics, _ = evaluate(compose("evaluate", words, output_dir=tmp_path))
+    for key in ("test/loss", "test/acc"):
+        assert metrics[key] == pytest.approx(record["metrics"][key], rel=1e-5), key

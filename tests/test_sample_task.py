@@ -47,6 +47,18 @@ def test_every_mode_writes_a_grid(sample_cfg, tmp_path, mode):
     assert result["images"].min() >= 0 and result["images"].max() <= 1
 
 
+def test_scale_repeats_every_pixel_of_the_grid(sample_cfg, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    ckpt = write_checkpoint(tmp_path / "m.ckpt")
+    plain, scaled = (np.asarray(Image.open(sample(sample_cfg(f"ckpt_path={ckpt}", "n=4", "logger=none", f"scale={s}",
+                                                             f"hydra.run.dir={tmp_path / str(s)}", f"paths.output_dir={tmp_path / str(s)}"))["path"]))
+                     for s in (1, 3))
+    assert scaled.shape == (3 * plain.shape[0], 3 * plain.shape[1])
+    assert np.array_equal(scaled[::3, ::3], plain) and np.array_equal(scaled[2::3, 1::3], plain)
+
+
 def test_sharpened_sampling_runs(sample_cfg, tmp_path):
     ckpt = write_checkpoint(tmp_path / "m.ckpt")
     cfg = sample_cfg(f"ckpt_path={ckpt}", "n=4", "sharpening.enabled=true", "sharpening.iterations=3", "sharpening.progress=false", "logger=none")
@@ -64,6 +76,7 @@ def test_sharpened_sampling_runs(sample_cfg, tmp_path):
         (["mode=dream"], "mode='dream' is unknown"),
         (["sharpening.enabled=true", "sharpening.target=2"], "target=2 is not a gmm layer"),
         (["device=tpu"], "device='tpu' is"),
+        (["scale=0"], r"scale=0 must be a positive integer \(pixels of the grid per image pixel\)"),
         pytest.param(["device=cuda"], r"device=cuda but 0 CUDA GPU\(s\) are visible here; use device=cpu",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
     ],

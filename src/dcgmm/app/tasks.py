@@ -164,6 +164,9 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     if n is None or int(n) < 1:
         raise ConfigError(f"n={n} must be a positive number of samples")
     n = int(n)
+    scale = cfg.get("scale", 1)
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ConfigError(f"scale={scale} must be a positive integer (pixels of the grid per image pixel)")
     device = sampling_device(cfg.get("device", "cpu"))
     if cfg.get("pretrained") and cfg.get("ckpt_path"):
         raise ConfigError("give ckpt_path=... or pretrained=..., not both")
@@ -212,6 +215,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
 
     nrow = cfg.get("nrow") or (len(rows[0]) if len(rows) > 1 else None)
     grid = make_grid(torch.cat(rows), nrow=nrow if len(rows) > 1 else cfg.get("nrow"))
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)  # each pixel a scale x scale block
     path = save_png(grid, output_dir / f"{mode}.png")
     torch.save(images, output_dir / f"{mode}.pt")
     log.info(f"{len(images)} {mode} samples in {seconds:.2f} s ({len(images) / seconds:.1f} samples/s) -> {path}")
