@@ -85,9 +85,10 @@ def check_tiny_table(tmp_path):
 
 
 def check_samples_pass(tmp_path, records):
-    """mode=samples: every kept main model's samples under the table's own sampler (which gives the
-    record's NDB again) and the authors' sampler of its row (conf/sampler, named in the preset), a
-    grid of each, and a table of both in RESULTS.md; outlier runs and EM are left alone."""
+    """mode=samples: every kept main model's samples (EM's fitted mixture too) under the table's own
+    sampler (which gives the record's NDB again) and the authors' sampler of its row (conf/sampler,
+    named in the preset; EM takes the flat GMMs'), a grid of each, and a table of both in
+    RESULTS.md; outlier runs are left alone."""
     import torch
 
     from dcgmm.app.checkpoints import load_module
@@ -107,7 +108,12 @@ def check_samples_pass(tmp_path, records):
     bins = training_bins(datamodule, bins=ndb["bins"], kmeans_samples=ndb["kmeans_samples"], train_images=ndb["train_images"])  # not cached
     for name in records:
         after = json.loads((tmp_path / "records" / "mnist" / f"{name}.json").read_text())
-        if name not in expected:  # outlier runs and EM: untouched
+        if name == "em_k36":  # the kept mixture: the record's own draw again, and the flat GMMs' authors' sampler
+            figures = after.pop("samplers")
+            assert after == before[name] and before[name]["checkpoint"] == "mnist/em_k36/em.npz"
+            assert figures["learned"]["matches_record"] and figures["authors"]["file"] == "authors_flat"
+            continue
+        if name not in expected:  # outlier runs: untouched
             assert after == before[name], name
             continue
         figures = after.pop("samplers")
@@ -123,6 +129,7 @@ def check_samples_pass(tmp_path, records):
             assert (tmp_path / "samples" / "mnist" / f"{name}_{sampler}.png").stat().st_size > 0
     text = (tmp_path / "RESULTS.md").read_text()
     assert "### MNIST: samples under two samplers" in text and "`authors_B`" in text and "`authors_flat`" in text
+    assert "| EM (sklearn), K as B | 1/1 |" in text
     assert "sampling, the authors' sampler **" in text  # a verdict word, not "not measured"
 
     # a relaunch measures nothing again: every model has figures of the samplers as they are
@@ -166,9 +173,11 @@ def test_tiny_preset_through_joblib_relaunch_and_evaluation_pass(tmp_path):
     assert (runs / "table_dcgmm2_s12345" / "samples.png").exists() and (runs / "table_dcgmm2_s12345" / ".hydra" / "overrides.yaml").exists()
     records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "records" / "mnist").glob("*.json")}
     assert len(records) == 6 and {r["code"] for r in records.values()} == {code_version()}  # the code of the launch
-    for name, record in records.items():  # every SGD run keeps the checkpoint its test scored
-        if not name.startswith("em_"):
+    for name, record in records.items():  # every SGD run keeps the checkpoint its test scored, EM on all classes its mixture
+        if not name.startswith("em_") or name == "em_k36":
             assert (tmp_path / "runs" / record["checkpoint"]).is_file() and record["checkpoint"].startswith(f"mnist/{name}/")
+        else:
+            assert "checkpoint" not in record
     assert (results_md.stat().st_mtime_ns if results_md.exists() else None) == before  # results/ untouched
 
     # relaunch: every run has its finished, matching record; nothing is trained or rewritten
@@ -651,3 +660,28 @@ def test_an_experiment_a_preset_names_must_exist(tmp_path):
     (tmp_path / "odd.yaml").write_text(text)
     with pytest.raises(ConfigError, match=r"dcgmm 'dcgmm9' needs the experiment table_dcgmm9; experiments: table_dcgmm2, "):
         load_preset(str(tmp_path / "odd.yaml"))
+
+
+def test_em_samples_follow_the_samplers_options():
+    """sample_em draws a kept EM mixture as the DCGMM sampler draws: components by the weights, or
+    uniformly (top=uniform, the authors' flat GMM sampler), or i mod K (top=cycle); standard
+    deviations divided by the divisor (chi-square of the component counts, spread against sd/divisor)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from scipy.stats import chisquare
+
+    from dcgmm.results.jobs import sample_em
+
+    means = np.stack([np.full(16, 0.2), np.full(16, 0.5), np.full(16, 0.8)])
+    mixture = SimpleNamespace(weights_=np.array([0.8, 0.1, 0.1]), means_=means, covariances_=np.full((3, 16), 0.01))
+    n = 6000
+    for options, expected in (({}, mixture.weights_ * n), ({"top": "uniform", "divisor": 10.0}, np.full(3, n / 3))):
+        x = sample_em(mixture, n, options).reshape(n, 16).numpy()
+        component = np.abs(x.mean(1, keepdims=True) - means[:, 0]).argmin(1)
+        counts = np.bincount(component, minlength=3)
+        assert chisquare(counts, expected).pvalue > 1e-3, (options, counts)
+        sd = (x - means[component]).std()
+        assert sd == pytest.approx(0.1 / options.get("divisor", 1.0), rel=0.05)
+    cycled = sample_em(mixture, 7, {"top": "cycle", "divisor": 1e9}).reshape(7, 16).numpy()
+    np.testing.assert_allclose(cycled, means[np.arange(7) % 3], atol=1e-6)

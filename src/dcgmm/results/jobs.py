@@ -35,6 +35,7 @@ from dcgmm.app.ndb import sample_quality, training_bins
 from dcgmm.app.tasks import train
 from dcgmm.app.utils import instantiate
 from dcgmm.core.images import make_grid, save_png
+from dcgmm.core.layers import TOP_DRAWS
 from dcgmm.results.baselines import em_baseline
 from dcgmm.results.peers import CircuitSettings, circuit_baseline
 from dcgmm.results.plan import Planner, RunSpec, run_key
@@ -107,33 +108,47 @@ def run_sgd(spec: RunSpec, out: Path, runs_dir: Path, ndb_cfg: dict) -> dict:
             save_grid(sharp.samples, out / "samples_sharpened.png")
             record["ndb_sharpened"] = dict(sharp.result.as_dict(), samples=len(sharp.samples), **sharpening, seconds=sharp.seconds)
     record["seconds"] = time.perf_counter() - start
-    if checkpoint:  # the model the test scored, kept for evaluation-only passes (relative to the runs folder where it lies there)
-        kept = Path(checkpoint).resolve()
-        record["checkpoint"] = str(kept.relative_to(runs_dir.resolve()) if kept.is_relative_to(runs_dir.resolve()) else kept)
+    if checkpoint:  # the model the test scored, kept for evaluation-only passes
+        record["checkpoint"] = kept_path(Path(checkpoint), runs_dir)
     return record
 
 
-def sample_em(gmm, n: int, ndb_cfg: dict, seed: int = 0):
-    """Samples of a fitted diagonal GaussianMixture with the options of the DCGMM samples: a
-    component drawn in proportion to the weights (the top_s largest when set), its standard
-    deviations divided by ``divisor``, pixels clipped to [0, 1]."""
+def kept_path(path: Path, runs_dir: Path) -> str:
+    """A kept model's path as a record names it: relative to the runs folder where it lies there."""
+    kept = Path(path).resolve()
+    return str(kept.relative_to(Path(runs_dir).resolve()) if kept.is_relative_to(Path(runs_dir).resolve()) else kept)
+
+
+def sample_em(gmm, n: int, options: dict, seed: int = 0):
+    """Samples of a fitted diagonal GaussianMixture (or anything with its ``weights_``, ``means_``
+    and ``covariances_``) with the options of the DCGMM samples: a component drawn in proportion to
+    the weights (the ``top_s`` largest when set), uniformly (``top: uniform``) or ``i mod K`` for
+    sample ``i`` (``top: cycle``), its standard deviations divided by ``divisor``, pixels clipped to [0, 1]."""
     import numpy as np
     import torch
 
     rng = np.random.default_rng(seed)
-    weights = gmm.weights_.copy()
-    if ndb_cfg.get("top_s") is not None:
+    weights = np.asarray(gmm.weights_, dtype=np.float64).copy()
+    top = options.get("top", "weights")
+    if top not in TOP_DRAWS:
+        raise ValueError(f"top={top!r} is unknown; use one of {', '.join(TOP_DRAWS)}")
+    if top == "uniform":
+        weights = np.ones_like(weights)
+    elif options.get("top_s") is not None:
         mask = np.zeros_like(weights)
-        mask[np.argsort(weights)[::-1][: int(ndb_cfg["top_s"])]] = 1.0
+        mask[np.argsort(weights)[::-1][: int(options["top_s"])]] = 1.0
         weights = weights * mask
-    component = rng.choice(len(weights), size=n, p=weights / weights.sum())
-    std = np.sqrt(gmm.covariances_[component]) / float(ndb_cfg.get("divisor", 1.0))
+    if top == "cycle":
+        component = np.arange(n) % len(weights)
+    else:
+        component = rng.choice(len(weights), size=n, p=weights / weights.sum())
+    std = np.sqrt(gmm.covariances_[component]) / float(options.get("divisor", 1.0))
     x = np.clip(gmm.means_[component] + std * rng.standard_normal(std.shape), 0.0, 1.0)
     side = int(round(math.sqrt(x.shape[1])))
     return torch.from_numpy(x.astype(np.float32)).view(n, 1, side, side)
 
 
-def run_baseline(spec: RunSpec, out: Path, planner: Planner) -> dict:
+def run_baseline(spec: RunSpec, out: Path, planner: Planner, runs_dir: Path) -> dict:
     """The EM baseline (:func:`dcgmm.results.baselines.em_baseline`) or a peer
     (:func:`dcgmm.results.peers.circuit_baseline`) as a run record, with NDB of samples on all classes."""
     preset, ndb_cfg = planner.preset, planner.preset["ndb"]
@@ -155,6 +170,11 @@ def run_baseline(spec: RunSpec, out: Path, planner: Planner) -> dict:
             seconds=seconds, images_per_second=gmm.n_iter_ * result["train_images"] / seconds,
         )
         drawn = sample_em(gmm, samples, ndb_cfg) if samples else None
+        if spec.kind == "main":  # the fitted mixture, kept for samples passes (mode=samples)
+            import numpy as np
+
+            np.savez(out / "em.npz", weights=gmm.weights_, means=gmm.means_, covariances=gmm.covariances_)
+            record["checkpoint"] = kept_path(out / "em.npz", runs_dir)
     else:
         result = circuit_baseline(spec.dataset, data_dir, spec.held_out, CircuitSettings(**preset[spec.method]), samples=samples)
         record = {k: result[k] for k in ("params", "loglik", "bpd", "acc", "train_images", "test_images", "epochs", "seconds", "images_per_second", "settings")}
@@ -207,7 +227,7 @@ def samplers(preset: dict, spec: RunSpec) -> dict[str, dict]:
     entry of the preset's ``samplers`` (resolved by :func:`dcgmm.results.plan.sampler_settings`)
     that names the run's row (its experiment, ``table_`` left off) and dataset adds its file's."""
     out = {"learned": dict(options=learned_options(preset["ndb"]), file=None)}
-    row = (spec.experiment or "").removeprefix("table_")
+    row = "flat" if spec.method == "em" else (spec.experiment or "").removeprefix("table_")  # EM fits a flat GMM
     for name, per_row in (preset.get("samplers") or {}).items():
         if spec.dataset in per_row.get(row, {}):
             out[name] = per_row[row][spec.dataset]
@@ -234,20 +254,34 @@ def sample_kept(path: Path, spec: RunSpec, out: Path, planner: Planner, runs_dir
     checkpoint = kept_checkpoint(record, runs_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"{path}: its run's checkpoint is gone; train the run again to keep one")
-    module = load_module(checkpoint).eval()
     ndb_cfg = planner.preset["ndb"]
+    n = int(ndb_cfg.get("samples", 1000))
     all_classes = compose("train", planner.sgd_overrides("table_flat", spec.dataset, "main", []), output_dir=out)
     datamodule = instantiate(all_classes.data)
     datamodule.setup("fit")
     binning, _ = ndb_binning(ndb_cfg, datamodule, Path(all_classes.paths.data_dir))
+    if spec.method == "em":  # the fitted mixture's weights, means and variances (run_baseline)
+        import numpy as np
+        from types import SimpleNamespace
+
+        with np.load(checkpoint) as kept:
+            mixture = SimpleNamespace(weights_=kept["weights"], means_=kept["means"], covariances_=kept["covariances"])
+    else:
+        module = load_module(checkpoint).eval()
     figures = {}
     for name, sampler in samplers(planner.preset, spec).items():
-        with torch.inference_mode(False):  # sharpening takes gradients with respect to the images
-            quality = sample_quality(module.stack, binning, samples=int(ndb_cfg.get("samples", 1000)), options=sampler["options"], seed=0)["plain"]
+        start = time.perf_counter()
+        if spec.method == "em":
+            drawn = sample_em(mixture, n, sampler["options"], seed=0)
+            result = binning.evaluate(drawn)
+        else:
+            with torch.inference_mode(False):  # sharpening takes gradients with respect to the images
+                quality = sample_quality(module.stack, binning, samples=n, options=sampler["options"], seed=0)["plain"]
+            drawn, result = quality.samples, quality.result
         grid = Path(samples_dir) / spec.dataset / f"{spec.name}_{name}.png"
-        save_grid(quality.samples, grid)
-        figures[name] = dict(quality.result.as_dict(), samples=len(quality.samples), file=sampler["file"], options=sampler["options"],
-                             seconds=quality.seconds, grid=grid.name, finished=now(), machine=machine_info(1)["cpu"], stamp=stamp)
+        save_grid(drawn, grid)
+        figures[name] = dict(result.as_dict(), samples=len(drawn), file=sampler["file"], options=sampler["options"],
+                             seconds=time.perf_counter() - start, grid=grid.name, finished=now(), machine=machine_info(1)["cpu"], stamp=stamp)
         if name == "learned" and record.get("ndb"):
             figures[name]["matches_record"] = all(record["ndb"].get(k) == figures[name][k] for k in ("ndb", "js"))
     record = read_record(path)  # as it is now (another pass may have added its figures meanwhile)
@@ -295,7 +329,7 @@ def run_job(cfg: DictConfig) -> str:
             for child in out.iterdir() if rank == 0 else ():  # what an earlier attempt left (Hydra's .hydra/ and logs stay)
                 if child.name != ".hydra" and child.suffix != ".log":
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
-            record = run_sgd(spec, out, runs_dir, planner.preset["ndb"]) if spec.method == "sgd" else run_baseline(spec, out, planner)
+            record = run_sgd(spec, out, runs_dir, planner.preset["ndb"]) if spec.method == "sgd" else run_baseline(spec, out, planner, runs_dir)
     except Exception as err:  # noqa: BLE001 - one failed run must not stop the others
         record = dict(error=_error(err))
         log.exception(f"{spec.key} failed")

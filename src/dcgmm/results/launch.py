@@ -169,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
              and (own["classes"] is None or s.kind == "main" or s.held_out in own["classes"])]
     todo, without = [s.key for s in specs if s.key not in records] if own["mode"] == "train" else [], []
     if own["mode"] in KEPT_MODES:  # the kept models; records whose model is gone are listed and left as they are
-        if own["mode"] == "samples":  # samples of the models trained on all classes
-            specs = [s for s in specs if s.kind == "main" and s.method == "sgd"]
+        if own["mode"] == "samples":  # the models trained on all classes, EM's fitted mixtures too
+            specs = [s for s in specs if s.kind == "main" and s.method in ("sgd", "em")]
+        else:  # evaluate.yaml tests the SGD models' checkpoints
+            specs = [s for s in specs if s.method == "sgd"]
         kept = {s.key for s in specs if s.key in records and jobs.kept_checkpoint(records[s.key], runs_dir)}
         todo = [s.key for s in specs if s.key in kept]
         without = [s.key for s in specs if s.key in records and s.key not in kept and s.method == "sgd"]
