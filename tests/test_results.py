@@ -130,6 +130,7 @@ def check_samples_pass(tmp_path, records):
     text = (tmp_path / "RESULTS.md").read_text()
     assert "### MNIST: samples under two samplers" in text and "`authors_B`" in text and "`authors_flat`" in text
     assert "| EM (sklearn), K as B | 1/1 |" in text
+    assert "[authors](samples/mnist/table_dcgmm2_s12345_authors.png)" in text  # the grid, relative to RESULTS.md
     assert "sampling, the authors' sampler **" in text  # a verdict word, not "not measured"
 
     # a relaunch measures nothing again: every model has figures of the samplers as they are

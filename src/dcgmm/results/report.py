@@ -50,7 +50,8 @@ def run_values(record: dict, method: str) -> dict:
     passed = not (record.get("samplers") or {}).get("error")  # a failed pass's error stands beside older figures: none shown
     for name in SAMPLERS:  # the kept model's samples under each sampler (mode=samples)
         figures = (record.get("samplers") or {}).get(name) or {} if passed else {}
-        values.update({f"ndb_{name}": figures.get("ndb_ratio"), f"js_{name}": figures.get("js"), f"file_{name}": figures.get("file")})
+        values.update({f"ndb_{name}": figures.get("ndb_ratio"), f"js_{name}": figures.get("js"), f"file_{name}": figures.get("file"),
+                       f"grid_{name}": figures.get("grid") and f"samples/{record.get('dataset')}/{figures['grid']}"})
     if method in ("em", *PEER_ROWS):  # baselines: flat records (no clusters for a circuit)
         cluster = record.get("cluster") or {}
         values.update(acc=record.get("acc"), loglik=record.get("loglik"), bpd=record.get("bpd"), train_seconds=record.get("seconds"),
@@ -98,6 +99,7 @@ def row_values(row, records: dict, held_out: list[int], failures: dict | None = 
     for metric in ("K", "params", "top_sigma"):
         values[f"{metric}_outliers"] = mean_sd([v.get(metric) for v in first])[0]
     values["authors_sampler"] = next((v["file_authors"] for v in main if v.get("file_authors")), None)
+    values["grids"] = next(({name: v[f"grid_{name}"] for name in SAMPLERS if v.get(f"grid_{name}")} for v in main if v.get("grid_learned")), {})
     # AUROC per held-out class of the row (mean and spread over that class's seeds), and over its classes
     classes = sorted(row.outliers)
     per_class = {c: mean_sd([v.get("auroc") for v in outs.get(c, [])]) for c in classes}
@@ -182,10 +184,12 @@ def sampler_table(values: list[dict]) -> str:
     (mean ± sd over the models measured), for the rows with such figures."""
     lines = [
         [v["label"], f"{max(v['ndb_learned_n'], v['ndb_authors_n'])}/{v['planned_seeds']}", fmt_sd(v["ndb_learned"], v["ndb_learned_sd"], 2), fmt(v["js_learned"]),
-         fmt_sd(v["ndb_authors"], v["ndb_authors_sd"], 2), fmt(v["js_authors"]), f"`{v['authors_sampler']}`" if v["authors_sampler"] else MISSING]
+         fmt_sd(v["ndb_authors"], v["ndb_authors_sd"], 2), fmt(v["js_authors"]), f"`{v['authors_sampler']}`" if v["authors_sampler"] else MISSING,
+         " · ".join(f"[{name}]({path})" for name, path in v["grids"].items()) or MISSING]
         for v in values if v["ndb_learned_n"] or v["ndb_authors_n"]
     ]
-    return markdown_table(["model", "models measured", "NDB/B, learned spread", "JS", "NDB/B, authors' sampler", "JS", "authors' sampler (conf/sampler)"], lines)
+    return markdown_table(["model", "models measured", "NDB/B, learned spread", "JS", "NDB/B, authors' sampler", "JS", "authors' sampler (conf/sampler)",
+                           "sample grids"], lines)
 
 
 def markdown_table(columns: list[str], lines: list[list[str]]) -> str:
@@ -324,7 +328,7 @@ def write_report(report_dir: Path, preset_name: str, planner: Planner, records: 
                       class_table(values, CLASSES), ""]
         if any(v["ndb_learned_n"] or v["ndb_authors_n"] for v in values):
             lines += [f"### {DATASETS.get(dataset, dataset)}: samples under two samplers (kept models, `python results.py preset={preset_name} mode=samples`)", "",
-                      sampler_table(values), "", f"Sample grids: `samples/{dataset}/<run>_<sampler>.png` next to this file.", ""]
+                      sampler_table(values), ""]
     pooled = pooled_spread([row for rows in json_rows.values() for row in rows])
     lines += ["## Verdict", "", verdict_rule(preset, pooled), ""]
     for dataset in datasets:
