@@ -70,20 +70,20 @@ def test_a_changed_file_is_refused_before_loading(shipped, monkeypatch, capsys):
 SHIPPED = ROOT / "pretrained"
 
 
-def test_the_shipped_models_are_the_ones_their_records_measured():
+def test_the_shipped_models_are_the_ones_their_records_measured(monkeypatch):
     """pretrained/ holds the main models of the results table (B, C, E and the flat GMMs with the
     same K as B/C and as E, on both datasets, one seed), at most 30 MB with their manifest; each
     file matches its SHA-256 and is the model of its source record (parameters, top-layer K)."""
-    import os
-
     manifest = json.loads((SHIPPED / "manifest.json").read_text())["models"]
     assert set(manifest) == {f"{m}_{d}" for m in ("B", "C", "E", "flat36", "flat25") for d in ("mnist", "fashion")}
     assert sum(p.stat().st_size for p in SHIPPED.iterdir()) <= 30 * 2**20
-    os.environ.pop("DCGMM_PRETRAINED", None)
+    monkeypatch.delenv("DCGMM_PRETRAINED", raising=False)
     for name, entry in manifest.items():
         record = json.loads((ROOT / entry["source"]).read_text())
         assert record["dataset"] == entry["dataset"] == name.split("_")[1] and record["key"]  # a finished run of the full preset
-        module = load_module(pretrained.resolve(name))
+        path = pretrained.resolve(name)
+        assert set(torch.load(path, map_location="cpu", weights_only=False)) <= set(pretrained.SHIPPED)  # no optimiser state, no local paths
+        module = load_module(path)
         assert sum(p.numel() for p in module.parameters()) == record["params"] and module.stack.top_gmm.K == record["K"], name
 
 

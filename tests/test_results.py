@@ -188,7 +188,7 @@ def test_tiny_preset_through_joblib_relaunch_and_evaluation_pass(tmp_path):
 
     # evaluation-only passes over the kept models (the preset's test settings apply again): the
     # same models on the same test images give the records' own numbers; outlier runs scored by
-    # the summed layers give the records' AUROC sum; EM keeps no model and is left alone
+    # the summed layers give the records' AUROC sum; EM has no checkpoint to test and is left alone
     assert launch.main(["preset=tiny", f"out={tmp_path}", "mode=evaluate", "label=again"]) == 0
     assert launch.main(["preset=tiny", f"out={tmp_path}", "mode=evaluate", "label=sum", "kind=outliers", "outlier.score=sum"]) == 0
     for name, record in records.items():
@@ -677,12 +677,34 @@ def test_em_samples_follow_the_samplers_options():
     means = np.stack([np.full(16, 0.2), np.full(16, 0.5), np.full(16, 0.8)])
     mixture = SimpleNamespace(weights_=np.array([0.8, 0.1, 0.1]), means_=means, covariances_=np.full((3, 16), 0.01))
     n = 6000
-    for options, expected in (({}, mixture.weights_ * n), ({"top": "uniform", "divisor": 10.0}, np.full(3, n / 3))):
+    for options, expected in (({"divisor": 1.0}, mixture.weights_ * n), ({"top": "uniform", "divisor": 10.0}, np.full(3, n / 3))):
         x = sample_em(mixture, n, options).reshape(n, 16).numpy()
         component = np.abs(x.mean(1, keepdims=True) - means[:, 0]).argmin(1)
         counts = np.bincount(component, minlength=3)
         assert chisquare(counts, expected).pvalue > 1e-3, (options, counts)
         sd = (x - means[component]).std()
-        assert sd == pytest.approx(0.1 / options.get("divisor", 1.0), rel=0.05)
+        assert sd == pytest.approx(0.1 / options["divisor"], rel=0.05)
     cycled = sample_em(mixture, 7, {"top": "cycle", "divisor": 1e9}).reshape(7, 16).numpy()
     np.testing.assert_allclose(cycled, means[np.arange(7) % 3], atol=1e-6)
+    with pytest.raises(ConfigError, match=r"^divisor=\{1: 2.0\}: an EM mixture is one flat layer; give one divisor$"):
+        sample_em(mixture, 2, {"divisor": {1: 2.0}})
+
+
+def test_a_samples_relaunch_knows_figures_of_the_same_sampler_after_json():
+    """The figures a samples pass stored (options read back from JSON: string keys) count as the
+    preset's sampler as it is now; a changed file setting or a failed pass does not."""
+    from dcgmm.results.jobs import sampled_as_planned, samplers
+    from dcgmm.results.plan import RunSpec
+
+    _, preset = load_preset("full")
+    spec = RunSpec("mnist", "table_dcgmm2_pool_s23456", "main", "sgd", "table_dcgmm2_pool")
+    wanted = samplers(preset, spec)
+    assert wanted["authors"]["file"] == "authors_C" and wanted["authors"]["options"]["top_s"] == {1: 2}
+    record = json.loads(json.dumps({"samplers": {name: dict(s, ndb_ratio=0.5) for name, s in wanted.items()}}))
+    assert record["samplers"]["authors"]["options"]["top_s"] == {"1": 2}  # as stored
+    assert sampled_as_planned(record, preset, spec)
+    changed = json.loads(json.dumps(record))
+    changed["samplers"]["authors"]["options"]["sharpening"]["iterations"] = 5
+    assert not sampled_as_planned(changed, preset, spec)
+    assert not sampled_as_planned(dict(record, samplers={**record["samplers"], "error": "boom"}), preset, spec)
+    assert not sampled_as_planned({}, preset, spec)

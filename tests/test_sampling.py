@@ -301,7 +301,7 @@ def test_per_layer_top_s_and_divisor():
         with pytest.raises(ConfigError, match=message):
             Sampler(stack, SamplingOptions.parse(options))
     for bad, message in [({"top": "pi"}, "top='pi' is unknown; use one of weights, uniform, cycle"),
-                         ({"top_s": {"one": 2}}, "the keys are GMM layer indices (integers), not 'one'"), ({"divisor": {1: -2}}, "divisor=-2.0 must be > 0")]:
+                         ({"top_s": {"one": 2}}, "the keys are layer indices (integers), not 'one'"), ({"divisor": {1: -2}}, "divisor=-2.0 must be > 0")]:
         with pytest.raises(ConfigError) as info:
             SamplingOptions.parse(bad)
         assert message in str(info.value) and "\n" not in str(info.value)

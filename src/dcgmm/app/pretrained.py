@@ -8,8 +8,8 @@ pretrained=C_mnist`` and :meth:`dcgmm.app.api.DCGMMEstimator.from_pretrained` go
 hyper-parameters and annealing state; no optimiser, scheduler, loop or callback state) and records
 it in the manifest:
 
-    python -m dcgmm.app.pretrained add C_mnist logs/results/full/mnist/table_dcgmm2_pool_s12345/checkpoints/epoch_049.ckpt \\
-        --record results/runs/full/mnist/table_dcgmm2_pool_s12345.json
+    python -m dcgmm.app.pretrained add C_mnist logs/results/full/mnist/table_dcgmm2_pool_s23456/checkpoints/epoch_049.ckpt \\
+        --record results/runs/full/mnist/table_dcgmm2_pool_s23456.json
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from dcgmm.errors import ConfigError
 
 __all__ = ["add", "available", "folder", "resolve"]
 
-# what a shipped checkpoint leaves out: the state that only resuming training needs (the weights,
-# hyper-parameters and the annealing state the model's objective depends on stay)
-TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
+# what a shipped checkpoint keeps: the weights, the hyper-parameters, the annealing state the model's
+# objective depends on, and where training stopped (no optimiser, loop or data-module state, no local paths)
+SHIPPED = ("state_dict", "hyper_parameters", "hparams_name", "pytorch-lightning_version", "annealing", "epoch", "global_step")
 
 
 def folder() -> Path:
@@ -68,11 +68,11 @@ def resolve(name: str) -> Path:
 
 
 def add(name: str, checkpoint: str | os.PathLike, dataset: str, source: str = "") -> dict:
-    """Write ``checkpoint``'s module as ``<folder>/<name>.ckpt`` (without :data:`TRAINING_STATE`)
+    """Write ``checkpoint``'s module as ``<folder>/<name>.ckpt`` (only its :data:`SHIPPED` parts)
     and record it in the manifest; returns its entry."""
     module = load_module(checkpoint)
     original = read_checkpoint(Path(checkpoint))
-    slim = {key: value for key, value in original.items() if key not in TRAINING_STATE}
+    slim = {key: original[key] for key in SHIPPED if key in original}
     target = folder() / f"{name}.ckpt"
     with atomic_file(target) as out:
         torch.save(slim, out)

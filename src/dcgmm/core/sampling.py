@@ -79,7 +79,7 @@ class SharpeningOptions:
                 settings["layers"] = [int(v) for v in settings["layers"]]
             for name in ("rate", "reconstruction"):  # per-folding mappings: int keys (JSON and some YAML give strings)
                 if isinstance(settings.get(name), Mapping):
-                    settings[name] = {int(k): v for k, v in settings[name].items()}
+                    settings[name] = _per_layer(settings[name], f"sharpening {name}", float)
             return cls(**settings)
         raise ConfigError(f"sharpening={value!r} must be True/False, a dict of SharpeningOptions fields or SharpeningOptions")
 
@@ -165,7 +165,7 @@ def _per_layer(value, name: str, check):
         out = {}
         for key, item in value.items():
             if isinstance(key, bool) or not str(key).lstrip("-").isdigit():
-                raise ConfigError(f"{name}={dict(value)!r}: the keys are GMM layer indices (integers), not {key!r}")
+                raise ConfigError(f"{name}={dict(value)!r}: the keys are layer indices (integers), not {key!r}")
             out[int(key)] = check(item)
         return out
     return check(value)

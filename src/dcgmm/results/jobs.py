@@ -35,7 +35,8 @@ from dcgmm.app.ndb import sample_quality, training_bins
 from dcgmm.app.tasks import train
 from dcgmm.app.utils import instantiate
 from dcgmm.core.images import make_grid, save_png
-from dcgmm.core.layers import TOP_DRAWS
+from dcgmm.core.sampling import SamplingOptions
+from dcgmm.errors import ConfigError
 from dcgmm.results.baselines import em_baseline
 from dcgmm.results.peers import CircuitSettings, circuit_baseline
 from dcgmm.results.plan import Planner, RunSpec, run_key
@@ -121,28 +122,25 @@ def kept_path(path: Path, runs_dir: Path) -> str:
 
 def sample_em(gmm, n: int, options: dict, seed: int = 0):
     """Samples of a fitted diagonal GaussianMixture (or anything with its ``weights_``, ``means_``
-    and ``covariances_``) with the options of the DCGMM samples: a component drawn in proportion to
-    the weights (the ``top_s`` largest when set), uniformly (``top: uniform``) or ``i mod K`` for
-    sample ``i`` (``top: cycle``), its standard deviations divided by ``divisor``, pixels clipped to [0, 1]."""
+    and ``covariances_``) with the options of the DCGMM samples (:class:`SamplingOptions`): the
+    mixture is where the draw starts, so, like a DCGMM's top layer, it draws its component from
+    the whole prior (``top_s`` does not apply): in proportion to the weights (``top: weights``),
+    uniformly (``top: uniform``) or ``i mod K`` for sample ``i`` (``top: cycle``); its standard
+    deviations divided by ``divisor``; pixels clipped to [0, 1]."""
     import numpy as np
     import torch
 
+    parsed = SamplingOptions.parse({k: v for k, v in options.items() if k in ("top", "divisor")})
+    if isinstance(parsed.divisor, dict):
+        raise ConfigError(f"divisor={parsed.divisor}: an EM mixture is one flat layer; give one divisor")
     rng = np.random.default_rng(seed)
-    weights = np.asarray(gmm.weights_, dtype=np.float64).copy()
-    top = options.get("top", "weights")
-    if top not in TOP_DRAWS:
-        raise ValueError(f"top={top!r} is unknown; use one of {', '.join(TOP_DRAWS)}")
-    if top == "uniform":
-        weights = np.ones_like(weights)
-    elif options.get("top_s") is not None:
-        mask = np.zeros_like(weights)
-        mask[np.argsort(weights)[::-1][: int(options["top_s"])]] = 1.0
-        weights = weights * mask
+    weights = np.ones(len(gmm.weights_)) if parsed.top == "uniform" else np.asarray(gmm.weights_, dtype=np.float64)
+    top = parsed.top
     if top == "cycle":
         component = np.arange(n) % len(weights)
     else:
         component = rng.choice(len(weights), size=n, p=weights / weights.sum())
-    std = np.sqrt(gmm.covariances_[component]) / float(options.get("divisor", 1.0))
+    std = np.sqrt(gmm.covariances_[component]) / parsed.divisor
     x = np.clip(gmm.means_[component] + std * rng.standard_normal(std.shape), 0.0, 1.0)
     side = int(round(math.sqrt(x.shape[1])))
     return torch.from_numpy(x.astype(np.float32)).view(n, 1, side, side)
@@ -169,7 +167,7 @@ def run_baseline(spec: RunSpec, out: Path, planner: Planner, runs_dir: Path) -> 
             n_iter=int(gmm.n_iter_), converged=bool(gmm.converged_), max_iter=int(em.get("max_iter", 100)),
             seconds=seconds, images_per_second=gmm.n_iter_ * result["train_images"] / seconds,
         )
-        drawn = sample_em(gmm, samples, ndb_cfg) if samples else None
+        drawn = sample_em(gmm, samples, learned_options(ndb_cfg)) if samples else None
         if spec.kind == "main":  # the fitted mixture, kept for samples passes (mode=samples)
             import numpy as np
 

@@ -159,13 +159,15 @@ def main(argv: list[str] | None = None) -> int:
                 require_peer(peer)
         if own["mode"] == "samples" and overrides:
             raise ConfigError(f"mode=samples takes no run overrides ({' '.join(overrides)}); the samplers are the preset's (samplers:, conf/sampler)")
-        planner = Planner(preset, [] if own["mode"] in KEPT_MODES else overrides, runs_dir).plan(datasets)
+        # every dataset of the preset is planned and checked (the table covers them all); datasets= picks the runs
+        planned = list(dict.fromkeys([*preset["datasets"], *datasets]))
+        planner = Planner(preset, [] if own["mode"] in KEPT_MODES else overrides, runs_dir).plan(planned)
         records, failures = check_records(planner, records_dir, name, same_settings=own["mode"] not in KEPT_MODES)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    specs = [s for s in planner.ordered_runs() if s.method in methods and own["kind"] in (None, s.kind)
+    specs = [s for s in planner.ordered_runs() if s.dataset in datasets and s.method in methods and own["kind"] in (None, s.kind)
              and (own["classes"] is None or s.kind == "main" or s.held_out in own["classes"])]
     todo, without = [s.key for s in specs if s.key not in records] if own["mode"] == "train" else [], []
     if own["mode"] in KEPT_MODES:  # the kept models; records whose model is gone are listed and left as they are
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             specs = [s for s in specs if s.method == "sgd"]
         kept = {s.key for s in specs if s.key in records and jobs.kept_checkpoint(records[s.key], runs_dir)}
         todo = [s.key for s in specs if s.key in kept]
-        without = [s.key for s in specs if s.key in records and s.key not in kept and s.method == "sgd"]
+        without = [s.key for s in specs if s.key in records and s.key not in kept]
         if own["mode"] == "samples":  # a relaunch measures only the models without figures of the preset's samplers as they are now
             todo = [s.key for s in specs if s.key in kept and not jobs.sampled_as_planned(records[s.key], planner.preset, s)]
     print(f"preset {name}: {len(planner.runs)} runs, {len(records)} with a finished record ({records_dir}); {len(todo)} to {own['mode']}", flush=True)
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in without:
         print(f"  {key}: no kept checkpoint (its record was made before models were kept, or the model was moved); not {'sampled' if own['mode'] == 'samples' else 'evaluated'}")
     if todo:
-        plan_file = runs_dir / "plans" / f"{dt.datetime.now():%Y-%m-%d_%H-%M-%S}_{os.getpid()}.json"  # one per launch: queued jobs read their own
+        plan_file = runs_dir / "plans" / f"{dt.datetime.now():%Y-%m-%d_%H-%M-%S-%f}_{os.getpid()}.json"  # one per launch: queued jobs read their own
         if any(c in str(runs_dir) for c in "'$\\"):
             print(f"error: the runs folder {runs_dir} has a quote, $ or backslash in its path, which Hydra's override words cannot carry; give another out=", file=sys.stderr)
             return 2
@@ -221,13 +223,6 @@ def main(argv: list[str] | None = None) -> int:
               f"grids in {_shown(report_dir / 'samples')}" + "".join(f"\n  failed: {k}: {e}" for k, e in failed.items()))
         if failed:
             return 1
-    if set(datasets) != set(preset["datasets"]):  # the table covers every dataset of the preset, whichever this launch ran
-        try:
-            planner = Planner(preset, [] if own["mode"] in KEPT_MODES else overrides, runs_dir).plan(list(preset["datasets"]))
-            records, failures = check_records(planner, records_dir, name, same_settings=own["mode"] not in KEPT_MODES)
-        except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
     meta = dict(command=" ".join(["python results.py", *argv]), date=now(), wall_seconds=time.perf_counter() - start,
                 machine=machine_info(int(own["threads"])), datasets=datasets, runs_dir=_shown(runs_dir), records_dir=_shown(records_dir),
                 finished=len(records), planned=len(planner.runs))

@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 from dcgmm.app.config import TOPOLOGY_LETTERS, compose
 from dcgmm.app.locations import conf_dir
 from dcgmm.app.utils import instantiate
+from dcgmm.core.sampling import SamplingOptions
 from dcgmm.errors import ConfigError
 from dcgmm.results.peers import CircuitSettings
 
@@ -84,6 +85,10 @@ def sampler_settings(preset: dict, shown: str) -> dict[str, dict[str, dict[str, 
                 if name not in files:
                     raise ConfigError(f"{shown}: samplers.{sampler}.{row}: no sampler file {name!r} in conf/sampler; use any of {', '.join(files)}")
                 options = OmegaConf.to_container(OmegaConf.load(conf_dir() / "sampler" / f"{name}.yaml"), resolve=True)
+                try:
+                    SamplingOptions.parse(options)
+                except ConfigError as err:
+                    raise ConfigError(f"{shown}: samplers.{sampler}.{row}: conf/sampler/{name}.yaml: {err}") from None
                 out.setdefault(sampler, {}).setdefault(row, {})[dataset] = dict(file=name, options=options)
     return out
 
