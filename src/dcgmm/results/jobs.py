@@ -135,8 +135,7 @@ def sample_em(gmm, n: int, options: dict, seed: int = 0):
         raise ConfigError(f"divisor={parsed.divisor}: an EM mixture is one flat layer; give one divisor")
     rng = np.random.default_rng(seed)
     weights = np.ones(len(gmm.weights_)) if parsed.top == "uniform" else np.asarray(gmm.weights_, dtype=np.float64)
-    top = parsed.top
-    if top == "cycle":
+    if parsed.top == "cycle":
         component = np.arange(n) % len(weights)
     else:
         component = rng.choice(len(weights), size=n, p=weights / weights.sum())
@@ -144,6 +143,13 @@ def sample_em(gmm, n: int, options: dict, seed: int = 0):
     x = np.clip(gmm.means_[component] + std * rng.standard_normal(std.shape), 0.0, 1.0)
     side = int(round(math.sqrt(x.shape[1])))
     return torch.from_numpy(x.astype(np.float32)).view(n, 1, side, side)
+
+
+def table_bins(all_classes, ndb_cfg: dict):
+    """The NDB bins of the table (:func:`ndb_binning`) for a config of the runs on all classes."""
+    datamodule = instantiate(all_classes.data)
+    datamodule.setup("fit")
+    return ndb_binning(ndb_cfg, datamodule, Path(all_classes.paths.data_dir))[0]
 
 
 def run_baseline(spec: RunSpec, out: Path, planner: Planner, runs_dir: Path) -> dict:
@@ -179,9 +185,7 @@ def run_baseline(spec: RunSpec, out: Path, planner: Planner, runs_dir: Path) -> 
         record.update(auroc=result.get("auroc"), outliers=result.get("outliers"))
         drawn = result.get("samples") if samples else None
     if drawn is not None:
-        datamodule = instantiate(all_classes.data)
-        datamodule.setup("fit")
-        binning, _ = ndb_binning(ndb_cfg, datamodule, data_dir)
+        binning = table_bins(all_classes, ndb_cfg)
         save_grid(drawn, out / "samples.png")
         record["ndb"] = dict(binning.evaluate(drawn).as_dict(), samples=samples)
         if spec.method == "em":
@@ -254,13 +258,11 @@ def sample_kept(path: Path, spec: RunSpec, out: Path, planner: Planner, runs_dir
         raise FileNotFoundError(f"{path}: its run's checkpoint is gone; train the run again to keep one")
     ndb_cfg = planner.preset["ndb"]
     n = int(ndb_cfg.get("samples", 1000))
-    all_classes = compose("train", planner.sgd_overrides("table_flat", spec.dataset, "main", []), output_dir=out)
-    datamodule = instantiate(all_classes.data)
-    datamodule.setup("fit")
-    binning, _ = ndb_binning(ndb_cfg, datamodule, Path(all_classes.paths.data_dir))
+    binning = table_bins(compose("train", planner.sgd_overrides("table_flat", spec.dataset, "main", []), output_dir=out), ndb_cfg)
     if spec.method == "em":  # the fitted mixture's weights, means and variances (run_baseline)
-        import numpy as np
         from types import SimpleNamespace
+
+        import numpy as np
 
         with np.load(checkpoint) as kept:
             mixture = SimpleNamespace(weights_=kept["weights"], means_=kept["means"], covariances_=kept["covariances"])
