@@ -3,7 +3,7 @@
 Subcommands (``python -m benchmarks.run --help`` lists them):
 
 ``flat`` (:mod:`benchmarks.flat`), ``topology`` (:mod:`benchmarks.topology`), ``products``
-(:mod:`benchmarks.products`), ``epoch`` (:mod:`benchmarks.epoch`); the helpers they share live in
+(:mod:`benchmarks.products`), ``floor`` (:mod:`benchmarks.floor`), ``epoch`` (:mod:`benchmarks.epoch`); the helpers they share live in
 :mod:`benchmarks.common`.
 
 Every measurement runs in a freshly spawned process, so that the peak RSS of one (e.g. EM's
@@ -27,6 +27,7 @@ from pathlib import Path
 from benchmarks.common import DEFAULT_DATA_DIR
 from benchmarks.epoch import add_epoch_arguments, format_epoch, run_epoch
 from benchmarks.flat import add_flat_arguments, format_flat, run_flat
+from benchmarks.floor import add_floor_arguments, format_floor, run_floor
 from benchmarks.products import add_products_arguments, format_products, run_products
 from benchmarks.topology import add_topology_arguments, format_topology, run_topology
 
@@ -60,6 +61,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         add_arguments=add_products_arguments,
         run=run_products,
         format=format_products,
+    ),
+    "floor": Subcommand(
+        help="a training step against its products: the fixed cost of a step, a compiled step, a K-major score pass",
+        add_arguments=add_floor_arguments,
+        run=run_floor,
+        format=format_floor,
     ),
     "epoch": Subcommand(
         help="an epoch of python train.py [overrides]: wall time against time in the steps (overhead)",

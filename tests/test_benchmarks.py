@@ -170,3 +170,52 @@ def test_topology_benchmark_sets_a_step_against_its_products_timed_alone(tmp_pat
     assert run["step_over_products"] == pytest.approx(run["step_seconds"] / own)
     target = record["targets"]["dcgmm2/step_over_products"]
     assert target["bound"] == 1.3 and target["met"] == (run["step_over_products"] <= 1.3)
+
+
+def test_the_operator_count_counts_what_a_call_dispatches():
+    from benchmarks.floor import count_ops
+
+    x = torch.ones(3)
+    assert count_ops(lambda: x.add(1).mul_(2)) == 2
+    assert count_ops(lambda: None) == 0
+
+
+@pytest.mark.parametrize("name, index", [("dcgmm2", 1), ("dcgmm3", 1), ("dcgmm3", 3)])
+def test_the_k_major_scores_are_the_layers_scores(name, index):
+    """benchmarks.floor's K-major convolution gives the scores of the layer's folded patches (the
+    plain row-by-row products, an independent path), for a stacked (images) and a two-convolution
+    (wide map) layer."""
+    from benchmarks.floor import k_major_scores
+    from benchmarks.products import layer_inputs
+    from dcgmm.app.config import build_model
+
+    torch.manual_seed(0)
+    stack = build_model(name).stack
+    with torch.no_grad():
+        for layer in stack.gmm_layers:  # away from the initial state, where every s is the same
+            layer.inv_std.uniform_(1.0, 4.0)
+            layer.mixture_logits.normal_()
+    x = torch.randint(0, 256, (3, 1, 28, 28)).float() / 255
+    inp, fold = layer_inputs(stack, x)[index]
+    layer = stack.layers[index]
+    with torch.no_grad():
+        k_major = k_major_scores(layer, fold, inp)  # (N, K, P)
+        rows = layer.log_scores(fold(inp))  # (N, P, K), patches cut, then addmm
+    assert k_major.shape == (3, layer.K, layer.P) and k_major.is_contiguous()
+    torch.testing.assert_close(k_major.transpose(1, 2), rows, rtol=1e-5, atol=1e-3)
+
+
+def test_floor_benchmark_runs_end_to_end(tmp_path):
+    out = tmp_path / "floor.json"
+    command = [sys.executable, "-m", "benchmarks.run", "floor", "--models", "dcgmm2", "--batch-size", "4", "--rounds", "1",
+               "--repeats", "1", "--no-compile", "--json", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fixed cost" in result.stdout and "K-major" in result.stdout
+    run = json.loads(out.read_text())["results"][0]
+    assert run["model"] == "dcgmm2" and run["batch_size"] == 4 and "compiled_step_seconds" not in run
+    assert run["ops_per_step"] > 100  # B's forward, backward and update
+    assert run["fixed_floor_ratio"] == pytest.approx((run["products_seconds"] + run["fixed_seconds"]) / run["products_seconds"])
+    assert run["step_over_products"] == pytest.approx(run["step_seconds"] / run["products_seconds"])
+    (layer,) = run["score_pass"]  # B convolves once: layer 1 over the images
+    assert layer["layer"] == 1 and layer["relative_difference"] < 1e-3 and set(layer["seconds"]) == {"shipped", "k_major"}

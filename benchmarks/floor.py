@@ -1,0 +1,251 @@
+"""What a training step costs beyond its matrix products, and what was measured against it.
+
+    python -m benchmarks.run floor [--models dcgmm2 dcgmm3] [--threads 1] [--rounds 5] [--json PATH]
+
+Per topology, in one fresh process, with every annealed layer at the width it starts with (it
+smooths, as in :mod:`benchmarks.products`), from random 8-bit images:
+
+``products``
+    the layers' products alone in the formulations the layers run
+    (:func:`benchmarks.products.time_products`): the floor of the ``step / products`` ratio.
+``step``
+    the plain training step (:func:`dcgmm.app.module.plain_sgd_step`: forward, layer losses,
+    backward, SGD, clipping) at the batch size (default 100).
+``fixed``
+    the same step at batch size 1: what a step costs whatever its size (operator dispatch,
+    autograd's graph, the Python between operators, the passes over the parameters: score weights
+    and their gradients, SGD update, clipping; the products of one image are a hundredth of
+    ``products``), and ``ops``, the operators one step dispatches. ``(products + fixed) / products``
+    is the ratio a step would reach if all of its work but the products and this fixed cost vanished.
+``compiled``
+    the step with its forward pass and layer losses through ``torch.compile`` (inductor; its
+    backward is compiled too), the compile time, and the largest relative difference of the
+    parameters after one step from the same step run eagerly.
+``score_pass`` (each GMM layer that convolves its folding's input)
+    the layer's scores, responsibilities, max-component objective and the backward to its
+    parameters, ``shipped`` as the layer runs them (channels-last convolution, scores ``(N, P, K)``
+    with K innermost) and ``k_major`` (the same convolution written ``(N, K, P)``, so that the
+    softmax and the max reduce over an outer dimension), with the largest relative difference of
+    the parameter gradients.
+
+Rounds alternate the variants; each figure is the median over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+from benchmarks.common import build_module, gemm_gflops, machine_info, quiet_libraries, run_isolated
+from benchmarks.products import layer_inputs, relative_difference, time_formulations, time_products
+
+
+def count_ops(step: Callable[[], object]) -> int:
+    """The number of ATen operators one call of ``step`` dispatches (forward, backward, update)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    counter = Counter()
+    with counter:
+        step()
+    return counter.count
+
+
+def k_major_scores(layer, fold, x):
+    """``layer.log_scores_of_patches(x, fold)`` with the convolution in the default (``N, K, H, W``)
+    memory format: the scores as ``(N, K, P)``, contiguous (K the outer dimension)."""
+    import torch
+    import torch.nn.functional as F
+
+    from dcgmm.core.layers.gmm import SEPARATE_FROM
+
+    (kh, kw), channels = fold.kernel_size, x.shape[1]
+    quad, lin, bias = layer.score_weights()
+
+    dense = torch.contiguous_format  # explicit: with one channel, a permuted kernel can pass for channels last
+
+    def kernel(weight):  # (1, K, D), D in (i, j, c) order -> (K, C, kh, kw)
+        return weight.view(layer.K, kh, kw, channels).permute(0, 3, 1, 2).contiguous(memory_format=dense)
+
+    x = x.contiguous(memory_format=dense)
+    if channels < SEPARATE_FROM:
+        stacked = torch.cat((x * x, x), dim=1).contiguous(memory_format=dense)
+        weights = torch.cat((kernel(quad), kernel(lin)), dim=1).contiguous(memory_format=dense)
+        scores = F.conv2d(stacked, weights, bias.view(layer.K), stride=fold.stride)
+    else:
+        scores = F.conv2d(x * x, kernel(quad), bias.view(layer.K), stride=fold.stride)
+        scores = scores + F.conv2d(x, kernel(lin), stride=fold.stride)
+    return scores.reshape(x.shape[0], layer.K, layer.P)
+
+
+def score_pass_variants(layer, fold, x) -> dict[str, Callable]:
+    """The two score passes of a convolving GMM layer; each returns the gradients of the layer's
+    means and inverse standard deviations after ``-mean(objective)`` is differentiated."""
+    import torch
+
+    def gradients():
+        return layer.means.grad.clone(), layer.inv_std.grad.clone()
+
+    def shipped():
+        layer.zero_grad(set_to_none=True)
+        scores = layer.log_scores_of_patches(x, fold)  # (N, P, K), K innermost
+        layer.responsibilities(scores.detach())
+        (-layer.objective(scores).mean()).backward()
+        return gradients()
+
+    def k_major():
+        layer.zero_grad(set_to_none=True)
+        scores = k_major_scores(layer, fold, x)  # (N, K, P)
+        torch.softmax(scores.detach(), dim=1)
+        smoothed = scores if layer._smoothing_is_identity else torch.matmul(layer.smoothing, scores)
+        (-smoothed.amax(dim=1).mean(dim=1).mean()).backward()
+        return gradients()
+
+    return {"shipped": shipped, "k_major": k_major}
+
+
+def measure_floor(name: str, batch_size: int, rounds: int, repeats: int, threads: int | None, seed: int, compile: bool = True) -> dict:
+    """All figures of one topology (runs in its own process)."""
+    import copy
+
+    import torch
+
+    from dcgmm.app.module import plain_sgd_step
+    from dcgmm.training.runtime import flush_denormals, keep_freed_memory
+    from dcgmm.training.step import loss_vector
+
+    quiet_libraries()
+    keep_freed_memory()
+    if threads:
+        torch.set_num_threads(threads)
+    flush_denormals()
+    torch.manual_seed(seed)
+    module = build_module(name)
+    stack = module.stack
+    gemm = gemm_gflops()
+    products = time_products(module, batch_size, rounds, repeats, seed)  # also sets each annealed layer's starting width
+    generator = torch.Generator().manual_seed(seed)
+
+    def images(n):
+        return torch.randint(0, 256, (n, *stack.input_shape), generator=generator).float() / 255, torch.randint(0, 10, (n,), generator=generator)
+
+    x, y = images(batch_size)
+    x1, y1 = images(1)
+    optimizer = module.configure_optimizers()
+
+    def forward_loss(inputs, labels):
+        _, raw = stack.bottom_up(inputs)
+        return loss_vector(stack, raw, labels)[0].sum()
+
+    compiled_forward = torch.compile(forward_loss, dynamic=False)
+
+    def compiled_step():
+        loss = compiled_forward(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        stack.constrain_()
+
+    state = copy.deepcopy(stack.state_dict())
+    variants = {"step": lambda: plain_sgd_step(module, optimizer, x, y), "fixed": lambda: plain_sgd_step(module, optimizer, x1, y1)}
+    compiled = {}
+    if compile:
+        start = time.perf_counter()
+        compiled_step()
+        compiled["compile_seconds"] = time.perf_counter() - start
+        after = {}
+        for variant, run in (("eager", variants["step"]), ("compiled", compiled_step)):
+            stack.load_state_dict(state)
+            run()
+            after[variant] = [p.detach().clone() for p in stack.parameters()]
+        compiled["compiled_relative_difference"] = max(relative_difference(c, e) for c, e in zip(after["compiled"], after["eager"]))
+        stack.load_state_dict(state)
+        variants["compiled"] = compiled_step
+
+    ops = count_ops(variants["step"])
+    steps = time_formulations(variants, rounds, repeats)
+    if compile:
+        compiled["compiled_step_seconds"] = steps["compiled"]
+        compiled["compiled_over_products"] = steps["compiled"] / products["products_seconds_own"]
+
+    passes = []
+    stack.load_state_dict(state)
+    for index, (inp, fold) in sorted(layer_inputs(stack, x).items()):
+        layer = stack.layers[index]
+        if fold is None or not layer.convolves(fold):
+            continue
+        variants = score_pass_variants(layer, fold, inp)
+        reference = variants["shipped"]()
+        difference = max(relative_difference(g, r) for g, r in zip(variants["k_major"](), reference))
+        passes.append({"layer": index, "K": layer.K, "P": layer.P, "D": layer.D, "relative_difference": difference,
+                       "seconds": time_formulations(variants, rounds, repeats)})
+
+    floor = products["products_seconds_own"]
+    return {
+        "model": name,
+        "batch_size": batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "gemm_gflops": gemm,
+        "products_seconds": floor,
+        "step_seconds": steps["step"],
+        "fixed_seconds": steps["fixed"],
+        "ops_per_step": ops,
+        "step_over_products": steps["step"] / floor,
+        **compiled,
+        "fixed_floor_ratio": (floor + steps["fixed"]) / floor,
+        "score_pass": passes,
+    }
+
+
+# ----------------------------------------------------------------------------- command line
+def add_floor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", default=["dcgmm2", "dcgmm3"])
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of alternating variants (the median is reported)")
+    parser.add_argument("--repeats", type=int, default=10, help="calls of each variant per round")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the compiled step (no inductor build)")
+
+
+def run_floor(args: argparse.Namespace) -> dict:
+    results = [
+        run_isolated(measure_floor, name=name, batch_size=args.batch_size, rounds=args.rounds, repeats=args.repeats,
+                     threads=args.threads, seed=args.seed, compile=args.compile)
+        for name in args.models
+    ]
+    return {"benchmark": "floor", "machine": machine_info(), "results": results}
+
+
+def format_floor(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"A training step against its products on {m['cpu_model']}, {m['usable_cores']} cores, torch {m['versions']['torch']}, {m.get('date', '')}"]
+    for r in result["results"]:
+        ms = {key: 1000 * r[key] for key in ("products_seconds", "step_seconds", "fixed_seconds", "compiled_step_seconds") if key in r}
+        lines += [
+            "",
+            f"{r['model']} (batch {r['batch_size']}, {r['torch_threads']} thread(s), fp32 GEMM {r['gemm_gflops']:.0f} GFLOP/s, "
+            f"other cores busy {r['cpu_load']['other_cores']:.2f})",
+            f"  products alone {ms['products_seconds']:.2f} ms; plain step {ms['step_seconds']:.2f} ms (step / products {r['step_over_products']:.2f})",
+            f"  fixed cost (the step at batch 1, {r['ops_per_step']} operators) {ms['fixed_seconds']:.2f} ms: "
+            f"(products + fixed) / products = {r['fixed_floor_ratio']:.2f}",
+        ]
+        if "compiled_step_seconds" in r:
+            lines.append(
+                f"  compiled forward and losses {ms['compiled_step_seconds']:.2f} ms (step / products {r['compiled_over_products']:.2f}; "
+                f"compile {r['compile_seconds']:.0f} s; parameters after one step differ by {r['compiled_relative_difference']:.1e})"
+            )
+        for row in r["score_pass"]:
+            s = row["seconds"]
+            lines.append(f"  layer {row['layer']} (K={row['K']}, P={row['P']}, D={row['D']}) score pass: shipped {1000 * s['shipped']:.2f} ms, "
+                         f"K-major {1000 * s['k_major']:.2f} ms (gradients differ by {row['relative_difference']:.1e})")
+    return "\n".join(lines)
