@@ -708,3 +708,15 @@ def test_a_samples_relaunch_knows_figures_of_the_same_sampler_after_json():
     assert not sampled_as_planned(changed, preset, spec)
     assert not sampled_as_planned(dict(record, samplers={**record["samplers"], "error": "boom"}), preset, spec)
     assert not sampled_as_planned({}, preset, spec)
+
+
+def test_the_report_counts_machines_and_code_versions_of_its_records():
+    from dcgmm.results.report import provenance
+
+    records = [dict(machine="AMD EPYC", code="abc123"), dict(machine="Intel Xeon", code="abc123+changes"),
+               dict(machine="Intel Xeon", code="def456"), dict(machine="Intel Xeon")]
+    where, code = provenance(records)
+    assert where == "Intel Xeon (3 runs), AMD EPYC (1 run)"
+    assert "3 records from 2 commits (1 of them launched with uncommitted changes" in code
+    assert "1 record is older than that stamp" in code
+    assert "older" not in provenance(records[:3])[1]

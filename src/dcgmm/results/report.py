@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from dcgmm.app.config import TOPOLOGY_LETTERS
 from dcgmm.app.locations import project_root
 from dcgmm.data.sources import atomic_file
-from dcgmm.app.config import TOPOLOGY_LETTERS
 from dcgmm.results.plan import CLASSES, DATASETS, PEER_ROWS, Planner
 from dcgmm.results.records import write_json
 from dcgmm.results.verdict import CLAIMS, pooled_spread, verdict_markdown
@@ -24,6 +25,24 @@ from dcgmm.results.verdict import CLAIMS, pooled_spread, verdict_markdown
 __all__ = ["row_values", "run_values", "write_report"]
 
 MISSING = "–"
+
+
+def provenance(records) -> tuple[str, str]:
+    """Where and with which code the records were made: the machines with their run counts, and
+    the commits their launches ran (``+changes``: tracked files differed from that commit at
+    launch; records older than the stamp have none), for the report's settings."""
+    records = list(records)
+    machines = Counter(r["machine"] for r in records if r.get("machine"))
+    where = ", ".join(f"{name} ({count} run{'s' if count != 1 else ''})" for name, count in sorted(machines.items(), key=lambda item: (-item[1], item[0])))
+    stamps = [r.get("code") for r in records]
+    commits = {stamp.removesuffix("+changes") for stamp in stamps if stamp}
+    changed = sum(1 for stamp in stamps if stamp and stamp.endswith("+changes"))
+    unstamped = sum(1 for stamp in stamps if not stamp)
+    code = (f"the records name the commit their launch ran: {len(stamps) - unstamped} records from {len(commits)} commits"
+            f" ({changed} of them launched with uncommitted changes to tracked files, marked `+changes`)"
+            + (f"; {unstamped} record{'s are' if unstamped != 1 else ' is'} older than that stamp" if unstamped else "")
+            + "; a launch reuses a record whose record version and settings match, whatever code made it")
+    return where, code
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -298,7 +317,7 @@ def write_report(report_dir: Path, preset_name: str, planner: Planner, records: 
             references.setdefault(spec.dataset, ref)
     reference = "; ".join(f"{DATASETS.get(d, d)} {r['ndb_ratio']:.2f} (JS {r['js']:.3f})" for d, r in references.items())
     seeds = "; ".join(f"{DATASETS.get(d, d)}: {', '.join(map(str, planner.seeds(d)))}" for d in datasets)
-    machines = sorted({r.get("machine") for r in records.values() if r.get("machine")})
+    machines, code = provenance(records.values())
     sharpening = ndb_cfg.get("sharpening")
     lines += [
         f"- **NDB**: {int(ndb_cfg.get('samples', 1000)):,} samples per row (components drawn among {top_s}; standard deviations "
@@ -309,9 +328,10 @@ def write_report(report_dir: Path, preset_name: str, planner: Planner, records: 
            f"{sharpening.get('iterations')} iterations, reconstruction weight {sharpening.get('reconstruction', 0.0)}; rows without such a folding: –)" if sharpening else ""),
         f"- **seeds** of the SGD rows (the table shows mean ± standard deviation over them): {seeds}; EM: one fit (seed 0)"
         + ("; circuit: one run (seed 0)" if any(r.method in PEER_ROWS for r in planner.rows) else ""),
-        f"- **machine**: the runs ran on {', '.join(machines) if machines else meta['machine']['cpu']}; this report: {meta['machine']['cpu']}, "
+        f"- **machine**: the runs ran on {machines or meta['machine']['cpu']}; this report: {meta['machine']['cpu']}, "
         f"{meta['machine']['cores']} cores, {meta['machine']['torch_threads']} torch thread(s); "
         f"torch {meta['machine']['torch']}, lightning {meta['machine']['lightning']}, scikit-learn {meta['machine']['sklearn']}, Python {meta['machine']['python']}",
+        f"- **code**: {code}",
         f"- **progress**: {meta['finished']} of {meta['planned']} runs finished (records in `{meta['records_dir']}`; "
         f"a relaunch continues); training and evaluation time in the records: {sum(r.get('seconds', 0.0) for r in records.values()) / 3600:.2f} h",
         f"- **date**: {meta['date']}; wall time of this call: {meta['wall_seconds'] / 60:.1f} min",
