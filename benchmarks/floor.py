@@ -18,8 +18,8 @@ smooths, as in :mod:`benchmarks.products`), from random 8-bit images:
     ``products``), and ``ops``, the operators one step dispatches. ``(products + fixed) / products``
     is the ratio a step would reach if all of its work but the products and this fixed cost vanished.
 ``compiled``
-    the step with its forward pass and layer losses through ``torch.compile`` (inductor; its
-    backward is compiled too), the compile time, and per parameter how far one step's update is
+    the step with its bottom-up pass through ``torch.compile`` (inductor; its backward is compiled
+    too), as ``model.compile=true`` trains, the compile time, and per parameter how far one step's update is
     from the eager step's (``max |compiled - eager| / max |eager|``).
 ``score_pass`` (each GMM layer that convolves its folding's input)
     the layer's scores, responsibilities, max-component objective and the backward to its
@@ -39,8 +39,16 @@ import argparse
 import time
 from collections.abc import Callable
 
-from benchmarks.common import build_module, gemm_gflops, machine_info, quiet_libraries, run_isolated
-from benchmarks.products import TOLERANCE, layer_inputs, relative_difference, time_formulations, time_products
+from benchmarks.common import build_module, gemm_gflops, machine_info, quiet_libraries
+from benchmarks.products import (
+    add_products_arguments,
+    layer_inputs,
+    per_model,
+    relative_difference,
+    require_agreement,
+    time_formulations,
+    time_products,
+)
 
 
 def count_ops(step: Callable[[], object]) -> int:
@@ -191,7 +199,7 @@ def measure_floor(name: str, batch_size: int, rounds: int, repeats: int, threads
 
     from dcgmm.app.module import plain_sgd_step
     from dcgmm.training.runtime import flush_denormals, keep_freed_memory
-    from dcgmm.training.step import loss_vector
+    from dcgmm.training.step import sgd_step
 
     quiet_libraries()
     keep_freed_memory()
@@ -212,18 +220,10 @@ def measure_floor(name: str, batch_size: int, rounds: int, repeats: int, threads
     x1, y1 = images(1)
     optimizer = module.configure_optimizers()
 
-    def forward_loss(inputs, labels):
-        _, raw = stack.bottom_up(inputs)
-        return loss_vector(stack, raw, labels)[0].sum()
-
-    compiled_forward = torch.compile(forward_loss, dynamic=False)
+    compiled_pass = torch.compile(stack.bottom_up, dynamic=False) if compile else None  # what model.compile=true runs
 
     def compiled_step():
-        loss = compiled_forward(x, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        stack.constrain_()
+        sgd_step(stack, optimizer, x, y, bottom_up=compiled_pass)
 
     state = copy.deepcopy(stack.state_dict())
     variants = {"step": lambda: plain_sgd_step(module, optimizer, x, y), "fixed": lambda: plain_sgd_step(module, optimizer, x1, y1)}
@@ -288,26 +288,16 @@ def measure_floor(name: str, batch_size: int, rounds: int, repeats: int, threads
 
 # ----------------------------------------------------------------------------- command line
 def add_floor_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", default=["dcgmm2", "dcgmm3"])
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of alternating variants (the median is reported)")
-    parser.add_argument("--repeats", type=int, default=10, help="calls of each variant per round")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--seed", type=int, default=0)
+    add_products_arguments(parser, rounds=5)
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the compiled step (no inductor build)")
 
 
 def run_floor(args: argparse.Namespace) -> dict:
-    results = [
-        run_isolated(measure_floor, name=name, batch_size=args.batch_size, rounds=args.rounds, repeats=args.repeats,
-                     threads=args.threads, seed=args.seed, compile=args.compile)
-        for name in args.models
-    ]
-    for result in results:  # the two layouts must compute the same numbers (as benchmarks.products requires of its formulations)
+    results = per_model(measure_floor, args, compile=args.compile)
+    for result in results:  # the two layouts must compute the same numbers
         for row in result["score_pass"]:
-            worst = max(row["relative_difference"], row["score_gradient_difference"])
-            if worst > TOLERANCE:
-                raise RuntimeError(f"{result['model']} layer {row['layer']}: the K-major score pass differs by {worst:.1e} (relative), above {TOLERANCE}")
+            require_agreement(max(row["relative_difference"], row["score_gradient_difference"]),
+                              f"{result['model']} layer {row['layer']}: the K-major and the layer's own score pass")
     return {"benchmark": "floor", "machine": machine_info(), "results": results}
 
 
@@ -328,7 +318,7 @@ def format_floor(result: dict) -> str:
         if "compiled_step_seconds" in r:
             worst = r["compiled_worst_parameter"]
             lines.append(
-                f"  compiled forward and losses {ms['compiled_step_seconds']:.2f} ms (step / products {r['compiled_over_products']:.2f}; "
+                f"  compiled bottom-up pass {ms['compiled_step_seconds']:.2f} ms (step / products {r['compiled_over_products']:.2f}; "
                 f"compile {r['compile_seconds']:.0f} s; one step's update differs from eager by up to "
                 f"{r['compiled_update_difference'][worst]:.1e}, in {worst})"
             )

@@ -346,30 +346,39 @@ def measure_products(name: str, batch_size: int, rounds: int, repeats: int, thre
 
 
 # ----------------------------------------------------------------------------- command line
-def add_products_arguments(parser: argparse.ArgumentParser) -> None:
+def add_products_arguments(parser: argparse.ArgumentParser, rounds: int = 7) -> None:
+    """The options of a benchmark that alternates variants per topology (``products``, ``floor``)."""
     parser.add_argument("--models", nargs="+", default=["dcgmm2", "dcgmm3"])
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=7, help="rounds of alternating formulations (the median is reported)")
-    parser.add_argument("--repeats", type=int, default=10, help="calls of each formulation per round")
+    parser.add_argument("--rounds", type=int, default=rounds, help="rounds of alternating variants (the median is reported)")
+    parser.add_argument("--repeats", type=int, default=10, help="calls of each variant per round")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
 
 
-def run_products(args: argparse.Namespace) -> dict:
-    results = [
-        run_isolated(
-            measure_products, name=name, batch_size=args.batch_size, rounds=args.rounds, repeats=args.repeats,
-            threads=args.threads, seed=args.seed,
-        )
+def per_model(measure: Callable[..., dict], args: argparse.Namespace, **extra) -> list[dict]:
+    """``measure`` of every ``--models`` topology, each in its own process, with the options of
+    :func:`add_products_arguments` (and ``extra``)."""
+    return [
+        run_isolated(measure, name=name, batch_size=args.batch_size, rounds=args.rounds, repeats=args.repeats,
+                     threads=args.threads, seed=args.seed, **extra)
         for name in args.models
     ]
+
+
+def require_agreement(worst: float, what: str) -> None:
+    """Stop when two formulations that must compute the same numbers differ beyond :data:`TOLERANCE`."""
+    if worst > TOLERANCE:
+        raise RuntimeError(f"{what} differ by {worst:.1e} (relative), above {TOLERANCE}")
+
+
+def run_products(args: argparse.Namespace) -> dict:
+    results = per_model(measure_products, args)
     for result in results:
-        worst = max(
+        require_agreement(max(
             [d for row in result["layers"] for d in row.get("relative_difference", {}).values()]
             + [row.get("smoothing_relative_difference", 0.0) for row in result["layers"]]
-        )
-        if worst > TOLERANCE:
-            raise RuntimeError(f"{result['model']}: two formulations differ by {worst:.1e} (relative), above {TOLERANCE}")
+        ), f"{result['model']}: two formulations")
     return {"benchmark": "products", "machine": machine_info(), "results": results}
 
 
