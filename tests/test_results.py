@@ -720,3 +720,23 @@ def test_the_report_counts_machines_and_code_versions_of_its_records():
     assert "3 records from 2 commits (1 of them launched with uncommitted changes" in code
     assert "1 record is older than that stamp" in code
     assert "older" not in provenance(records[:3])[1]
+    assert "uncommitted" not in provenance([records[0], records[2]])[1]
+
+
+def test_code_version_marks_changed_code_but_not_changed_records(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "src" / "model.py").write_text("K = 25\n")
+    (tmp_path / "results" / "run.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    commit = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "results" / "run.json").unlink()  # a record moved aside for a rerun: the code is the commit's
+    (tmp_path / "results" / "RESULTS.md").write_text("table\n")
+    assert code_version(tmp_path) == commit
+    (tmp_path / "src" / "model.py").write_text("K = 36\n")
+    assert code_version(tmp_path) == commit + "+changes"

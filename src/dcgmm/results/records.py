@@ -34,13 +34,14 @@ def now() -> str:
     return dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
 
-def code_version() -> str:
-    """The commit of the checkout the code runs from (``+changes`` when its tracked files differ),
+def code_version(root: Path | None = None) -> str:
+    """The commit of the checkout the code runs from (``+changes`` when its tracked files differ,
+    outside ``results/``: records and reports are what a launch writes, not the code that ran),
     or the installed package's version outside a checkout."""
-    root = Path(__file__).resolve().parents[3]  # src/dcgmm/results/records.py -> the checkout
+    root = root or Path(__file__).resolve().parents[3]  # src/dcgmm/results/records.py -> the checkout
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"], capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return f"dcgmm {importlib.metadata.version('dcgmm')}"
     return commit + ("+changes" if changed else "")

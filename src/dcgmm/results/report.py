@@ -29,8 +29,8 @@ MISSING = "–"
 
 def provenance(records) -> tuple[str, str]:
     """Where and with which code the records were made: the machines with their run counts, and
-    the commits their launches ran (``+changes``: tracked files differed from that commit at
-    launch; records older than the stamp have none), for the report's settings."""
+    the commits their launches ran (``+changes``: tracked files outside ``results/`` differed
+    from that commit at launch; records older than the stamp have none), for the report's settings."""
     records = list(records)
     machines = Counter(r["machine"] for r in records if r.get("machine"))
     where = ", ".join(f"{name} ({count} run{'s' if count != 1 else ''})" for name, count in sorted(machines.items(), key=lambda item: (-item[1], item[0])))
@@ -39,7 +39,7 @@ def provenance(records) -> tuple[str, str]:
     changed = sum(1 for stamp in stamps if stamp and stamp.endswith("+changes"))
     unstamped = sum(1 for stamp in stamps if not stamp)
     code = (f"the records name the commit their launch ran: {len(stamps) - unstamped} records from {len(commits)} commits"
-            f" ({changed} of them launched with uncommitted changes to tracked files, marked `+changes`)"
+            + (f" ({changed} of them launched with uncommitted changes to tracked files outside `results/`, marked `+changes`)" if changed else "")
             + (f"; {unstamped} record{'s are' if unstamped != 1 else ' is'} older than that stamp" if unstamped else "")
             + "; a launch reuses a record whose record version and settings match, whatever code made it")
     return where, code
