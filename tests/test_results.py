@@ -514,8 +514,8 @@ def test_outliers_compare_class_by_class_with_the_class_spread_as_noise():
 
 
 def test_authors_sampler_is_judged_beside_the_learned_one_with_borrowed_noise():
-    """The kept models' NDB/B under the authors' sampler is a claim of its own; one model per row has
-    no spread, so it borrows the learned sampler's pooled seed spread (not the bare 0.05 floor), and
+    """The kept models' NDB/B under the authors' sampler is a claim of its own; while each row has one
+    model it has no spread, so it borrows the learned sampler's pooled seed spread (not the bare 0.05 floor), and
     says so; rows without the figures are "not measured yet"."""
     from dcgmm.results.verdict import CLAIMS, compare, verdict_markdown
 
@@ -534,6 +534,13 @@ def test_authors_sampler_is_judged_beside_the_learned_one_with_borrowed_noise():
     text = "\n".join(verdict_markdown("MNIST", rows))
     assert "**Sampling** (NDB/B): mixed (1 better, 0 equal, 1 worse of 2 measured)" in text  # the learned spread
     assert "**Sampling, the authors' sampler** (NDB/B): DCGMM worse than the flat GMM in every comparison: the claim does not hold here (0 better, 0 equal, 1 worse of 1 measured; 1 not measured yet)" in text
+
+    # two kept models a row: their own spread, and the rule stops saying the learned one stands in
+    own = compare(dict(ndb_authors=0.40, ndb_authors_sd=0.01, seeds=2), dict(ndb_authors=0.47, ndb_authors_sd=0.02, seeds=2), authors, {"ndb_ratio": 0.03, "ndb_authors": 0.015})
+    assert own.margin == pytest.approx(0.05) and own.verdict == "better" and "ndb_ratio" not in own.text()  # 2*sqrt(0.01²+0.02²)=0.045 < floor
+    from dcgmm.results.report import verdict_rule
+
+    assert "stands in" in verdict_rule({}, {"ndb_ratio": 0.03}) and "stands in" not in verdict_rule({}, {"ndb_ratio": 0.03, "ndb_authors": 0.015})
 
 
 def test_a_pair_of_runs_counts_once():

@@ -273,8 +273,9 @@ def verdict_rule(preset: dict, pooled: dict[str, float]) -> str:
         "parameters, another K, are not counted for it); sampling by NDB/B (lower is better) under two samplers, the learned "
         "spread of the table's NDB column and the authors' sampler of each row (conf/sampler, measured on the kept models by "
         "`mode=samples`: each model under the settings the authors used for its kind of model, so this compares model and "
-        "sampler together; the flat GMMs' divisor 10 is that of outliers-A.bash, as DCGMM-A.bash samples nothing; where the rows "
-        "have no spread of their own, one kept model each, the learned sampler's pooled seed spread stands in), and outlier detection by the AUROC "
+        "sampler together; the flat GMMs' divisor 10 is that of outliers-A.bash, as DCGMM-A.bash samples nothing"
+        + ("" if all(c.metric in pooled for c in CLAIMS if c.borrow) else "; where the rows have no spread of their own, one kept model each, the learned sampler's pooled seed spread stands in")
+        + "), and outlier detection by the AUROC "
         "against both flat GMMs (the same K; as many parameters), paired by held-out class: the mean difference over the classes "
         "both rows hold out. **better** / **worse**: the difference exceeds the margin, twice the noise, and at least a floor "
         f"({floors}); **equal** otherwise. The noise: for AUROC over several classes, the standard deviation of the per-class "

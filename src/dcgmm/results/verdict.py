@@ -22,8 +22,9 @@ which stands in for the noise where a row has a single seed. The metrics:
 
 * clustering: NMI of the top GMM layer's clusters against the labels (higher is better);
 * sampling: NDB/B of samples with the learned spread (lower is better), and NDB/B of the kept
-  models' samples under the authors' sampler (``mode=samples``; one model per row, so its noise is
-  the learned sampler's pooled seed spread, :attr:`Claim.borrow`);
+  models' samples under the authors' sampler (``mode=samples``; its noise is the kept models' spread
+  over seeds, or while no row has two kept models the learned sampler's pooled seed spread,
+  :attr:`Claim.borrow`);
 * outlier detection: AUROC of each held-out class by the top layer's objective (higher is better),
   compared class by class over the classes both rows hold out (:func:`compare_classes`): the
   noise of the mean difference is the class-to-class spread of the differences, or with a single
