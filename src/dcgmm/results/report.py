@@ -39,7 +39,7 @@ def provenance(records) -> tuple[str, str]:
     changed = sum(1 for stamp in stamps if stamp and stamp.endswith("+changes"))
     unstamped = sum(1 for stamp in stamps if not stamp)
     code = (f"the records name the commit their launch ran: {len(stamps) - unstamped} records from {len(commits)} commits"
-            + (f" ({changed} of them launched with uncommitted changes to tracked files, marked `+changes`; stamps since 2026-12-07 ignore changes under `results/`)" if changed else "")
+            + (f" ({changed} of them launched with uncommitted changes to tracked files, marked `+changes`; from commit 15b7594 on, the stamp ignores changes under `results/`)" if changed else "")
             + (f"; {unstamped} record{'s are' if unstamped != 1 else ' is'} older than that stamp" if unstamped else "")
             + "; a launch reuses a record whose record version and settings match, whatever code made it")
     return where, code
